@@ -1,0 +1,113 @@
+"""The converter interface: one module per target, each declaring its row of the capability table.
+
+A converter module must stay light to import: torch and numpy only at module level; the target's
+toolchain and runtime are imported inside ``export`` and ``runner``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from edgekit.errors import missing_dependency
+
+# A Runner is callable: one sample in (numpy arrays in ModelSpec input order and dtype),
+# numpy outputs out (ModelSpec output order, float32). The runner casts to what its runtime wants.
+Runner = Callable[[Sequence[np.ndarray]], list]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria of one precision on one target, per output.
+
+    max_abs_rel: max |artifact - reference| allowed, relative to max |reference| of that output.
+    min_cosine: lowest per-sample cosine similarity allowed.
+    min_top1: lowest top-1 agreement allowed (classification outputs only).
+    """
+
+    max_abs_rel: float
+    min_cosine: float
+    min_top1: float
+
+
+FP32_TOLERANCE = Tolerance(max_abs_rel=1e-4, min_cosine=0.9999, min_top1=1.0)
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """One row of the capability table. Read fields by name, never by position."""
+
+    name: str  # CLI name
+    title: str  # human name
+    suffix: str  # main artifact file suffix
+    precisions: tuple[str, ...]
+    tolerances: dict[str, Tolerance] = field(hash=False)
+    delegates: tuple[str, ...]
+    extra: str  # pip extra that installs the toolchain and runtime
+    modules: tuple[str, ...]  # import names the target needs
+    packages: tuple[str, ...]  # distributions whose versions go into the manifest
+    exporter: str  # how the file is produced
+    runtime: str  # how the file is run on the host
+    deprecated: str | None = None  # why and in favour of what, shown in docs and reports
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tolerances"] = {k: asdict(v) for k, v in self.tolerances.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An exported file (or files) inside a bundle; paths are relative to the bundle folder."""
+
+    target: str
+    precision: str
+    path: str  # the main file
+    files: tuple[str, ...]  # every file the artifact consists of (main file included)
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)  # JSON-serialisable
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "precision": self.precision, "path": self.path,
+                "files": list(self.files), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Artifact":
+        return cls(d["target"], d["precision"], d["path"], tuple(d["files"]), dict(d.get("meta", {})))
+
+
+class Converter(ABC):
+    """Export a model to one target and run the result in that target's host runtime."""
+
+    info: ClassVar[TargetInfo]
+
+    def check_available(self) -> None:
+        """Raise E-DEP-MISSING naming the extra to install when the toolchain is absent."""
+        for module in self.info.modules:
+            if importlib.util.find_spec(module) is None:
+                raise missing_dependency(self.info.name, module, self.info.extra)
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for dist in self.info.packages:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                out[dist] = "not installed"
+        return out
+
+    @abstractmethod
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """Write the artifact into out_dir (a bundle folder under construction) and describe it.
+
+        model: an nn.Module in eval mode; example_inputs: a tuple of torch tensors (one real sample);
+        recipe: None for FP32 (quantization recipes plug in here).
+        """
+
+    @abstractmethod
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+        """Load the artifact from the bundle folder ``root`` in the host runtime."""

