@@ -1,0 +1,129 @@
+"""The `edgekit` command line. Exit codes: 0 all pass, 1 a parity check failed or a target errored,
+2 usage or input error (a coded message on stderr), 3 internal error (a bug: please report it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from edgekit.errors import EdgekitError, UserError
+
+EXIT_PASS, EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: same exit code and form as ours
+        self.print_usage(sys.stderr)
+        print(f"E-ARGS: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _target_help() -> str:
+    from edgekit.converters import target_names
+
+    return f"comma-separated targets, or all (default); one of: {', '.join(target_names())}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgekit.isolate import DEFAULT_TIMEOUT_S
+    from edgekit.pipeline import DEFAULT_SAMPLES
+
+    p = _Parser(prog="edgekit", description=__doc__.split(".")[0] + ".",
+                epilog="Exit codes: 0 pass, 1 parity failure, 2 usage/input error, 3 internal error.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("export", help="export a model to targets, verify each in its runtime, write a bundle")
+    e.add_argument("model", help="built-in name (mobilenet_v2, minilm, tiny_cnn, tiny_transformer), path/to/file.py:factory, or a .pt2 file")
+    e.add_argument("--targets", default="all", help=_target_help())
+    e.add_argument("--data", help="folder of images, .txt sentences, or .npy/.npz input tensors (default: the built-in model's calibration_data/)")
+    e.add_argument("--out", help="bundle folder to write (default: bundles/<model>); an existing bundle there is replaced")
+    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="verification samples: the first N of the data (default %(default)s)")
+    e.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
+    e.add_argument("--json", help="also write report.json to this file")
+    e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
+
+    v = sub.add_parser("verify", help="re-run every artifact of a bundle against its reference (what CI runs)")
+    v.add_argument("bundle", help="a bundle folder written by `edgekit export`")
+    v.add_argument("--data", help="verify on this folder instead of the inputs stored in the bundle")
+    v.add_argument("--samples", type=int, help="use only the first N samples")
+    v.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
+    v.add_argument("--json", help="write the verify report (JSON) to this file")
+    v.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    r = sub.add_parser("run", help="run the pipeline from a TOML config (default: the shipped MobileNetV2 example)")
+    r.add_argument("config", nargs="?", help="a .toml file with an [export] table")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    t = sub.add_parser("targets", help="print the capability table")
+    fmt = t.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="as JSON")
+    fmt.add_argument("--markdown", action="store_true", help="as the Markdown table the README carries")
+    return p
+
+
+def _print_outcome(outcome, json_path: str | None) -> int:
+    from edgekit import bundle as B
+    from edgekit.report import markdown
+
+    if json_path:
+        B.write_json(Path(json_path), outcome.report)
+    md = markdown(outcome.report)
+    table = [line for line in md.splitlines() if line.startswith("|") or line.startswith("- **")]
+    print("\n".join(table))
+    s = outcome.report["summary"]
+    print(f"\n{s['status'].upper()}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors")
+    if outcome.report["kind"] == "export":
+        print(f"bundle: {outcome.bundle}\nreport: {outcome.bundle / 'report.md'}")
+    elif json_path:
+        print(f"report: {json_path}")
+    return outcome.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    command = "edgekit " + shlex.join(argv)
+    try:
+        if args.command == "targets":
+            from edgekit import capabilities
+
+            if args.json:
+                print(json.dumps(capabilities.rows(), indent=2))
+            else:
+                print(capabilities.markdown_table() if args.markdown else capabilities.text_table())
+            return EXIT_PASS
+        from edgekit.pipeline import ExportJob, export_bundle, verify_bundle
+        from edgekit.progress import Progress
+
+        progress = Progress(quiet=args.quiet)
+        if args.command == "export":
+            job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout)
+            return _print_outcome(export_bundle(job, progress, command), args.json)
+        if args.command == "run":
+            from edgekit.config import load_config
+
+            return _print_outcome(export_bundle(load_config(args.config), progress, command), None)
+        if args.command == "verify":
+            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command)
+            return _print_outcome(outcome, args.json)
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except EdgekitError as exc:
+        print(f"internal error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so, with the type, instead of a parity verdict
+        import traceback
+
+        traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

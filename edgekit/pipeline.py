@@ -1,0 +1,203 @@
+"""The export and verify pipelines: model -> reference -> every target -> parity -> bundle + report."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit import bundle as B
+from edgekit.converters import Artifact, Converter, get, resolve_targets
+from edgekit.data import CalibrationSet, load_samples
+from edgekit.errors import UserError
+from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
+from edgekit.model_source import load_model
+from edgekit.parity import ParityResult, compare
+from edgekit.progress import QUIET, Progress
+from edgekit.reference import export_program, load_reference, run_reference, save_reference
+from edgekit.report import build_report, markdown
+from edgekit.spec import ModelSpec, TextPreprocess
+
+DEFAULT_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """One `edgekit export`: what to export, to which targets, verified on which data, written where."""
+
+    model: str
+    targets: str | tuple[str, ...] = "all"
+    data: str | None = None  # default: the built-in model's folder in calibration_data/
+    out: str | None = None  # default: bundles/<model name>
+    samples: int = DEFAULT_SAMPLES  # verification samples: the first N of the data
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per target runtime subprocess
+
+
+@dataclass
+class Outcome:
+    bundle: Path
+    report: dict
+    results: list[ParityResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.report["summary"]["status"] == "pass" else 1
+
+
+def _check_samples(n: int) -> None:
+    if n < 1:
+        raise UserError("E-ARGS", f"--samples {n} is not a positive number", "pass --samples 1 or more")
+
+
+def verify_artifact(conv: Converter, art: Artifact, root: Path, stacked: list[np.ndarray],
+                    reference: list[np.ndarray], spec: ModelSpec, timeout_s: float) -> ParityResult:
+    """Run one artifact in its runtime subprocess and compare it with the reference outputs."""
+    info = conv.info
+    size = sum((root / f).stat().st_size for f in art.files if (root / f).is_file())
+    notes = [f"deprecated: {info.deprecated}"] if info.deprecated else []
+    outcome = run_artifact(info.name, art.to_dict(), root, stacked, timeout_s=timeout_s)
+    if outcome.error:
+        return ParityResult(info.name, art.precision, "error", art.path, size, None, len(stacked[0]),
+                            info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log)
+    return compare(info.name, art.precision, reference, outcome.outputs, spec.output_names,
+                   info.tolerances[art.precision], spec.task == "classification", file=art.path, size_bytes=size,
+                   latency_ms=outcome.latency_ms, notes=notes)
+
+
+def _error_result(conv: Converter, precision: str, exc: Exception) -> ParityResult:
+    err = exc.to_dict() if isinstance(exc, UserError) else {
+        "code": "E-EXPORT-FAILED", "message": f"{type(exc).__name__}: {str(exc)[:1500]}",
+        "fix": f"the {conv.info.name} toolchain failed on this model; drop the target or report the message"}
+    return ParityResult(conv.info.name, precision, "error", error=err,
+                        notes=[f"deprecated: {conv.info.deprecated}"] if conv.info.deprecated else [])
+
+
+def _bundle_spec(spec: ModelSpec, stage: Path) -> ModelSpec:
+    """Copy assets the spec points to (the tokenizer) into the bundle; the bundle's spec names them relatively."""
+    pre = spec.preprocess
+    if isinstance(pre, TextPreprocess) and Path(pre.tokenizer).is_absolute():
+        dest = stage / "tokenizer"
+        dest.mkdir()
+        for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(pre.tokenizer) / name).is_file():
+                shutil.copy2(Path(pre.tokenizer) / name, dest / name)
+        return ModelSpec(spec.name, spec.inputs, spec.outputs, TextPreprocess("tokenizer", pre.max_length), spec.task, spec.labels)
+    return spec
+
+
+def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "") -> Outcome:
+    _check_samples(job.samples)
+    convs = resolve_targets(job.targets)
+    for conv in convs:
+        conv.check_available()
+    if job.out:
+        B.check_destination(Path(job.out))
+    progress(f"loading model {job.model}")
+    loaded = load_model(job.model)
+    spec = loaded.spec
+    out = Path(job.out or f"bundles/{spec.name}")
+    data_dir = job.data or loaded.default_data
+    if data_dir is None:
+        raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
+    calib = load_samples(data_dir, spec)
+    vset = calib.head(job.samples)
+    example = tuple(torch.from_numpy(a) for a in calib.samples[0])
+    progress("capturing the FP32 reference with torch.export")
+    program = export_program(loaded.module, example, spec.name)
+    results, artifacts = [], []
+    with B.staging(out) as stage:
+        bspec = _bundle_spec(spec, stage)
+        save_reference(program, bspec, stage / B.REFERENCE)
+        B.save_inputs(stage / B.VERIFY_INPUTS, vset.stacked(), spec.input_names)
+        if spec.labels:
+            B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
+        progress(f"reference outputs on {len(vset)} samples")
+        reference = run_reference(program.module(), vset.samples)
+        stacked = vset.stacked()
+        for conv in convs:
+            name = conv.info.name
+            progress("exporting", name)
+            try:
+                art = conv.export(loaded.module, spec, None, stage, example)
+            except Exception as exc:  # one target's toolchain failing must not stop the others
+                results.append(_error_result(conv, "fp32", exc))
+                progress(f"export failed: {results[-1].error['code']}", name)
+                continue
+            progress("running in the host runtime (subprocess)", name)
+            res = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
+            results.append(res)
+            artifacts.append((conv, art))
+            progress(res.status, name)
+        env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
+        manifest = {
+            "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
+            "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
+            "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
+            "verification_inputs": {"file": B.VERIFY_INPUTS, **vset.describe()},
+            "calibration_data": calib.describe(),
+            "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
+                           "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
+                           "deprecated": conv.info.deprecated} for conv, art in artifacts],
+            "versions": env,
+        }
+        B.write_json(stage / B.MANIFEST, manifest)
+        report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
+                              env, command or f"edgekit export {job.model}", manifest["created"])
+        B.write_json(stage / "report.json", report)
+        B.write_text(stage / "report.md", markdown(report))
+    return Outcome(out, report, results)
+
+
+def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
+                  timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = QUIET, command: str = "") -> Outcome:
+    """Re-run every artifact of a bundle against the bundle's reference; never writes into the bundle."""
+    root = Path(bundle)
+    manifest = B.read_manifest(root)
+    program, spec = load_reference(root / B.REFERENCE)
+    spec = spec or ModelSpec.from_dict(manifest["model"]["spec"])
+    if data:
+        calib = load_samples(data, spec, base=root)
+    else:
+        stacked = B.load_inputs(root / B.VERIFY_INPUTS, spec.input_names)
+        calib = CalibrationSet(tuple(tuple(a[i] for a in stacked) for i in range(len(stacked[0]))),
+                               tuple(f"{B.VERIFY_INPUTS}[{i}]" for i in range(len(stacked[0]))), "tensor", str(root / B.VERIFY_INPUTS))
+    if samples is not None:
+        _check_samples(samples)
+        calib = calib.head(samples)
+    progress(f"reference outputs on {len(calib)} samples")
+    reference = run_reference(program.module(), calib.samples)
+    stacked = calib.stacked()
+    results = []
+    for entry in manifest.get("artifacts", []):
+        art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
+        try:
+            conv = get(art.target)
+        except UserError as exc:
+            results.append(ParityResult(art.target, art.precision, "error", art.path, error=exc.to_dict()))
+            continue
+        missing = [f["path"] for f in entry["files"] if not (root / f["path"]).is_file()]
+        if missing:
+            results.append(ParityResult(art.target, art.precision, "error", art.path, error={
+                "code": "E-ARTIFACT-CORRUPT", "message": f"missing file(s) {', '.join(missing)}",
+                "fix": "copy the whole bundle folder, or re-export it"}))
+            continue
+        progress("running in the host runtime (subprocess)", art.target)
+        res = verify_artifact(conv, art, root, stacked, reference, spec, timeout_s)
+        changed = [f["path"] for f in entry["files"] if B.sha256_file(root / f["path"]) != f["sha256"]]
+        if changed:
+            res.notes.append(f"file(s) changed since export (sha256 differs from the manifest): {', '.join(changed)}")
+        results.append(res)
+        progress(res.status, art.target)
+    env = B.environment({k: v for r in results for k, v in _versions(r.target).items()})
+    report = build_report("verify", {"name": spec.name, "source": manifest["model"].get("source")}, calib.describe(),
+                          results, env, command or f"edgekit verify {root}", B.now())
+    return Outcome(root, report, results)
+
+
+def _versions(target: str) -> dict:
+    try:
+        return get(target).versions()
+    except UserError:
+        return {}

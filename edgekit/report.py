@@ -1,0 +1,87 @@
+"""report.json and report.md: one row per target, every failure and error spelled out."""
+from __future__ import annotations
+
+import math
+
+from edgekit.parity import ParityResult
+
+
+def overall_status(results: list[ParityResult]) -> str:
+    return "pass" if results and all(r.passed for r in results) else "fail"
+
+
+def build_report(kind: str, model: dict, data: dict, results: list[ParityResult], env: dict,
+                 command: str, created: str, notes: list[str] | None = None) -> dict:
+    return {
+        "kind": kind,  # "export" or "verify"
+        "created": created,
+        "command": command,
+        "model": model,
+        "data": data,
+        "summary": {
+            "status": overall_status(results),
+            "passed": sum(r.status == "pass" for r in results),
+            "failed": sum(r.status == "fail" for r in results),
+            "errors": sum(r.status == "error" for r in results),
+        },
+        "targets": {r.target if r.precision == "fp32" else f"{r.target}:{r.precision}": r.to_dict() for r in results},
+        "notes": notes or [],
+        "environment": env,
+    }
+
+
+def _fmt(v, kind: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):  # "inf" from the JSON-safe form
+        return "exact" if v == "inf" and kind == "db" else v
+    if kind == "bytes":
+        return f"{v / 1e6:.2f} MB" if v >= 1e5 else f"{v / 1e3:.1f} kB"
+    if kind == "ms":
+        return f"{v:.2f}"
+    if kind == "db":
+        return "exact" if math.isinf(v) else f"{v:.1f}"
+    if kind == "pct":
+        return f"{v:.1%}"
+    if kind == "cos":
+        return f"{v:.6f}"
+    return f"{v:.2e}"
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [
+        f"# edgekit {report['kind']} report: {report['model']['name']}",
+        "",
+        f"**{s['status'].upper()}**: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors. "
+        f"Created {report['created']}.",
+        "",
+        f"Verification data: {report['data'].get('count')} samples ({report['data'].get('kind')}) from "
+        f"`{report['data'].get('root')}`, sha256 `{str(report['data'].get('sha256'))[:16]}...`. "
+        "Conversion fidelity: each artifact against its PyTorch reference (`reference.pt2`). "
+        "Latency: median per sample, 1 thread, host runtime (not a device timing).",
+        "",
+        "| target | precision | status | size | latency ms | max abs | mean abs | cosine min | SQNR dB | top-1 agree |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in report["targets"].items():
+        m = t.get("metrics") or {}
+        lines.append(
+            f"| {name} | {t['precision']} | {t['status']} | {_fmt(t.get('size_bytes'), 'bytes')} | "
+            f"{_fmt(t.get('latency_ms'), 'ms')} | {_fmt(m.get('max_abs'), 'e')} | {_fmt(m.get('mean_abs'), 'e')} | "
+            f"{_fmt(m.get('cosine_min'), 'cos')} | {_fmt(m.get('sqnr_db'), 'db')} | {_fmt(m.get('top1_agreement'), 'pct')} |")
+    problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
+    if problems:
+        lines += ["", "## Failures and errors", ""]
+        for name, t in problems:
+            if t.get("error"):
+                e = t["error"]
+                lines.append(f"- **{name}** error `{e['code']}`: {e['message']}. Fix: {e['fix']}")
+            for f in t.get("failures", []):
+                lines.append(f"- **{name}** fail: {f}")
+    notes = [f"- **{n}**: {note}" for n, t in report["targets"].items() for note in t.get("notes", [])]
+    notes += [f"- {n}" for n in report.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + notes
+    lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
