@@ -1,0 +1,29 @@
+"""Test helper: change one stored weight inside an exported artifact, whatever its format.
+
+Every format edgekit writes stores float32 constants as raw little-endian bytes somewhere in its
+files. A 1-D tensor (a bias) has the same byte layout in every format, so its bytes can be found
+and one value changed in place: the file stays loadable, only its numbers are wrong.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def perturb_tensor(files: list[Path], values: np.ndarray, index: int, delta: float) -> Path:
+    """Add ``delta`` to element ``index`` of the stored copy of ``values``; return the file edited."""
+    needle = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    for path in files:
+        data = bytearray(path.read_bytes())
+        at = data.find(needle)
+        if at < 0:
+            continue
+        if data.find(needle, at + 1) >= 0:
+            raise AssertionError(f"{path.name} stores that tensor twice; pick another one")
+        pos = at + 4 * index
+        value = np.frombuffer(bytes(data[pos:pos + 4]), "<f4")[0] + np.float32(delta)
+        data[pos:pos + 4] = np.float32(value).astype("<f4").tobytes()
+        path.write_bytes(bytes(data))
+        return path
+    raise AssertionError(f"tensor not found as raw float32 in {[p.name for p in files]}")
