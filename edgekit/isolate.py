@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -36,8 +37,13 @@ class RunOutcome:
 
 
 def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], *,
-                 threads: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, warmup: int = 1) -> RunOutcome:
-    """Run every sample through the artifact in a fresh interpreter; never raises for runtime faults."""
+                 threads: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, warmup: int = 1,
+                 launcher: Sequence[str] | None = None, extra_env: dict[str, str] | None = None) -> RunOutcome:
+    """Run every sample through the artifact in a fresh interpreter; never raises for runtime faults.
+
+    launcher: the interpreter command (default: this Python); e.g. an aarch64 Python under qemu-user,
+    which then needs the edgekit sources on PYTHONPATH via extra_env.
+    """
     with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
         tmp = Path(tmp)
         np.savez(tmp / "inputs.npz", **{f"in{k}": a for k, a in enumerate(inputs)})
@@ -45,13 +51,13 @@ def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarra
             "target": target, "artifact": artifact, "root": str(Path(root).resolve()),
             "threads": threads, "warmup": warmup,
         }))
-        env = dict(os.environ)
+        env = {**os.environ, **(extra_env or {})}
         # One thread for every runtime's pool and for BLAS, so host checks are reproducible.
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "edgekit.isolate", str(tmp)], env=env,
+            proc = subprocess.run([*(launcher or [sys.executable]), "-m", "edgekit.isolate", str(tmp)], env=env,
                                   capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
             log = (exc.stderr or b"")[-4000:] if isinstance(exc.stderr, bytes) else (exc.stderr or "")[-4000:]
