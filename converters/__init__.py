@@ -15,13 +15,14 @@ _MODULES = ("tflite", "ptl", "ncnn", "executorch", "onnx")
 _cache: dict[str, Converter] = {}
 
 
+def _load(mod: str) -> Converter:
+    if mod not in _cache:
+        _cache[mod] = importlib.import_module(f"{__name__}.{mod}").CONVERTER
+    return _cache[mod]
+
+
 def all_converters() -> list[Converter]:
-    out = []
-    for mod in _MODULES:
-        if mod not in _cache:
-            _cache[mod] = importlib.import_module(f"{__name__}.{mod}").CONVERTER
-        out.append(_cache[mod])
-    return out
+    return [_load(mod) for mod in _MODULES]
 
 
 def target_names() -> list[str]:
@@ -29,6 +30,8 @@ def target_names() -> list[str]:
 
 
 def get(name: str) -> Converter:
+    if name in _MODULES and _load(name).info.name == name:  # the usual case: imports one module only
+        return _load(name)
     for conv in all_converters():
         if conv.info.name == name:
             return conv

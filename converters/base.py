@@ -73,7 +73,7 @@ class Artifact:
 
     def to_dict(self) -> dict:
         return {"target": self.target, "precision": self.precision, "path": self.path,
-                "files": list(self.files), "meta": self.meta}
+                "files": list(self.files), "meta": dict(self.meta)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Artifact":

@@ -85,8 +85,8 @@ def _conversion_error(exc: Exception, model_name: str) -> UserError:
                                   fix=f"litert-torch could not lower {op} ({_first_line(str(exc), 160)}); "
                                       f"rewrite it with static-shape ops or drop the target {NAME}")
     return UserError("E-EXPORT-FAILED", f"litert-torch could not convert {model_name}: {_first_line(text)}",
-                     "check that torch.export.export(model, example_inputs) works on the model; "
-                     "the full message is in the log")
+                     "make torch.export.export(model, example_inputs) succeed on the model (e.g. no "
+                     "data-dependent control flow); the toolchain's full error is chained to this one")
 
 
 def _open(path: Path, threads: int):

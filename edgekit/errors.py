@@ -23,6 +23,7 @@ CODES: dict[str, str] = {
     "E-OP-UNSUPPORTED": "an operator that the target's converter or runtime cannot handle",
     "E-EXPORT-FAILED": "the target's converter failed for another reason",
     "E-RUNTIME-CRASH": "the target's runtime crashed or timed out in its subprocess",
+    "E-RUNTIME-FAILED": "the target's runtime loaded the artifact but raised while running it",
     "E-CONFIG": "the run config file is missing, unreadable or has unknown keys",
     "E-ARGS": "command-line arguments that do not fit together",
 }

@@ -88,6 +88,7 @@ def _child(tmp: Path) -> int:
     from edgekit.errors import UserError
 
     req = json.loads((tmp / "request.json").read_text())
+    stage = "load"
     try:
         from edgekit.converters import get
         from edgekit.converters.base import Artifact
@@ -97,6 +98,7 @@ def _child(tmp: Path) -> int:
         run = conv.runner(Artifact.from_dict(req["artifact"]), Path(req["root"]), threads=req["threads"])
         with np.load(tmp / "inputs.npz") as z:
             inputs = [z[f"in{k}"] for k in range(len(z.files))]
+        stage = "run"
         n = inputs[0].shape[0]
         for _ in range(req["warmup"]):
             run([a[0] for a in inputs])
@@ -112,9 +114,14 @@ def _child(tmp: Path) -> int:
     except UserError as exc:
         result = {"error": exc.to_dict()}
     except Exception as exc:  # a runtime's own exception: reported, not raised across the process
-        result = {"error": {"code": "E-ARTIFACT-CORRUPT",
-                            "message": f"{type(exc).__name__}: {exc}".strip()[:2000],
-                            "fix": "re-export the bundle; if it persists, report the message"}}
+        message = f"{type(exc).__name__}: {exc}".strip()[:2000]
+        if stage == "load":
+            error = {"code": "E-ARTIFACT-CORRUPT", "message": f"cannot load {req['artifact']['path']}: {message}",
+                     "fix": "re-export the bundle; if it persists, report the message"}
+        else:
+            error = {"code": "E-RUNTIME-FAILED", "message": f"running {req['artifact']['path']} raised {message}",
+                     "fix": "check the inputs match the manifest; re-export; if it persists, report the message"}
+        result = {"error": error}
     (tmp / "result.json").write_text(json.dumps(result))
     return 0
 

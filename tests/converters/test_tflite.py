@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +162,20 @@ def test_unsupported_op_is_named_and_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _DataDependentBranch(torch.nn.Module):
+    def forward(self, x):
+        return x * 2.0 if x.sum() > 0 else x - 1.0
+
+
+def test_other_export_failure_is_coded(tmp_path):
+    spec = ModelSpec("dd", (TensorSpec("x", (1, 4)),), (TensorSpec("y", (1, 4)),), task="embedding")
+    with pytest.raises(UserError) as err:
+        CONVERTER.export(_DataDependentBranch().eval(), spec, None, tmp_path, (torch.randn(1, 4),))
+    assert err.value.code == "E-EXPORT-FAILED" and "dd" in err.value.what
+    assert err.value.__cause__ is not None  # the toolchain's own error stays attached
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("damage", ["truncate", "empty", "missing"])
 def test_corrupt_artifact_is_reported(exported, tmp_path, damage):
     loaded, artifact, out = exported
@@ -177,11 +190,12 @@ def test_corrupt_artifact_is_reported(exported, tmp_path, damage):
     sample = make_inputs(loaded.spec, 1)[0]
     res = run_artifact("tflite", artifact.to_dict(), tmp_path, [a[None] for a in sample])
     assert res.outputs is None and res.error["code"] == "E-ARTIFACT-CORRUPT"
+    assert artifact.path in res.error["message"]  # our diagnosis, not some other failure in the child
 
 
 def test_meta_that_does_not_match_the_file_is_reported(exported):
     loaded, artifact, out = exported
-    d = artifact.to_dict()
+    d = json.loads(json.dumps(artifact.to_dict()))  # a copy: to_dict shares the meta dict
     d["meta"]["inputs"][0]["runtime_name"] = "args_9"
     with pytest.raises(UserError) as err:
         CONVERTER.runner(Artifact.from_dict(d), out)

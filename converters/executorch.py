@@ -1,0 +1,283 @@
+"""ExecuTorch target: ``torch.export`` -> edge dialect -> XNNPACK delegate -> one ``.pte`` program;
+the host runner is ExecuTorch's own C++ runtime through its python bindings (``executorch.runtime``).
+
+ExecuTorch is PyTorch's on-device runtime and the successor of PyTorch Mobile (the ``.ptl`` target):
+it is current and maintained, not deprecated.
+
+Facts this module is built on (measured with executorch 1.5.1 on torch 2.13.0):
+- The XNNPACK partitioner delegates the ops it supports, in as many subgraphs as the graph needs;
+  everything else stays in the program and runs on ExecuTorch's portable kernels (on a
+  transformer: LayerNorm, expand/squeeze copies, the mask cast). ``Artifact.meta["delegation"]``
+  records how the graph was split, so a report can say what runs where without reloading anything.
+- Inputs keep the torch dtypes (int64 token ids stay int64) and layout (NCHW).
+- An operator ExecuTorch cannot take shows up as ``Missing out variants: {...}`` (no out-variant
+  kernel), ``Operator X is not in Core ATen opset`` or an edge-dialect dtype violation naming
+  ``<EdgeOpOverload: X>``; all three become UnsupportedOpError naming X.
+- The runtime aborts the whole process (pybind11 UnicodeDecodeError while logging) on a file whose
+  identifier bytes are not text; the runner checks the header first so such a file is a coded error.
+- Threads: the XNNPACK delegate runs on ExecuTorch's process-wide threadpool (default: one thread
+  per performant core). The python bindings expose ``_unsafe_reset_threadpool(n)`` (experimental,
+  "unsafe" only while a method executes); the runner calls it before loading. It applies to every
+  ExecuTorch program in the process; the portable kernels are single-threaded either way.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import re
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
+
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+
+NAME = "executorch"
+METHOD = "forward"
+
+# How lowering and emission name an operator they cannot take.
+_MISSING_OUT = re.compile(r"Missing out variants: \{([^}]*)\}")
+_NOT_CORE = re.compile(r"Operator (?:torch\._ops\.)?([\w:.]+) is not in Core ATen opset")
+_EDGE_OP = re.compile(r"Operator: <EdgeOpOverload: ([\w:.]+)>")
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
+    return line[:limit]
+
+
+def _op_name(target) -> str:
+    """'aten.linear.default' for torch and edge ops, the function name for anything else."""
+    from torch._ops import OpOverload
+
+    if isinstance(target, OpOverload):  # its __name__ lacks the namespace ('linear.default')
+        return str(target)
+    return getattr(target, "__name__", str(target))  # EdgeOpOverload.__name__ is 'aten.linear.default'
+
+
+def _find_node(graph, op: str) -> str | None:
+    """The name of the first node calling ``op`` ('aten::foo', 'aten.foo.default', ...), if any."""
+    want = op.replace("::", ".")
+    for node in graph.nodes:
+        if node.op == "call_function":
+            name = _op_name(node.target)
+            if name == want or name.startswith(want + "."):
+                return node.name
+    return None
+
+
+def _lowering_error(exc: Exception, ep, model_name: str) -> UserError:
+    """Map an ExecuTorch lowering/emission failure to UnsupportedOpError or E-EXPORT-FAILED."""
+    text = str(exc)
+    missing = _MISSING_OUT.search(text)
+    if missing:
+        ops = sorted(s.strip().strip("'\"") for s in missing.group(1).split(",") if s.strip())
+        return UnsupportedOpError(NAME, ", ".join(ops), _find_node(ep.graph, ops[0]) if ops else None,
+                                  fix="ExecuTorch has no kernel (out variant) for it; replace it in the model, "
+                                      f"or drop the target {NAME}")
+    for pattern in (_NOT_CORE, _EDGE_OP):
+        found = pattern.search(text)
+        if found:
+            op = found.group(1).replace("::", ".")
+            return UnsupportedOpError(NAME, op, _find_node(ep.graph, op),
+                                      fix=f"ExecuTorch's edge dialect rejects it ({_first_line(text, 160)}); "
+                                          f"replace it with core ATen ops of matching dtypes, or drop the target {NAME}")
+    return UserError("E-EXPORT-FAILED", f"ExecuTorch could not lower {model_name}: {type(exc).__name__}: {_first_line(text)}",
+                     "the full message is in the log; check the model with torch.export and executorch.exir")
+
+
+def _delegation(edge_program) -> dict:
+    """Count what the partitioner delegated and which ops stayed on portable kernels.
+
+    Walks the lowered edge graph once: each ``executorch_call_delegate`` node is one delegated
+    subgraph (its ops are in the lowered module's original graph); every other op node (getitem
+    excluded: it only unpacks tuples) runs on ExecuTorch's portable kernels.
+    """
+    gm = edge_program.graph_module
+    backends, delegated, portable = Counter(), Counter(), Counter()
+    subgraphs = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        if _op_name(node.target) == "executorch_call_delegate":
+            subgraphs += 1
+            lowered = getattr(gm, node.args[0].target)
+            backends[lowered.backend_id] += 1
+            for inner in lowered.original_module.graph.nodes:
+                if inner.op == "call_function" and inner.target is not operator.getitem:
+                    delegated[_op_name(inner.target)] += 1
+        else:
+            portable[_op_name(node.target)] += 1
+    return {
+        "backends": dict(backends),  # e.g. {"XnnpackBackend": 3}
+        "subgraphs": subgraphs,
+        "delegated_nodes": sum(delegated.values()),
+        "portable_nodes": sum(portable.values()),
+        "delegated_ops": dict(sorted(delegated.items())),
+        "portable_ops": dict(sorted(portable.items())),
+    }
+
+
+def _missing_kernels(et_program) -> list[tuple[str, str]]:
+    """Ops of the final program that the installed runtime has no kernel for: (op, node) pairs.
+
+    Checked at export so the user learns the op's name now, not as a load failure in the runner.
+    """
+    from executorch.runtime import Runtime
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This API is experimental")
+        registered = Runtime.get().operator_registry.operator_names
+    from torch._ops import OpOverload
+
+    out = []
+    for node in et_program.exported_program().graph_module.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, OpOverload) and node.target.name() not in registered:
+            out.append((node.target.name(), node.name))
+    return out
+
+
+def _io_meta(ep, spec, example_inputs) -> dict:
+    """Inputs (spec order, with the dtype the program takes) and outputs as the runner needs them."""
+    outs = [n for n in ep.graph.nodes if n.op == "output"][0].args[0]
+    out_shapes = [list(n.meta["val"].shape) for n in outs]
+    if len(out_shapes) != len(spec.outputs):
+        raise UserError("E-EXPORT-FAILED", f"the model returns {len(out_shapes)} tensors, the spec {spec.name} "
+                        f"names {len(spec.outputs)} outputs", "make forward() return the spec's outputs (a tensor or a tuple)")
+    for t, shape in zip(spec.outputs, out_shapes):
+        if int(np.prod(shape)) != int(np.prod(t.shape)):
+            raise UserError("E-EXPORT-FAILED", f"output {t.name!r} is {shape} in the program, {list(t.shape)} in the spec",
+                            "make the spec's output shapes match what the model returns")
+    return {
+        "method": METHOD,
+        "inputs": [{"name": t.name, "shape": [int(s) for s in x.shape], "dtype": str(x.dtype).removeprefix("torch.")}
+                   for t, x in zip(spec.inputs, example_inputs)],
+        "outputs": [{"name": t.name, "shape": list(t.shape)} for t in spec.outputs],
+    }
+
+
+def _check_header(path: Path) -> None:
+    """Reject a missing file, or one that is not a .pte, before the runtime sees it (see module doc)."""
+    if not path.is_file():
+        raise UserError("E-ARTIFACT-CORRUPT", f"{path} does not exist", "re-export the bundle")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # A .pte is a flatbuffer whose file identifier (bytes 4-8) is 'ET' + two digits ('ET12').
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise UserError("E-ARTIFACT-CORRUPT", f"{path.name} is not an ExecuTorch program (bad header)",
+                        "re-export the bundle; the file is truncated or corrupt")
+
+
+class ExecuTorchConverter(Converter):
+    info = TargetInfo(
+        name=NAME,
+        title="ExecuTorch (successor of PyTorch Mobile)",
+        suffix=".pte",
+        precisions=("fp32",),
+        tolerances={"fp32": FP32_TOLERANCE},
+        delegates=("xnnpack",),
+        extra="executorch",
+        modules=("executorch",),
+        packages=("executorch", "torchao"),
+        exporter="torch.export -> executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner) -> to_executorch",
+        runtime="executorch.runtime (C++ runtime via python bindings), XNNPACK delegate + portable kernels, FP32",
+    )
+
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        if recipe is not None:
+            raise UserError("E-TARGET-PRECISION", f"target {NAME} exports only fp32 for now",
+                            f"run {NAME} without a quantization recipe")
+        precision = "fp32"
+        try:
+            import torch
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+        except ImportError:
+            raise missing_dependency(NAME, "executorch", self.info.extra) from None
+
+        example_inputs = tuple(example_inputs)
+        try:
+            ep = torch.export.export(model.eval(), example_inputs)
+        except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
+            raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
+                            "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
+        # An INT8 recipe plugs in here: PT2E-quantize with the XNNPACK quantizer, re-export, and
+        # lower the quantized program with the same partitioner.
+        try:
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            delegation = _delegation(edge.exported_program())
+            program = edge.to_executorch()
+        except Exception as exc:  # exir raises RuntimeError, SpecViolationError, ...: classified below
+            raise _lowering_error(exc, ep, spec.name) from exc
+        missing = _missing_kernels(program)
+        if missing:
+            op, node = missing[0]
+            raise UnsupportedOpError(NAME, op, node, fix="the installed ExecuTorch runtime has no kernel for it; "
+                                     f"replace it in the model, or drop the target {NAME}")
+        meta = {**_io_meta(ep, spec, example_inputs), "delegation": delegation}
+
+        out_dir = Path(out_dir)
+        final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
+        except OSError as exc:
+            raise UserError("E-OUT-UNWRITABLE", f"cannot write into {out_dir}: {exc.strerror}",
+                            "choose an output folder you can write to") from exc
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(program.buffer)
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise UserError("E-OUT-UNWRITABLE", f"cannot write {final}: {exc.strerror}",
+                            "free disk space or choose another output folder") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Artifact(NAME, precision, final.name, (final.name,), meta)
+
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+        if threads < 1:
+            raise UserError("E-ARGS", f"threads must be at least 1, got {threads}", "pass --threads 1 or more")
+        path = Path(root) / artifact.path
+        _check_header(path)
+        try:
+            import torch
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="This API is experimental")
+                from executorch.extension.pybindings import portable_lib
+                from executorch.runtime import Runtime
+        except ImportError:
+            raise missing_dependency(NAME, "executorch", self.info.extra) from None
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        try:
+            method = Runtime.get().load_program(path).load_method(artifact.meta.get("method", METHOD))
+        except (RuntimeError, ValueError) as exc:  # the bindings raise RuntimeError('Failed to load ...')
+            raise UserError("E-ARTIFACT-CORRUPT", f"the ExecuTorch runtime cannot load {path.name}: {_first_line(exc)}",
+                            "re-export the bundle; the file is truncated or corrupt (the runtime's reason is in the log)") from exc
+        in_specs, out_specs = artifact.meta["inputs"], artifact.meta["outputs"]
+        dtypes = [getattr(torch, t["dtype"]) for t in in_specs]
+
+        def run(inputs) -> list:
+            if len(inputs) != len(in_specs):
+                raise UserError("E-DATA-SHAPE", f"got {len(inputs)} inputs, the model takes {len(in_specs)}",
+                                "pass one array per model input, in the spec's order")
+            tensors = []
+            for t, dtype, a in zip(in_specs, dtypes, inputs):
+                a = np.asarray(a)
+                if list(a.shape) != t["shape"]:
+                    raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has shape {tuple(a.shape)}, the model takes "
+                                    f"{tuple(t['shape'])}", "feed samples with the batch dimension and the spec's shape")
+                tensors.append(torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
+            outs = method.execute(tensors)
+            return [np.array(o.numpy(), dtype=np.float32).reshape(t["shape"]) for o, t in zip(outs, out_specs)]
+
+        return run
+
+
+CONVERTER = ExecuTorchConverter()

@@ -1,0 +1,541 @@
+"""ncnn target: torch.jit.trace -> pnnx (fp16 off) -> ncnn .param/.bin, run in the ncnn python bindings.
+
+The export has three steps, each fixing one gap between what PyTorch records and what ncnn runs:
+
+1. Trace. For ``nn.TransformerEncoderLayer`` the MHA fast path is switched off while tracing (else a
+   fused ``_transformer_encoder_layer_fwd`` lands in the file). Advanced indexing with indices that
+   are constants of the traced shapes and that select every element in order (how transformers
+   builds its padding mask: ``mask[batch_idx, kv_idx]``) is replaced by ``aten::reshape``: ncnn has
+   no gather, and pnnx would print the index unusably.
+2. pnnx, run as a subprocess in a scratch folder (its exit code and log are ours to read).
+3. Legalise the ncnn graph. pnnx leaves ops it cannot map to ncnn under their torch names. Some
+   have an exact ncnn form, given that every ncnn blob holds float32 values: casts of integer/bool
+   data, boolean and/or, ``torch.where`` on a boolean condition, and ``unbind(0)`` of a 5-D
+   (batch-in-the-middle) tensor. Those are rewritten; any layer type ncnn does not register after
+   that is reported as E-OP-UNSUPPORTED with the op and the layer name, never shipped.
+
+ncnn drops the batch dimension: the runner feeds each input without its leading 1 and adds it back
+to the outputs. Token ids that feed an ``Embed`` layer are read by ncnn as int32 bit patterns, so
+they go in as int32 data; every other input goes in as float32 values (a 0/1 mask included).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.errors import InternalError, UnsupportedOpError, UserError
+
+from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo
+
+PNNX_TIMEOUT_S = 1800
+_PNNX_TYPES = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.int64: "i64",
+               torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "bool"}
+# Layer types ncnn reads its input as int32 (indices); every other consumer reads float32.
+_INT_CONSUMERS = {"Embed"}
+_PASS_THROUGH = {"Split", "Noop"}
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: trace, and turn constant identity indexing into reshape.
+# --------------------------------------------------------------------------------------------
+
+_SHAPE_LEAVES = {"prim::Constant", "prim::GetAttr", "aten::size", "prim::device", "prim::dtype", "aten::dim"}
+
+
+def _depends_on_input_values(value, graph_inputs) -> bool:
+    """True if ``value`` reads a graph input's values (its shape, device and dtype do not count:
+    they are fixed by the trace), or comes out of control flow."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v in graph_inputs:
+            return True
+        node = v.node()
+        if node in seen or node.kind() in _SHAPE_LEAVES:
+            continue
+        seen.add(node)
+        if list(node.blocks()):
+            return True
+        stack.extend(node.inputs())
+    return False
+
+
+def _rewrite_identity_index(traced, example_inputs) -> int:
+    """Replace ``aten::index`` nodes whose indices only depend on shapes and that pick every element
+    of their input in order by ``aten::reshape``; returns how many were replaced."""
+    if not list(traced.inlined_graph.findAllNodes("aten::index")):
+        return 0
+    graph = traced.graph
+    torch._C._jit_pass_inline(graph)  # the index sits in a submodule; work on one flat graph
+    inputs = set(graph.inputs())
+    candidates = []
+    for k, node in enumerate(graph.findAllNodes("aten::index")):
+        lst = list(node.inputs())[1].node()
+        if lst.kind() != "prim::ListConstruct":
+            continue
+        idx = list(lst.inputs())
+        if not any(_depends_on_input_values(v, inputs) for v in idx):
+            candidates.append((k, node))
+    if not candidates:
+        return 0
+    # Evaluate each index's source (for its shape) and indices in a copy of the graph that returns them.
+    probe = graph.copy()
+    probe_nodes = list(probe.findAllNodes("aten::index"))
+    wanted = []
+    for k, _ in candidates:
+        src, lst = probe_nodes[k].inputs()
+        wanted.append([src, *lst.node().inputs()])
+    flat = [v for group in wanted for v in group if v.type().kind() == "TensorType"]
+    pack = probe.create("prim::ListConstruct", flat)
+    pack.output().setType(torch._C.ListType.ofTensors())
+    probe.insertNode(pack)
+    probe.eraseOutput(0)
+    probe.registerOutput(pack.output())
+    try:
+        fn = torch._C._create_function_from_graph("edgekit_index_probe", probe)
+        with torch.no_grad():
+            values = list(fn(traced._c, *example_inputs))
+    except RuntimeError:
+        return 0  # leave the graph as traced; what ncnn cannot take is reported after pnnx
+    replaced = 0
+    for (k, node), group in zip(candidates, wanted):
+        src_val, *idx = [values.pop(0) if v.type().kind() == "TensorType" else None for v in group]
+        positions = torch.arange(src_val.numel()).reshape(src_val.shape)
+        picked = positions[tuple(slice(None) if i is None else i for i in idx)]
+        if picked.numel() != positions.numel() or not torch.equal(picked.flatten(), positions.flatten()):
+            continue  # a real gather: left for pnnx, and reported if ncnn cannot take it
+        graph.setInsertPoint(node)
+        shape = graph.insertConstant(list(picked.shape))
+        reshape = graph.create("aten::reshape", [list(node.inputs())[0], shape])
+        reshape.insertBefore(node)
+        reshape.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(reshape.output())
+        node.destroy()
+        replaced += 1
+    torch._C._jit_pass_dce(graph)
+    return replaced
+
+
+def _trace(model, example_inputs):
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        traced = torch.jit.trace(model.eval(), tuple(example_inputs), check_trace=False)
+        _rewrite_identity_index(traced, example_inputs)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UserError("E-EXPORT-FAILED", f"torch.jit.trace could not trace the model for ncnn: {_first_line(exc)}",
+                        "make forward() traceable (tensor inputs, no data-dependent control flow)") from exc
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return traced
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: pnnx.
+# --------------------------------------------------------------------------------------------
+
+def _run_pnnx(scratch: Path, example_inputs) -> str:
+    """Run the pnnx binary on scratch/model.pt; returns its log (stdout + stderr)."""
+    import pnnx
+
+    shapes = []
+    for t in example_inputs:
+        if t.dtype not in _PNNX_TYPES:
+            raise UserError("E-EXPORT-FAILED", f"pnnx cannot take an input of dtype {t.dtype}",
+                            "feed the model float32 images or int64 token ids")
+        shapes.append("[" + ",".join(str(d) for d in t.shape) + "]" + _PNNX_TYPES[t.dtype])
+    cmd = [pnnx.EXEC_PATH, "model.pt", "inputshape=" + ",".join(shapes), "fp16=0", "device=cpu",
+           "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py",
+           "pnnxonnx=model.pnnx.onnx", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
+           "ncnnpy=model_ncnn.py"]
+    try:
+        proc = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise UserError("E-EXPORT-FAILED", f"pnnx did not finish within {PNNX_TIMEOUT_S} s",
+                        "export a smaller model or drop the ncnn target") from exc
+    log = proc.stdout + proc.stderr
+    missing = [f for f in ("model.ncnn.param", "model.ncnn.bin", "model.pnnx.param") if not (scratch / f).is_file()]
+    if proc.returncode != 0 or missing:
+        op = re.search(r"(?:unknown|unsupported|not supported)\W+(?:op\W+)?((?:aten|prim|quantized)::\w+)", log, re.I)
+        if op:
+            raise UnsupportedOpError("ncnn", op.group(1))
+        how = f"exited with code {proc.returncode}" if proc.returncode else f"wrote no {', '.join(missing)}"
+        tail = " | ".join(log.strip().splitlines()[-3:])[-600:]
+        raise UserError("E-EXPORT-FAILED", f"pnnx {how}: {tail}", "see the pnnx message; drop the ncnn target if it persists")
+    return log
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: the ncnn graph, its legalisation and the check for unsupported layers.
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Layer:
+    type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    params: list[str] = field(default_factory=list)  # "key=value" tokens, kept verbatim
+
+    def line(self) -> str:
+        return " ".join([f"{self.type:<24} {self.name:<24} {len(self.inputs)} {len(self.outputs)}",
+                         *self.inputs, *self.outputs, *self.params])
+
+
+def _parse_layers(text: str) -> list[_Layer]:
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2 or lines[0] != ["7767517"]:
+        raise InternalError("pnnx wrote an ncnn .param without the 7767517 magic")
+    layers = []
+    for tok in lines[2:]:
+        nin, nout = int(tok[2]), int(tok[3])
+        layers.append(_Layer(tok[0], tok[1], tok[4:4 + nin], tok[4 + nin:4 + nin + nout], tok[4 + nin + nout:]))
+    return layers
+
+
+def _format_layers(layers: list[_Layer]) -> str:
+    blobs = {b for layer in layers for b in layer.inputs + layer.outputs}
+    return "\n".join(["7767517", f"{len(layers)} {len(blobs)}", *(layer.line() for layer in layers)]) + "\n"
+
+
+@dataclass
+class _IrOp:
+    """One op of pnnx's own IR (.pnnx.param): params and the (shape, dtype) of each operand."""
+
+    inputs: list[tuple[tuple[int, ...], str]]
+    outputs: list[tuple[tuple[int, ...], str]]
+    params: dict[str, str]
+
+
+def _parse_pnnx_ir(text: str) -> dict[str, _IrOp]:
+    ops = {}
+    for ln in text.splitlines()[2:]:
+        tok = ln.split()
+        if len(tok) < 4:
+            continue
+        nin, nout = int(tok[2]), int(tok[3])
+        names = tok[4:4 + nin + nout]
+        params, types = {}, {}
+        for t in tok[4 + nin + nout:]:
+            key, _, val = t.partition("=")
+            if key.startswith("#"):
+                m = re.fullmatch(r"\(([-\d,]*)\)(\w+)", val)
+                if m:
+                    types[key[1:]] = (tuple(int(d) for d in m.group(1).split(",") if d), m.group(2))
+            else:
+                params[key] = val
+        unknown = ((), "?")
+        ops[tok[1]] = _IrOp([types.get(n, unknown) for n in names[:nin]],
+                            [types.get(n, unknown) for n in names[nin:]], params)
+    return ops
+
+
+def _kind(dtype: str) -> str:
+    if dtype.startswith(("f", "bf")) or dtype in ("torch.float", "torch.float32", "torch.double", "torch.half"):
+        return "float"
+    return "bool" if "bool" in dtype else "int"
+
+
+def _scalar(value: float) -> str:
+    if not np.isfinite(np.float32(value)):
+        raise ValueError("not finite in float32")
+    return f"{value:.9e}".replace("e+", "e")
+
+
+class _Legaliser:
+    """Rewrites pnnx leftovers that have an exact ncnn form; each rule returns replacement layers
+    or None (then the layer stays, and is reported as unsupported)."""
+
+    def __init__(self, layers: list[_Layer], ir: dict[str, _IrOp]):
+        self.layers, self.ir, self.count = layers, ir, 0
+
+    def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> _Layer:
+        """A new layer named after the one it replaces; its output blob is ``output`` or its own name."""
+        self.count += 1
+        name = f"{base}_lg{self.count}"
+        return _Layer(type_, name, inputs, [output or name], params)
+
+    def run(self) -> list[str]:
+        """Rewrite self.layers in place; returns "type name" of each layer rewritten."""
+        out, rewritten = [], []
+        for layer in self.layers:
+            rule = {"Tensor.to": self.cast, "pnnx.Expression": self.logic, "torch.where": self.where,
+                    "torch.unbind": self.unbind}.get(layer.type)
+            op = self.ir.get(layer.name)
+            replacement = rule(layer, op) if rule and op else None
+            if layer.type == "MemoryData" and "21=3" in layer.params:
+                replacement = self.int8_constant(layer)
+            if replacement is not None:
+                rewritten.append(f"{layer.type} {layer.name}")
+            out.extend(replacement if replacement is not None else [layer])
+        self.layers[:] = self._drop_batch_reshapes(out)
+        return rewritten
+
+    def int8_constant(self, layer):
+        """pnnx stores bool/int8 constants as int8 (MemoryData 21=3), which ncnn's float layers would
+        read as float bits: add a Cast int8 -> float32 behind it."""
+        data = _Layer(layer.type, layer.name, [], [layer.name + "_int8"], layer.params)
+        return [data, self.new("Cast", layer.name, data.outputs, ["0=3", "1=1"], layer.outputs[0])]
+
+    def cast(self, layer, op):
+        """Casts from integer/bool data: ncnn already holds them as float32 integers (exact)."""
+        if "dtype" not in op.params or op.inputs[0][1] == "?":
+            return None
+        src, dst = _kind(op.inputs[0][1]), _kind(op.params["dtype"])
+        if src == "float":
+            return None
+        if dst != "bool" or src == "bool":
+            return [_Layer("Noop", layer.name, layer.inputs, layer.outputs)]
+        # int -> bool: min(|x|, 1), exact for integer values
+        absval = self.new("UnaryOp", layer.name, layer.inputs, ["0=0"])
+        return [absval, self.new("BinaryOp", layer.name, absval.outputs, ["0=5", "1=1", "2=1.0"], layer.outputs[0])]
+
+    def logic(self, layer, op):
+        """and/or of two bool tensors (0/1 in ncnn): mul and max."""
+        kind = {"and(@0,@1)": "0=2", "or(@0,@1)": "0=4"}.get(op.params.get("expr", ""))
+        if kind is None or len(layer.inputs) != 2 or any(_kind(t) != "bool" for _, t in op.inputs):
+            return None
+        return [_Layer("BinaryOp", layer.name, layer.inputs, layer.outputs, [kind])]
+
+    def where(self, layer, op):
+        """where(c, x, y) with c in {0, 1} as c*x + (1-c)*y: exact for finite x, y."""
+        roles = [r for r in ("condition", "input", "other") if f"${r}" in op.params]
+        if roles[:1] != ["condition"] or len(roles) != len(layer.inputs) or _kind(op.inputs[0][1]) != "bool":
+            return None
+        blob = dict(zip(roles, layer.inputs))
+        try:
+            scalars = {r: _scalar(float(op.params[r])) for r in ("input", "other") if r not in blob}
+        except (KeyError, ValueError):
+            return None
+        split = self.new("Split", layer.name, [blob["condition"]], [])
+        split.outputs = [split.name + "_0", split.name + "_1"]
+        notc = self.new("BinaryOp", layer.name, [split.outputs[1]], ["0=7", "1=1", "2=1.0"])
+
+        def times(c, role):
+            if role in blob:
+                return self.new("BinaryOp", layer.name, [c, blob[role]], ["0=2"])
+            return self.new("BinaryOp", layer.name, [c], ["0=2", "1=1", f"2={scalars[role]}"])
+
+        a, b = times(split.outputs[0], "input"), times(notc.outputs[0], "other")
+        return [split, notc, a, b, self.new("BinaryOp", layer.name, a.outputs + b.outputs, ["0=0"], layer.outputs[0])]
+
+    def unbind(self, layer, op):
+        """unbind(0) of an (N, 1, *rest) tensor (batch second, e.g. q/k/v of a fused qkv projection):
+        in ncnn the blob is (N, *rest); Slice it on axis 0 and reshape each piece to rest."""
+        shape = op.inputs[0][0]
+        rest = shape[2:]
+        if op.params.get("dim") != "0" or len(shape) < 3 or shape[1] != 1 or not 1 <= len(rest) <= 3 \
+                or len(layer.outputs) != shape[0]:
+            return None
+        n = shape[0]
+        piece = self.new("Slice", layer.name, layer.inputs, ["-23300=" + ",".join([str(n)] + ["-233"] * n), "1=0"])
+        piece.outputs = [f"{piece.name}_{k}" for k in range(n)]
+        dims = list(reversed(rest))  # ncnn order: w, h, c
+        keys = ["0", "1", "2"][:len(dims)]
+        params = [f"{k}={d}" for k, d in zip(keys, dims)]
+        return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
+
+    @staticmethod
+    def _drop_batch_reshapes(layers: list[_Layer]) -> list[_Layer]:
+        """pnnx puts an unconvertible ``Tensor.reshape`` (name ``*_ncnnbatch2dim_*``) in front of an
+        unbind to re-insert the batch axis; once the unbind is a Slice it is a no-op."""
+        sliced = {layer.inputs[0] for layer in layers if layer.type == "Slice"}
+        return [(_Layer("Noop", layer.name, layer.inputs, layer.outputs)
+                 if layer.type == "Tensor.reshape" and "_ncnnbatch2dim_" in layer.name and layer.outputs[0] in sliced
+                 else layer) for layer in layers]
+
+
+def _check_supported(layers: list[_Layer], log: str) -> None:
+    import ncnn
+
+    # pnnx.* leftovers are often helpers of the real culprit (e.g. the constants an aten::sort takes): name it first
+    bad = sorted((layer for layer in layers if ncnn.layer_to_index(layer.type) < 0), key=lambda l: l.type.startswith("pnnx."))
+    if not bad:
+        return
+    details = []
+    for layer in bad:
+        params = re.findall(rf"^ignore \S+ {re.escape(layer.name)} param (.*)$", log, re.M)
+        details.append(f"{layer.type} (layer {layer.name}{': ' + ', '.join(params) if params else ''})")
+    rank = " pnnx reported reshapes beyond ncnn's 4 dims." if "exceeds ncnn physical rank" in log else ""
+    raise UnsupportedOpError(
+        "ncnn", bad[0].type, bad[0].name,
+        f"ncnn has no layer for: {'; '.join(details)}.{rank} Express these with ops ncnn has "
+        "(float arithmetic instead of bool masks and casts, at most 4-D tensors), or drop the ncnn target")
+
+
+def _input_feeds(layers: list[_Layer], names: list[str]) -> list[str]:
+    """How each input must be stored in its ncnn Mat: "int32" if only Embed reads it, else "float32"."""
+    consumers: dict[str, list[_Layer]] = {}
+    for layer in layers:
+        for b in layer.inputs:
+            consumers.setdefault(b, []).append(layer)
+    feeds = []
+    for name in names:
+        kinds, stack = set(), [name]
+        while stack:
+            for layer in consumers.get(stack.pop(), []):
+                if layer.type in _PASS_THROUGH:
+                    stack.extend(layer.outputs)
+                else:
+                    kinds.add("int32" if layer.type in _INT_CONSUMERS else "float32")
+        if len(kinds) > 1:
+            raise UnsupportedOpError("ncnn", "Embed", name, f"input {name} feeds both an embedding lookup and float "
+                                     "arithmetic; ncnn stores it one way: pass a separate input for each use")
+        feeds.append(kinds.pop() if kinds else "float32")
+    return feeds
+
+
+# --------------------------------------------------------------------------------------------
+# The converter.
+# --------------------------------------------------------------------------------------------
+
+class NcnnConverter(Converter):
+    info = TargetInfo(
+        name="ncnn",
+        title="ncnn",
+        suffix=".param",
+        precisions=("fp32",),
+        tolerances={"fp32": FP32_TOLERANCE},  # measured: tiny models ~3e-7 abs, MiniLM ~2e-7 abs
+        delegates=("cpu", "vulkan"),
+        extra="ncnn",
+        modules=("pnnx", "ncnn"),
+        packages=("pnnx", "ncnn"),
+        exporter="torch.jit.trace -> pnnx (fp16=0) -> ncnn .param/.bin",
+        runtime="ncnn python bindings (fp16/bf16 off, Vulkan off)",
+    )
+
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        if recipe is not None:
+            raise UserError("E-TARGET-PRECISION", "the ncnn target exports FP32 only for now",
+                            "drop the quantization recipe for ncnn, or drop the ncnn target")
+        self.check_available()
+        out_dir = Path(out_dir)
+        stem = f"{spec.name}-fp32"
+        with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
+            scratch = Path(tmp)
+            _trace(model, example_inputs).save(str(scratch / "model.pt"))
+            log = _run_pnnx(scratch, example_inputs)
+            layers = _parse_layers((scratch / "model.ncnn.param").read_text())
+            fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
+            _check_supported(layers, log)
+            inputs = [layer.name for layer in layers if layer.type == "Input"]
+            produced = {b for layer in layers for b in layer.outputs}
+            outputs = [f"out{k}" for k in range(len(spec.outputs))]
+            if inputs != [f"in{k}" for k in range(len(spec.inputs))] or not set(outputs) <= produced \
+                    or f"out{len(spec.outputs)}" in produced:
+                raise UserError("E-EXPORT-FAILED", f"pnnx named the ncnn inputs {inputs} and outputs "
+                                f"{sorted(b for b in produced if b.startswith('out'))}, which do not match the spec's "
+                                f"{len(spec.inputs)} inputs and {len(spec.outputs)} outputs",
+                                "make forward() take the spec's inputs in order and return a tensor per output")
+            (scratch / "model.ncnn.param").write_text(_format_layers(layers))
+            files = {".bin": scratch / "model.ncnn.bin", ".param": scratch / "model.ncnn.param"}
+            try:
+                _load_net(files[".param"], files[".bin"], threads=1)
+            except UserError as exc:
+                raise UserError("E-EXPORT-FAILED", f"ncnn cannot load what pnnx wrote: {exc.what}",
+                                "report it with the model; drop the ncnn target meanwhile") from exc
+            sizes = [files[".param"].stat().st_size, files[".bin"].stat().st_size]
+            _install(files, out_dir, stem)  # .bin first: a .param in out_dir always has its .bin
+        meta = {
+            "inputs": inputs,  # ncnn blob names, spec input order
+            "outputs": outputs,  # ncnn blob names, spec output order
+            "input_feed": _input_feeds(layers, inputs),  # numpy dtype each input's ncnn Mat holds
+            "output_shapes": [list(t.shape) for t in spec.outputs],  # batch included
+            "file_bytes": sizes,  # .param, .bin: ncnn does not notice a .bin with bytes to spare
+            "legalised_layers": fixed,
+        }
+        return Artifact("ncnn", "fp32", stem + ".param", (stem + ".param", stem + ".bin"), meta)
+
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1):
+        import ncnn
+
+        root = Path(root)
+        param, weights = (root / f for f in artifact.files)
+        meta = artifact.meta
+        for f, size in zip((param, weights), meta.get("file_bytes", [None, None])):
+            if not f.is_file():
+                raise UserError("E-ARTIFACT-CORRUPT", f"ncnn file {f} is missing", "re-export the bundle")
+            if size is not None and f.stat().st_size != size:
+                raise UserError("E-ARTIFACT-CORRUPT", f"ncnn file {f.name} has {f.stat().st_size} bytes, the export "
+                                f"wrote {size}", "re-export the bundle")
+        net = _load_net(param, weights, threads)
+        names, feeds = meta["inputs"], meta["input_feed"]
+        outputs, shapes = meta["outputs"], [tuple(s) for s in meta["output_shapes"]]
+
+        def run(arrays):
+            if len(arrays) != len(names):
+                raise UserError("E-DATA-SHAPE", f"{len(arrays)} inputs given, the model takes {len(names)}",
+                                "pass one array per model input, in spec order")
+            ex = net.create_extractor()
+            for name, feed, a in zip(names, feeds, arrays):
+                a = np.asarray(a)
+                if a.ndim == 0 or a.shape[0] != 1:
+                    raise UserError("E-DATA-SHAPE", f"input {name} has shape {a.shape}; ncnn takes one sample "
+                                    "with batch 1", "feed one sample at a time")
+                # ncnn has no batch axis. clone(): ncnn computes in place on input Mats, and one that
+                # wraps numpy memory crashes the process then.
+                ex.input(name, ncnn.Mat(np.ascontiguousarray(a[0], dtype=np.dtype(feed))).clone())
+            result = []
+            for name, shape in zip(outputs, shapes):
+                ret, mat = ex.extract(name)
+                out = np.array(mat, dtype=np.float32)
+                if ret != 0 or out.size != int(np.prod(shape)):
+                    raise UserError("E-ARTIFACT-CORRUPT", f"ncnn returned {out.size} values for output {name}, "
+                                    f"expected shape {shape} (extract code {ret})", "re-export the bundle")
+                result.append(out.reshape(shape))
+            return result
+
+        run.net = net  # keep the network alive as long as the runner
+        return run
+
+
+def _load_net(param: Path, weights: Path, threads: int):
+    """An ncnn.Net with strict FP32 settings and ``threads`` threads, or E-ARTIFACT-CORRUPT.
+
+    load_param/load_model return non-zero instead of raising: their codes are checked here."""
+    import ncnn
+
+    net = ncnn.Net()
+    opt = net.opt
+    opt.use_vulkan_compute = False
+    # Strict FP32: with the defaults ncnn silently stores and computes in fp16 (or bf16) on CPUs that have it.
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed"):
+        if hasattr(opt, flag):
+            setattr(opt, flag, False)
+    opt.num_threads = int(threads)
+    if net.load_param(str(param)) != 0:
+        raise UserError("E-ARTIFACT-CORRUPT", f"ncnn cannot parse {param.name}", "re-export the bundle")
+    if net.load_model(str(weights)) != 0:
+        raise UserError("E-ARTIFACT-CORRUPT", f"ncnn cannot load the weights {weights.name} (truncated or not "
+                        f"matching {param.name})", "re-export the bundle")
+    return net
+
+
+def _install(files: dict[str, Path], out_dir: Path, stem: str) -> None:
+    """Copy each scratch file to a temporary name in out_dir, then rename it into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, src in files.items():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}", suffix=suffix + ".partial", dir=out_dir)
+        try:
+            with os.fdopen(fd, "wb") as dst, open(src, "rb") as fsrc:
+                while chunk := fsrc.read(1 << 20):
+                    dst.write(chunk)
+            os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a bundle file is meant to be shared
+            os.replace(tmp_name, out_dir / f"{stem}{suffix}")
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)  # only left when the copy failed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+CONVERTER = NcnnConverter()

@@ -1,0 +1,179 @@
+"""ONNX target: ``torch.onnx.export`` with the dynamo exporter (``torch.export`` + onnxscript), run
+in onnxruntime's CPU execution provider.
+
+The file keeps the ModelSpec's input and output names, and the weights inside the one .onnx file
+(``external_data=False``; torch only spills them into a side file above the 2 GB protobuf limit,
+and then that file is moved and listed with the artifact too).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import UnsupportedOpError, UserError
+
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+
+
+class OnnxConverter(Converter):
+    info = TargetInfo(
+        name="onnx",
+        title="ONNX",
+        suffix=".onnx",
+        precisions=("fp32",),
+        tolerances={"fp32": FP32_TOLERANCE},
+        delegates=("cpu",),
+        extra="onnx",
+        modules=("onnx", "onnxruntime", "onnxscript"),
+        packages=("onnx", "onnxruntime", "onnxscript"),
+        exporter="torch.onnx.export (dynamo: torch.export + onnxscript)",
+        runtime="onnxruntime InferenceSession, CPUExecutionProvider",
+    )
+
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        import onnx
+        import torch
+
+        precision = _precision(recipe)
+        out_dir = Path(out_dir)
+        name = f"{spec.name}-{precision}{self.info.suffix}"
+        # The scratch folder gets the final file name, so an external-data file written next to a
+        # > 2 GB model keeps a valid relative reference when both are moved into out_dir.
+        scratch = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
+        try:
+            with _quiet_constant_folding():
+                try:
+                    program = torch.onnx.export(
+                        model, tuple(example_inputs), None, dynamo=True, input_names=spec.input_names,
+                        output_names=spec.output_names, external_data=False, verbose=False,
+                        artifacts_dir=scratch)
+                except Exception as exc:  # the exporter raises torch.export, dispatch and onnxscript errors
+                    raise _export_error(exc) from exc
+            _claim_io_names(program.model)
+            program.save(scratch / name, external_data=False)
+            try:
+                onnx.checker.check_model(str(scratch / name))
+            except onnx.checker.ValidationError as exc:
+                raise UserError("E-EXPORT-FAILED", f"torch.onnx.export wrote an invalid model: {exc}",
+                                "report it with the model; other targets are unaffected") from exc
+            files = sorted((p.name for p in scratch.iterdir()), key=lambda f: f == name)  # main file last
+            for f in files:
+                os.replace(scratch / f, out_dir / f)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                "outputs": spec.output_names, "opset": program.model.opset_imports.get("", None)}
+        return Artifact(self.info.name, precision, name, tuple(files), meta)
+
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        path = Path(root) / artifact.path
+        if not path.is_file():
+            raise UserError("E-ARTIFACT-CORRUPT", f"{path} does not exist", "re-export the bundle")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # graph_optimization_level stays at ORT's default (ORT_ENABLE_ALL): the fusions it applies
+        # (conv+activation, GELU, LayerNorm, ...) are what an app gets by default and keep FP32
+        # arithmetic; the x86 CPU provider never lowers precision on its own (the bf16 GEMM fast
+        # path exists only on ARM and only when asked for).
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except ort_errors.NotImplemented as exc:
+            found = re.search(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'", str(exc))
+            if found:
+                raise UnsupportedOpError("onnx", f"{found.group(1)} (opset {found.group(2)})", found.group(3),
+                                         "export with an opset onnxruntime implements, or replace the op") from exc
+            raise UserError("E-ARTIFACT-CORRUPT", f"onnxruntime cannot load {path}: {exc}", "re-export the bundle") from exc
+        except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph,
+                ort_errors.NoSuchFile) as exc:
+            raise UserError("E-ARTIFACT-CORRUPT", f"onnxruntime cannot load {path}: {exc}", "re-export the bundle") from exc
+        names = artifact.meta["inputs"]
+        dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
+        outputs = artifact.meta["outputs"]
+
+        def run(inputs) -> list:
+            feed = {n: np.ascontiguousarray(a, dtype=dt) for n, a, dt in zip(names, inputs, dtypes)}
+            return [np.asarray(o, dtype=np.float32) for o in session.run(outputs, feed)]
+
+        return run
+
+
+def _precision(recipe) -> str:
+    """The artifact's precision; a quantization recipe (e.g. onnxruntime static INT8) plugs in here."""
+    if recipe is not None:
+        raise UserError("E-TARGET-PRECISION", f"target onnx does not take quantization recipes yet (got {recipe!r})",
+                        "export onnx in fp32 (no recipe)")
+    return "fp32"
+
+
+def _claim_io_names(model) -> None:
+    """Make the graph's input/output names unique in the model.
+
+    torch.onnx renames the graph inputs and outputs to the names asked for without checking that an
+    inner value already carries one (MiniLM: the word-embedding Gather output is also "embedding"),
+    which gives an invalid model ("Duplicate definition of name"). Inner values yield the name.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    io = {id(v) for v in (*graph.inputs, *graph.outputs)}
+    values = [*graph.inputs, *graph.initializers.values(),
+              *(v for node in ir.traversal.RecursiveGraphIterator(graph) for v in node.outputs)]
+    taken = {v.name for v in values}
+    wanted = {v.name for v in (*graph.inputs, *graph.outputs)}
+    for v in values:
+        if v.name in wanted and id(v) not in io:
+            k = 1
+            while f"{v.name}_{k}" in taken:
+                k += 1
+            v.name = f"{v.name}_{k}"
+            taken.add(v.name)
+
+
+def _export_error(exc: Exception) -> UserError:
+    """An operator without an ONNX translation -> E-OP-UNSUPPORTED naming it; anything else E-EXPORT-FAILED."""
+    text = _plain(exc)
+    missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", text)
+    if missing:
+        node = re.search(r"Error when translating node %(\w+)", text)
+        return UnsupportedOpError("onnx", f"{missing.group(1)}.{missing.group(2)}", node.group(1) if node else None)
+    summary = text.split("## Exception summary", 1)[-1].strip()
+    what = next((line for line in summary.splitlines() if line.strip() and not line.startswith("⬆")), type(exc).__name__)
+    return UserError("E-EXPORT-FAILED", f"torch.onnx.export (dynamo) failed: {what[:500]}",
+                     "check that torch.export.export(model, example_inputs) works; see the exporter's message")
+
+
+def _plain(exc: BaseException) -> str:
+    """The exception and its causes as text, without terminal colour codes."""
+    parts = []
+    while exc is not None:
+        parts.append(str(exc))
+        exc = exc.__cause__
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(parts))
+
+
+@contextlib.contextmanager
+def _quiet_constant_folding():
+    """onnxscript's optimizer logs "Evaluation failed: ..." when it cannot fold a constant (it then
+    keeps the node, harmlessly); hide those lines, not errors."""
+    logger = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+CONVERTER = OnnxConverter()

@@ -1,0 +1,185 @@
+"""PyTorch Mobile target: TorchScript for the lite interpreter (.ptl).
+
+Export: ``torch.jit.trace`` (checked on a second input with other values; ``torch.jit.script`` when
+the trace turns out to depend on input values), ``torch.jit.freeze``, ``_save_for_lite_interpreter``.
+Host runner: ``torch.jit.mobile._load_for_lite_interpreter``, the interpreter the Android/iOS
+runtime embeds.
+
+``torch.utils.mobile_optimizer.optimize_for_mobile`` is deliberately not called: on this CPU torch
+build it raises "Mobile optimization only available with XNNPACK" (STACK.md). The frozen module
+without it computes the same numbers; only the on-device speed-ups (conv/bn folding into prepacked
+XNNPACK ops) are missing.
+
+PyTorch Mobile is deprecated upstream in favour of ExecuTorch. Every torch.jit step warns about it;
+export silences those warnings and issues edgekit's own message (TargetInfo.deprecated) once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.errors import UnsupportedOpError, UserError
+
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+
+# The deprecation warnings torch.jit and the lite interpreter issue at every step.
+_JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
+
+
+class PtlConverter(Converter):
+    info = TargetInfo(
+        name="ptl",
+        title="PyTorch Mobile",
+        suffix=".ptl",
+        precisions=("fp32",),
+        tolerances={"fp32": FP32_TOLERANCE},
+        delegates=("cpu",),  # NNAPI is a separate target (it needs an Android device to run)
+        extra="ptl",
+        modules=(),  # torch is always installed
+        packages=("torch",),
+        exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter",
+        runtime="torch.jit.mobile._load_for_lite_interpreter",
+        deprecated="PyTorch Mobile (the TorchScript lite interpreter) is deprecated upstream in favour of "
+                   "ExecuTorch, so prefer the executorch target for new apps.",
+    )
+
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        precision = _precision(recipe)
+        final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
+        partial = final.with_name(f".{final.name}.partial")
+        warnings.warn(self.info.deprecated, FutureWarning, stacklevel=2)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
+                with torch.no_grad():
+                    scripted, capture = _capture(model, tuple(example_inputs))
+                    try:
+                        frozen = torch.jit.freeze(scripted.eval())
+                        frozen._save_for_lite_interpreter(str(partial))
+                    except Exception as exc:  # TorchScript raises RuntimeError and others; all mean "cannot save"
+                        raise UserError("E-EXPORT-FAILED", f"torch.jit.freeze / _save_for_lite_interpreter failed: "
+                                        f"{_first_line(exc)}", "check that the model runs under TorchScript "
+                                        "(torch.jit.script or trace) on the host first") from exc
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                "outputs": spec.output_names, "capture": capture}
+        return Artifact(self.info.name, precision, final.name, (final.name,), meta)
+
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+        module = _load(Path(root) / artifact.path)
+        dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
+        torch.set_num_threads(threads)  # process-wide: a runner process runs one artifact
+
+        def run(inputs) -> list:
+            args = [torch.from_numpy(np.ascontiguousarray(a, dtype=dt)) for a, dt in zip(inputs, dtypes)]
+            with torch.no_grad():
+                return _as_arrays(module(*args))
+
+        return run
+
+
+def _precision(recipe) -> str:
+    """The artifact's precision; a quantization recipe (INT8 via eager/FX PTQ, qnnpack) plugs in here."""
+    if recipe is not None:
+        raise UserError("E-TARGET-PRECISION", f"target ptl does not take quantization recipes yet (got {recipe!r})",
+                        "export ptl in fp32 (no recipe)")
+    return "fp32"
+
+
+def _capture(model, example_inputs: tuple) -> tuple[torch.jit.ScriptModule, str]:
+    """TorchScript of the model and how it was made ("trace" or "script").
+
+    The trace is checked by torch on a second input with other values (same shapes and dtypes):
+    if the retraced graph differs or the traced outputs differ from the module's, the trace baked in
+    data-dependent Python control flow, and the model is scripted instead. Shape-derived constants
+    (TracerWarnings about converting tensors to Python numbers) are harmless here, since a spec
+    fixes every shape; the check decides, so the TracerWarnings themselves are not shown.
+    """
+    variant = _value_variant(example_inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        try:
+            traced = torch.jit.trace(model, example_inputs, check_inputs=[example_inputs, variant], strict=False)
+            why = next((_first_line(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                        and "does not match" in str(w.message)), None)
+        except torch.jit.TracingCheckError:
+            traced, why = None, "the traced graph changes with the input values"
+        except Exception as exc:  # the tracer raises RuntimeError, TypeError, ... on what it cannot record
+            traced, why = None, _first_line(exc)
+    for w in caught:  # pass on what is not the tracer's own commentary
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if why is None:
+        return traced, "trace"
+    try:
+        return torch.jit.script(model), "script"
+    except Exception as exc:  # the TorchScript compiler raises several types; all mean "not scriptable"
+        raise UserError(
+            "E-EXPORT-FAILED",
+            f"torch.jit.trace cannot capture the model faithfully ({why}) and torch.jit.script failed too "
+            f"({_first_line(exc)})",
+            "make forward() free of data-dependent Python control flow, or scriptable",
+        ) from exc
+
+
+def _value_variant(inputs: tuple) -> tuple:
+    """Inputs of the same shapes and dtypes with other values, chosen so that branches on a sign or a
+    magnitude, and numbers read out of tensors, change: float inputs negated, tripled and given
+    noise; integer inputs (token ids, masks) with the trailing half of the last axis zeroed, i.e.
+    padding. One variant cannot flip every condition; verification on real data is the backstop."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for t in inputs:
+        if t.is_floating_point():
+            out.append(-3.0 * t + torch.randn(t.shape, generator=g, dtype=t.dtype))
+        else:
+            v = t.clone()
+            if v.dim() > 0:
+                v[..., v.shape[-1] // 2:] = 0
+            out.append(v)
+    return tuple(out)
+
+
+def _load(path: Path):
+    """Load a .ptl; a missing or unreadable file is E-ARTIFACT-CORRUPT, ops this torch lacks E-OP-UNSUPPORTED."""
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    if not path.is_file():
+        raise UserError("E-ARTIFACT-CORRUPT", f"{path} does not exist", "re-export the bundle")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
+        try:
+            return _load_for_lite_interpreter(str(path))
+        except RuntimeError as exc:
+            missing = re.search(r"Following ops cannot be found: \[([^\]]*)\]", str(exc))
+            if missing:
+                raise UnsupportedOpError(
+                    "ptl", missing.group(1), None,
+                    f"build the runtime with {missing.group(1)} (for a custom op: load its library first), "
+                    "or replace it in the model with standard ops") from exc
+            raise UserError("E-ARTIFACT-CORRUPT", f"the lite interpreter cannot load {path}: {_first_line(exc)}",
+                            "re-export the bundle") from exc
+
+
+def _as_arrays(out) -> list:
+    """A module's result (tensor, tuple/list, or dict in output order) as float32 numpy arrays."""
+    if isinstance(out, torch.Tensor):
+        out = [out]
+    elif isinstance(out, dict):
+        out = list(out.values())
+    return [o.detach().numpy().astype(np.float32, copy=False) for o in out]
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+CONVERTER = PtlConverter()
