@@ -9,7 +9,8 @@ Facts this module is built on (measured with executorch 1.5.1 on torch 2.13.0):
   everything else stays in the program and runs on ExecuTorch's portable kernels (on a
   transformer: LayerNorm, expand/squeeze copies, the mask cast). ``Artifact.meta["delegation"]``
   records how the graph was split, so a report can say what runs where without reloading anything.
-- Inputs keep the torch dtypes (int64 token ids stay int64) and layout (NCHW).
+- Inputs keep the torch dtypes (int64 token ids stay int64) and layout (NCHW). Example inputs get
+  standard strides first: the emitter rejects a stride of 0, which numpy gives size-1 dims.
 - An operator ExecuTorch cannot take shows up as ``Missing out variants: {...}`` (no out-variant
   kernel), ``Operator X is not in Core ATen opset`` or an edge-dialect dtype violation naming
   ``<EdgeOpOverload: X>``; all three become UnsupportedOpError naming X.
@@ -37,6 +38,7 @@ from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
 
 NAME = "executorch"
+EXTRA = "executorch"  # the pip extra in pyproject.toml
 METHOD = "forward"
 
 # How lowering and emission name an operator they cannot take.
@@ -127,13 +129,9 @@ def _missing_kernels(et_program) -> list[tuple[str, str]]:
 
     Checked at export so the user learns the op's name now, not as a load failure in the runner.
     """
-    from executorch.runtime import Runtime
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="This API is experimental")
-        registered = Runtime.get().operator_registry.operator_names
     from torch._ops import OpOverload
 
+    registered = _runtime()[0].get().operator_registry.operator_names
     out = []
     for node in et_program.exported_program().graph_module.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, OpOverload) and node.target.name() not in registered:
@@ -160,6 +158,18 @@ def _io_meta(ep, spec, example_inputs) -> dict:
     }
 
 
+def _runtime():
+    """(Runtime, portable_lib) of ExecuTorch's python bindings, without their 'experimental' warning."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This API is experimental")
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+    except ImportError:
+        raise missing_dependency(NAME, "executorch", EXTRA) from None
+    return Runtime, portable_lib
+
+
 def _check_header(path: Path) -> None:
     """Reject a missing file, or one that is not a .pte, before the runtime sees it (see module doc)."""
     if not path.is_file():
@@ -180,7 +190,7 @@ class ExecuTorchConverter(Converter):
         precisions=("fp32",),
         tolerances={"fp32": FP32_TOLERANCE},
         delegates=("xnnpack",),
-        extra="executorch",
+        extra=EXTRA,
         modules=("executorch",),
         packages=("executorch", "torchao"),
         exporter="torch.export -> executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner) -> to_executorch",
@@ -199,7 +209,10 @@ class ExecuTorchConverter(Converter):
         except ImportError:
             raise missing_dependency(NAME, "executorch", self.info.extra) from None
 
-        example_inputs = tuple(example_inputs)
+        # Standard strides: numpy (hence torch.from_numpy) may give a size-1 dim stride 0, which
+        # torch ignores but ExecuTorch's emitter rejects ("0 in strides is not supported").
+        example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
+                               for x in example_inputs)
         try:
             ep = torch.export.export(model.eval(), example_inputs)
         except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
@@ -245,15 +258,9 @@ class ExecuTorchConverter(Converter):
             raise UserError("E-ARGS", f"threads must be at least 1, got {threads}", "pass --threads 1 or more")
         path = Path(root) / artifact.path
         _check_header(path)
-        try:
-            import torch
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="This API is experimental")
-                from executorch.extension.pybindings import portable_lib
-                from executorch.runtime import Runtime
-        except ImportError:
-            raise missing_dependency(NAME, "executorch", self.info.extra) from None
+        import torch
 
+        Runtime, portable_lib = _runtime()
         portable_lib._unsafe_reset_threadpool(threads)
         try:
             method = Runtime.get().load_program(path).load_method(artifact.meta.get("method", METHOD))
@@ -273,7 +280,11 @@ class ExecuTorchConverter(Converter):
                 if list(a.shape) != t["shape"]:
                     raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has shape {tuple(a.shape)}, the model takes "
                                     f"{tuple(t['shape'])}", "feed samples with the batch dimension and the spec's shape")
-                tensors.append(torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
+                kinds = {a.dtype.kind, np.dtype(t["dtype"]).kind}  # cast within floats or within integers only
+                if len(kinds) > 1 and kinds != {"i", "u"}:
+                    raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has dtype {a.dtype}, the model takes {t['dtype']}",
+                                    "feed the spec's dtypes")
+                tensors.append(torch.from_numpy(np.ascontiguousarray(a)).to(dtype))  # e.g. float64 -> float32
             outs = method.execute(tensors)
             return [np.array(o.numpy(), dtype=np.float32).reshape(t["shape"]) for o, t in zip(outs, out_specs)]
 

@@ -36,7 +36,7 @@ from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo
 
 PNNX_TIMEOUT_S = 1800
 _PNNX_TYPES = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.int64: "i64",
-               torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "bool"}
+               torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8"}
 # Layer types ncnn reads its input as int32 (indices); every other consumer reads float32.
 _INT_CONSUMERS = {"Embed"}
 _PASS_THROUGH = {"Split", "Noop"}
@@ -102,21 +102,23 @@ def _rewrite_identity_index(traced, example_inputs) -> int:
         fn = torch._C._create_function_from_graph("edgekit_index_probe", probe)
         with torch.no_grad():
             values = list(fn(traced._c, *example_inputs))
-    except RuntimeError:
+        picks = []
+        for group in wanted:
+            src, *idx = [values.pop(0) if v.type().kind() == "TensorType" else None for v in group]
+            positions = torch.arange(src.numel()).reshape(src.shape)
+            picks.append((positions, positions[tuple(slice(None) if i is None else i for i in idx)]))
+    except (RuntimeError, IndexError, ValueError):
         return 0  # leave the graph as traced; what ncnn cannot take is reported after pnnx
     replaced = 0
-    for (k, node), group in zip(candidates, wanted):
-        src_val, *idx = [values.pop(0) if v.type().kind() == "TensorType" else None for v in group]
-        positions = torch.arange(src_val.numel()).reshape(src_val.shape)
-        picked = positions[tuple(slice(None) if i is None else i for i in idx)]
+    for (_, node), (positions, picked) in zip(candidates, picks):
         if picked.numel() != positions.numel() or not torch.equal(picked.flatten(), positions.flatten()):
             continue  # a real gather: left for pnnx, and reported if ncnn cannot take it
         graph.setInsertPoint(node)
-        shape = graph.insertConstant(list(picked.shape))
-        reshape = graph.create("aten::reshape", [list(node.inputs())[0], shape])
+        reshape = graph.create("aten::reshape", [list(node.inputs())[0], graph.insertConstant(list(picked.shape))])
         reshape.insertBefore(node)
         reshape.output().setType(node.output().type())
         node.output().replaceAllUsesWith(reshape.output())
+        graph.setInsertPoint(graph.return_node())  # not the node about to go
         node.destroy()
         replaced += 1
     torch._C._jit_pass_dce(graph)
@@ -124,16 +126,17 @@ def _rewrite_identity_index(traced, example_inputs) -> int:
 
 
 def _trace(model, example_inputs):
+    """TorchScript of the model, MHA fast path off, identity indexing turned into reshape."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        traced = torch.jit.trace(model.eval(), tuple(example_inputs), check_trace=False)
-        _rewrite_identity_index(traced, example_inputs)
-    except (RuntimeError, TypeError, ValueError) as exc:
+        traced = torch.jit.trace(model, tuple(example_inputs), check_trace=False)
+    except Exception as exc:  # noqa: BLE001 - the user's forward() may raise anything while tracing
         raise UserError("E-EXPORT-FAILED", f"torch.jit.trace could not trace the model for ncnn: {_first_line(exc)}",
                         "make forward() traceable (tensor inputs, no data-dependent control flow)") from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    _rewrite_identity_index(traced, example_inputs)
     return traced
 
 
@@ -162,10 +165,7 @@ def _run_pnnx(scratch: Path, example_inputs) -> str:
                         "export a smaller model or drop the ncnn target") from exc
     log = proc.stdout + proc.stderr
     missing = [f for f in ("model.ncnn.param", "model.ncnn.bin", "model.pnnx.param") if not (scratch / f).is_file()]
-    if proc.returncode != 0 or missing:
-        op = re.search(r"(?:unknown|unsupported|not supported)\W+(?:op\W+)?((?:aten|prim|quantized)::\w+)", log, re.I)
-        if op:
-            raise UnsupportedOpError("ncnn", op.group(1))
+    if proc.returncode != 0 or missing:  # ops pnnx cannot map do not fail it: they are found in the .param
         how = f"exited with code {proc.returncode}" if proc.returncode else f"wrote no {', '.join(missing)}"
         tail = " | ".join(log.strip().splitlines()[-3:])[-600:]
         raise UserError("E-EXPORT-FAILED", f"pnnx {how}: {tail}", "see the pnnx message; drop the ncnn target if it persists")
@@ -238,7 +238,8 @@ def _parse_pnnx_ir(text: str) -> dict[str, _IrOp]:
 
 
 def _kind(dtype: str) -> str:
-    if dtype.startswith(("f", "bf")) or dtype in ("torch.float", "torch.float32", "torch.double", "torch.half"):
+    """"float", "int" or "bool" for a pnnx IR type (f32, i64, bool) or a torch dtype name."""
+    if dtype.startswith(("f", "bf")) or any(k in dtype for k in ("float", "half", "double")):
         return "float"
     return "bool" if "bool" in dtype else "int"
 
@@ -255,6 +256,7 @@ class _Legaliser:
 
     def __init__(self, layers: list[_Layer], ir: dict[str, _IrOp]):
         self.layers, self.ir, self.count = layers, ir, 0
+        self.producer: dict[str, _Layer] = {}  # blob -> the layer writing it, as rewritten so far
 
     def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> _Layer:
         """A new layer named after the one it replaces; its output blob is ``output`` or its own name."""
@@ -264,23 +266,25 @@ class _Legaliser:
 
     def run(self) -> list[str]:
         """Rewrite self.layers in place; returns "type name" of each layer rewritten."""
+        rules = {"MemoryData": self.int8_constant, "Tensor.to": self.cast, "pnnx.Expression": self.logic,
+                 "torch.where": self.where, "torch.unbind": self.unbind}
         out, rewritten = [], []
         for layer in self.layers:
-            rule = {"Tensor.to": self.cast, "pnnx.Expression": self.logic, "torch.where": self.where,
-                    "torch.unbind": self.unbind}.get(layer.type)
-            op = self.ir.get(layer.name)
-            replacement = rule(layer, op) if rule and op else None
-            if layer.type == "MemoryData" and "21=3" in layer.params:
-                replacement = self.int8_constant(layer)
+            rule, op = rules.get(layer.type), self.ir.get(layer.name)
+            replacement = rule(layer, op) if rule and (op or layer.type == "MemoryData") else None
             if replacement is not None:
                 rewritten.append(f"{layer.type} {layer.name}")
-            out.extend(replacement if replacement is not None else [layer])
-        self.layers[:] = self._drop_batch_reshapes(out)
+            for new in replacement if replacement is not None else [layer]:
+                out.append(new)
+                self.producer.update((b, new) for b in new.outputs)
+        self.layers[:] = out
         return rewritten
 
-    def int8_constant(self, layer):
+    def int8_constant(self, layer, _op):
         """pnnx stores bool/int8 constants as int8 (MemoryData 21=3), which ncnn's float layers would
         read as float bits: add a Cast int8 -> float32 behind it."""
+        if "21=3" not in layer.params:
+            return None
         data = _Layer(layer.type, layer.name, [], [layer.name + "_int8"], layer.params)
         return [data, self.new("Cast", layer.name, data.outputs, ["0=3", "1=1"], layer.outputs[0])]
 
@@ -327,13 +331,17 @@ class _Legaliser:
         return [split, notc, a, b, self.new("BinaryOp", layer.name, a.outputs + b.outputs, ["0=0"], layer.outputs[0])]
 
     def unbind(self, layer, op):
-        """unbind(0) of an (N, 1, *rest) tensor (batch second, e.g. q/k/v of a fused qkv projection):
-        in ncnn the blob is (N, *rest); Slice it on axis 0 and reshape each piece to rest."""
-        shape = op.inputs[0][0]
-        rest = shape[2:]
+        """unbind(0) of an (N, 1, *rest) tensor (batch second: q, k, v out of a fused qkv projection).
+        pnnx keeps the ncnn blob as (N, *rest) and puts an unconvertible reshape to (N, 1, *rest),
+        named ``<unbind>_ncnnbatch2dim_<k>``, in front: make that a Noop, Slice on axis 0 and
+        reshape each piece to rest."""
+        shape, rest = op.inputs[0][0], op.inputs[0][0][2:]
+        before = self.producer.get(layer.inputs[0])
         if op.params.get("dim") != "0" or len(shape) < 3 or shape[1] != 1 or not 1 <= len(rest) <= 3 \
-                or len(layer.outputs) != shape[0]:
+                or len(layer.outputs) != shape[0] or before is None or before.type != "Tensor.reshape" \
+                or not before.name.startswith(layer.name + "_ncnnbatch2dim_"):
             return None
+        before.type = "Noop"
         n = shape[0]
         piece = self.new("Slice", layer.name, layer.inputs, ["-23300=" + ",".join([str(n)] + ["-233"] * n), "1=0"])
         piece.outputs = [f"{piece.name}_{k}" for k in range(n)]
@@ -341,15 +349,6 @@ class _Legaliser:
         keys = ["0", "1", "2"][:len(dims)]
         params = [f"{k}={d}" for k, d in zip(keys, dims)]
         return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
-
-    @staticmethod
-    def _drop_batch_reshapes(layers: list[_Layer]) -> list[_Layer]:
-        """pnnx puts an unconvertible ``Tensor.reshape`` (name ``*_ncnnbatch2dim_*``) in front of an
-        unbind to re-insert the batch axis; once the unbind is a Slice it is a no-op."""
-        sliced = {layer.inputs[0] for layer in layers if layer.type == "Slice"}
-        return [(_Layer("Noop", layer.name, layer.inputs, layer.outputs)
-                 if layer.type == "Tensor.reshape" and "_ncnnbatch2dim_" in layer.name and layer.outputs[0] in sliced
-                 else layer) for layer in layers]
 
 
 def _check_supported(layers: list[_Layer], log: str) -> None:
@@ -441,12 +440,13 @@ class NcnnConverter(Converter):
             except UserError as exc:
                 raise UserError("E-EXPORT-FAILED", f"ncnn cannot load what pnnx wrote: {exc.what}",
                                 "report it with the model; drop the ncnn target meanwhile") from exc
+            feeds = _input_feeds(layers, inputs)
             sizes = [files[".param"].stat().st_size, files[".bin"].stat().st_size]
             _install(files, out_dir, stem)  # .bin first: a .param in out_dir always has its .bin
         meta = {
             "inputs": inputs,  # ncnn blob names, spec input order
             "outputs": outputs,  # ncnn blob names, spec output order
-            "input_feed": _input_feeds(layers, inputs),  # numpy dtype each input's ncnn Mat holds
+            "input_feed": feeds,  # numpy dtype each input's ncnn Mat holds
             "output_shapes": [list(t.shape) for t in spec.outputs],  # batch included
             "file_bytes": sizes,  # .param, .bin: ncnn does not notice a .bin with bytes to spare
             "legalised_layers": fixed,

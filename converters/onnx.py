@@ -124,12 +124,9 @@ def _claim_io_names(model) -> None:
     inner value already carries one (MiniLM: the word-embedding Gather output is also "embedding"),
     which gives an invalid model ("Duplicate definition of name"). Inner values yield the name.
     """
-    import onnx_ir as ir
-
     graph = model.graph
     io = {id(v) for v in (*graph.inputs, *graph.outputs)}
-    values = [*graph.inputs, *graph.initializers.values(),
-              *(v for node in ir.traversal.RecursiveGraphIterator(graph) for v in node.outputs)]
+    values = [*graph.inputs, *graph.initializers.values(), *(v for node in graph.all_nodes() for v in node.outputs)]
     taken = {v.name for v in values}
     wanted = {v.name for v in (*graph.inputs, *graph.outputs)}
     for v in values:

@@ -6,9 +6,9 @@ Host runner: ``torch.jit.mobile._load_for_lite_interpreter``, the interpreter th
 runtime embeds.
 
 ``torch.utils.mobile_optimizer.optimize_for_mobile`` is deliberately not called: on this CPU torch
-build it raises "Mobile optimization only available with XNNPACK" (STACK.md). The frozen module
-without it computes the same numbers; only the on-device speed-ups (conv/bn folding into prepacked
-XNNPACK ops) are missing.
+build it raises "Mobile optimization only available with XNNPACK" (STACK.md). Without it the file
+still holds the frozen graph (``torch.jit.freeze`` already folds BatchNorm into convolutions); only
+the on-device rewrites into prepacked XNNPACK convolution/linear ops are missing.
 
 PyTorch Mobile is deprecated upstream in favour of ExecuTorch. Every torch.jit step warns about it;
 export silences those warnings and issues edgekit's own message (TargetInfo.deprecated) once.

@@ -37,9 +37,10 @@ PYTHON = "python3.11"
 # debootstrap resolves these to python3.11 plus every library it needs (18 packages on bookworm);
 # they land in debootstrap/base, which the first stage downloads but does not unpack.
 DEBS = ("python3.11-minimal", "libpython3.11-stdlib")
-# The wheels, pinned to the versions the host runs, so ARM and host differ only by the machine.
+# The runtimes' wheels, pinned to the versions the host runs (these when it has none), so ARM and
+# host runs differ only by the machine; a host upgrade changes the recipe, hence a new environment.
 # numpy 2.x has cp311 manylinux_2_27/2_28 aarch64 wheels that run on Debian's Python 3.11.2.
-WHEELS = {"ai-edge-litert": "2.3.0", "ncnn": "1.0.20261020", "numpy": "2.4.6"}
+DEFAULT_WHEELS = {"ai-edge-litert": "2.3.0", "ncnn": "1.0.20261020", "numpy": "2.4.6"}
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64")
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 # Views are not given these: qemu then uses the host's /dev, /sys, /tmp and /run.
@@ -109,8 +110,18 @@ def default_cache() -> Path:
     return Path(base) / "arm" if base else Path.home() / ".cache" / "edgekit" / "arm"
 
 
+def wheels() -> dict[str, str]:
+    out = {}
+    for dist, version in DEFAULT_WHEELS.items():
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = version
+    return out
+
+
 def recipe() -> dict:
-    return {"suite": SUITE, "arch": "arm64", "debs": list(DEBS), "wheels": WHEELS,
+    return {"suite": SUITE, "arch": "arm64", "debs": list(DEBS), "wheels": wheels(),
             "platforms": list(PLATFORMS), "cpus": sorted(CPUS)}
 
 
@@ -129,7 +140,7 @@ def find(cache_dir: Path | None = None) -> ArmEnv:
     stamp = home / "stamp.json"
     if not stamp.is_file():
         raise UserError("E-DEP-MISSING", f"the aarch64 root for ARM emulation is not built (no {stamp})",
-                        f"run `{SETUP_COMMAND}` (once; about 2 minutes and 400 MB)")
+                        f"run `{SETUP_COMMAND}` (once; about a minute and 360 MB)")
     return ArmEnv(home, Path(qemu), json.loads(stamp.read_text()))
 
 
@@ -142,6 +153,8 @@ def prepare(cache_dir: Path | None = None, progress: Callable[[str], None] = pri
     with open(home.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the stamp
         _install_tools(progress)
+        for stale in home.parent.glob(".build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         if not (home / "stamp.json").is_file():
             _build(home, progress)
     return find(cache_dir)
@@ -206,18 +219,19 @@ def _build(home: Path, progress) -> None:
         (root / "proc").unlink()  # the first stage's absolute symlink to the host's /proc
         (root / "proc").mkdir()
         (root / "proc" / "cpuinfo").write_text(_cpuinfo(DEFAULT_CPU, []))
-        progress(f"pip install --target opt/site {' '.join(f'{k}=={v}' for k, v in WHEELS.items())} (aarch64 wheels)")
-        wheels = _pip_install(root / "opt" / "site", tmp)
+        pins = wheels()
+        progress(f"pip install --target opt/site {' '.join(f'{k}=={v}' for k, v in pins.items())} (aarch64 wheels)")
+        installed = _pip_install(root / "opt" / "site", tmp, pins)
         qemu = shutil.which("qemu-aarch64-static")
         features = {}
         for cpu in sorted(CPUS):
             features[cpu] = _make_view(tmp, cpu, qemu)
         progress("probed the CPU features of " + ", ".join(sorted(CPUS)))
         check = ("import importlib.metadata as m, numpy, ncnn, ai_edge_litert.interpreter, json, sys;"
-                 f"print(json.dumps({{d: m.version(d) for d in {sorted(WHEELS)!r}}} | {{'python': sys.version.split()[0]}}))")
+                 f"print(json.dumps({{d: m.version(d) for d in {sorted(pins)!r}}} | {{'python': sys.version.split()[0]}}))")
         seen = json.loads(_guest(qemu, tmp / "views" / DEFAULT_CPU, tmp / "root" / "opt" / "site", DEFAULT_CPU, check))
         size = sum(p.lstat().st_size for p in tmp.rglob("*"))
-        stamp = {"recipe": recipe(), "mirror": mirror, "debs": debs, "wheels": wheels, "guest": seen,
+        stamp = {"recipe": recipe(), "mirror": mirror, "debs": debs, "wheels": installed, "guest": seen,
                  "cpu_features": features, "qemu": _qemu_version(qemu),
                  "build_seconds": round(time.perf_counter() - t0, 1), "size_mb": round(size / 2**20)}
         (tmp / "stamp.json").write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
@@ -245,14 +259,14 @@ def _unpack_base(root: Path) -> dict[str, str]:
     return versions
 
 
-def _pip_install(site: Path, tmp: Path) -> dict[str, str]:
+def _pip_install(site: Path, tmp: Path, pins: dict[str, str]) -> dict[str, str]:
     # Dependencies (protobuf, ml_dtypes, ...) are pinned to the host's versions too, when it has them.
-    pins = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    host = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
     constraints = tmp / "constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items()) if n not in WHEELS))
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(host.items()) if n not in pins))
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "--only-binary=:all:",
            *[a for p in PLATFORMS for a in ("--platform", p)], "--python-version", "3.11",
-           "-c", str(constraints), *[f"{k}=={v}" for k, v in WHEELS.items()]]
+           "-c", str(constraints), *[f"{k}=={v}" for k, v in pins.items()]]
     _run(cmd, "pip install of the aarch64 wheels")
     return dict(p.name.removesuffix(".dist-info").split("-", 1) for p in sorted(site.glob("*.dist-info")))
 

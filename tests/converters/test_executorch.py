@@ -122,6 +122,9 @@ def test_runner_sets_threads_and_checks_inputs(exported):
         run2([x[:, :, :16]])
     assert err.value.code == "E-DATA-SHAPE"
     with pytest.raises(UserError) as err:
+        run2([x.astype(np.int64)])
+    assert err.value.code == "E-DATA-SHAPE"
+    with pytest.raises(UserError) as err:
         CONVERTER.runner(art, root, threads=0)
     assert err.value.code == "E-ARGS"
 
@@ -194,6 +197,29 @@ def test_unsupported_op_is_named(tmp_path, model, shape, op):
         CONVERTER.export(model.eval(), _spec(shape), None, tmp_path, (torch.randn(shape),))
     assert err.value.code == "E-OP-UNSUPPORTED" and err.value.op == op and err.value.target == TARGET
     assert list(tmp_path.iterdir()) == []  # a failed export leaves nothing behind
+
+
+def test_example_inputs_with_zero_strides(tmp_path):
+    """numpy gives a size-1 batch dim stride 0 (token arrays from a tokenizer do); ExecuTorch's
+    emitter rejects '0 in strides' unless the converter makes the example inputs standard."""
+    x = torch.from_numpy(np.lib.stride_tricks.as_strided(np.arange(32, dtype=np.float32), (1, 4, 8), (0, 32, 4)))
+    assert x.stride()[0] == 0
+    model = _LayerNorm().eval()
+    art = CONVERTER.export(model, _spec((1, 4, 8)), None, tmp_path, (x,))
+    out = CONVERTER.runner(art, tmp_path)([x.numpy()])[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_model_torch_export_cannot_capture(tmp_path):
+    with pytest.raises(UserError) as err:
+        CONVERTER.export(_DataDependent().eval(), _spec((1, 4)), None, tmp_path, (torch.randn(1, 4),))
+    assert err.value.code == "E-EXPORT-FAILED" and "torch.export" in err.value.what
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_op_without_host_kernel_is_named(tmp_path, monkeypatch):

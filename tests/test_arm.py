@@ -1,0 +1,128 @@
+"""ARM emulation: the same .tflite / ncnn files run in the real aarch64 runtimes under qemu-user and
+compute what the host runtimes compute. Tests marked ``arm`` need the aarch64 root, which the
+session fixture builds once (about a minute; ``python -m edgekit.arm.setup`` does the same)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.arm import CPUS, check_cpu, cpu_features, find, launcher, prepare, stage_sources, xnnpack_active
+from edgekit.arm.setup import ArmEnv
+from edgekit.errors import UserError
+from edgekit.isolate import run_artifact
+
+EMULATED = ("cortex-a53", "cortex-a76")
+FP32_MAX_REL = 1e-4  # max |arm - host| / max |host|, per output
+
+
+# --- no aarch64 root needed ---------------------------------------------------------------------
+
+def test_missing_root_names_the_setup_command(tmp_path):
+    with pytest.raises(UserError) as exc:
+        find(tmp_path / "empty-cache")
+    assert exc.value.code == "E-DEP-MISSING"
+    assert "-m edgekit.arm.setup" in exc.value.fix
+
+
+def test_missing_qemu_names_the_setup_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-aarch64-static on it
+    with pytest.raises(UserError) as exc:
+        find(tmp_path)
+    assert exc.value.code == "E-DEP-MISSING"
+    assert "qemu" in str(exc.value) and "-m edgekit.arm.setup" in exc.value.fix
+
+
+@pytest.mark.parametrize("cpu", ["max", "a64fx", "cortex-a99"])
+def test_unsafe_or_unknown_cpu_is_refused(cpu, tmp_path):
+    env = ArmEnv(tmp_path, Path("/nonexistent/qemu-aarch64-static"))
+    with pytest.raises(UserError) as exc:
+        launcher(env, cpu)
+    assert exc.value.code == "E-ARGS"
+    assert "cortex-a53" in exc.value.fix
+    if cpu == "max":
+        assert "int8" in exc.value.what
+
+
+def test_named_cpus_are_accepted():
+    for cpu in CPUS:
+        assert check_cpu(cpu) == cpu
+
+
+def test_staged_sources_import_edgekit_and_its_converters(tmp_path):
+    """The guest's PYTHONPATH holds only the staged tree: edgekit, edgekit.isolate and
+    edgekit.converters must import from it, from any working directory."""
+    stage = stage_sources(tmp_path)
+    code = ("import edgekit, edgekit.isolate, edgekit.converters.base as b; "
+            "print(edgekit.__file__); print(b.__file__)")
+    out = subprocess.run([sys.executable, "-P", "-s", "-c", code], cwd=Path(__file__).parents[1],
+                         env={**os.environ, "PYTHONPATH": str(stage)}, capture_output=True, text=True, check=True)
+    edgekit_file, base_file = out.stdout.split()
+    assert edgekit_file.startswith(str(stage))
+    assert Path(base_file).resolve().parent == Path(sys.modules["edgekit.converters"].__file__).resolve().parent
+
+
+def test_xnnpack_line_is_recognised():
+    assert xnnpack_active("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert not xnnpack_active("INFO: Initialized TensorFlow Lite runtime.\n")
+
+
+# --- under qemu ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def arm_env() -> ArmEnv:
+    return prepare()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """tiny_cnn exported to tflite and ncnn, with 4 real images and the host runtimes' outputs."""
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("pnnx")
+    from edgekit.converters import get
+    from edgekit.data import load_samples
+    from edgekit.models import BUILTIN
+
+    loaded = BUILTIN["tiny_cnn"]()
+    inputs = load_samples(loaded.default_data, loaded.spec, limit=4).stacked()
+    root = tmp_path_factory.mktemp("arm-bundle")
+    out = {}
+    for target in ("tflite", "ncnn"):
+        art = get(target).export(loaded.module, loaded.spec, None, root, loaded.example_inputs).to_dict()
+        host = run_artifact(target, art, root, inputs)
+        assert host.error is None, host.error
+        out[target] = (art, host.outputs)
+    return root, inputs, out
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("cpu", EMULATED)
+@pytest.mark.parametrize("target", ["tflite", "ncnn"])
+def test_fp32_under_qemu_matches_host(arm_env, tiny_bundle, target, cpu):
+    root, inputs, arts = tiny_bundle
+    art, host_outputs = arts[target]
+    cmd, extra = launcher(arm_env, cpu)
+    run = run_artifact(target, art, root, inputs, launcher=cmd, extra_env=extra)
+    assert run.error is None, (run.error, run.log)
+    for arm, host in zip(run.outputs, host_outputs, strict=True):
+        assert arm.shape == host.shape
+        rel = np.abs(arm - host).max() / np.abs(host).max()
+        assert rel <= FP32_MAX_REL, f"{target} on {cpu}: max rel error {rel:.2e}"
+    if target == "tflite":
+        assert xnnpack_active(run.log), run.log
+
+
+@pytest.mark.arm
+def test_guest_sees_the_emulated_cpu(arm_env):
+    """The fake /proc/cpuinfo names the emulated core and claims exactly the features qemu emulates."""
+    a53, a76 = (cpu_features(arm_env, cpu) for cpu in EMULATED)
+    for cpu, seen in zip(EMULATED, (a53, a76)):
+        assert seen["cpuinfo"] == seen["hwcap"]
+        assert int(seen["part"], 16) == CPUS[cpu][0]
+    assert "asimd" in a53["hwcap"] and "asimddp" not in a53["hwcap"]
+    assert {"asimddp", "asimdhp", "fphp"} <= set(a76["hwcap"])
+    assert "sve" not in a76["hwcap"]
