@@ -187,9 +187,14 @@ for rel in "${MODELS[@]}"; do
 done
 
 step "aapt2 compile + link (minSdk $MIN_SDK, targetSdk $TARGET_SDK, .tflite stored)"
-# Debian's aapt2 (Android 10) predates <uses-native-library> (API 31; it lets the GPU delegate load
-# the vendor's OpenCL): drop that element from a copy; the Gradle build keeps it.
-grep -v '<uses-native-library' "$HERE/app/src/main/AndroidManifest.xml" > "$WORK/AndroidManifest.xml"
+# A working copy of the manifest for aapt2: add the package attribute (Gradle takes it from
+# `namespace` instead, and AGP 8 rejects it in the source manifest), and drop <uses-native-library>,
+# which Debian's aapt2 (Android 10) predates (API 31: it lets the GPU delegate load the vendor's
+# OpenCL; the Gradle build keeps it).
+grep -v '<uses-native-library' "$HERE/app/src/main/AndroidManifest.xml" \
+  | sed "s|<manifest xmlns:android=\"http://schemas.android.com/apk/res/android\"|& package=\"$PACKAGE\"|" \
+  > "$WORK/AndroidManifest.xml"
+grep -q "package=\"$PACKAGE\"" "$WORK/AndroidManifest.xml" || die "could not set the package in the manifest copy"
 aapt2 compile --dir "$HERE/app/src/main/res" -o "$WORK/res.zip" || die "aapt2 compile failed"
 # (aapt2 warns that android.jar's resources.arsc is compressed: harmless, filtered out)
 aapt2 link -o "$WORK/unsigned.apk" -I "$ANDROID_JAR" --manifest "$WORK/AndroidManifest.xml" \

@@ -1,6 +1,6 @@
 """ARM emulation: the same .tflite / ncnn files run in the real aarch64 runtimes under qemu-user and
 compute what the host runtimes compute. Tests marked ``arm`` need the aarch64 root, which the
-session fixture builds once (about a minute; ``python -m edgekit.arm.setup`` does the same)."""
+session fixture builds once (about a minute; ``python -m edgekit.arm`` does the same)."""
 from __future__ import annotations
 
 import os
@@ -26,7 +26,7 @@ def test_missing_root_names_the_setup_command(tmp_path):
     with pytest.raises(UserError) as exc:
         find(tmp_path / "empty-cache")
     assert exc.value.code == "E-DEP-MISSING"
-    assert "-m edgekit.arm.setup" in exc.value.fix
+    assert "-m edgekit.arm" in exc.value.fix
 
 
 def test_missing_qemu_names_the_setup_command(tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_missing_qemu_names_the_setup_command(tmp_path, monkeypatch):
     with pytest.raises(UserError) as exc:
         find(tmp_path)
     assert exc.value.code == "E-DEP-MISSING"
-    assert "qemu" in str(exc.value) and "-m edgekit.arm.setup" in exc.value.fix
+    assert "qemu" in str(exc.value) and "-m edgekit.arm" in exc.value.fix
 
 
 @pytest.mark.parametrize("cpu", ["max", "a64fx", "cortex-a99"])

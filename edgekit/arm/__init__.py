@@ -1,6 +1,6 @@
 """ARM emulation: run the same .tflite / ncnn files in the real aarch64 runtimes under qemu-user.
 
-``prepare()`` builds the aarch64 user space once (``python -m edgekit.arm.setup``); ``launcher()``
+``prepare()`` builds the aarch64 user space once (``python -m edgekit.arm``); ``launcher()``
 gives the command and environment that make ``edgekit.isolate.run_artifact`` run there.
 """
 from .launch import check_cpu, cpu_features, launcher, stage_sources, xnnpack_active

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgekit.errors import UserError
 
-from .setup import CPUS, HWCAP_CODE, PYTHON, REFUSED_CPUS, ArmEnv
+from .setup import CPUS, HWCAP_CODE, PYTHON, REFUSED_CPUS, SETUP_COMMAND, ArmEnv
 
 XNNPACK_LINE = "Created TensorFlow Lite XNNPACK delegate"
 
@@ -88,5 +88,5 @@ def cpu_features(env: ArmEnv, cpu: str) -> dict:
     proc = subprocess.run([*cmd, "-c", code], env={**os.environ, **extra}, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise UserError("E-RUNTIME-CRASH", f"the aarch64 python under qemu ({cpu}) failed: {proc.stderr.strip()[-500:]}",
-                        "rebuild the ARM environment: delete it and run `python -m edgekit.arm.setup`")
+                        f"rebuild the ARM environment: delete {env.home} and run `{SETUP_COMMAND}`")
     return json.loads(proc.stdout)

@@ -6,11 +6,12 @@ Layout of one environment (a folder under the cache, named after a hash of the r
     root/opt/site/        aarch64 wheels of ai-edge-litert, ncnn and numpy (the host's versions)
     views/<cpu>/          what qemu's -L points at for one emulated CPU: relative symlinks into root/
                           and a fake ARM proc/cpuinfo for that CPU (qemu 7.2 does not emulate one;
-                          without it XNNPACK's cpuinfo fails and TFLite silently runs without XNNPACK)
+                          with the host's x86 file the TFLite interpreter segfaulted here, and
+                          STACK.md saw XNNPACK silently unused)
     stamp.json            versions of everything above, build time and size
 
 Everything is built in a temporary folder next to the final one and renamed at the end, so a failed
-or interrupted build leaves nothing half-made. Run ``python -m edgekit.arm.setup`` to build it.
+or interrupted build leaves nothing half-made. Run ``python -m edgekit.arm`` to build it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Callable
 
 from edgekit.errors import UserError
 
-SETUP_COMMAND = f"{Path(sys.executable).name} -m edgekit.arm.setup"
+SETUP_COMMAND = f"{Path(sys.executable).name} -m edgekit.arm"
 SUITE = "bookworm"
 PYTHON = "python3.11"
 # debootstrap resolves these to python3.11 plus every library it needs (18 packages on bookworm);
@@ -43,8 +44,11 @@ DEBS = ("python3.11-minimal", "libpython3.11-stdlib")
 DEFAULT_WHEELS = {"ai-edge-litert": "2.3.0", "ncnn": "1.0.20261020", "numpy": "2.4.6"}
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64")
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
-# Views are not given these: qemu then uses the host's /dev, /sys, /tmp and /run.
-HOST_DIRS = {"dev", "proc", "sys", "tmp", "run"}
+# What a view takes from root/. qemu -L looks every absolute path up in the view first and uses the
+# host's only when it is not there, so /tmp, /dev, /home, /root (bundles, the run's scratch folder)
+# must stay the host's.
+GUEST_DIRS = ("bin", "etc", "lib", "opt", "sbin", "usr")
+LAYOUT = 2  # bump when the layout changes: the recipe hash changes, so the environment is rebuilt
 
 # Emulated CPUs: qemu -cpu name -> (MIDR part number, what it stands for). All ARM Ltd (0x41).
 # qemu 7.2 (Debian bookworm) has no cortex-a55. "max" and "a64fx" are refused: they have SVE, and
@@ -121,7 +125,7 @@ def wheels() -> dict[str, str]:
 
 
 def recipe() -> dict:
-    return {"suite": SUITE, "arch": "arm64", "debs": list(DEBS), "wheels": wheels(),
+    return {"layout": LAYOUT, "suite": SUITE, "arch": "arm64", "debs": list(DEBS), "wheels": wheels(),
             "platforms": list(PLATFORMS), "cpus": sorted(CPUS)}
 
 
@@ -272,12 +276,11 @@ def _pip_install(site: Path, tmp: Path, pins: dict[str, str]) -> dict[str, str]:
 
 
 def _make_view(home: Path, cpu: str, qemu: str) -> list[str]:
-    """views/<cpu>: relative links to root/'s top-level entries and a proc/cpuinfo for ``cpu``."""
+    """views/<cpu>: relative links to root/'s system folders and a proc/cpuinfo for ``cpu``."""
     view = home / "views" / cpu
     (view / "proc").mkdir(parents=True)
-    for entry in sorted((home / "root").iterdir()):
-        if entry.name not in HOST_DIRS:
-            (view / entry.name).symlink_to(Path("..", "..", "root", entry.name))
+    for name in GUEST_DIRS:
+        (view / name).symlink_to(Path("..", "..", "root", name))
     features = json.loads(_guest(qemu, view, home / "root" / "opt" / "site", cpu,
                                  HWCAP_CODE + "print(json.dumps(hwcap))"))
     (view / "proc" / "cpuinfo").write_text(_cpuinfo(cpu, features))
@@ -315,7 +318,3 @@ def main() -> int:
         return 1
     print(json.dumps({"home": str(env.home), **{k: env.versions[k] for k in ("build_seconds", "size_mb", "wheels")}}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

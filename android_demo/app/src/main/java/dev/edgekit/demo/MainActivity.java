@@ -69,6 +69,7 @@ public class MainActivity extends Activity {
     private TextView info;
     private TextView results;
     private Bitmap current;
+    private String lastRun; // artifact + delegate of the last run: spinner callbacks rerun only on a change
 
     // touched on the worker thread only
     private TfliteRunner runner;
@@ -132,6 +133,9 @@ public class MainActivity extends Activity {
         AdapterView.OnItemSelectedListener rerun = new AdapterView.OnItemSelectedListener() {
             @Override
             public void onItemSelected(AdapterView<?> parent, View view, int position, long id) {
+                if (lastRun == null || lastRun.equals(selectionKey())) {
+                    return; // the first layout pass reports the initial selection: not a change
+                }
                 if (parent == accelSpinner && accelSpinner.getSelectedItem() == TfliteRunner.Accel.NNAPI
                         && Build.VERSION.SDK_INT >= 35) {
                     results.setText("Note: NNAPI is deprecated from Android 15 (API 35); prefer the GPU delegate or a vendor "
@@ -297,10 +301,15 @@ public class MainActivity extends Activity {
 
     // ------------------------------------------------------------------ inference
 
+    private String selectionKey() {
+        return precisionSpinner.getSelectedItemPosition() + "|" + accelSpinner.getSelectedItem();
+    }
+
     private void classifyCurrent() {
         if (manifest == null || current == null || tflite.isEmpty()) {
             return;
         }
+        lastRun = selectionKey();
         final Bitmap bitmap = current;
         final BundleManifest.Artifact artifact = tflite.get(Math.max(0, precisionSpinner.getSelectedItemPosition()));
         final TfliteRunner.Accel accel = (TfliteRunner.Accel) accelSpinner.getSelectedItem();
@@ -422,7 +431,8 @@ public class MainActivity extends Activity {
     }
 
     private boolean assetExists(String name) {
-        try (InputStream ignored = getAssets().open(name)) {
+        try {
+            getAssets().open(name).close();
             return true;
         } catch (IOException e) {
             return false;
