@@ -49,7 +49,8 @@ class TargetInfo:
     tolerances: dict[str, Tolerance] = field(hash=False)
     delegates: tuple[str, ...]
     extra: str  # pip extra that installs the toolchain and runtime
-    modules: tuple[str, ...]  # import names the target needs
+    modules: tuple[str, ...]  # import names the exporter needs (besides the runtime's)
+    runtime_modules: tuple[str, ...]  # import names the runner needs; "a|b": either will do
     packages: tuple[str, ...]  # distributions whose versions go into the manifest
     exporter: str  # how the file is produced
     runtime: str  # how the file is run on the host
@@ -85,11 +86,14 @@ class Converter(ABC):
 
     info: ClassVar[TargetInfo]
 
-    def check_available(self) -> None:
-        """Raise E-DEP-MISSING naming the extra to install when the toolchain is absent."""
-        for module in self.info.modules:
-            if importlib.util.find_spec(module) is None:
-                raise missing_dependency(self.info.name, module, self.info.extra)
+    def check_available(self, runtime_only: bool = False) -> None:
+        """Raise E-DEP-MISSING naming the extra to install when the toolchain (or, with
+        runtime_only, the runtime: all a device-side or emulated runner has) is absent."""
+        needed = self.info.runtime_modules + (() if runtime_only else self.info.modules)
+        for entry in needed:
+            choices = entry.split("|")
+            if all(importlib.util.find_spec(m) is None for m in choices):
+                raise missing_dependency(self.info.name, choices[0], self.info.extra)
 
     def versions(self) -> dict[str, str]:
         out = {}

@@ -28,15 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgekit.errors import InternalError, UnsupportedOpError, UserError
 
 from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo
 
 PNNX_TIMEOUT_S = 1800
-_PNNX_TYPES = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.int64: "i64",
-               torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8"}
+# torch dtype name -> pnnx input type (this module imports torch only inside the export path, so
+# the runner also works where torch is absent: the aarch64 emulated runtime).
+_PNNX_TYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int64": "i64",
+               "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8"}
 # Layer types ncnn reads its input as int32 (indices); every other consumer reads float32.
 _INT_CONSUMERS = {"Embed"}
 _PASS_THROUGH = {"Split", "Noop"}
@@ -70,6 +71,8 @@ def _depends_on_input_values(value, graph_inputs) -> bool:
 def _rewrite_identity_index(traced, example_inputs) -> int:
     """Replace ``aten::index`` nodes whose indices only depend on shapes and that pick every element
     of their input in order by ``aten::reshape``; returns how many were replaced."""
+    import torch
+
     if not list(traced.inlined_graph.findAllNodes("aten::index")):
         return 0
     graph = traced.graph
@@ -127,6 +130,8 @@ def _rewrite_identity_index(traced, example_inputs) -> int:
 
 def _trace(model, example_inputs):
     """TorchScript of the model, MHA fast path off, identity indexing turned into reshape."""
+    import torch
+
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -150,10 +155,11 @@ def _run_pnnx(scratch: Path, example_inputs) -> str:
 
     shapes = []
     for t in example_inputs:
-        if t.dtype not in _PNNX_TYPES:
-            raise UserError("E-EXPORT-FAILED", f"pnnx cannot take an input of dtype {t.dtype}",
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in _PNNX_TYPES:
+            raise UserError("E-EXPORT-FAILED", f"pnnx cannot take an input of dtype {dtype}",
                             "feed the model float32 images or int64 token ids")
-        shapes.append("[" + ",".join(str(d) for d in t.shape) + "]" + _PNNX_TYPES[t.dtype])
+        shapes.append("[" + ",".join(str(d) for d in t.shape) + "]" + _PNNX_TYPES[dtype])
     cmd = [pnnx.EXEC_PATH, "model.pt", "inputshape=" + ",".join(shapes), "fp16=0", "device=cpu",
            "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py",
            "pnnxonnx=model.pnnx.onnx", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
@@ -407,7 +413,8 @@ class NcnnConverter(Converter):
         tolerances={"fp32": FP32_TOLERANCE},
         delegates=("cpu", "vulkan"),
         extra="ncnn",
-        modules=("pnnx", "ncnn"),
+        modules=("pnnx",),
+        runtime_modules=("ncnn",),
         packages=("pnnx", "ncnn"),
         exporter="torch.jit.trace -> pnnx (fp16=0) -> ncnn .param/.bin; leftovers with an exact ncnn form rewritten",
         runtime="ncnn python bindings, FP32 (fp16/bf16 storage and arithmetic off), Vulkan off",

@@ -41,6 +41,7 @@ class PtlConverter(Converter):
         delegates=("cpu",),  # NNAPI is a separate target (it needs an Android device to run)
         extra="ptl",
         modules=(),  # torch is always installed
+        runtime_modules=(),
         packages=("torch",),
         exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter",
         runtime="torch.jit.mobile._load_for_lite_interpreter",

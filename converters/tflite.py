@@ -179,22 +179,12 @@ class TFLiteConverter(Converter):
         tolerances={"fp32": FP32_TOLERANCE},
         delegates=("xnnpack", "nnapi", "gpu"),
         extra="tflite",
-        modules=("litert_torch", "ai_edge_litert"),
+        modules=("litert_torch",),
+        runtime_modules=("ai_edge_litert|tflite_runtime",),
         packages=("litert-torch", "ai-edge-litert", "torchao"),
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer)",
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
     )
-
-    def check_available(self) -> None:
-        """As the base, except that tflite-runtime may stand in for ai-edge-litert (runner only)."""
-        import importlib.util
-
-        for module in self.info.modules:
-            if importlib.util.find_spec(module) is not None:
-                continue
-            if module == "ai_edge_litert" and importlib.util.find_spec("tflite_runtime") is not None:
-                continue
-            raise missing_dependency(self.info.name, module, self.info.extra)
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
         if recipe is not None:

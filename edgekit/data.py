@@ -153,12 +153,12 @@ def _load_image(path: Path, pre: ImagePreprocess, spec: ModelSpec) -> tuple[np.n
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError("E-DATA-UNREADABLE", f"cannot decode image {path}: {exc}", "replace or remove that file") from exc
     t = spec.inputs[0]
-    x = chw[None] if t.layout != "NHWC" else chw.transpose(1, 2, 0)[None]
+    x = (chw if t.layout != "NHWC" else chw.transpose(1, 2, 0))[None].copy()
     problem = t.check(x)
     if problem:
         raise UserError("E-DATA-SHAPE", f"{path.name} preprocesses to a wrong tensor: {problem}",
                         "make the ModelSpec's preprocessing (crop size, layout) match the model input")
-    return (np.ascontiguousarray(x),)
+    return (x,)
 
 
 def load_tokenizer(pre: TextPreprocess, base: Path | None):
@@ -197,7 +197,9 @@ def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Pa
     ids_spec, mask_spec = spec.inputs[0], spec.inputs[1]
     samples = []
     for enc in tok.encode_batch(sentences):
-        ids = np.asarray(enc.ids, dtype=ids_spec.dtype)[None]
-        mask = np.asarray(enc.attention_mask, dtype=mask_spec.dtype)[None]
+        # [None].copy(): a plain C-strided array (a bare [None] view has stride 0 on the batch axis,
+        # which torch keeps and ExecuTorch's emitter rejects)
+        ids = np.asarray(enc.ids, dtype=ids_spec.dtype)[None].copy()
+        mask = np.asarray(enc.attention_mask, dtype=mask_spec.dtype)[None].copy()
         samples.append((ids, mask))
     return samples, sources, "text"

@@ -64,7 +64,7 @@ def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarra
             return RunOutcome(None, None, _crash(target, f"timed out after {timeout_s:.0f} s"), str(log),
                               time.perf_counter() - t0)
         elapsed = time.perf_counter() - t0
-        log = proc.stderr[-4000:]
+        log = _clip(proc.stderr)
         result_file = tmp / "result.json"
         if proc.returncode != 0 or not result_file.exists():
             rc = proc.returncode
@@ -76,6 +76,11 @@ def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarra
         with np.load(tmp / "outputs.npz") as z:
             outputs = [z[f"out{k}"] for k in range(len(z.files))]
         return RunOutcome(outputs, result["latency_ms"], None, log, elapsed, result.get("extra", {}))
+
+
+def _clip(text: str, keep: int = 4000) -> str:
+    """Head and tail of a runtime's log: delegate lines come first, crash messages last."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}\n[... {len(text) - 2 * keep} characters ...]\n{text[-keep:]}"
 
 
 def _crash(target: str, how: str) -> dict:
@@ -94,7 +99,7 @@ def _child(tmp: Path) -> int:
         from edgekit.converters.base import Artifact
 
         conv = get(req["target"])
-        conv.check_available()
+        conv.check_available(runtime_only=True)
         run = conv.runner(Artifact.from_dict(req["artifact"]), Path(req["root"]), threads=req["threads"])
         with np.load(tmp / "inputs.npz") as z:
             inputs = [z[f"in{k}"] for k in range(len(z.files))]
