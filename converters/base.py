@@ -33,6 +33,9 @@ class Tolerance:
     max_abs_rel: float
     min_cosine: float
     min_top1: float
+    # Quantized artifacts: max error in units of the output quantization step (when the artifact
+    # declares its output scales in meta["output_scales"]); None for float artifacts.
+    max_steps: float | None = None
 
 
 FP32_TOLERANCE = Tolerance(max_abs_rel=1e-4, min_cosine=0.9999, min_top1=1.0)
@@ -55,6 +58,7 @@ class TargetInfo:
     exporter: str  # how the file is produced
     runtime: str  # how the file is run on the host
     deprecated: str | None = None  # why and in favour of what, shown in docs and reports
+    arm: bool = False  # the runner also works on aarch64 under qemu-user (needs only runtime_modules)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,9 +113,16 @@ class Converter(ABC):
         """Write the artifact into out_dir (a bundle folder under construction) and describe it.
 
         model: an nn.Module in eval mode; example_inputs: a tuple of torch tensors (one real sample);
-        recipe: None for FP32 (quantization recipes plug in here).
+        recipe: None for FP32. A converter whose row lists a quantized precision also accepts the
+        keyword ``calibration`` (an edgekit.data.CalibrationSet), which the pipeline passes with a
+        recipe, and then writes a quantized reference program next to the artifact and names it in
+        ``meta["reference"]`` (see the pipeline: fidelity is judged against that reference).
         """
 
     @abstractmethod
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
-        """Load the artifact from the bundle folder ``root`` in the host runtime."""
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
+        """Load the artifact from the bundle folder ``root`` in the host runtime.
+
+        strict: edgekit's reproducible settings (strict FP32 where a runtime would otherwise drop to
+        FP16 on its own); strict=False: the runtime's defaults, i.e. what an app on a phone gets.
+        """

@@ -254,7 +254,7 @@ class ExecuTorchConverter(Converter):
             tmp.unlink(missing_ok=True)
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         if threads < 1:
             raise UserError("E-ARGS", f"threads must be at least 1, got {threads}", "pass --threads 1 or more")
         path = Path(root) / artifact.path

@@ -415,6 +415,7 @@ class NcnnConverter(Converter):
         extra="ncnn",
         modules=("pnnx",),
         runtime_modules=("ncnn",),
+        arm=True,
         packages=("pnnx", "ncnn"),
         exporter="torch.jit.trace -> pnnx (fp16=0) -> ncnn .param/.bin; leftovers with an exact ncnn form rewritten",
         runtime="ncnn python bindings, FP32 (fp16/bf16 storage and arithmetic off), Vulkan off",
@@ -463,7 +464,7 @@ class NcnnConverter(Converter):
         }
         return Artifact("ncnn", "fp32", stem + ".param", (stem + ".param", stem + ".bin"), meta)
 
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1):
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True):
         import ncnn
 
         root = Path(root)
@@ -475,7 +476,7 @@ class NcnnConverter(Converter):
             if size is not None and f.stat().st_size != size:
                 raise UserError("E-ARTIFACT-CORRUPT", f"ncnn file {f.name} has {f.stat().st_size} bytes, the export "
                                 f"wrote {size}", "re-export the bundle")
-        net = _load_net(param, weights, threads)
+        net = _load_net(param, weights, threads, strict)
         names, feeds = meta["inputs"], meta["input_feed"]
         outputs, shapes = meta["outputs"], [tuple(s) for s in meta["output_shapes"]]
 
@@ -506,8 +507,10 @@ class NcnnConverter(Converter):
         return run
 
 
-def _load_net(param: Path, weights: Path, threads: int):
-    """An ncnn.Net with strict FP32 settings and ``threads`` threads, or E-ARTIFACT-CORRUPT.
+def _load_net(param: Path, weights: Path, threads: int, strict: bool = True):
+    """An ncnn.Net with strict FP32 settings (or, strict=False, ncnn's own defaults: what a phone
+    app gets, fp16 storage and arithmetic where the CPU has them) and ``threads`` threads, or
+    E-ARTIFACT-CORRUPT.
 
     load_param/load_model return non-zero instead of raising: their codes are checked here."""
     import ncnn
@@ -517,7 +520,7 @@ def _load_net(param: Path, weights: Path, threads: int):
     opt.use_vulkan_compute = False
     # Strict FP32: with the defaults ncnn silently stores and computes in fp16 (or bf16) on CPUs that have it.
     for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed"):
-        if hasattr(opt, flag):
+        if strict and hasattr(opt, flag):
             setattr(opt, flag, False)
     opt.num_threads = int(threads)
     if net.load_param(str(param)) != 0:

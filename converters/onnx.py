@@ -73,7 +73,7 @@ class OnnxConverter(Converter):
                 "outputs": spec.output_names, "opset": program.model.opset_imports.get("", None)}
         return Artifact(self.info.name, precision, name, tuple(files), meta)
 
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 

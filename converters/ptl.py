@@ -73,7 +73,7 @@ class PtlConverter(Converter):
                 "outputs": spec.output_names, "capture": capture}
         return Artifact(self.info.name, precision, final.name, (final.name,), meta)
 
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         module = _load(Path(root) / artifact.path)
         dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
         torch.set_num_threads(threads)  # process-wide: a runner process runs one artifact

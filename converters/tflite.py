@@ -181,6 +181,7 @@ class TFLiteConverter(Converter):
         extra="tflite",
         modules=("litert_torch",),
         runtime_modules=("ai_edge_litert|tflite_runtime",),
+        arm=True,
         packages=("litert-torch", "ai-edge-litert", "torchao"),
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer)",
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
@@ -215,7 +216,7 @@ class TFLiteConverter(Converter):
             tmp.unlink(missing_ok=True)
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
-    def runner(self, artifact: Artifact, root: Path, threads: int = 1) -> Runner:
+    def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         interp = _open(Path(root) / artifact.path, threads)
         meta = artifact.meta
         try:

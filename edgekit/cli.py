@@ -81,8 +81,18 @@ def _print_outcome(outcome, json_path: str | None) -> int:
     return outcome.exit_code
 
 
+def _tame_toolchain_noise() -> None:
+    """Hide two harmless, repeated messages of torch's own internals so progress lines stay readable."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tame_toolchain_noise()
     args = build_parser().parse_args(argv)
     command = "edgekit " + shlex.join(argv)
     try:

@@ -37,7 +37,7 @@ class RunOutcome:
 
 
 def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], *,
-                 threads: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, warmup: int = 1,
+                 threads: int = 1, strict: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S, warmup: int = 1,
                  launcher: Sequence[str] | None = None, extra_env: dict[str, str] | None = None) -> RunOutcome:
     """Run every sample through the artifact in a fresh interpreter; never raises for runtime faults.
 
@@ -49,7 +49,7 @@ def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarra
         np.savez(tmp / "inputs.npz", **{f"in{k}": a for k, a in enumerate(inputs)})
         (tmp / "request.json").write_text(json.dumps({
             "target": target, "artifact": artifact, "root": str(Path(root).resolve()),
-            "threads": threads, "warmup": warmup,
+            "threads": threads, "strict": strict, "warmup": warmup,
         }))
         env = {**os.environ, **(extra_env or {})}
         # One thread for every runtime's pool and for BLAS, so host checks are reproducible.
@@ -100,7 +100,8 @@ def _child(tmp: Path) -> int:
 
         conv = get(req["target"])
         conv.check_available(runtime_only=True)
-        run = conv.runner(Artifact.from_dict(req["artifact"]), Path(req["root"]), threads=req["threads"])
+        run = conv.runner(Artifact.from_dict(req["artifact"]), Path(req["root"]), threads=req["threads"],
+                          strict=req.get("strict", True))
         with np.load(tmp / "inputs.npz") as z:
             inputs = [z[f"in{k}"] for k in range(len(z.files))]
         stage = "run"
