@@ -59,6 +59,7 @@ class TargetInfo:
     runtime: str  # how the file is run on the host
     deprecated: str | None = None  # why and in favour of what, shown in docs and reports
     arm: bool = False  # the runner also works on aarch64 under qemu-user (needs only runtime_modules)
+    relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
 
     def to_dict(self) -> dict:
         d = asdict(self)

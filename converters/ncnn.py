@@ -416,6 +416,7 @@ class NcnnConverter(Converter):
         modules=("pnnx",),
         runtime_modules=("ncnn",),
         arm=True,
+        relaxed_defaults=True,
         packages=("pnnx", "ncnn"),
         exporter="torch.jit.trace -> pnnx (fp16=0) -> ncnn .param/.bin; leftovers with an exact ncnn form rewritten",
         runtime="ncnn python bindings, FP32 (fp16/bf16 storage and arithmetic off), Vulkan off",

@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", type=int, help="use only the first N samples")
     v.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
     v.add_argument("--json", help="write the verify report (JSON) to this file")
+    v.add_argument("--arm", default="", metavar="CPUS",
+                   help="also run the ARM-capable artifacts (tflite, ncnn) on these emulated CPUs, e.g. "
+                        "cortex-a53,cortex-a76 (qemu-user; needs `edgekit arm setup` once)")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    a = sub.add_parser("arm", help="ARM emulation: build the aarch64 environment once (qemu-user, Debian arm64, runtime wheels)")
+    a.add_argument("action", choices=["setup"], help="setup: build it (about a minute, ~350 MB, cached)")
 
     r = sub.add_parser("run", help="run the pipeline from a TOML config (default: the shipped MobileNetV2 example)")
     r.add_argument("config", nargs="?", help="a .toml file with an [export] table")
@@ -72,6 +78,10 @@ def _print_outcome(outcome, json_path: str | None) -> int:
     md = markdown(outcome.report)
     table = [line for line in md.splitlines() if line.startswith("|") or line.startswith("- **")]
     print("\n".join(table))
+    if any("arm" in t for t in outcome.report["targets"].values()):
+        from edgekit.arm.verify import arm_markdown
+
+        print("\n" + arm_markdown(outcome.report))
     s = outcome.report["summary"]
     print(f"\n{s['status'].upper()}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors")
     if outcome.report["kind"] == "export":
@@ -116,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return _print_outcome(export_bundle(load_config(args.config), progress, command), None)
         if args.command == "verify":
-            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command)
+            cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
+            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus)
             return _print_outcome(outcome, args.json)
+        if args.command == "arm":
+            from edgekit.arm import prepare
+
+            env = prepare(progress=lambda msg: progress(msg))
+            print(f"ARM environment ready: {env.home}")
+            return EXIT_PASS
     except UserError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE

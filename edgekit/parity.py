@@ -72,6 +72,7 @@ class ParityResult:
     error: dict | None = None  # {"code", "message", "fix"} when status is "error"
     notes: list[str] = field(default_factory=list)  # deprecations, runtime settings, integrity
     log: str = ""
+    extra: dict = field(default_factory=dict)  # per-check details, e.g. "arm": emulated-CPU figures
 
     @property
     def passed(self) -> bool:
@@ -99,6 +100,7 @@ class ParityResult:
             "metrics": self.summary_metrics(),
             "outputs": {m.name: {**asdict(m), "max_abs_rel": m.max_abs_rel} for m in self.outputs},
             "failures": self.failures, "error": self.error, "notes": self.notes, "log": self.log,
+            **self.extra,
         })
 
 

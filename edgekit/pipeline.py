@@ -52,18 +52,20 @@ def _check_samples(n: int) -> None:
 
 
 def verify_artifact(conv: Converter, art: Artifact, root: Path, stacked: list[np.ndarray],
-                    reference: list[np.ndarray], spec: ModelSpec, timeout_s: float) -> ParityResult:
-    """Run one artifact in its runtime subprocess and compare it with the reference outputs."""
+                    reference: list[np.ndarray], spec: ModelSpec,
+                    timeout_s: float) -> tuple[ParityResult, list[np.ndarray] | None]:
+    """Run one artifact in its runtime subprocess and compare it with the reference outputs;
+    -> the result and the artifact's outputs (None on error)."""
     info = conv.info
     size = sum((root / f).stat().st_size for f in art.files if (root / f).is_file())
     notes = [f"deprecated: {info.deprecated}"] if info.deprecated else []
     outcome = run_artifact(info.name, art.to_dict(), root, stacked, timeout_s=timeout_s)
     if outcome.error:
         return ParityResult(info.name, art.precision, "error", art.path, size, None, len(stacked[0]),
-                            info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log)
+                            info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log), None
     return compare(info.name, art.precision, reference, outcome.outputs, spec.output_names,
                    info.tolerances[art.precision], spec.task == "classification", file=art.path, size_bytes=size,
-                   latency_ms=outcome.latency_ms, notes=notes)
+                   latency_ms=outcome.latency_ms, notes=notes), outcome.outputs
 
 
 def _error_result(conv: Converter, precision: str, exc: Exception) -> ParityResult:
@@ -126,7 +128,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 progress(f"export failed: {results[-1].error['code']}", name)
                 continue
             progress("running in the host runtime (subprocess)", name)
-            res = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
+            res, _ = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
             results.append(res)
             artifacts.append((conv, art))
             progress(res.status, name)
@@ -151,8 +153,13 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
 
 
 def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
-                  timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = QUIET, command: str = "") -> Outcome:
-    """Re-run every artifact of a bundle against the bundle's reference; never writes into the bundle."""
+                  timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = QUIET, command: str = "",
+                  arm: tuple[str, ...] = ()) -> Outcome:
+    """Re-run every artifact of a bundle against the bundle's reference; never writes into the bundle.
+
+    arm: emulated CPUs (e.g. cortex-a53, cortex-a76) to also run the ARM-capable artifacts on.
+    """
+    arm_env = _arm_env(arm)
     root = Path(bundle)
     manifest = B.read_manifest(root)
     program, spec = load_reference(root / B.REFERENCE)
@@ -184,16 +191,33 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
                 "fix": "copy the whole bundle folder, or re-export it"}))
             continue
         progress("running in the host runtime (subprocess)", art.target)
-        res = verify_artifact(conv, art, root, stacked, reference, spec, timeout_s)
+        res, host_outputs = verify_artifact(conv, art, root, stacked, reference, spec, timeout_s)
         changed = [f["path"] for f in entry["files"] if B.sha256_file(root / f["path"]) != f["sha256"]]
         if changed:
             res.notes.append(f"file(s) changed since export (sha256 differs from the manifest): {', '.join(changed)}")
         results.append(res)
         progress(res.status, art.target)
-    env = B.environment({k: v for r in results for k, v in _versions(r.target).items()})
+        if arm_env is not None and conv.info.arm:
+            from edgekit.arm.verify import arm_results
+
+            progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
+            results.extend(arm_results(arm_env, list(arm), conv, art, root, stacked, reference, host_outputs,
+                                       spec.output_names, spec.task == "classification"))
+    env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})
     report = build_report("verify", {"name": spec.name, "source": manifest["model"].get("source")}, calib.describe(),
                           results, env, command or f"edgekit verify {root}", B.now())
     return Outcome(root, report, results)
+
+
+def _arm_env(cpus: tuple[str, ...]):
+    """The prepared ARM environment when CPUs are asked for (coded error with the setup command if absent)."""
+    if not cpus:
+        return None
+    from edgekit.arm import check_cpu, find
+
+    for cpu in cpus:
+        check_cpu(cpu)
+    return find()
 
 
 def _versions(target: str) -> dict:

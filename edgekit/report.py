@@ -2,12 +2,37 @@
 from __future__ import annotations
 
 import math
+import shlex
+
+import numpy as np
 
 from edgekit.parity import ParityResult
 
 
 def overall_status(results: list[ParityResult]) -> str:
     return "pass" if results and all(r.passed for r in results) else "fail"
+
+
+def report_key(result: ParityResult) -> str:
+    """The key of a result in report["targets"]: the target name, plus ":precision" unless FP32."""
+    return result.target if result.precision == "fp32" else f"{result.target}:{result.precision}"
+
+
+def abs_errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> np.ndarray:
+    """Every |output - reference| element of every output, flattened (float32): the histogram's data."""
+    parts = [np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)).ravel()
+             for r, o in zip(reference, outputs) if np.shape(r) == np.shape(o)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def reproduce_commands(report: dict, bundle: str | None = None) -> list[str]:
+    """The commands that reproduce a report: install, the command that made it, and a re-verify."""
+    cmds = ["pip install -c constraints.txt 'edgekit[all]'", report["command"]]
+    if report["kind"] == "export":
+        words = shlex.split(report["command"])
+        out = words[words.index("--out") + 1] if "--out" in words[:-1] else bundle or f"bundles/{report['model']['name']}"
+        cmds.append(f"edgekit verify {shlex.quote(str(out))}")
+    return cmds
 
 
 def build_report(kind: str, model: dict, data: dict, results: list[ParityResult], env: dict,
@@ -24,7 +49,7 @@ def build_report(kind: str, model: dict, data: dict, results: list[ParityResult]
             "failed": sum(r.status == "fail" for r in results),
             "errors": sum(r.status == "error" for r in results),
         },
-        "targets": {r.target if r.precision == "fp32" else f"{r.target}:{r.precision}": r.to_dict() for r in results},
+        "targets": {report_key(r): r.to_dict() for r in results},
         "notes": notes or [],
         "environment": env,
     }

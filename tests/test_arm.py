@@ -1,6 +1,6 @@
 """ARM emulation: the same .tflite / ncnn files run in the real aarch64 runtimes under qemu-user and
 compute what the host runtimes compute. Tests marked ``arm`` need the aarch64 root, which the
-session fixture builds once (about a minute; ``python -m edgekit.arm`` does the same)."""
+session fixture builds once (about a minute; ``edgekit arm setup`` does the same)."""
 from __future__ import annotations
 
 import os
@@ -26,7 +26,7 @@ def test_missing_root_names_the_setup_command(tmp_path):
     with pytest.raises(UserError) as exc:
         find(tmp_path / "empty-cache")
     assert exc.value.code == "E-DEP-MISSING"
-    assert "-m edgekit.arm" in exc.value.fix
+    assert "edgekit arm setup" in exc.value.fix
 
 
 def test_missing_qemu_names_the_setup_command(tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_missing_qemu_names_the_setup_command(tmp_path, monkeypatch):
     with pytest.raises(UserError) as exc:
         find(tmp_path)
     assert exc.value.code == "E-DEP-MISSING"
-    assert "qemu" in str(exc.value) and "-m edgekit.arm" in exc.value.fix
+    assert "qemu" in str(exc.value) and "edgekit arm setup" in exc.value.fix
 
 
 @pytest.mark.parametrize("cpu", ["max", "a64fx", "cortex-a99"])
@@ -126,3 +126,32 @@ def test_guest_sees_the_emulated_cpu(arm_env):
     assert "asimd" in a53["hwcap"] and "asimddp" not in a53["hwcap"]
     assert {"asimddp", "asimdhp", "fphp"} <= set(a76["hwcap"])
     assert "sve" not in a76["hwcap"]
+
+
+@pytest.mark.arm
+def test_verify_arm_reports_each_cpu_and_the_phone_defaults(tmp_path):
+    import json
+
+    from edgekit.cli import main
+
+    prepare()
+    out = tmp_path / "b"
+    assert main(["export", "tiny_cnn", "--targets", "tflite,ncnn,onnx", "--out", str(out), "--samples", "6", "--quiet"]) == 0
+    assert main(["verify", str(out), "--arm", ",".join(EMULATED), "--json", str(tmp_path / "v.json"), "--quiet"]) == 0
+    v = json.loads((tmp_path / "v.json").read_text())
+    arm_rows = {n: t for n, t in v["targets"].items() if "@" in n}
+    assert set(arm_rows) == {f"{t}@{c}" for t in ("tflite", "ncnn") for c in EMULATED}  # onnx has no ARM runner
+    for name, t in arm_rows.items():
+        assert t["status"] == "pass" and t["arm"]["vs_host"]["max_abs_rel"] <= FP32_MAX_REL, name
+    assert all(arm_rows[f"tflite@{c}"]["arm"]["xnnpack_active"] for c in EMULATED)
+    # ncnn with its own defaults computes in FP16 on ARMv8.2 (cortex-a76): visibly less exact than strict FP32
+    a76 = arm_rows["ncnn@cortex-a76"]["arm"]
+    assert a76["runtime_defaults"]["vs_reference"]["max_abs_rel"] > 100 * a76["vs_host"]["max_abs_rel"]
+
+
+def test_verify_arm_refuses_max_before_running_anything(tmp_path, capsys):
+    from edgekit.cli import main
+
+    assert main(["verify", str(tmp_path), "--arm", "cortex-a76,max"]) == 2
+    err = capsys.readouterr().err
+    assert "E-ARGS" in err and "'max' is refused" in err

@@ -32,7 +32,7 @@ from typing import Callable
 
 from edgekit.errors import UserError
 
-SETUP_COMMAND = f"{Path(sys.executable).name} -m edgekit.arm"
+SETUP_COMMAND = "edgekit arm setup"
 SUITE = "bookworm"
 PYTHON = "python3.11"
 # debootstrap resolves these to python3.11 plus every library it needs (18 packages on bookworm);

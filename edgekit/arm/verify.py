@@ -1,0 +1,84 @@
+"""Parity on real aarch64 kernels: run a bundle's ARM-capable artifacts on emulated CPUs.
+
+For each artifact whose capability row says ``arm`` and each CPU, the report gets one result
+``<target>@<cpu>``: parity against the reference with the table's tolerance (a failure fails
+verify), plus the error against the host run of the same file, whether XNNPACK was active (TFLite),
+and the emulated time. With ``defaults=True`` (ncnn) the file also runs with the runtime's own
+settings, FP16 where the CPU has it: what an app on a phone gets, reported next to strict FP32.
+Times are qemu's, not a device's, and are labelled so.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.converters import Artifact, Converter
+from edgekit.isolate import run_artifact
+from edgekit.parity import ParityResult, compare, output_metrics
+
+from .launch import check_cpu, launcher, xnnpack_active
+from .setup import ArmEnv
+
+EMULATED_TIMEOUT_S = 1800.0
+
+
+def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, root: Path,
+                stacked: list[np.ndarray], reference: list[np.ndarray], host: list[np.ndarray] | None,
+                names: list[str], classification: bool) -> list[ParityResult]:
+    info = conv.info
+    tol = info.tolerances[art.precision]
+    out = []
+    for cpu in cpus:
+        cmd, extra = launcher(env, check_cpu(cpu))
+        label = f"{info.name}@{cpu}"
+        run = run_artifact(info.name, art.to_dict(), root, stacked, launcher=cmd, extra_env=extra,
+                           timeout_s=EMULATED_TIMEOUT_S)
+        notes = [f"emulated {cpu} (qemu-user): latency and time are emulation figures, not device timings"]
+        if run.error:
+            out.append(ParityResult(label, art.precision, "error", art.path, error=run.error, notes=notes, log=run.log))
+            continue
+        res = compare(label, art.precision, reference, run.outputs, names, tol, classification, file=art.path,
+                      latency_ms=run.latency_ms, notes=notes)
+        arm = {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2)}
+        if host is not None:
+            arm["vs_host"] = _vs(host, run.outputs, names)
+        if "xnnpack" in info.delegates:
+            arm["xnnpack_active"] = xnnpack_active(run.log)
+            if not arm["xnnpack_active"]:
+                res.notes.append("XNNPACK was NOT active in the emulated run: these are not the kernels a phone runs")
+        if info.relaxed_defaults:
+            defaults = run_artifact(info.name, art.to_dict(), root, stacked, launcher=cmd, extra_env=extra,
+                                    strict=False, timeout_s=EMULATED_TIMEOUT_S)
+            arm["runtime_defaults"] = ({"error": defaults.error} if defaults.error else
+                                       {"vs_reference": _vs(reference, defaults.outputs, names),
+                                        "vs_strict": _vs(run.outputs, defaults.outputs, names)})
+        res.extra["arm"] = arm
+        out.append(res)
+    return out
+
+
+def _vs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> dict:
+    """Worst-output error of ``got`` against ``ref``: max abs, relative to max |ref|, and SQNR."""
+    ms = [output_metrics(n, r, g, classification=False) for n, r, g in zip(names, ref, got)]
+    return {"max_abs": max(m.max_abs for m in ms), "max_abs_rel": max(m.max_abs_rel for m in ms),
+            "sqnr_db": min(m.sqnr_db for m in ms)}
+
+
+def arm_markdown(report: dict) -> str:
+    """The ARM table of a verify report ('' when no emulated CPU ran)."""
+    rows = [(n, t) for n, t in report["targets"].items() if "arm" in t]
+    if not rows:
+        return ""
+    fmt = lambda v: "-" if v is None else (v if isinstance(v, str) else f"{v:.2e}")
+    lines = ["## ARM kernels (emulated with qemu-user; times are not device timings)", "",
+             "| artifact | CPU | status | max abs vs reference | max abs vs host run | XNNPACK | runtime defaults vs reference | emulated s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, t in rows:
+        a = t["arm"]
+        d = a.get("runtime_defaults")
+        defaults = "-" if d is None else ("error" if "error" in d else f"{fmt(d['vs_reference']['max_abs'])} (SQNR {d['vs_reference']['sqnr_db']:.1f} dB)")
+        xnn = {True: "active", False: "NOT active"}.get(a.get("xnnpack_active"), "-")
+        lines.append(f"| {name.split('@')[0]} | {a['cpu']} | {t['status']} | {fmt((t.get('metrics') or {}).get('max_abs'))} | "
+                     f"{fmt(a.get('vs_host', {}).get('max_abs'))} | {xnn} | {defaults} | {a['emulated_seconds']} |")
+    return "\n".join(lines)
