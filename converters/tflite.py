@@ -25,10 +25,14 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "tflite"
 SIGNATURE = "serving_default"
+# INT8 conversion fidelity vs the quantized reference (the convert_pt2e program): integer kernels and
+# the float simulation drift apart by rounding (measured floor on MobileNetV2 with edgekit's recipe,
+# bench/int8_mobilenet_v2.py; see edgekit/quant/fidelity.py for the per-layer check).
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
 
 # Messages the toolchain and the runtime use for an operator they cannot take.
 _NO_LOWERING = re.compile(r"Lowering not found: (\S+)")
@@ -175,8 +179,8 @@ class TFLiteConverter(Converter):
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
-        precisions=("fp32",),
-        tolerances={"fp32": FP32_TOLERANCE},
+        precisions=("fp32", "int8"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
         delegates=("xnnpack", "nnapi", "gpu"),
         extra="tflite",
         modules=("litert_torch",),
@@ -187,10 +191,9 @@ class TFLiteConverter(Converter):
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         if recipe is not None:
-            raise UserError("E-TARGET-PRECISION", f"target {NAME} exports only fp32 for now",
-                            f"run {NAME} without a quantization recipe")
+            return self._export_int8(model, spec, recipe, Path(out_dir), example_inputs, calibration)
         precision = "fp32"
         try:
             import litert_torch
@@ -216,6 +219,59 @@ class TFLiteConverter(Converter):
             tmp.unlink(missing_ok=True)
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
+    def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        """Static INT8: edgekit's recipe through PT2E (litert-torch's quantizer places the q/dq pairs,
+        edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program."""
+        from edgekit.quant import check
+        from edgekit.quant.pt2e import quantize
+        from edgekit.quant.reference import reference_name, save_quantized_reference
+
+        check(recipe)
+        if calibration is None or len(calibration) == 0:
+            raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
+                            "pass --data with samples of the model's inputs")
+        if recipe.io != "int8":
+            raise UserError("E-TARGET-PRECISION", f"target {NAME} writes INT8 files with int8 inputs/outputs only "
+                            "(float I/O is not implemented yet)", "use the recipe's io='int8' (the runner converts)")
+        try:
+            import litert_torch
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+        except ImportError:
+            raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
+        precision = "int8"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
+        ref = out_dir / reference_name(spec.name)
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                with _quiet_progress():
+                    converted = litert_torch.convert(q.module, tuple(example_inputs),
+                                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                    converted.export(str(tmp))
+            except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
+                raise _conversion_error(exc, spec.name) from exc
+            meta = _io_meta(tmp, spec)
+            save_quantized_reference(q.module, tuple(example_inputs), ref)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta.update({
+            "reference": ref.name,
+            "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
+            "recipe": recipe.to_dict(),
+            "recipe_summary": recipe.describe(),
+            "calibration": {"count": min(len(calibration), recipe.max_samples), "sha256": calibration.head(recipe.max_samples).sha256},
+            "kept_float": sorted(q.kept_float),
+            "quant_notes": q.notes,
+        })
+        return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
+
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         interp = _open(Path(root) / artifact.path, threads)
         meta = artifact.meta
@@ -232,25 +288,51 @@ class TFLiteConverter(Converter):
             raise UserError("E-ARTIFACT-CORRUPT", f"{artifact.path}: signature {meta['signature']} is not the main graph",
                             "re-export the bundle with edgekit")
         in_specs, out_specs = meta["inputs"], meta["outputs"]
+        # int8 model I/O: the file's own (scale, zero point), read from the file, not from the manifest
+        in_q = [_qparams(interp, i) for i in in_idx]
+        out_q = [_qparams(interp, i) for i in out_idx]
 
         def run(inputs) -> list:
             if len(inputs) != len(in_specs):
                 raise UserError("E-DATA-SHAPE", f"got {len(inputs)} inputs, the model takes {len(in_specs)}",
                                 "pass one array per model input, in the spec's order")
-            for t, idx, a in zip(in_specs, in_idx, inputs):
-                interp.set_tensor(idx, _to_runtime(np.asarray(a), t))
+            for t, idx, qp, a in zip(in_specs, in_idx, in_q, inputs):
+                interp.set_tensor(idx, _to_runtime(np.asarray(a), t, qp))
             interp.invoke()
-            return [np.array(interp.get_tensor(idx), dtype=np.float32).reshape(t["spec_shape"])
-                    for t, idx in zip(out_specs, out_idx)]
+            return [_from_runtime(interp.get_tensor(idx), qp).reshape(t["spec_shape"])
+                    for t, idx, qp in zip(out_specs, out_idx, out_q)]
 
         return run
 
 
-def _to_runtime(a: np.ndarray, t: dict) -> np.ndarray:
-    """Check one input against its spec and cast it to the file's dtype (only int64 -> int32)."""
+def _qparams(interp, index: int):
+    """(scale, zero_point, dtype) of an int8/uint8 I/O tensor of the file, None for a float one."""
+    d = next(x for x in interp.get_tensor_details() if x["index"] == index)
+    dtype = np.dtype(d["dtype"])
+    if dtype.kind not in "iu" or dtype.itemsize != 1:
+        return None
+    scale, zp = d["quantization"]
+    return float(scale), int(zp), dtype
+
+
+def _from_runtime(a: np.ndarray, qp) -> np.ndarray:
+    if qp is None:
+        return np.array(a, dtype=np.float32)
+    scale, zp, _ = qp
+    return ((np.asarray(a, dtype=np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
+
+
+def _to_runtime(a: np.ndarray, t: dict, qp=None) -> np.ndarray:
+    """Check one input against its spec and cast it to the file's dtype (int64 -> int32; float ->
+    int8 with the file's own scale and zero point when the file takes int8)."""
     if list(a.shape) != t["shape"]:
         raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has shape {tuple(a.shape)}, the model takes {tuple(t['shape'])}",
                         "feed samples with the batch dimension and the spec's shape")
+    if qp is not None and a.dtype.kind == "f":
+        scale, zp, dtype = qp
+        info = np.iinfo(dtype)
+        q = np.round(a.astype(np.float32) / np.float32(scale)) + zp  # half to even, as the reference's quantize
+        return np.clip(q, info.min, info.max).astype(dtype)
     if a.dtype.name == t["dtype"]:
         return a
     if a.dtype.name == t["spec_dtype"] == "int64" and t["dtype"] == "int32":

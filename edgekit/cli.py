@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "cortex-a53,cortex-a76 (qemu-user; needs `edgekit arm setup` once)")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    b = sub.add_parser("bundle", help="copy a bundle's manifest, labels and app-loadable artifacts into an app's assets")
+    b.add_argument("bundle", help="a bundle folder written by `edgekit export`")
+    dest = b.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--android", metavar="DIR", help="e.g. android_demo/app/src/main/assets (copies the .tflite files)")
+    dest.add_argument("--ios", metavar="DIR", help="an Xcode project's resource folder (copies .tflite and ncnn files)")
+
     a = sub.add_parser("arm", help="ARM emulation: build the aarch64 environment once (qemu-user, Debian arm64, runtime wheels)")
     a.add_argument("action", choices=["setup"], help="setup: build it (about a minute, ~350 MB, cached)")
 
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         from edgekit.pipeline import ExportJob, export_bundle, verify_bundle
         from edgekit.progress import Progress
 
-        progress = Progress(quiet=args.quiet)
+        progress = Progress(quiet=getattr(args, "quiet", False))
         if args.command == "export":
             job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout)
             return _print_outcome(export_bundle(job, progress, command), args.json)
@@ -129,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
             outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus)
             return _print_outcome(outcome, args.json)
+        if args.command == "bundle":
+            from edgekit.deploy import copy_for_app
+
+            platform, dest = ("android", args.android) if args.android else ("ios", args.ios)
+            copied = copy_for_app(args.bundle, dest, platform)
+            print("\n".join(f"copied {f}" for f in copied) + f"\n{len(copied)} files -> {dest} ({platform})")
+            return EXIT_PASS
         if args.command == "arm":
             from edgekit.arm import prepare
 

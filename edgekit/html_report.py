@@ -101,7 +101,7 @@ def size_latency_chart(targets: dict) -> str | None:
     plt = _plt()
     names = [k for k, _ in rows][::-1]
     colors = [COLORS.get(t["status"], MUTED) for _, t in rows][::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.55 * len(rows) + 1.1))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 0.42 * len(rows) + 0.9))
     for ax, key, title, unit, scale in ((axes[0], "size_bytes", "File size", "kB", 1e-3),
                                          (axes[1], "latency_ms", "Latency per sample (host, 1 thread)", "ms", 1.0)):
         vals = [(_num(t.get(key)) or 0.0) * scale for _, t in rows][::-1]
@@ -135,10 +135,9 @@ def error_histograms(targets: dict, errors: dict[str, np.ndarray]) -> str | None
     if not keys:
         return None
     plt = _plt()
-    cols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
+    nrows = math.ceil(len(keys) / 3)
+    fig, axes = plt.subplots(nrows, 3, figsize=(10.5, 2.7 * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
         t, err = targets[key], np.asarray(errors[key], np.float64).ravel()
@@ -154,12 +153,14 @@ def error_histograms(targets: dict, errors: dict[str, np.ndarray]) -> str | None
             ax.hist(logs, bins=np.linspace(math.floor(lo), math.ceil(hi) + 1e-9, 30), color=color, alpha=0.85)
         if limit:
             ax.axvline(math.log10(limit), color=INK, linestyle="--", linewidth=1.2)
-            ax.text(math.log10(limit), ax.get_ylim()[1] * 0.95, " limit", fontsize=8, color=INK, va="top")
+            ax.text(math.log10(limit), ax.get_ylim()[1] * 0.97, "limit ", fontsize=8, color=INK, va="top", ha="right")
         worst = err.max() if err.size else 0.0
-        ax.set_title(f"{key}  ({t['status']})", fontsize=10, loc="left", color=color)
+        caption = f"max {worst:.2g}" + (f", {exact} of {err.size} exact" if exact else "")
+        ax.set_title(f"{key} ({t['status']})", fontsize=10, loc="left", color=color, fontweight="bold")
+        ax.set_title(caption, fontsize=8, loc="right", color=MUTED)
         ax.set_xlabel("log10 |error|", fontsize=9, color=MUTED)
-        caption = f"max {worst:.2g}" + (f", {exact} exact" if exact else "")
-        ax.text(0.98, 0.95, caption, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=MUTED)
+        if not nonzero.size:
+            ax.text(0.5, 0.5, "bit-exact", transform=ax.transAxes, ha="center", fontsize=11, color=color)
         _style(ax)
     fig.tight_layout()
     return _png(fig)
@@ -183,12 +184,12 @@ def per_layer_chart(key: str, entries: list) -> str | None:
         return None
     plt = _plt()
     names, vals = [n for n, _ in layers], [v for _, v in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(10.5, 3.4))
     x = np.arange(len(names))
     ax.plot(x, vals, color="#0969da", marker="o", markersize=4, linewidth=1.6)
     ax.fill_between(x, vals, min(vals) - 3, color="#0969da", alpha=0.08)
     worst = int(np.argmin(vals))
-    ax.annotate(f"lowest: {names[worst]} {vals[worst]:.1f} dB", (worst, vals[worst]), xytext=(6, -14),
+    ax.annotate(f"lowest: {names[worst]} {vals[worst]:.1f} dB", (worst, vals[worst]), xytext=(-10, -16), ha="right",
                 textcoords="offset points", fontsize=8, color=COLORS["fail"])
     ax.scatter([worst], [vals[worst]], color=COLORS["fail"], zorder=3, s=30)
     ax.set_xticks(x)
@@ -259,7 +260,8 @@ def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> st
              f"{escape(status.upper())}</span></header>",
              f'<p class="sub">Created {escape(str(report.get("created")))} &middot; source <code>{escape(str(model.get("source")))}</code>'
              f' &middot; {escape(str(data.get("count")))} {escape(str(data.get("kind")))} samples from '
-             f'<code>{escape(str(data.get("root")))}</code> (sha256 <code>{escape(str(data.get("sha256"))[:16])}</code>)</p>']
+             f'<code>{escape(str(data.get("root")))}</code>'
+             + (f' (sha256 <code>{escape(str(data["sha256"])[:16])}</code>)' if data.get("sha256") else "") + "</p>"]
     sqnrs = [v for v in (_num((t.get("metrics") or {}).get("sqnr_db")) for t in targets.values()) if v is not None]
     cards = [(s["passed"], "passed"), (s["failed"], "failed"), (s["errors"], "errors"),
              ("exact" if sqnrs and math.isinf(min(sqnrs)) else (f"{min(sqnrs):.1f} dB" if sqnrs else "-"), "worst SQNR")]

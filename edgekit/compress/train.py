@@ -138,7 +138,7 @@ def fit(module: nn.Module, dataset: Sequence, loss_fn: Callable[[nn.Module, tupl
 
 def _has_frozen_branches(module: nn.Module) -> bool:
     """Theseus trains modules that a given step may skip: DDP must then look for unused ones."""
-    return getattr(module, "may_skip_parameters", False)
+    return any(getattr(m, "may_skip_parameters", False) for m in module.modules())
 
 
 @torch.no_grad()

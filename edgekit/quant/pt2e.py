@@ -228,4 +228,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
         n = correct_bias(converted, gm, samples)
         notes.append(f"bias correction on {n} layers")
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    move_exported_model_to_eval(converted)
     return Quantized(converted, ranges, _output_scales(converted), _input_qparams(converted), dict(matched), notes)

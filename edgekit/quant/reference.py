@@ -1,0 +1,56 @@
+"""The quantized reference program: the convert_pt2e model (float simulation of exactly the
+artifact's quantization) captured with torch.export and saved next to the artifact.
+
+Loading it needs the ``quantized_decomposed`` ops registered: ``load_quantized_reference`` imports
+torchao's PT2E module first (plain ``torch.export.load`` works too once torchao is imported).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import UserError
+
+
+def reference_name(spec_name: str) -> str:
+    return f"{spec_name}-int8.reference.pt2"
+
+
+def save_quantized_reference(module, example_inputs: tuple, path: Path) -> None:
+    """torch.export the convert_pt2e module and save it atomically (temp file, then rename)."""
+    import torch
+
+    ep = torch.export.export(module, tuple(example_inputs))
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.export.save(ep, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_quantized_reference(path: Path):
+    """The saved reference as an ExportedProgram (call ``.module()`` to run it)."""
+    import torch
+    import torchao.quantization.pt2e  # noqa: F401  registers the quantized_decomposed ops
+
+    if not Path(path).is_file():
+        raise UserError("E-ARTIFACT-CORRUPT", f"quantized reference {path} does not exist", "re-export the bundle")
+    return torch.export.load(str(path))
+
+
+def run_program(module, samples) -> list[np.ndarray]:
+    """Outputs of a torch module on numpy input tuples: one (N, ...) array per output."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for s in samples:
+            y = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in s])
+            outs.append([t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))])
+    return [np.stack([o[k] for o in outs]) for k in range(len(outs[0]))]
