@@ -128,19 +128,21 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.3, help="fraction of channels pruned per layer")
     ap.add_argument("--targets", default="tflite,ncnn,executorch")
     ap.add_argument("--test-limit", type=int, default=10000)
+    ap.add_argument("--train-limit", type=int, default=60000, help="first N training images (2 shared cores: 15000)")
     ap.add_argument("--out", default=str(RESULTS / "compress_fashion_mnist"))
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     x_train, y_train = load_fashion("train")
     x_test, y_test = load_fashion("test")
     x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
+    x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     train, test = Pairs(x_train, y_train), Pairs(x_test, y_test)
     example = (x_test[:1],)
     log: dict = {"config": vars(args), "threads": torch.get_num_threads()}
 
     t0 = time.perf_counter()
     teacher = FashionCNN(args.width)
-    fit(teacher, train, ce_loss, TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=3e-3, weight_decay=1e-4, log_every=100))
+    fit(teacher, train, ce_loss, TrainConfig(epochs=args.teacher_epochs, batch_size=128, lr=3e-3, weight_decay=1e-4, log_every=50))
     teacher.eval()
     log["teacher"] = {"size": measure(teacher, example).to_dict(), "torch_accuracy": evaluate_accuracy(teacher, test),
                       "train_s": round(time.perf_counter() - t0, 1)}
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     distiller = Distiller(teacher, pruned, KDConfig(temperature=4.0, alpha=0.7), example)
-    fit(distiller, train, kd_loss_fn, TrainConfig(epochs=args.kd_epochs, batch_size=128, lr=1e-3, weight_decay=1e-4, log_every=100))
+    fit(distiller, train, kd_loss_fn, TrainConfig(epochs=args.kd_epochs, batch_size=128, lr=1e-3, weight_decay=1e-4, log_every=50))
     distiller.remove_hooks()
     student = distiller.student.eval()
     log["pruned_kd"] = {"torch_accuracy": evaluate_accuracy(student, test), "train_s": round(time.perf_counter() - t0, 1),

@@ -11,7 +11,7 @@ from edgekit.errors import UserError
 from .base import Artifact, Converter, TargetInfo, Tolerance  # noqa: F401
 
 # Target modules in table order (the order of the README table, the CLI help and reports).
-_MODULES = ("tflite", "ptl", "ncnn", "executorch", "onnx")
+_MODULES = ("tflite", "ptl", "ptl_nnapi", "ncnn", "executorch", "onnx")
 _cache: dict[str, Converter] = {}
 
 

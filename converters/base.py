@@ -60,6 +60,7 @@ class TargetInfo:
     deprecated: str | None = None  # why and in favour of what, shown in docs and reports
     arm: bool = False  # the runner also works on aarch64 under qemu-user (needs only runtime_modules)
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
+    not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -35,11 +35,14 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "executorch"
 EXTRA = "executorch"  # the pip extra in pyproject.toml
 METHOD = "forward"
+# INT8 conversion fidelity vs the quantized reference (convert_pt2e program); XNNPACK's integer
+# kernels drift from the float simulation by rounding (floor measured by bench/int8_mobilenet_v2.py).
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
 
 # How lowering and emission name an operator they cannot take.
 _MISSING_OUT = re.compile(r"Missing out variants: \{([^}]*)\}")
@@ -187,8 +190,8 @@ class ExecuTorchConverter(Converter):
         name=NAME,
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",
-        precisions=("fp32",),
-        tolerances={"fp32": FP32_TOLERANCE},
+        precisions=("fp32", "int8"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
         delegates=("xnnpack",),
         extra=EXTRA,
         modules=(),
@@ -198,11 +201,8 @@ class ExecuTorchConverter(Converter):
         runtime="executorch.runtime (C++ runtime via python bindings), XNNPACK delegate + portable kernels, FP32",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
-        if recipe is not None:
-            raise UserError("E-TARGET-PRECISION", f"target {NAME} exports only fp32 for now",
-                            f"run {NAME} without a quantization recipe")
-        precision = "fp32"
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
+        precision = "fp32" if recipe is None else "int8"
         try:
             import torch
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -219,8 +219,10 @@ class ExecuTorchConverter(Converter):
         except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
                             "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
-        # An INT8 recipe plugs in here: PT2E-quantize with the XNNPACK quantizer, re-export, and
-        # lower the quantized program with the same partitioner.
+        quant_meta, extra_files = {}, ()
+        if recipe is not None:  # PT2E with the XNNPACK quantizer and edgekit's ranges, then re-export
+            ep, quant_meta = self._quantize(model, spec, recipe, Path(out_dir), example_inputs, calibration)
+            extra_files = (quant_meta["reference"],)
         try:
             edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
             delegation = _delegation(edge.exported_program())
@@ -232,7 +234,7 @@ class ExecuTorchConverter(Converter):
             op, node = missing[0]
             raise UnsupportedOpError(NAME, op, node, fix="the installed ExecuTorch runtime has no kernel for it; "
                                      f"replace it in the model, or drop the target {NAME}")
-        meta = {**_io_meta(ep, spec, example_inputs), "delegation": delegation}
+        meta = {**_io_meta(ep, spec, example_inputs), "delegation": delegation, **quant_meta}
 
         out_dir = Path(out_dir)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
@@ -252,7 +254,42 @@ class ExecuTorchConverter(Converter):
                             "free disk space or choose another output folder") from exc
         finally:
             tmp.unlink(missing_ok=True)
-        return Artifact(NAME, precision, final.name, (final.name,), meta)
+        return Artifact(NAME, precision, final.name, (final.name, *extra_files), meta)
+
+    def _quantize(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
+        """(exported quantized program, artifact meta); writes the quantized reference program."""
+        import torch
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+
+        from edgekit.quant import check
+        from edgekit.quant.pt2e import quantize
+        from edgekit.quant.reference import reference_name, save_quantized_reference
+
+        check(recipe)
+        if calibration is None or len(calibration) == 0:
+            raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
+                            "pass --data with samples of the model's inputs")
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        q = quantize(model, example_inputs, calibration.samples, recipe, quantizer, fold_quantize=True)
+        ref = out_dir / reference_name(spec.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_quantized_reference(q.module, example_inputs, ref)
+        try:
+            ep = torch.export.export(q.module, example_inputs)
+        except Exception as exc:  # torch.export raises many error types
+            raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the quantized {spec.name}: {_first_line(exc)}",
+                            "report this: the convert_pt2e program of the model should export") from exc
+        return ep, {
+            "reference": ref.name,
+            "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
+            "recipe": recipe.to_dict(),
+            "recipe_summary": recipe.describe(),
+            "calibration": {"count": min(len(calibration), recipe.max_samples),
+                            "sha256": calibration.head(recipe.max_samples).sha256},
+            "kept_float": sorted(q.kept_float),
+            "quant_notes": q.notes,
+        }
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         if threads < 1:

@@ -52,6 +52,7 @@ class PtlNnapiConverter(Converter):
         runtime="Android only: lite interpreter + NNAPI (libneuralnetworks.so); not runnable on a host",
         deprecated="NNAPI is deprecated from Android 15 and PyTorch Mobile in favour of ExecuTorch; for new apps "
                    "use the tflite target with the GPU delegate or a vendor NPU delegate.",
+        not_runnable=NOT_RUNNABLE_REASON,
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
@@ -100,8 +101,7 @@ class PtlNnapiConverter(Converter):
         return Artifact(NAME, "fp32", final.name, (final.name,), meta)
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
-        # Proposed code E-HOST-UNRUNNABLE; E-RUNTIME-FAILED until it is listed in edgekit/errors.py.
-        raise UserError("E-RUNTIME-FAILED", f"{artifact.path} is not runnable on host: {NOT_RUNNABLE_REASON}",
+        raise UserError("E-HOST-UNRUNNABLE", f"{artifact.path} is not runnable on host: {NOT_RUNNABLE_REASON}",
                         "run it in an Android app (API 27+); on a host, verify the tflite/ptl targets instead")
 
 

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "cortex-a53,cortex-a76 (qemu-user; needs `edgekit arm setup` once)")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    i = sub.add_parser("inspect", help="delegate coverage of an artifact: ops, XNNPACK (measured), GPU, NNAPI by API level")
+    i.add_argument("artifact", help="a .tflite, ncnn .param, .pte or .ptl file (inside a bundle, its manifest entry is used)")
+    i.add_argument("--json", help="also write the result as JSON to this file")
+
     b = sub.add_parser("bundle", help="copy a bundle's manifest, labels and app-loadable artifacts into an app's assets")
     b.add_argument("bundle", help="a bundle folder written by `edgekit export`")
     dest = b.add_mutually_exclusive_group(required=True)
@@ -106,6 +110,17 @@ def _tame_toolchain_noise() -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
+def _manifest_meta(path: Path) -> dict | None:
+    """The artifact's manifest entry (target, meta) when the file sits in a bundle folder."""
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    for a in json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", []):
+        if any(f["path"] == path.name for f in a["files"]):
+            return {**a.get("meta", {}), "target": a["target"]}
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _tame_toolchain_noise()
@@ -135,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
             cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
             outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus)
             return _print_outcome(outcome, args.json)
+        if args.command == "inspect":
+            from edgekit.inspect import inspect_artifact
+
+            path = Path(args.artifact)
+            result = inspect_artifact(path, _manifest_meta(path))
+            if args.json:
+                from edgekit import bundle as B
+
+                B.write_json(Path(args.json), result.to_dict())
+            print(result.markdown())
+            return EXIT_PASS
         if args.command == "bundle":
             from edgekit.deploy import copy_for_app
 

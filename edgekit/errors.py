@@ -24,6 +24,7 @@ CODES: dict[str, str] = {
     "E-EXPORT-FAILED": "the target's converter failed for another reason",
     "E-RUNTIME-CRASH": "the target's runtime crashed or timed out in its subprocess",
     "E-RUNTIME-FAILED": "the target's runtime loaded the artifact but raised while running it",
+    "E-HOST-UNRUNNABLE": "the artifact runs only on a device (e.g. NNAPI on Android), not on a host",
     "E-CONFIG": "the run config file is missing, unreadable or has unknown keys",
     "E-ARGS": "command-line arguments that do not fit together",
 }

@@ -17,6 +17,9 @@ CHECKS = {"max_abs": "max abs error", "cosine": "cosine similarity", "top1": "to
 
 def _cases(key: str, t: dict) -> list[tuple[str, str, str | None, str | None]]:
     """-> (name, outcome, message, detail) with outcome pass / failure / error / skipped."""
+    if t["status"] not in ("pass", "fail", "error"):  # e.g. "not runnable on host" (NNAPI): described, never run
+        reason = "; ".join(t.get("notes") or []) or t["status"]
+        return [("runs", "skipped", f"{t['status']}: {reason}", None)]
     if t["status"] == "error" or t.get("error"):
         e = t.get("error") or {}
         msg = f"{e.get('code')}: {e.get('message')}"
@@ -44,20 +47,23 @@ def junit_xml(report: dict) -> str:
     props = ET.SubElement(suite, "properties")
     for k, v in (report.get("environment") or {}).items():
         ET.SubElement(props, "property", name=str(k), value=str(v))
-    counts = {"tests": 0, "failures": 0, "errors": 0}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for key, t in report["targets"].items():
         latency_s = (t.get("latency_ms") or 0) * (t.get("n_samples") or 0) / 1e3
         for name, outcome, msg, detail in _cases(key, t):
             case = ET.SubElement(suite, "testcase", classname=f"edgekit.{model}.{key}", name=name,
                                  time=f"{latency_s if name == 'runs' else 0:.4f}")
             counts["tests"] += 1
-            if outcome in ("failure", "error"):
+            if outcome == "skipped":
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped", message=msg or "")
+            elif outcome in ("failure", "error"):
                 counts["failures" if outcome == "failure" else "errors"] += 1
                 el = ET.SubElement(case, outcome, message=msg or "", type=f"edgekit.{outcome}")
                 el.text = detail or msg
     for k, v in counts.items():
         suite.set(k, str(v))
-    root = ET.Element("testsuites", name="edgekit", **{k: suite.get(k) for k in counts})
+    root = ET.Element("testsuites", name="edgekit", **{k: suite.get(k) for k in ("tests", "failures", "errors")})
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

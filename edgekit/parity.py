@@ -57,11 +57,14 @@ def check(m: OutputMetrics, tol: Tolerance) -> list[str]:
     return fails
 
 
+NOT_RUNNABLE = "not runnable on host"  # a status that is neither pass nor fail (e.g. NNAPI)
+
+
 @dataclass
 class ParityResult:
     target: str
     precision: str
-    status: str  # "pass", "fail" or "error"
+    status: str  # "pass", "fail", "error", or NOT_RUNNABLE (exported, described, never run here)
     file: str | None = None
     size_bytes: int | None = None
     latency_ms: float | None = None

@@ -14,7 +14,7 @@ from edgekit.data import CalibrationSet, load_samples
 from edgekit.errors import UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
 from edgekit.model_source import load_model
-from edgekit.parity import ParityResult, compare
+from edgekit.parity import NOT_RUNNABLE, ParityResult, compare
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, load_reference, run_reference, save_reference
 from edgekit.report import build_report, markdown
@@ -59,6 +59,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, stacked: list[np
     info = conv.info
     size = sum((root / f).stat().st_size for f in art.files if (root / f).is_file())
     notes = [f"deprecated: {info.deprecated}"] if info.deprecated else []
+    if info.not_runnable:
+        return ParityResult(info.name, art.precision, NOT_RUNNABLE, art.path, size, notes=[info.not_runnable, *notes]), None
     outcome = run_artifact(info.name, art.to_dict(), root, stacked, timeout_s=timeout_s)
     if outcome.error:
         return ParityResult(info.name, art.precision, "error", art.path, size, None, len(stacked[0]),

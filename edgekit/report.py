@@ -6,11 +6,13 @@ import shlex
 
 import numpy as np
 
-from edgekit.parity import ParityResult
+from edgekit.parity import NOT_RUNNABLE, ParityResult
 
 
 def overall_status(results: list[ParityResult]) -> str:
-    return "pass" if results and all(r.passed for r in results) else "fail"
+    """pass when every result that could run passed (a not-runnable artifact is neither)."""
+    ran = [r for r in results if r.status != NOT_RUNNABLE]
+    return "pass" if ran and all(r.passed for r in ran) else "fail"
 
 
 def report_key(result: ParityResult) -> str:
@@ -48,6 +50,7 @@ def build_report(kind: str, model: dict, data: dict, results: list[ParityResult]
             "passed": sum(r.status == "pass" for r in results),
             "failed": sum(r.status == "fail" for r in results),
             "errors": sum(r.status == "error" for r in results),
+            "not_runnable": sum(r.status == NOT_RUNNABLE for r in results),
         },
         "targets": {report_key(r): r.to_dict() for r in results},
         "notes": notes or [],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgekit.report import _fmt, reproduce_commands
 
-ICON = {"pass": "✅", "fail": "❌", "error": "⚠️"}
+ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "not runnable on host": "➖"}
 
 
 def summary_markdown(report: dict) -> str:

@@ -14,17 +14,14 @@ import pytest
 from PIL import Image
 
 from edgekit.html_report import render_html, write_html
-from edgekit.pytest_plugin import check_parity
-from tiny_bundle import perturbed_copy, tiny_bundle
+from tiny_bundle import checked_reports
 
 from conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
-    good = tiny_bundle(tmp_path_factory)
-    bad = perturbed_copy(good, tmp_path_factory.mktemp("bad") / "tiny_cnn", "onnx")
-    return {"good": check_parity("tiny_cnn", good), "bad": check_parity("tiny_cnn", bad)}
+    return checked_reports(tmp_path_factory)
 
 
 def _pngs(html: str) -> list[Image.Image]:
@@ -41,7 +38,6 @@ def test_page_is_self_contained_with_table_and_charts(checked):
     images = _pngs(html)
     assert len(images) == 2  # size/latency bars, error histograms
     assert all(im.format == "PNG" and im.width > 600 and im.height > 150 for im in images)
-    assert "edgekit verify" not in html or True
     assert "pip install -c constraints.txt" in html and 'id="reproduce"' in html
 
 

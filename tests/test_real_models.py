@@ -18,6 +18,9 @@ def test_mobilenet_v2_all_targets_pass_on_real_photos(tmp_path):
     assert report["data"]["count"] == 48 and report["data"]["kind"] == "image"
     for name in target_names():
         t = report["targets"][name]
+        if name == "ptl-nnapi":
+            assert t["status"] == "not runnable on host"
+            continue
         assert t["status"] == "pass", (name, t["failures"], t["error"])
         assert t["metrics"]["top1_agreement"] == 1.0 and t["metrics"]["max_abs_rel"] <= 1e-4
     labels = json.loads((out / "manifest.json").read_text())["model"]["spec"]["labels"]

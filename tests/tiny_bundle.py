@@ -30,3 +30,28 @@ def perturbed_copy(bundle: Path, dst: Path, target: str, delta: float = 0.5) -> 
     bias = BUILTIN["tiny_cnn"]().module.classifier.bias.detach().numpy()
     perturb_tensor([dst / f["path"] for f in art["files"]], bias, index=3, delta=delta)
     return dst
+
+
+def checked_reports(tmp_path_factory) -> dict:
+    """{"good": (report, errors), "bad": (report, errors)} from assert_parity's check on the shared
+    bundle and on a copy with the onnx bias perturbed; computed once per session, kept on disk."""
+    import json
+
+    import numpy as np
+
+    from edgekit.pytest_plugin import check_parity
+
+    good = tiny_bundle(tmp_path_factory)
+    cache = good.parent / "checked"
+    if not (cache / "bad.npz").is_file():
+        bad = perturbed_copy(good, good.parent / "perturbed_onnx", "onnx")
+        cache.mkdir(exist_ok=True)
+        for name, path in (("good", good), ("bad", bad)):
+            report, errors = check_parity("tiny_cnn", path)
+            (cache / f"{name}.json").write_text(json.dumps(report))
+            np.savez(cache / f"{name}.npz", **errors)
+    out = {}
+    for name in ("good", "bad"):
+        with np.load(cache / f"{name}.npz") as z:
+            out[name] = (json.loads((cache / f"{name}.json").read_text()), {k: z[k] for k in z.files})
+    return out

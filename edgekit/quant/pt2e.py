@@ -198,9 +198,12 @@ def _keep_float(quantizer, matched: dict[str, str], model) -> None:
         quantizer.module_name_config[name] = None
 
 
-def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe, quantizer) -> Quantized:
+def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe, quantizer,
+             fold_quantize: bool = False) -> Quantized:
     """PTQ of ``model`` with ``quantizer`` (a PT2E Quantizer with a global config set) and edgekit's
-    calibrated ranges; ``samples`` are numpy input tuples (the calibration set)."""
+    calibrated ranges; ``samples`` are numpy input tuples (the calibration set). fold_quantize:
+    store weights as int8 constants (what XNNPACK lowering wants) instead of float + q/dq
+    (what litert-torch wants); the two compute the same numbers."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     samples = tuple(samples)[: recipe.max_samples]
@@ -222,7 +225,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     prepared = prepare_pt2e(gm, quantizer)
     caps = _capped_sites(_activation_sites(prepared), relu6)
     ranges = calibrate_sites(prepared, samples, recipe, caps)
-    converted = convert_pt2e(prepared, fold_quantize=False)
+    converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     if recipe.bias_correction:
         from .equalize import correct_bias
 
