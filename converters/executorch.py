@@ -203,6 +203,10 @@ class ExecuTorchConverter(Converter):
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         precision = "fp32" if recipe is None else "int8"
+        if recipe is not None:
+            from edgekit.quant import check
+
+            check(recipe)
         try:
             import torch
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

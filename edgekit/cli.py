@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", type=int, help="use only the first N samples")
     v.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
     v.add_argument("--json", help="write the verify report (JSON) to this file")
+    v.add_argument("--junit", metavar="FILE", help="write JUnit XML (one testcase per target and check) for CI test views")
+    v.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
+    v.add_argument("--html", metavar="FILE", help="write a self-contained HTML report to this file")
     v.add_argument("--arm", default="", metavar="CPUS",
                    help="also run the ARM-capable artifacts (tflite, ncnn) on these emulated CPUs, e.g. "
                         "cortex-a53,cortex-a76 (qemu-user; needs `edgekit arm setup` once)")
@@ -149,6 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
             outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus)
+            if args.junit:
+                from edgekit.junit import write_junit
+
+                write_junit(args.junit, outcome.report)
+            if args.summary:
+                from edgekit.summary import write_summary
+
+                write_summary(args.summary, outcome.report)
+            if args.html:
+                from edgekit.html_report import write_html
+
+                write_html(Path(args.html), outcome.report, outcome.errors)
             return _print_outcome(outcome, args.json)
         if args.command == "inspect":
             from edgekit.inspect import inspect_artifact

@@ -17,7 +17,8 @@ from edgekit.model_source import load_model
 from edgekit.parity import NOT_RUNNABLE, ParityResult, compare
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, load_reference, run_reference, save_reference
-from edgekit.report import build_report, markdown
+from edgekit.html_report import write_html
+from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
 
 DEFAULT_SAMPLES = 64
@@ -40,6 +41,7 @@ class Outcome:
     bundle: Path
     report: dict
     results: list[ParityResult] = field(default_factory=list)
+    errors: dict[str, np.ndarray] = field(default_factory=dict)  # per result key: |artifact - reference|
 
     @property
     def exit_code(self) -> int:
@@ -110,7 +112,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     example = tuple(torch.from_numpy(a) for a in calib.samples[0])
     progress("capturing the FP32 reference with torch.export")
     program = export_program(loaded.module, example, spec.name)
-    results, artifacts = [], []
+    results, artifacts, errors = [], [], {}
     with B.staging(out) as stage:
         bspec = _bundle_spec(spec, stage)
         save_reference(program, bspec, stage / B.REFERENCE)
@@ -130,8 +132,10 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 progress(f"export failed: {results[-1].error['code']}", name)
                 continue
             progress("running in the host runtime (subprocess)", name)
-            res, _ = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
+            res, outputs = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
             results.append(res)
+            if outputs is not None:
+                errors[report_key(res)] = abs_errors(reference, outputs)
             artifacts.append((conv, art))
             progress(res.status, name)
         env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
@@ -151,7 +155,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                               env, command or f"edgekit export {job.model}", manifest["created"])
         B.write_json(stage / "report.json", report)
         B.write_text(stage / "report.md", markdown(report))
-    return Outcome(out, report, results)
+        write_html(stage / "report.html", report, errors)
+    return Outcome(out, report, results, errors)
 
 
 def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
@@ -178,7 +183,7 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
     progress(f"reference outputs on {len(calib)} samples")
     reference = run_reference(program.module(), calib.samples)
     stacked = calib.stacked()
-    results = []
+    results, errors = [], {}
     for entry in manifest.get("artifacts", []):
         art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
         try:
@@ -198,6 +203,8 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
         if changed:
             res.notes.append(f"file(s) changed since export (sha256 differs from the manifest): {', '.join(changed)}")
         results.append(res)
+        if host_outputs is not None:
+            errors[report_key(res)] = abs_errors(reference, host_outputs)
         progress(res.status, art.target)
         if arm_env is not None and conv.info.arm:
             from edgekit.arm.verify import arm_results
@@ -208,7 +215,7 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
     env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})
     report = build_report("verify", {"name": spec.name, "source": manifest["model"].get("source")}, calib.describe(),
                           results, env, command or f"edgekit verify {root}", B.now())
-    return Outcome(root, report, results)
+    return Outcome(root, report, results, errors)
 
 
 def _arm_env(cpus: tuple[str, ...]):

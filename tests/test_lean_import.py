@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-HEAVY = ("tensorflow", "litert_torch", "ai_edge_litert", "executorch", "ncnn", "pnnx", "onnxruntime", "onnx", "transformers")
+HEAVY = ("tensorflow", "litert_torch", "ai_edge_litert", "executorch", "ncnn", "pnnx", "onnxruntime", "onnx",
+         "transformers", "matplotlib")
 
 
 def test_import_edgekit_and_the_capability_table_import_no_toolchain():

@@ -8,7 +8,7 @@ differ) and the teacher's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,7 +41,8 @@ def check_outputs(student_out: torch.Tensor, teacher_out: torch.Tensor) -> None:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
             config: KDConfig = KDConfig()) -> torch.Tensor:
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)."""
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels); without labels
+    (unlabelled transfer data) the soft term alone, T^2 * KL."""
     check_outputs(student_logits, teacher_logits)
     t = config.temperature
     soft_teacher = F.log_softmax(teacher_logits.detach() / t, dim=-1)
@@ -130,16 +131,12 @@ class Distiller(nn.Module):
         s_logits = self.student(*inputs)
         loss = kd_loss(s_logits, t_logits, labels, self.config)
         for proj, sc, tc in zip(self.projections, self._s_caps, self._t_caps):
-            loss = loss + self.config.feature_weight * F.mse_loss(_proj_apply(proj, sc.value), tc.value.detach())
+            loss = loss + self.config.feature_weight * F.mse_loss(proj(sc.value), tc.value.detach())
         return loss
 
     def remove_hooks(self) -> None:
         for cap in self._s_caps + self._t_caps:
             cap.handle.remove()
-
-
-def _proj_apply(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return proj(x)
 
 
 def distill_step_loss(distiller: Distiller, batch: tuple) -> torch.Tensor:

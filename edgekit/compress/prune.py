@@ -33,7 +33,7 @@ class _GroupImportance:
 
         out_fns = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
         in_fns = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
-        total, n = None, 0
+        total = None
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.target.module, dep.handler
             root = group[i].root_idxs
@@ -54,7 +54,6 @@ class _GroupImportance:
             if total.numel() <= max(root):
                 total = torch.cat([total, torch.zeros(max(root) + 1 - total.numel())])
             total.scatter_add_(0, torch.tensor(root), score.float())
-            n += 1
         if total is None:
             return None
         return total / total.mean().clamp(min=1e-12)

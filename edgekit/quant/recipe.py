@@ -62,6 +62,9 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
     """Validate a recipe (values a user typed): coded errors that name the valid choices."""
     from .calibrators import CALIBRATORS
 
+    if not isinstance(recipe, QuantRecipe):
+        raise UserError("E-TARGET-PRECISION", f"a quantization recipe must be an edgekit QuantRecipe, not {type(recipe).__name__}",
+                        "build it with edgekit.quant.QuantRecipe(...) or --quant int8")
     if recipe.scheme not in SCHEMES:
         raise UserError("E-ARGS", f"quantization scheme {recipe.scheme!r} is not supported", f"use one of {', '.join(SCHEMES)}")
     if recipe.calibrator not in CALIBRATORS:

@@ -13,6 +13,8 @@ from edgekit.converters.base import Artifact
 from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.isolate import run_artifact
 from edgekit.models import BUILTIN
+
+from converter_checks import assert_close, make_inputs, stack, torch_outputs  # noqa: E402
 from edgekit.spec import ModelSpec, TensorSpec
 
 ncnn = pytest.importorskip("ncnn")
@@ -23,43 +25,12 @@ from edgekit.converters.ncnn import CONVERTER  # noqa: E402
 N_SAMPLES = 4
 
 
-def make_inputs(spec: ModelSpec, n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """n samples in spec order: seeded normal images, or token ids in [1000, 30000) with an attention
-    mask whose tail is padding (zeros; a different length per sample; padded ids are 0)."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(n):
-        sample = []
-        for t in spec.inputs:
-            if t.dtype == "float32":
-                sample.append(rng.standard_normal(t.shape).astype(np.float32))
-            elif t.name == "input_ids":
-                sample.append(rng.integers(1000, 30000, size=t.shape, dtype=np.int64))
-            else:
-                mask = np.zeros(t.shape, dtype=np.int64)
-                mask[..., :max(1, t.shape[-1] - 4 * i - 1)] = 1
-                sample.append(mask)
-        if spec.input_names == ["input_ids", "attention_mask"]:
-            sample[0][sample[1] == 0] = 0
-        samples.append(sample)
-    return samples
 
 
-def torch_outputs(module, samples) -> np.ndarray:
-    with torch.no_grad():
-        return np.stack([module(*[torch.from_numpy(a) for a in s]).numpy() for s in samples])
 
 
-def stack(samples) -> list[np.ndarray]:
-    return [np.stack([s[k] for s in samples]) for k in range(len(samples[0]))]
 
 
-def assert_close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-4) -> float:
-    assert got.shape == ref.shape and got.dtype == np.float32
-    err, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} * {scale:.3g}"
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
-    return err
 
 
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])
@@ -107,7 +78,7 @@ def test_only_pnnx_leftovers_are_legalised(exported):
 
 def test_parity_in_process(exported):
     loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES)
+    samples = make_inputs(loaded.spec, N_SAMPLES, pad_step=4)
     run = CONVERTER.runner(artifact, out, threads=1)
     outs = [run(s) for s in samples]
     assert all(len(o) == 1 and o[0].shape == loaded.spec.outputs[0].shape for o in outs)
@@ -119,7 +90,7 @@ def test_parity_in_process(exported):
 
 def test_parity_isolated(exported):
     loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES, seed=1)
+    samples = make_inputs(loaded.spec, N_SAMPLES, seed=1, pad_step=4)
     res = run_artifact("ncnn", artifact.to_dict(), out, stack(samples))
     assert res.error is None, (res.error, res.log)
     assert res.latency_ms is not None and res.latency_ms > 0
@@ -233,14 +204,14 @@ def test_corrupt_artifact_is_reported(exported, tmp_path, damage):
             CONVERTER.runner(unsized, tmp_path)
         assert err.value.code == "E-ARTIFACT-CORRUPT"
     if damage in ("bin_truncated", "param_garbage"):  # the isolated runner reports it instead of raising
-        res = run_artifact("ncnn", artifact.to_dict(), tmp_path, stack(make_inputs(loaded.spec, 1)))
+        res = run_artifact("ncnn", artifact.to_dict(), tmp_path, stack(make_inputs(loaded.spec, 1, pad_step=4)))
         assert res.outputs is None and res.error["code"] == "E-ARTIFACT-CORRUPT"
 
 
 def test_runner_rejects_a_batch(exported):
     loaded, artifact, out = exported
     run = CONVERTER.runner(artifact, out)
-    batch = [np.concatenate([a, a]) for a in make_inputs(loaded.spec, 1)[0]]
+    batch = [np.concatenate([a, a]) for a in make_inputs(loaded.spec, 1, pad_step=4)[0]]
     with pytest.raises(UserError) as err:
         run(batch)
     assert err.value.code == "E-DATA-SHAPE"

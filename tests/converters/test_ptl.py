@@ -14,6 +14,8 @@ from edgekit.data import load_samples
 from edgekit.errors import UserError
 from edgekit.isolate import run_artifact
 from edgekit.models import BUILTIN
+
+from converter_checks import assert_close, make_inputs, stack, torch_outputs  # noqa: E402
 from edgekit.spec import ModelSpec, TensorSpec
 
 N_SAMPLES = 4
@@ -25,43 +27,12 @@ def _mystery(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 + 1.0
 
 
-def make_inputs(spec: ModelSpec, n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """n samples in spec order: seeded normal images, or token ids in [1000, 30000) whose attention
-    mask ends in padding zeros (a different length per sample; padded ids are 0)."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(n):
-        sample = []
-        for t in spec.inputs:
-            if t.dtype == "float32":
-                sample.append(rng.standard_normal(t.shape).astype(np.float32))
-            elif t.name == "input_ids":
-                sample.append(rng.integers(1000, 30000, size=t.shape, dtype=np.int64))
-            else:
-                mask = np.zeros(t.shape, dtype=np.int64)
-                mask[..., :max(1, t.shape[-1] - 3 * i - 1)] = 1
-                sample.append(mask)
-        if spec.input_names == ["input_ids", "attention_mask"]:
-            sample[0][sample[1] == 0] = 0
-        samples.append(sample)
-    return samples
 
 
-def torch_outputs(module, samples) -> np.ndarray:
-    with torch.no_grad():
-        return np.stack([module(*[torch.from_numpy(a) for a in s]).numpy() for s in samples])
 
 
-def stack(samples) -> list[np.ndarray]:
-    return [np.stack([s[k] for s in samples]) for k in range(len(samples[0]))]
 
 
-def assert_close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-4) -> float:
-    assert got.shape == ref.shape and got.dtype == np.float32
-    err, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} * {scale:.3g}"
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
-    return err
 
 
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])

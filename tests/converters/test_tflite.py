@@ -15,6 +15,8 @@ from edgekit.converters.base import Artifact
 from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.isolate import run_artifact
 from edgekit.models import BUILTIN
+
+from converter_checks import assert_close, make_inputs, stack, torch_outputs  # noqa: E402
 from edgekit.spec import ModelSpec, TensorSpec
 
 pytest.importorskip("litert_torch")
@@ -25,41 +27,10 @@ from edgekit.converters.tflite import CONVERTER  # noqa: E402
 N_SAMPLES = 4
 
 
-def make_inputs(spec: ModelSpec, n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """n samples in spec order: seeded random images, or token ids in [1000, 30000) whose attention
-    mask ends in padding zeros (and whose padded ids are 0, as a tokenizer writes them)."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(n):
-        sample = []
-        for t in spec.inputs:
-            if t.dtype == "float32":
-                sample.append(rng.standard_normal(t.shape).astype(np.float32))
-            elif t.name == "input_ids":
-                sample.append(rng.integers(1000, 30000, size=t.shape, dtype=np.int64))
-            else:  # attention mask: a different real length per sample, zeros after it
-                length = max(1, t.shape[-1] - 3 * i - 1)
-                mask = np.zeros(t.shape, dtype=np.int64)
-                mask[..., :length] = 1
-                sample.append(mask)
-        names = spec.input_names
-        if "input_ids" in names and "attention_mask" in names:
-            ids, mask = sample[names.index("input_ids")], sample[names.index("attention_mask")]
-            ids[mask == 0] = 0
-        samples.append(sample)
-    return samples
 
 
-def torch_outputs(module, samples) -> np.ndarray:
-    with torch.no_grad():
-        return np.stack([module(*[torch.from_numpy(a) for a in s]).numpy() for s in samples])
 
 
-def assert_close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-4):
-    assert got.shape == ref.shape
-    err, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} * {scale:.3g}"
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])
