@@ -26,6 +26,12 @@ def _target_help() -> str:
     return f"comma-separated targets, or all (default); one of: {', '.join(target_names())}"
 
 
+def _calibrators() -> list[str]:
+    from edgekit.quant import CALIBRATORS
+
+    return sorted(CALIBRATORS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit.pipeline import DEFAULT_SAMPLES
@@ -41,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="bundle folder to write (default: bundles/<model>); an existing bundle there is replaced")
     e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="verification samples: the first N of the data (default %(default)s)")
     e.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
+    e.add_argument("--quant", default="fp32", choices=["fp32", "int8"],
+                   help="int8: static post-training quantization calibrated on --data (first two thirds; "
+                        "verified on the held-out third)")
+    e.add_argument("--calibrator", choices=_calibrators(), help="int8 activation ranges (default: the recipe's)")
+    e.add_argument("--percentile", type=float, help="int8 with --calibrator percentile: the clip point, e.g. 99.99")
+    e.add_argument("--keep-float", default="", metavar="LAYERS",
+                   help="int8: comma-separated module names (prefixes match) or class names kept in float")
     e.add_argument("--json", help="also write report.json to this file")
     e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
@@ -143,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
         progress = Progress(quiet=getattr(args, "quiet", False))
         if args.command == "export":
-            job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout)
+            keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip())
+            job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout,
+                            args.quant, args.calibrator, args.percentile, keep)
             return _print_outcome(export_bundle(job, progress, command), args.json)
         if args.command == "run":
             from edgekit.config import load_config

@@ -39,7 +39,5 @@ def load_config(path: str | Path | None) -> ExportJob:
                         f"use only {', '.join(fields)}")
     if "model" not in table:
         raise UserError("E-CONFIG", f"{path}: [export] has no model", "add model = \"mobilenet_v2\" (or file.py:factory, or a .pt2 path)")
-    values = dict(table)
-    if isinstance(values.get("targets"), list):
-        values["targets"] = tuple(values["targets"])
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     return ExportJob(**values)

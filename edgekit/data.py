@@ -48,7 +48,10 @@ class CalibrationSet:
         return [np.stack([s[k] for s in self.samples]) for k in range(len(self.samples[0]))]
 
     def head(self, n: int) -> "CalibrationSet":
-        return CalibrationSet(self.samples[:n], self.sources[:n], self.kind, self.root)
+        return self.slice(0, n)
+
+    def slice(self, start: int, stop: int | None = None) -> "CalibrationSet":
+        return CalibrationSet(self.samples[start:stop], self.sources[start:stop], self.kind, self.root)
 
     def describe(self) -> dict:
         return {"root": self.root, "kind": self.kind, "count": len(self), "sha256": self.sha256}

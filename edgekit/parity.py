@@ -22,13 +22,17 @@ class OutputMetrics:
     cosine_min: float  # lowest per-sample cosine similarity
     sqnr_db: float  # 10 log10(signal power / error power) over all samples; inf when bit-exact
     top1_agreement: float | None  # classification outputs only
+    max_steps: float | None = None  # quantized artifacts: max error in output quantization steps
+    mean_steps: float | None = None
 
     @property
     def max_abs_rel(self) -> float:
         return self.max_abs / self.ref_max_abs if self.ref_max_abs > 0 else (0.0 if self.max_abs == 0 else math.inf)
 
 
-def output_metrics(name: str, ref: np.ndarray, got: np.ndarray, classification: bool) -> OutputMetrics:
+def output_metrics(name: str, ref: np.ndarray, got: np.ndarray, classification: bool,
+                   step: float | None = None) -> OutputMetrics:
+    """Metrics of one stacked output; ``step``: the output's quantization scale, if it has one."""
     ref = np.asarray(ref, np.float64)
     got = np.asarray(got, np.float64)
     err = got - ref
@@ -40,8 +44,9 @@ def output_metrics(name: str, ref: np.ndarray, got: np.ndarray, classification: 
     signal = float((ref ** 2).sum())
     sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
     top1 = float((flat_r.argmax(axis=1) == flat_g.argmax(axis=1)).mean()) if classification else None
+    steps = (float(np.abs(err).max() / step), float(np.abs(err).mean() / step)) if step else (None, None)
     return OutputMetrics(name, tuple(got.shape), float(np.abs(err).max()), float(np.abs(err).mean()),
-                         float(np.abs(ref).max()), float(cos.min()), sqnr, top1)
+                         float(np.abs(ref).max()), float(cos.min()), sqnr, top1, *steps)
 
 
 def check(m: OutputMetrics, tol: Tolerance) -> list[str]:
@@ -52,6 +57,8 @@ def check(m: OutputMetrics, tol: Tolerance) -> list[str]:
                      f"{m.ref_max_abs:.3g} = {tol.max_abs_rel * m.ref_max_abs:.3g}")
     if m.cosine_min < tol.min_cosine:
         fails.append(f"{m.name}: lowest cosine similarity {m.cosine_min:.6f} is below {tol.min_cosine}")
+    if tol.max_steps is not None and m.max_steps is not None and m.max_steps > tol.max_steps:
+        fails.append(f"{m.name}: max error {m.max_steps:.1f} output quantization steps exceeds {tol.max_steps:g}")
     if m.top1_agreement is not None and m.top1_agreement < tol.min_top1:
         fails.append(f"{m.name}: top-1 agreement {m.top1_agreement:.2%} is below {tol.min_top1:.0%}")
     return fails
@@ -86,7 +93,9 @@ class ParityResult:
         if not self.outputs:
             return {}
         top1 = [m.top1_agreement for m in self.outputs if m.top1_agreement is not None]
+        steps = [m.max_steps for m in self.outputs if m.max_steps is not None]
         return {
+            "max_steps": max(steps) if steps else None,
             "max_abs": max(m.max_abs for m in self.outputs),
             "mean_abs": max(m.mean_abs for m in self.outputs),
             "max_abs_rel": max(m.max_abs_rel for m in self.outputs),
@@ -108,23 +117,36 @@ class ParityResult:
 
 
 def compare(target: str, precision: str, reference: list[np.ndarray], outputs: list[np.ndarray],
-            names: list[str], tol: Tolerance, classification: bool, **fields) -> ParityResult:
+            names: list[str], tol: Tolerance, classification: bool, output_scales: list[float] | None = None,
+            **fields) -> ParityResult:
     """Compare stacked outputs with stacked reference outputs; status pass or fail."""
     res = ParityResult(target, precision, "pass", tolerance=tol, n_samples=len(reference[0]), **fields)
     if len(outputs) != len(reference):
         res.status = "fail"
         res.failures.append(f"the artifact returns {len(outputs)} outputs, the reference {len(reference)}")
         return res
-    for name, ref, got in zip(names, reference, outputs):
+    scales = list(output_scales) if output_scales else [None] * len(names)
+    for name, ref, got, step in zip(names, reference, outputs, scales):
         if ref.shape != got.shape:
             res.failures.append(f"{name}: shape {got.shape[1:]} differs from the reference's {ref.shape[1:]}")
             continue
-        m = output_metrics(name, ref, got, classification)
+        m = output_metrics(name, ref, got, classification, step)
         res.outputs.append(m)
         res.failures.extend(check(m, tol))
     if res.failures:
         res.status = "fail"
     return res
+
+
+def cost_metrics(fp32_reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str],
+                 classification: bool) -> dict:
+    """Compression cost: the deployed outputs against the FP32 original, per output (worst first)."""
+    out = {}
+    for name, ref, got in zip(names, fp32_reference, outputs):
+        m = output_metrics(name, ref, got, classification)
+        out[name] = {"sqnr_db": m.sqnr_db, "cosine_min": m.cosine_min, "top1_agreement": m.top1_agreement,
+                     "max_abs": m.max_abs, "mean_abs": m.mean_abs}
+    return out
 
 
 def _finite(obj):

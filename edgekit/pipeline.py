@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from edgekit import bundle as B
-from edgekit.converters import Artifact, Converter, get, resolve_targets
+from edgekit.converters import Artifact, Converter, all_converters, get, resolve_targets
 from edgekit.data import CalibrationSet, load_samples
 from edgekit.errors import UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
 from edgekit.model_source import load_model
-from edgekit.parity import NOT_RUNNABLE, ParityResult, compare
+from edgekit.parity import NOT_RUNNABLE, ParityResult, compare, cost_metrics
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, load_reference, run_reference, save_reference
 from edgekit.html_report import write_html
@@ -32,8 +32,12 @@ class ExportJob:
     targets: str | tuple[str, ...] = "all"
     data: str | None = None  # default: the built-in model's folder in calibration_data/
     out: str | None = None  # default: bundles/<model name>
-    samples: int = DEFAULT_SAMPLES  # verification samples: the first N of the data
+    samples: int = DEFAULT_SAMPLES  # verification samples (quantized: taken from the held-out part)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per target runtime subprocess
+    quant: str = "fp32"  # "fp32" or "int8" (static PTQ with edgekit's recipe)
+    calibrator: str | None = None  # int8: minmax, percentile, entropy, mse (default: the recipe's)
+    percentile: float | None = None  # int8 with the percentile calibrator
+    keep_float: tuple[str, ...] = ()  # int8: module names or class names kept in float
 
 
 @dataclass
@@ -53,23 +57,59 @@ def _check_samples(n: int) -> None:
         raise UserError("E-ARGS", f"--samples {n} is not a positive number", "pass --samples 1 or more")
 
 
-def verify_artifact(conv: Converter, art: Artifact, root: Path, stacked: list[np.ndarray],
-                    reference: list[np.ndarray], spec: ModelSpec,
-                    timeout_s: float) -> tuple[ParityResult, list[np.ndarray] | None]:
-    """Run one artifact in its runtime subprocess and compare it with the reference outputs;
-    -> the result and the artifact's outputs (None on error)."""
+@dataclass
+class Checked:
+    """One artifact run and judged: the result, the artifact's outputs, the fidelity reference."""
+
+    result: ParityResult
+    outputs: list[np.ndarray] | None  # None on error or when not runnable here
+    reference: list[np.ndarray]
+
+
+def fidelity_reference(art: Artifact, root: Path, vset: CalibrationSet, fp32_reference: list[np.ndarray]) -> list[np.ndarray]:
+    """What the artifact must compute: the FP32 reference, or for a quantized artifact the PyTorch
+    float simulation of exactly its quantization (the program named in meta["reference"])."""
+    if not art.meta.get("reference"):
+        return fp32_reference
+    from edgekit.quant.reference import load_quantized_reference
+
+    path = root / art.meta["reference"]
+    try:
+        program = load_quantized_reference(path)
+    except Exception as exc:  # a damaged program file: the check cannot run, say which file
+        raise UserError("E-BUNDLE-INVALID", f"cannot load the quantized reference {path.name}: {type(exc).__name__}: {str(exc)[:300]}",
+                        "re-export the bundle") from exc
+    return run_reference(program.module(), vset.samples)
+
+
+def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: CalibrationSet,
+                    fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float) -> Checked:
+    """Run one artifact in its runtime subprocess; judge conversion fidelity against its reference
+    and, for a quantized artifact, report compression cost against the FP32 original apart."""
     info = conv.info
     size = sum((root / f).stat().st_size for f in art.files if (root / f).is_file())
     notes = [f"deprecated: {info.deprecated}"] if info.deprecated else []
+    notes += [f"quantization: {n}" for n in (art.meta.get("recipe_summary"), *art.meta.get("quant_notes", ())) if n]
     if info.not_runnable:
-        return ParityResult(info.name, art.precision, NOT_RUNNABLE, art.path, size, notes=[info.not_runnable, *notes]), None
-    outcome = run_artifact(info.name, art.to_dict(), root, stacked, timeout_s=timeout_s)
+        return Checked(ParityResult(info.name, art.precision, NOT_RUNNABLE, art.path, size, notes=[info.not_runnable, *notes]),
+                       None, fp32_reference)
+    try:
+        reference = fidelity_reference(art, root, vset, fp32_reference)
+    except UserError as exc:
+        return Checked(ParityResult(info.name, art.precision, "error", art.path, size, error=exc.to_dict(), notes=notes),
+                       None, fp32_reference)
+    outcome = run_artifact(info.name, art.to_dict(), root, vset.stacked(), timeout_s=timeout_s)
     if outcome.error:
-        return ParityResult(info.name, art.precision, "error", art.path, size, None, len(stacked[0]),
-                            info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log), None
-    return compare(info.name, art.precision, reference, outcome.outputs, spec.output_names,
-                   info.tolerances[art.precision], spec.task == "classification", file=art.path, size_bytes=size,
-                   latency_ms=outcome.latency_ms, notes=notes), outcome.outputs
+        return Checked(ParityResult(info.name, art.precision, "error", art.path, size, None, len(vset),
+                                    info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log),
+                       None, reference)
+    classification = spec.task == "classification"
+    res = compare(info.name, art.precision, reference, outcome.outputs, spec.output_names, info.tolerances[art.precision],
+                  classification, art.meta.get("output_scales"), file=art.path, size_bytes=size,
+                  latency_ms=outcome.latency_ms, notes=notes)
+    if reference is not fp32_reference:
+        res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, classification)
+    return Checked(res, outcome.outputs, reference)
 
 
 def _error_result(conv: Converter, precision: str, exc: Exception) -> ParityResult:
@@ -93,9 +133,52 @@ def _bundle_spec(spec: ModelSpec, stage: Path) -> ModelSpec:
     return spec
 
 
+def _recipe(job: ExportJob):
+    """The job's QuantRecipe (None for FP32); quantization options without --quant int8 are refused."""
+    if job.quant == "fp32":
+        given = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
+                                ("--keep-float", job.keep_float)) if v]
+        if given:
+            raise UserError("E-ARGS", f"{', '.join(given)} only apply to a quantized export", "add --quant int8, or drop them")
+        return None
+    if job.quant != "int8":
+        raise UserError("E-TARGET-PRECISION", f"unknown precision {job.quant!r}", "pass --quant fp32 or --quant int8")
+    from edgekit.quant import QuantRecipe, check
+
+    chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile)) if v is not None}
+    return check(QuantRecipe(keep_float=tuple(job.keep_float), **chosen))
+
+
+def _check_precision(convs: list[Converter], precision: str) -> None:
+    lacking = [c.info.name for c in convs if precision not in c.info.precisions]
+    if lacking:
+        able = [c.info.name for c in all_converters() if precision in c.info.precisions]
+        raise UserError("E-TARGET-PRECISION", f"{', '.join(lacking)} cannot export {precision}",
+                        f"targets with {precision}: {', '.join(able) or 'none'} (see `edgekit targets`)")
+
+
+def _split(data: CalibrationSet, recipe, samples: int) -> tuple[CalibrationSet | None, CalibrationSet, list[str]]:
+    """-> (calibration set, verification set, notes). A quantized export calibrates on the first
+    two thirds and verifies on the held-out last third, so fidelity and cost use unseen data."""
+    if recipe is None:
+        return None, data.head(samples), []
+    n = len(data)
+    hold = n // 3 if n >= 3 else 0
+    cal = data.slice(0, n - hold).head(recipe.max_samples)
+    vset = data.slice(n - hold).head(samples) if hold else data.head(samples)
+    notes = [f"calibrated on {len(cal)} samples (the first of {n}); verified on "
+             + (f"{len(vset)} held-out samples" if hold else f"{len(vset)} of the same samples (too few to hold any out)")]
+    if len(cal) < 16:
+        notes.append(f"WARNING: only {len(cal)} calibration samples (< 16): activation ranges may not represent real inputs")
+    return cal, vset, notes
+
+
 def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "") -> Outcome:
     _check_samples(job.samples)
     convs = resolve_targets(job.targets)
+    recipe = _recipe(job)
+    precision = "fp32" if recipe is None else recipe.scheme
+    _check_precision(convs, precision)
     for conv in convs:
         conv.check_available()
     if job.out:
@@ -103,13 +186,17 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     progress(f"loading model {job.model}")
     loaded = load_model(job.model)
     spec = loaded.spec
+    if recipe is not None and recipe.keep_float:
+        from edgekit.quant.recipe import keep_float_modules
+
+        keep_float_modules(loaded.module, recipe)  # a name that matches no layer: E-ARGS before any export
     out = Path(job.out or f"bundles/{spec.name}")
     data_dir = job.data or loaded.default_data
     if data_dir is None:
         raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
-    calib = load_samples(data_dir, spec)
-    vset = calib.head(job.samples)
-    example = tuple(torch.from_numpy(a) for a in calib.samples[0])
+    data = load_samples(data_dir, spec)
+    cal, vset, split_notes = _split(data, recipe, job.samples)
+    example = tuple(torch.from_numpy(a) for a in data.samples[0])
     progress("capturing the FP32 reference with torch.export")
     program = export_program(loaded.module, example, spec.name)
     results, artifacts, errors = [], [], {}
@@ -121,30 +208,32 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
         progress(f"reference outputs on {len(vset)} samples")
         reference = run_reference(program.module(), vset.samples)
-        stacked = vset.stacked()
+        extra = {} if recipe is None else {"calibration": cal}
         for conv in convs:
             name = conv.info.name
-            progress("exporting", name)
+            progress("exporting" if recipe is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
             try:
-                art = conv.export(loaded.module, spec, None, stage, example)
+                art = conv.export(loaded.module, spec, recipe, stage, example, **extra)
             except Exception as exc:  # one target's toolchain failing must not stop the others
-                results.append(_error_result(conv, "fp32", exc))
+                results.append(_error_result(conv, precision, exc))
                 progress(f"export failed: {results[-1].error['code']}", name)
                 continue
             progress("running in the host runtime (subprocess)", name)
-            res, outputs = verify_artifact(conv, art, stage, stacked, reference, spec, job.timeout_s)
-            results.append(res)
-            if outputs is not None:
-                errors[report_key(res)] = abs_errors(reference, outputs)
+            checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s)
+            results.append(checked.result)
+            if checked.outputs is not None:
+                errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
             artifacts.append((conv, art))
-            progress(res.status, name)
+            progress(checked.result.status, name)
         env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
         manifest = {
             "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
             "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
             "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
             "verification_inputs": {"file": B.VERIFY_INPUTS, **vset.describe()},
-            "calibration_data": calib.describe(),
+            "data": data.describe(),
+            "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": cal.describe(),
+                                                         "notes": split_notes},
             "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
                            "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
                            "deprecated": conv.info.deprecated} for conv, art in artifacts],
@@ -152,7 +241,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         }
         B.write_json(stage / B.MANIFEST, manifest)
         report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
-                              env, command or f"edgekit export {job.model}", manifest["created"])
+                              env, command or f"edgekit export {job.model}", manifest["created"], split_notes)
         B.write_json(stage / "report.json", report)
         B.write_text(stage / "report.md", markdown(report))
         write_html(stage / "report.html", report, errors)
@@ -182,7 +271,6 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
         calib = calib.head(samples)
     progress(f"reference outputs on {len(calib)} samples")
     reference = run_reference(program.module(), calib.samples)
-    stacked = calib.stacked()
     results, errors = [], {}
     for entry in manifest.get("artifacts", []):
         art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
@@ -198,20 +286,21 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
                 "fix": "copy the whole bundle folder, or re-export it"}))
             continue
         progress("running in the host runtime (subprocess)", art.target)
-        res, host_outputs = verify_artifact(conv, art, root, stacked, reference, spec, timeout_s)
+        checked = verify_artifact(conv, art, root, calib, reference, spec, timeout_s)
+        res = checked.result
         changed = [f["path"] for f in entry["files"] if B.sha256_file(root / f["path"]) != f["sha256"]]
         if changed:
             res.notes.append(f"file(s) changed since export (sha256 differs from the manifest): {', '.join(changed)}")
         results.append(res)
-        if host_outputs is not None:
-            errors[report_key(res)] = abs_errors(reference, host_outputs)
+        if checked.outputs is not None:
+            errors[report_key(res)] = abs_errors(checked.reference, checked.outputs)
         progress(res.status, art.target)
         if arm_env is not None and conv.info.arm:
             from edgekit.arm.verify import arm_results
 
             progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
-            results.extend(arm_results(arm_env, list(arm), conv, art, root, stacked, reference, host_outputs,
-                                       spec.output_names, spec.task == "classification"))
+            results.extend(arm_results(arm_env, list(arm), conv, art, root, calib.stacked(), checked.reference,
+                                       checked.outputs, spec.output_names, spec.task == "classification"))
     env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})
     report = build_report("verify", {"name": spec.name, "source": manifest["model"].get("source")}, calib.describe(),
                           results, env, command or f"edgekit verify {root}", B.now())

@@ -86,18 +86,32 @@ def markdown(report: dict) -> str:
         "",
         f"Verification data: {report['data'].get('count')} samples ({report['data'].get('kind')}) from "
         f"`{report['data'].get('root')}`, sha256 `{str(report['data'].get('sha256'))[:16]}...`. "
-        "Conversion fidelity: each artifact against its PyTorch reference (`reference.pt2`). "
         "Latency: median per sample, 1 thread, host runtime (not a device timing).",
         "",
-        "| target | precision | status | size | latency ms | max abs | mean abs | cosine min | SQNR dB | top-1 agree |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "## Conversion fidelity: does each file compute what its PyTorch reference computes?",
+        "",
+        "FP32 files against the FP32 model (`reference.pt2`); quantized files against the PyTorch simulation "
+        "of exactly their quantization (`*.reference.pt2`), with the error in output quantization steps.",
+        "",
+        "| target | precision | status | size | latency ms | max abs | max steps | mean abs | cosine min | SQNR dB | top-1 agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, t in report["targets"].items():
         m = t.get("metrics") or {}
+        steps = f"{m['max_steps']:.1f}" if isinstance(m.get("max_steps"), (int, float)) else "-"
         lines.append(
             f"| {name} | {t['precision']} | {t['status']} | {_fmt(t.get('size_bytes'), 'bytes')} | "
-            f"{_fmt(t.get('latency_ms'), 'ms')} | {_fmt(m.get('max_abs'), 'e')} | {_fmt(m.get('mean_abs'), 'e')} | "
+            f"{_fmt(t.get('latency_ms'), 'ms')} | {_fmt(m.get('max_abs'), 'e')} | {steps} | {_fmt(m.get('mean_abs'), 'e')} | "
             f"{_fmt(m.get('cosine_min'), 'cos')} | {_fmt(m.get('sqnr_db'), 'db')} | {_fmt(m.get('top1_agreement'), 'pct')} |")
+    cost = [(n, t, o, c) for n, t in report["targets"].items() for o, c in (t.get("compression") or {}).items()]
+    if cost:
+        lines += ["", "## Compression cost: how far is the deployed file from the FP32 original?", "",
+                  "A recipe question, not a converter one (same verification samples).", "",
+                  "| target | output | SQNR dB vs FP32 | cosine min | top-1 agree with FP32 | max abs |",
+                  "|---|---|---|---|---|---|"]
+        for name, t, out, c in cost:
+            lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
+                         f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |")
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
     if problems:
         lines += ["", "## Failures and errors", ""]

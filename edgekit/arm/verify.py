@@ -38,8 +38,8 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
         if run.error:
             out.append(ParityResult(label, art.precision, "error", art.path, error=run.error, notes=notes, log=run.log))
             continue
-        res = compare(label, art.precision, reference, run.outputs, names, tol, classification, file=art.path,
-                      latency_ms=run.latency_ms, notes=notes)
+        res = compare(label, art.precision, reference, run.outputs, names, tol, classification,
+                      art.meta.get("output_scales"), file=art.path, latency_ms=run.latency_ms, notes=notes)
         arm = {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2)}
         if host is not None:
             arm["vs_host"] = _vs(host, run.outputs, names)

@@ -1,0 +1,59 @@
+"""`edgekit export --quant int8` end to end on tiny_cnn: calibrated on real photos, judged on
+held-out ones, fidelity against the quantized reference and compression cost against FP32 apart."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgekit import bundle as B
+from edgekit.cli import main
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "b"
+    assert main(["export", "tiny_cnn", "--targets", "tflite", "--quant", "int8", "--calibrator", "percentile",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_fidelity_in_steps_and_cost_against_fp32_are_apart(int8_bundle):
+    report = json.loads((int8_bundle / "report.json").read_text())
+    t = report["targets"]["tflite:int8"]
+    assert t["status"] == "pass" and t["precision"] == "int8"
+    assert t["metrics"]["max_steps"] <= 2.0  # the file computes its quantization (within rounding)
+    cost = t["compression"]["logits"]
+    assert 10 < cost["sqnr_db"] < t["metrics"]["sqnr_db"]  # int8 vs FP32 is far worse than file vs its reference
+    assert report["data"]["count"] == 16 and "calibrated on 32 samples" in report["notes"][0]
+    md = (int8_bundle / "report.md").read_text()
+    assert "## Compression cost" in md and "## Conversion fidelity" in md and "calibrator percentile" in md
+
+
+def test_manifest_records_recipe_and_quantized_reference(int8_bundle):
+    m = B.read_manifest(int8_bundle)
+    assert m["quantization"]["recipe"]["calibrator"] == "percentile" and m["quantization"]["calibration"]["count"] == 32
+    art = m["artifacts"][0]
+    assert art["meta"]["reference"] in [f["path"] for f in art["files"]] and art["meta"]["output_scales"][0] > 0
+
+
+def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):
+    assert main(["verify", str(int8_bundle), "--quiet", "--json", str(tmp_path / "v.json")]) == 0
+    copy = tmp_path / "b"
+    shutil.copytree(int8_bundle, copy)
+    ref = B.read_manifest(copy)["artifacts"][0]["meta"]["reference"]
+    (copy / ref).write_bytes(b"not a program")
+    assert main(["verify", str(copy), "--quiet", "--json", str(tmp_path / "v.json")]) == 1
+    t = json.loads((tmp_path / "v.json").read_text())["targets"]["tflite:int8"]
+    assert t["status"] == "error" and t["error"]["code"] == "E-BUNDLE-INVALID" and ref in t["error"]["message"]
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--targets", "onnx", "--quant", "int8"], "E-TARGET-PRECISION"),
+    (["--targets", "tflite", "--calibrator", "mse"], "E-ARGS"),
+    (["--targets", "tflite", "--quant", "int8", "--keep-float", "nonexistent_layer"], "E-ARGS"),
+])
+def test_bad_quantization_arguments_are_coded(tmp_path, capsys, args, code):
+    rc = main(["export", "tiny_cnn", *args, "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and code in capsys.readouterr().err and not (tmp_path / "o").exists()
