@@ -111,3 +111,15 @@ def test_model_the_analysis_cannot_handle_is_coded():
         prune(HardCodedView(), (torch.randn(1, 3, 8, 8),), PruneConfig(ratio=0.5, round_to=None))
     assert e.value.code == "E-COMPRESS-UNSUPPORTED"
     assert "conv" in str(e.value)
+
+
+def test_transformer_ffn_neurons_prune_and_a_head_reshape_is_reported():
+    tr = BUILTIN["tiny_transformer"]()
+    with pytest.raises(UserError) as e:  # pruning qkv breaks its hard-coded head reshape
+        prune(tr.module, tr.example_inputs, PruneConfig(ratio=0.5, round_to=None))
+    assert e.value.code == "E-COMPRESS-UNSUPPORTED" and "layers.0.qkv" in str(e.value)
+    keep = tuple(n for n, _ in tr.module.named_modules() if n.endswith(("qkv", "proj", "ffn.2")))
+    res = prune(tr.module, tr.example_inputs, PruneConfig(ratio=0.5, round_to=None, ignore=keep))
+    assert res.channels == {"layers.0.ffn.0": (64, 32), "layers.1.ffn.0": (64, 32)}
+    assert res.size.after.macs < 0.8 * res.size.before.macs
+    assert res.model(*tr.example_inputs).shape == (1, 4)
