@@ -186,13 +186,13 @@ def assert_parity(model_or_factory, bundle_or_artifact, data=None, targets=None,
 def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, samples: int | None = None,
                  timeout_s: float | None = None):
     """The check without the assertion: -> (report dict, {report key: flat |error| array})."""
-    import numpy as np
     import torch
 
     from edgekit import bundle as B
-    from edgekit.converters import get
-    from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
-    from edgekit.parity import ParityResult, compare
+    from edgekit.converters import Artifact, get
+    from edgekit.data import CalibrationSet
+    from edgekit.isolate import DEFAULT_TIMEOUT_S
+    from edgekit.pipeline import verify_artifact
     from edgekit.reference import run_reference
     from edgekit.report import abs_errors, build_report, report_key
     from edgekit.spec import ModelSpec
@@ -205,23 +205,16 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     samples_, describe = _samples(data, spec, root, samples)
     with torch.no_grad():
         reference = run_reference(module, samples_)
-    stacked = [np.stack([s[k] for s in samples_]) for k in range(len(samples_[0]))]
+    vset = CalibrationSet(tuple(tuple(s) for s in samples_), tuple(str(i) for i in range(len(samples_))), "tensor",
+                          str(describe.get("root")))
     results, errors = [], {}
     for entry in arts:
-        conv = get(entry["target"])
-        info = conv.info
-        art = {**entry, "files": [f["path"] for f in entry["files"]]}
-        size = sum(f.get("size_bytes", 0) for f in entry["files"])
-        out = run_artifact(info.name, art, root, stacked, timeout_s=timeout_s or DEFAULT_TIMEOUT_S)
-        if out.error:
-            res = ParityResult(info.name, entry["precision"], "error", entry["path"], size, None, len(samples_),
-                               info.tolerances.get(entry["precision"]), error=out.error, log=out.log)
-        else:
-            res = compare(info.name, entry["precision"], reference, out.outputs, spec.output_names,
-                          info.tolerances[entry["precision"]], spec.task == "classification", file=entry["path"],
-                          size_bytes=size, latency_ms=out.latency_ms)
-            errors[report_key(res)] = abs_errors(reference, out.outputs)
-        results.append(res)
+        art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
+        # the same check as `edgekit verify`, with the user's model as the FP32 reference
+        checked = verify_artifact(get(art.target), art, root, vset, reference, spec, timeout_s or DEFAULT_TIMEOUT_S)
+        results.append(checked.result)
+        if checked.outputs is not None:
+            errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
     env = B.environment({k: v for e in arts for k, v in get(e["target"]).versions().items()})
     model_name = model_or_factory if isinstance(model_or_factory, (str, Path)) else type(module).__name__
     report = build_report("verify", {"name": spec.name, "source": str(model_name)}, describe, results, env,
