@@ -31,9 +31,12 @@ import numpy as np
 
 from edgekit.errors import InternalError, UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo
+from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
 
 PNNX_TIMEOUT_S = 1800
+# INT8 conversion fidelity vs the quantized reference (float simulation of ncnn's int8 scheme with the
+# artifact's scales); measured on tiny_cnn and MobileNetV2 (bench/int8_ncnn_mobilenet_v2.py).
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.1, min_cosine=0.99, min_top1=0.9)
 # torch dtype name -> pnnx input type (this module imports torch only inside the export path, so
 # the runner also works where torch is absent: the aarch64 emulated runtime).
 _PNNX_TYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int64": "i64",
@@ -408,9 +411,9 @@ class NcnnConverter(Converter):
         name="ncnn",
         title="ncnn (Tencent)",
         suffix=".param",
-        precisions=("fp32",),
+        precisions=("fp32", "int8"),
         # measured max |err| / max |ref|: MobileNetV2 1.7e-6, MiniLM 1e-6, tiny models <= 1e-6
-        tolerances={"fp32": FP32_TOLERANCE},
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
         delegates=("cpu", "vulkan"),
         extra="ncnn",
         modules=("pnnx",),
@@ -422,11 +425,12 @@ class NcnnConverter(Converter):
         runtime="ncnn python bindings, FP32 (fp16/bf16 storage and arithmetic off), Vulkan off",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
-        if recipe is not None:
-            raise UserError("E-TARGET-PRECISION", "the ncnn target exports FP32 only for now",
-                            "drop the quantization recipe for ncnn, or drop the ncnn target")
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         self.check_available()
+        if recipe is not None:
+            from .ncnn_int8 import export_int8
+
+            return export_int8(self, model, spec, recipe, Path(out_dir), example_inputs, calibration)
         out_dir = Path(out_dir)
         stem = f"{spec.name}-fp32"
         with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
@@ -469,7 +473,7 @@ class NcnnConverter(Converter):
         import ncnn
 
         root = Path(root)
-        param, weights = (root / f for f in artifact.files)
+        param, weights = (root / f for f in artifact.files[:2])  # an INT8 artifact also lists its reference
         meta = artifact.meta
         for f, size in zip((param, weights), meta.get("file_bytes", [None, None])):
             if not f.is_file():

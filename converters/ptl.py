@@ -12,12 +12,18 @@ the on-device rewrites into prepacked XNNPACK convolution/linear ops are missing
 
 PyTorch Mobile is deprecated upstream in favour of ExecuTorch. Every torch.jit step warns about it;
 export silences those warnings and issues edgekit's own message (TargetInfo.deprecated) once.
+
+INT8 (a QuantRecipe): FX static PTQ for the qnnpack engine with edgekit's calibrated ranges
+(``ptl_quant.py``), saved as ``<name>-int8.ptl`` the same way; the quantized reference next to it is a
+float simulation with exactly the module's scales and zero points (independent of the qnnpack
+kernels), saved with torch.export. The runner sets the quantized engine to qnnpack.
 """
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +31,14 @@ import torch
 
 from edgekit.errors import UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 # The deprecation warnings torch.jit and the lite interpreter issue at every step.
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
+# INT8 conversion fidelity: the .ptl (qnnpack integer kernels) vs the float simulation of the same
+# quantization. Measured (tests/converters/test_ptl_int8.py, bench/int8_ptl_mobilenet_v2.py): tiny_cnn
+# max 1 output step; MobileNetV2 max STEPS_MNV2 steps, top-1 TOP1_MNV2 on held-out photos.
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
 
 
 class PtlConverter(Converter):
@@ -36,26 +46,32 @@ class PtlConverter(Converter):
         name="ptl",
         title="PyTorch Mobile",
         suffix=".ptl",
-        precisions=("fp32",),
-        tolerances={"fp32": FP32_TOLERANCE},
+        precisions=("fp32", "int8"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
         delegates=("cpu",),  # NNAPI is a separate target (it needs an Android device to run)
         extra="ptl",
         modules=(),  # torch is always installed
         runtime_modules=(),
         packages=("torch",),
-        exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter",
-        runtime="torch.jit.mobile._load_for_lite_interpreter",
+        exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter; "
+                 "INT8: torch.ao FX static PTQ (qnnpack) with edgekit's ranges",
+        runtime="torch.jit.mobile._load_for_lite_interpreter (INT8: quantized engine qnnpack)",
         deprecated="PyTorch Mobile (the TorchScript lite interpreter) is deprecated upstream in favour of "
                    "ExecuTorch, so prefer the executorch target for new apps.",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         precision = _precision(recipe)
+        quantized = None
+        if precision == "int8":
+            quantized = _quantize(model, spec, recipe, tuple(example_inputs), calibration)
+            model = quantized.module
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
         partial = final.with_name(f".{final.name}.partial")
         warnings.warn(self.info.deprecated, FutureWarning, stacklevel=2)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _engine(precision):
                 warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
                 with torch.no_grad():
                     scripted, capture = _capture(model, tuple(example_inputs))
@@ -66,14 +82,20 @@ class PtlConverter(Converter):
                         raise UserError("E-EXPORT-FAILED", f"torch.jit.freeze / _save_for_lite_interpreter failed: "
                                         f"{_first_line(exc)}", "check that the model runs under TorchScript "
                                         "(torch.jit.script or trace) on the host first") from exc
+            files = (final.name,)
+            meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                    "outputs": spec.output_names, "capture": capture}
+            if quantized is not None:
+                files, quant_meta = _write_reference(quantized, spec, recipe, Path(out_dir), tuple(example_inputs), calibration)
+                meta.update(quant_meta)
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
-        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
-                "outputs": spec.output_names, "capture": capture}
-        return Artifact(self.info.name, precision, final.name, (final.name,), meta)
+        return Artifact(self.info.name, precision, final.name, files, meta)
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
+        if artifact.precision == "int8":  # a qnnpack .ptl gives other numbers on another engine
+            torch.backends.quantized.engine = "qnnpack"  # process-wide, like the thread count
         module = _load(Path(root) / artifact.path)
         dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
         torch.set_num_threads(threads)  # process-wide: a runner process runs one artifact
@@ -87,11 +109,61 @@ class PtlConverter(Converter):
 
 
 def _precision(recipe) -> str:
-    """The artifact's precision; a quantization recipe (INT8 via eager/FX PTQ, qnnpack) plugs in here."""
-    if recipe is not None:
-        raise UserError("E-TARGET-PRECISION", f"target ptl does not take quantization recipes yet (got {recipe!r})",
-                        "export ptl in fp32 (no recipe)")
-    return "fp32"
+    """The artifact's precision: fp32 without a recipe, int8 with a (valid) QuantRecipe."""
+    if recipe is None:
+        return "fp32"
+    from edgekit.quant import check
+
+    check(recipe)
+    return "int8"
+
+
+@contextmanager
+def _engine(precision: str):
+    """INT8 modules hold qnnpack-packed weights: trace and freeze them under the qnnpack engine."""
+    if precision != "int8":
+        yield
+        return
+    from .ptl_quant import qnnpack_engine
+
+    with qnnpack_engine():
+        yield
+
+
+def _quantize(model, spec, recipe, example_inputs: tuple, calibration):
+    from .ptl_quant import quantize
+
+    if calibration is None or len(calibration) == 0:
+        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ptl got no calibration samples",
+                        "pass --data with samples of the model's inputs")
+    if any(not t.is_floating_point() for t in example_inputs):
+        raise UserError("E-TARGET-PRECISION", f"ptl INT8 quantizes float inputs only; {spec.name} takes "
+                        f"{[str(t.dtype) for t in example_inputs]}", "export ptl in fp32 for this model")
+    return quantize(model, example_inputs, calibration.samples, recipe)
+
+
+def _write_reference(q, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> tuple[tuple, dict]:
+    """Save the float simulation next to the artifact; -> (artifact files, INT8 meta keys)."""
+    from edgekit.quant.reference import reference_name, save_quantized_reference
+
+    ref = out_dir / reference_name(spec.name)
+    save_quantized_reference(q.simulation, example_inputs, ref)
+    notes = list(q.notes)
+    notes.append("model I/O is float: the .ptl quantizes its inputs and dequantizes its outputs itself "
+                 f"(recipe io={recipe.io!r} does not apply to ptl)")
+    n = min(len(calibration), recipe.max_samples)
+    meta = {
+        "reference": ref.name,
+        "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
+        "input_qparams": [list(p) if p else None for p in q.input_qparams],
+        "engine": "qnnpack",
+        "recipe": recipe.to_dict(),
+        "recipe_summary": recipe.describe(),
+        "calibration": {"count": n, "sha256": calibration.head(recipe.max_samples).sha256},
+        "kept_float": sorted(q.kept_float),
+        "quant_notes": notes,
+    }
+    return (f"{spec.name}-int8.ptl", ref.name), meta
 
 
 def _capture(model, example_inputs: tuple) -> tuple[torch.jit.ScriptModule, str]:

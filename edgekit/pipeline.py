@@ -133,6 +133,28 @@ def _bundle_spec(spec: ModelSpec, stage: Path) -> ModelSpec:
     return spec
 
 
+def coverage(root: Path, rel: str, meta: dict, timeout_s: float = 300) -> dict:
+    """Delegate coverage of the artifact ``root/rel`` (edgekit.inspect), computed in a subprocess run
+    in ``root`` (so the report names the file as the bundle does); never raises."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-inspect-") as tmp:
+        out = Path(tmp) / "coverage.json"
+        try:
+            proc = subprocess.run([sys.executable, "-m", "edgekit.inspect", rel, json.dumps(meta), str(out)],
+                                  cwd=root, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": {"code": "E-RUNTIME-CRASH", "message": f"coverage analysis timed out after {timeout_s:.0f} s",
+                              "fix": "run `edgekit inspect` on the file to see where it stalls"}}
+        if proc.returncode != 0 or not out.is_file():
+            return {"error": {"code": "E-RUNTIME-CRASH", "message": f"coverage analysis failed: {proc.stderr.strip()[-500:]}",
+                              "fix": "run `edgekit inspect` on the file for the full message"}}
+        return json.loads(out.read_text())
+
+
 def _recipe(job: ExportJob):
     """The job's QuantRecipe (None for FP32); quantization options without --quant int8 are refused."""
     if job.quant == "fp32":
@@ -225,6 +247,11 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
             artifacts.append((conv, art))
             progress(checked.result.status, name)
+            from edgekit.inspect import INSPECTABLE
+
+            if Path(art.path).suffix in INSPECTABLE:
+                meta = {**art.meta, "target": art.target, "precision": art.precision}
+                checked.result.extra["coverage"] = coverage(stage, art.path, meta)
         env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
         manifest = {
             "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),

@@ -121,6 +121,11 @@ def markdown(report: dict) -> str:
                 lines.append(f"- **{name}** error `{e['code']}`: {e['message']}. Fix: {e['fix']}")
             for f in t.get("failures", []):
                 lines.append(f"- **{name}** fail: {f}")
+    covered = [t["coverage"] for t in report["targets"].values() if t.get("coverage")]
+    if covered:
+        lines += ["", "## Delegate coverage", ""]
+        for c in covered:
+            lines.append(c.get("markdown") or f"- coverage analysis failed: `{c['error']['code']}` {c['error']['message']}")
     notes = [f"- **{n}**: {note}" for n, t in report["targets"].items() for note in t.get("notes", [])]
     notes += [f"- {n}" for n in report.get("notes", [])]
     if notes:

@@ -44,6 +44,11 @@ def test_every_target_passes_on_real_photos(cnn_bundle):
     assert report["targets"]["ptl"]["notes"] and "ExecuTorch" in report["targets"]["ptl"]["notes"][0]
     md = (cnn_bundle / "report.md").read_text()
     assert "| tflite | fp32 | pass |" in md and "deprecated" in md
+    # delegate coverage is a section of every report: XNNPACK measured, NNAPI per API level
+    xnn = report["targets"]["tflite"]["coverage"]["result"]["xnnpack"]
+    assert xnn["measured"] and xnn["delegated_ops"] == xnn["total_ops"]
+    assert "## Delegate coverage" in md and "NNAPI, API 27" in md and "`tiny_cnn-fp32.pte` (executorch)" in md
+    assert "coverage" not in report["targets"]["onnx"]  # nothing to inspect there
 
 
 def test_manifest_describes_inputs_files_and_versions(cnn_bundle):

@@ -14,7 +14,7 @@ from edgekit.errors import UserError
 
 from .report import InspectResult
 
-__all__ = ["InspectResult", "inspect_artifact"]
+__all__ = ["INSPECTABLE", "InspectResult", "inspect_artifact"]
 
 NNAPI_TARGET = "ptl-nnapi"
 
@@ -63,6 +63,9 @@ def _inspect_tflite(path: Path) -> InspectResult:
                      "(edgekit/inspect/data, one source note per rule), since neither runs here.")
     res.notes.append(_nnapi_note())
     return res
+
+
+INSPECTABLE = (".tflite", ".param", ".pte", ".ptl")  # the artifact kinds inspect_artifact analyses
 
 
 def inspect_artifact(path: Path, meta: dict | None = None) -> InspectResult:

@@ -28,7 +28,8 @@ class InspectResult:
             "details": self.details, "notes": list(self.notes), "warnings": list(self.warnings),
         }
 
-    def markdown(self) -> str:
+    def markdown(self, ops: bool = True) -> str:
+        """The coverage as Markdown; ops=False leaves out the per-operator table (for bundle reports)."""
         out = [f"### Delegate coverage: `{self.artifact}` ({self.kind})", ""]
         for w in self.warnings:
             out.append(f"> **Warning:** {w}")
@@ -54,7 +55,7 @@ class InspectResult:
             out.append("")
         if self.details.get("summary"):
             out += [self.details["summary"], ""]
-        if self.ops:
+        if self.ops and ops:
             out += ["<details><summary>Operators</summary>", "", "| # | op | version | inputs | outputs |", "|---|---|---|---|---|"]
             for op in self.ops:
                 out.append(f"| {op['subgraph']}:{op['index']} | {op['op']} | {op['version']} | "

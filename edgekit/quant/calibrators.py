@@ -143,12 +143,22 @@ def mse(s: TensorStats, recipe) -> tuple[float, float]:
 
 def entropy(s: TensorStats, recipe) -> tuple[float, float]:
     """KL-divergence threshold (TensorRT's calibration): the clip T of |x| whose int8 histogram
-    loses the least information; range = [max(lo, -T), min(hi, T)]."""
+    loses the least information; range = [max(lo, -T), min(hi, T)].
+
+    Two details make it a model of edgekit's actual quantizer rather than of a symmetric one:
+    - the bin holding 0 is its own group: 0 is an exact int8 level (the zero point), so the spike of
+      exact zeros a ReLU produces is not smeared over the first level's bins. Smearing it (the
+      textbook algorithm) makes the KL of every wide range look bad and shrank ReLU ranges by 2-8x
+      (MobileNetV2: 25 % top-1 agreement instead of 75 %);
+    - the number of levels on [0, T] follows the tensor's asymmetry: 255 * m / (hi - lo) (256 for a
+      one-signed tensor, 128 for a symmetric one), since activations are asymmetric int8.
+    """
     hist = s.folded().astype(np.float64)
     nbins = len(hist)
     if hist.sum() == 0 or s.m == 0.0:
         return minmax(s, recipe)
-    levels = 256 if s.lo >= 0 else 128  # one-signed tensors use every level on one side
+    span = max(s.hi, 0.0) - min(s.lo, 0.0)
+    levels = int(np.clip(round(LEVELS * s.m / span), 128, 256))
     if nbins <= levels:
         return minmax(s, recipe)
     best_i, best_kl = nbins, None
@@ -159,11 +169,13 @@ def entropy(s: TensorStats, recipe) -> tuple[float, float]:
     for i in candidates:
         p = hist[:i].copy()
         p[-1] += hist[i:].sum()
-        # quantize hist[:i] to `levels` groups, spread each group's mass over its non-empty bins
+        # quantize hist[:i] to `levels` groups, spread each group's mass over its non-empty bins;
+        # bin 0 (holding the exact zeros) is a group of its own
         groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
+        groups[0] = levels
         nonzero = (hist[:i] > 0).astype(np.float64)
-        mass = np.bincount(groups, weights=hist[:i], minlength=levels)
-        width = np.bincount(groups, weights=nonzero, minlength=levels)
+        mass = np.bincount(groups, weights=hist[:i], minlength=levels + 1)
+        width = np.bincount(groups, weights=nonzero, minlength=levels + 1)
         q = np.where(nonzero > 0, mass[groups] / np.maximum(width[groups], 1.0), 0.0)
         mask = p > 0
         qm = np.where(q[mask] > 0, q[mask], 1e-12)

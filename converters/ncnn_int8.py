@@ -1,0 +1,466 @@
+"""ncnn INT8, written by edgekit (ncnn2table / ncnn2int8 are in no wheel).
+
+Steps (``export_int8``):
+1. the FP32 ncnn model via pnnx, as the FP32 target writes it;
+2. the torch model with BatchNorm folded (``torch.fx`` fuse, what pnnx also does) is matched to the
+   ncnn Convolution / ConvolutionDepthWise / InnerProduct layers in execution order, each match
+   checked on shape, weights and on the layer's input values (torch module input vs ncnn blob);
+3. calibration: the samples run through the FP32 ncnn net in the bindings; the input blob of every
+   quantized layer is recorded with edgekit's ``TensorStatsCollector`` and turned into a range by
+   the recipe's calibrator (the same one every target uses). ncnn int8 activations are symmetric per
+   tensor: threshold = max(|lo|, |hi|), scale = 127 / threshold, values clamped to [-127, 127];
+4. weights: int8 symmetric per output channel, scale = 127 / max|w| (ncnn2int8's rule), rounded half
+   away from zero; .param gets ``8=1`` on each quantized layer; its .bin record becomes
+   tag 0x000D4B38, int8 weights (padded to 4 bytes), float bias, one float weight scale per output
+   channel, the float input scale. Every other byte of the FP32 .bin is copied as is;
+5. the quantized reference: the folded torch model whose quantized layers fake-quantize their input
+   with exactly the artifact's input scale and use the int8 weights times 1/scale, computing in
+   float; saved with torch.export next to the artifact. ncnn dequantizes every int8 layer's output
+   (float bias and activation in float), so the artifact's outputs are float: no output_scales.
+
+Layers kept in float: ``recipe.keep_float`` names torch modules (or classes); the matched ncnn layers
+keep their FP32 record.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import InternalError, UserError
+
+TAG_INT8 = 0x000D4B38
+QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+QMAX = 127
+# ncnn layers that pnnx writes without any .bin record
+_NO_WEIGHTS = {"Input", "Split", "BinaryOp", "Pooling", "ReLU", "Clip", "Flatten", "Reshape", "Concat",
+               "Softmax", "Sigmoid", "HardSwish", "HardSigmoid", "Swish", "Permute", "Eltwise", "Crop",
+               "Interp", "Noop", "Dropout", "Padding", "Slice", "GELU", "Reduction", "Squeeze",
+               "ExpandDims", "UnaryOp", "TanH", "ELU", "Mish", "ShuffleChannel", "Cast", "Tile"}
+
+
+def _params(layer) -> dict[int, str]:
+    out = {}
+    for tok in layer.params:
+        key, _, val = tok.partition("=")
+        out[int(key)] = val
+    return out
+
+
+def _record_bytes(layer) -> int:
+    """Bytes of one layer's record in an FP32 pnnx .bin (E-TARGET-PRECISION for a layer type whose
+    record edgekit cannot size: it could not rewrite the .bin safely)."""
+    p = _params(layer)
+    if layer.type in _NO_WEIGHTS:
+        return 0
+    if layer.type in QUANTIZABLE:
+        n_out = int(p.get(0, 0))
+        return 4 + 4 * int(p.get(6 if layer.type != "InnerProduct" else 2, 0)) + (4 * n_out if int(p.get(5 if layer.type != "InnerProduct" else 1, 0)) else 0)
+    if layer.type == "BatchNorm":
+        return 16 * int(p.get(0, 0))
+    raise UserError("E-TARGET-PRECISION", f"ncnn INT8: layer {layer.name} of type {layer.type} has weights edgekit's "
+                    "INT8 writer does not know", "keep the ncnn target FP32 for this model")
+
+
+def _bin_layout(layers, size: int) -> dict[str, tuple[int, int]]:
+    """Layer name -> (offset, length) of its record in the FP32 .bin; checks the total size."""
+    out, off = {}, 0
+    for layer in layers:
+        n = _record_bytes(layer)
+        out[layer.name] = (off, n)
+        off += n
+    if off != size:
+        raise InternalError(f"ncnn .bin has {size} bytes, its .param describes {off}")
+    return out
+
+
+@dataclass
+class QLayer:
+    """One quantized ncnn layer and what edgekit chose for it."""
+
+    name: str  # ncnn layer name
+    type: str
+    module: str  # torch module name (folded model)
+    inp: str  # ncnn input blob
+    out: str  # ncnn output blob
+    weight: np.ndarray  # float32 weights, shape (out_channels, -1), from the FP32 .bin
+    bias: np.ndarray | None
+    w_scales: np.ndarray | None = None  # float32, per output channel
+    in_scale: float | None = None
+    act: tuple = (0,)  # ncnn fused activation: (type, *params)
+
+
+def _activation(layer) -> tuple:
+    p = _params(layer)
+    kind = int(p.get(9, 0))
+    if kind == 0:
+        return (0,)
+    vals = [float(v) for v in p.get(-23310, "0").split(",")[1:]]
+    return (kind, *vals)
+
+
+def apply_activation(y: np.ndarray, act: tuple) -> np.ndarray:
+    kind = act[0]
+    if kind == 0:
+        return y
+    if kind == 1:
+        slope = act[1] if len(act) > 1 else 0.0
+        return np.where(y > 0, y, y * slope).astype(np.float32)
+    if kind == 3:
+        return np.clip(y, act[1], act[2])
+    if kind == 4:
+        return (1.0 / (1.0 + np.exp(-y))).astype(np.float32)
+    raise InternalError(f"ncnn activation type {kind} is not simulated")
+
+
+def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, per-output-channel scales): scale = 127 / max|w|, round half away from zero."""
+    w = w.astype(np.float32).reshape(w.shape[0], -1)
+    amax = np.abs(w).max(axis=1)
+    scales = np.where(amax > 0, np.float32(QMAX) / np.maximum(amax, 1e-30), np.float32(1.0)).astype(np.float32)
+    x = w * scales[:, None]
+    q = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), -QMAX, QMAX).astype(np.int8)
+    return q, scales
+
+
+def _torch_layers(folded, sample) -> list[tuple[str, object, np.ndarray]]:
+    """(name, module, input value) of every Conv2d / Linear of the folded model, in execution order."""
+    import torch
+    from torch import nn
+
+    seen, hooks = [], []
+    for name, mod in folded.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            hooks.append(mod.register_forward_pre_hook(
+                lambda m, args, name=name: seen.append((name, m, args[0].detach().numpy().copy()))))
+    try:
+        with torch.no_grad():
+            folded(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def fold(model):
+    """The model as a torch.fx GraphModule with BatchNorm folded into the preceding conv."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).eval())
+    except Exception as exc:  # noqa: BLE001 - symbolic tracing of a user model can raise anything
+        raise UserError("E-TARGET-PRECISION", f"ncnn INT8 needs a torch.fx-traceable model to build its quantized "
+                        f"reference: {type(exc).__name__}: {str(exc)[:200]}",
+                        "keep the ncnn target FP32 for this model") from exc
+
+
+def match_layers(layers, bin_bytes: bytes, layout, folded, blobs0: dict[str, np.ndarray], sample) -> list[QLayer]:
+    """Pair each quantizable ncnn layer with a folded torch module (same order, shape, weights and
+    input values); an ncnn layer without a match is an internal error (never quantized blindly)."""
+    torch_layers = _torch_layers(folded, sample)
+    out = []
+    for k, layer in enumerate(lay for lay in layers if lay.type in QUANTIZABLE):
+        if k >= len(torch_layers):
+            raise InternalError(f"ncnn layer {layer.name} has no matching torch conv/linear")
+        name, mod, x = torch_layers[k]
+        p = _params(layer)
+        n_out = int(p[0])
+        off, n = layout[layer.name]
+        nw = int(p[2 if layer.type == "InnerProduct" else 6])
+        (tag,) = struct.unpack_from("<I", bin_bytes, off)
+        w = np.frombuffer(bin_bytes, "<f4", nw, off + 4).reshape(n_out, -1)
+        has_bias = int(p.get(1 if layer.type == "InnerProduct" else 5, 0))
+        b = np.frombuffer(bin_bytes, "<f4", n_out, off + 4 + 4 * nw).copy() if has_bias else None
+        tw = mod.weight.detach().numpy().reshape(mod.weight.shape[0], -1)
+        scale = max(float(np.abs(tw).max()), 1e-12)
+        xin = blobs0[layer.inputs[0]].reshape(-1)
+        ok = tag == 0 and tw.shape == w.shape and float(np.abs(tw - w).max()) <= 1e-4 * scale \
+            and x.size == xin.size and float(np.abs(x.reshape(-1) - xin).max()) <= 1e-3 * max(float(np.abs(x).max()), 1e-6)
+        if not ok:
+            raise InternalError(f"ncnn layer {layer.name} ({layer.type}) does not match torch module {name} "
+                                "(order, weights or input values)")
+        out.append(QLayer(layer.name, layer.type, name, layer.inputs[0], layer.outputs[0], w.copy(), b,
+                          act=_activation(layer)))
+    if len(out) != len(torch_layers):
+        raise InternalError(f"{len(torch_layers)} torch conv/linear layers but {len(out)} ncnn ones")
+    return out
+
+
+def _ncnn_blobs(net, inputs: list[str], feeds: list[str], sample, blobs: list[str]) -> dict[str, np.ndarray]:
+    import ncnn
+
+    ex = net.create_extractor()
+    ex.set_light_mode(False)
+    for name, feed, a in zip(inputs, feeds, sample):
+        ex.input(name, ncnn.Mat(np.ascontiguousarray(np.asarray(a)[0], dtype=np.dtype(feed))).clone())
+    out = {}
+    for b in blobs:
+        ret, mat = ex.extract(b)
+        if ret != 0:
+            raise InternalError(f"ncnn could not extract blob {b} (code {ret})")
+        out[b] = np.array(mat, dtype=np.float32)
+    return out
+
+
+def calibrate(net, meta, samples, qlayers: list[QLayer], recipe) -> None:
+    """Set each QLayer's in_scale from edgekit's calibrator on the FP32 ncnn blobs (two passes)."""
+    from edgekit.quant.calibrators import TensorStatsCollector, get
+
+    blobs = sorted({q.inp for q in qlayers})
+    col = TensorStatsCollector(recipe.bins)
+    for phase in (1, 2):
+        for s in samples:
+            for b, v in _ncnn_blobs(net, meta["inputs"], meta["input_feed"], s, blobs).items():
+                col.observe(b, v)
+        if phase == 1:
+            col.next_phase()
+    stats, fn = col.stats(), get(recipe.calibrator)
+    for q in qlayers:
+        lo, hi = fn(stats[q.inp], recipe)
+        threshold = max(abs(lo), abs(hi))
+        q.in_scale = float(np.float32(QMAX / threshold)) if threshold > 0 else 1.0
+
+
+def write_int8(layers, bin_bytes: bytes, layout, qlayers: list[QLayer]) -> tuple[list, bytes]:
+    """-> (layers with 8=1 on the quantized ones, the INT8 .bin)."""
+    by_name = {q.name: q for q in qlayers}
+    chunks = []
+    for layer in layers:
+        off, n = layout[layer.name]
+        q = by_name.get(layer.name)
+        if q is None:
+            chunks.append(bin_bytes[off:off + n])
+            continue
+        qw, _ = quantize_weights(q.weight)
+        raw = qw.tobytes()
+        raw += b"\0" * (-len(raw) % 4)
+        rec = struct.pack("<I", TAG_INT8) + raw
+        if q.bias is not None:
+            rec += q.bias.astype("<f4").tobytes()
+        rec += q.w_scales.astype("<f4").tobytes() + struct.pack("<f", q.in_scale)
+        chunks.append(rec)
+        layer.params = [t for t in layer.params if not t.startswith("8=")] + ["8=1"]
+    return layers, b"".join(chunks)
+
+
+class _FakeQuant(__import__("torch").nn.Module):
+    """A conv/linear computing ncnn's int8 scheme in float: the input rounded to int8 levels
+    (x * s, half to even, clamp +-127), the conv/linear on integer-valued float32 tensors (exact while
+    sums stay below 2**24, as ncnn's int32 sums), then ncnn's dequantize: sum * 1/(s * s_w[c]) + bias."""
+
+    def __init__(self, mod, in_scale: float, w_q: np.ndarray, w_scales: np.ndarray):
+        import torch
+
+        super().__init__()
+        self.mod = copy.deepcopy(mod)
+        w = torch.from_numpy(w_q.astype(np.float32).reshape(tuple(mod.weight.shape)))
+        self.mod.weight = torch.nn.Parameter(w, requires_grad=False)
+        bias = mod.bias.detach().clone() if mod.bias is not None else torch.zeros(w.shape[0])
+        self.mod.bias = None
+        rescale = (np.float32(1.0) / (np.float32(in_scale) * w_scales.astype(np.float32))).astype(np.float32)
+        shape = (1, -1) + (1,) * (w.dim() - 2)
+        self.register_buffer("scale", torch.tensor(np.float32(in_scale)))
+        self.register_buffer("rescale", torch.from_numpy(rescale).reshape(shape))
+        self.register_buffer("bias", bias.reshape(shape))
+
+    def forward(self, x):
+        import torch
+
+        q = torch.clamp(torch.round(x * self.scale), -QMAX, QMAX)
+        return self.mod(q) * self.rescale + self.bias
+
+
+def build_reference(folded, qlayers: list[QLayer]):
+    """The folded model with each quantized layer replaced by its simulation, with the weights and
+    bias the artifact was made from (pnnx folds BatchNorm with slightly different rounding than
+    torch.fx: ~1e-5 on depthwise biases) and exactly the artifact's int8 weights and scales."""
+    ref = copy.deepcopy(folded)
+    for q in qlayers:
+        mod = copy.deepcopy(ref.get_submodule(q.module))
+        if q.bias is not None or mod.bias is not None:
+            import torch
+
+            b = q.bias if q.bias is not None else np.zeros(len(q.w_scales), np.float32)
+            mod.bias = torch.nn.Parameter(torch.from_numpy(b.astype(np.float32)), requires_grad=False)
+        qw, _ = quantize_weights(q.weight)
+        parent, _, leaf = q.module.rpartition(".")
+        setattr(ref.get_submodule(parent) if parent else ref, leaf, _FakeQuant(mod, q.in_scale, qw, q.w_scales))
+    return ref
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
+    """FP32 ncnn via pnnx, then edgekit's INT8 rewrite; -> Artifact (files: .param, .bin, reference)."""
+    from edgekit.quant.recipe import check, keep_float_modules
+    from edgekit.quant.reference import save_quantized_reference
+
+    from .base import Artifact
+    from .ncnn import _format_layers, _load_net, _parse_layers
+
+    check(recipe)
+    if calibration is None or len(calibration) == 0:
+        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ncnn got no calibration samples",
+                        "pass calibration data (--data DIR)")
+    samples = tuple(calibration.samples)[: recipe.max_samples]
+    kept = keep_float_modules(model, recipe)
+    out_dir = Path(out_dir)
+    stem = f"{spec.name}-int8"
+    with tempfile.TemporaryDirectory(prefix="edgekit-ncnn-int8-") as tmp:
+        tmp = Path(tmp)
+        fp = conv.export(model, spec, None, tmp, example_inputs)
+        param, weights = tmp / fp.files[0], tmp / fp.files[1]
+        layers = _parse_layers(param.read_text())
+        bin_bytes = weights.read_bytes()
+        layout = _bin_layout(layers, len(bin_bytes))
+        net = _load_net(param, weights, threads=1)
+        folded = fold(model)
+        first = _ncnn_blobs(net, fp.meta["inputs"], fp.meta["input_feed"], samples[0],
+                            sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
+        qlayers = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
+        qlayers = [q for q in qlayers if q.module not in kept]
+        calibrate(net, fp.meta, samples, qlayers, recipe)
+        for q in qlayers:
+            q.w_scales = quantize_weights(q.weight)[1]
+        layers, int8_bin = write_int8(layers, bin_bytes, layout, qlayers)
+        ref = build_reference(folded, qlayers)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = (stem + ".param", stem + ".bin", stem + ".reference.pt2")
+        write_atomic(out_dir / names[1], int8_bin)
+        write_atomic(out_dir / names[0], _format_layers(layers).encode())
+        save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])
+    meta = {k: v for k, v in fp.meta.items() if k != "file_bytes"}
+    kept_layers = sorted({m for m in kept if isinstance(folded.get_submodule(m), _conv_linear())})
+    meta.update({
+        "file_bytes": [(out_dir / names[0]).stat().st_size, (out_dir / names[1]).stat().st_size],
+        "reference": names[2],
+        "output_scales": None,  # ncnn dequantizes every int8 layer: the outputs are float
+        "recipe": recipe.to_dict(),
+        "recipe_summary": recipe.describe().replace("a: per-tensor", "a: per-tensor symmetric (ncnn)"),
+        "calibration": {"count": len(samples), "sha256": calibration.head(recipe.max_samples).sha256},
+        "kept_float": kept_layers,
+        "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
+                        "(8=1: weights per output channel, input symmetric per tensor, scale 127/threshold); "
+                        "every other layer float"],
+        "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
+                         "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
+    })
+    return Artifact("ncnn", "int8", names[0], names, meta)
+
+
+def _conv_linear():
+    from torch import nn
+
+    return (nn.Conv2d, nn.Linear)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-blob localisation: the int8 ncnn net against the quantized reference, layer by layer.
+# --------------------------------------------------------------------------------------------
+
+LOCAL_MIN_SQNR_DB = 30.0  # a layer fed the reference's own input must reproduce it at least this well
+SQNR_CAP_DB = 200.0  # an exact match is reported as 200 dB (JSON has no infinity)
+
+
+def _reference_taps(program, modules: list[str]):
+    """A GraphModule returning (outputs..., then input and output of each named module) of the
+    reference program; module groups are found by the nodes' nn_module_stack."""
+    import torch
+
+    gm = program.module()
+    graph = gm.graph
+    groups: dict[str, list] = {m: [] for m in modules}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        path = path.removeprefix("L['self'].")
+        if path in groups and node.op == "call_function":
+            groups[path].append(node)
+    taps = []
+    for m in modules:
+        nodes = groups[m]
+        if not nodes:
+            raise InternalError(f"the quantized reference has no nodes for module {m}")
+        inside = set(nodes)
+        first = next(a for a in nodes[0].args if isinstance(a, torch.fx.Node) and a not in inside)
+        taps += [first, nodes[-1]]
+    out = next(n for n in graph.nodes if n.op == "output")
+    flat = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    out.args = (tuple(flat) + tuple(taps),)
+    graph._codegen = torch.fx.graph.CodeGen()
+    gm.recompile()
+    return gm, len(flat)
+
+
+def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
+    p_err = float(np.sum(err.astype(np.float64) ** 2))
+    if p_err == 0.0:
+        return SQNR_CAP_DB
+    p_ref = float(np.sum(ref.astype(np.float64) ** 2))
+    return min(SQNR_CAP_DB, 10.0 * np.log10(max(p_ref, 1e-30) / p_err))
+
+
+def compare_blobs(artifact, root: Path, samples, threads: int = 1) -> list[dict]:
+    """Per quantized layer of an ncnn INT8 artifact, in graph order: the ncnn int8 net against the
+    quantized reference on the same samples (numpy input tuples, batch 1).
+
+    sqnr_db / max_abs: the layer's output blob (fused activation included) in the full int8 run vs
+    the reference's activation: error accumulated along the graph (where precision is lost).
+    local_sqnr_db / local_max_abs: ncnn runs only this layer, fed the reference's own input of the
+    layer: a converter/runtime fault shows up on exactly its layer (``flagged``)."""
+    import ncnn
+    import torch
+
+    from edgekit.quant.reference import load_quantized_reference
+
+    from .ncnn import _load_net
+
+    root = Path(root)
+    meta = artifact.meta
+    qlayers = meta["int8_layers"]
+    net = _load_net(root / artifact.files[0], root / artifact.files[1], threads)
+    gm, n_out = _reference_taps(load_quantized_reference(root / meta["reference"]), [q["module"] for q in qlayers])
+    acc = {q["layer"]: ([], []) for q in qlayers}
+    loc = {q["layer"]: ([], []) for q in qlayers}
+    for s in samples:
+        with torch.no_grad():
+            res = gm(*[torch.from_numpy(np.ascontiguousarray(a)) for a in s])
+        taps = [t.numpy() for t in res[n_out:]]
+        blobs = _ncnn_blobs(net, meta["inputs"], meta["input_feed"], s, [q["output"] for q in qlayers])
+        for k, q in enumerate(qlayers):
+            x_ref, y_ref = taps[2 * k], apply_activation(taps[2 * k + 1], tuple(q["activation"]))
+            y_ref = y_ref.reshape(-1)
+            acc[q["layer"]][0].append(y_ref)
+            acc[q["layer"]][1].append(blobs[q["output"]].reshape(-1) - y_ref)
+            ex = net.create_extractor()
+            mat = x_ref[0] if x_ref.shape[0] == 1 else x_ref
+            ex.input(q["input"], ncnn.Mat(np.ascontiguousarray(mat, dtype=np.float32)).clone())
+            ret, out = ex.extract(q["output"])
+            if ret != 0:
+                raise InternalError(f"ncnn could not run layer {q['layer']} alone (code {ret})")
+            loc[q["layer"]][0].append(y_ref)
+            loc[q["layer"]][1].append(np.array(out, dtype=np.float32).reshape(-1) - y_ref)
+    report = []
+    for q in qlayers:
+        ref, err = (np.concatenate(v) for v in acc[q["layer"]])
+        lref, lerr = (np.concatenate(v) for v in loc[q["layer"]])
+        local = _sqnr(lref, lerr)
+        report.append({"layer": q["layer"], "op": q["op"], "module": q["module"],
+                       "sqnr_db": round(_sqnr(ref, err), 3), "max_abs": float(np.abs(err).max()),
+                       "local_sqnr_db": round(local, 3), "local_max_abs": float(np.abs(lerr).max()),
+                       "flagged": bool(local < LOCAL_MIN_SQNR_DB)})
+    return report
