@@ -411,7 +411,7 @@ def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
     if p_err == 0.0:
         return SQNR_CAP_DB
     p_ref = float(np.sum(ref.astype(np.float64) ** 2))
-    return min(SQNR_CAP_DB, 10.0 * np.log10(max(p_ref, 1e-30) / p_err))
+    return float(min(SQNR_CAP_DB, 10.0 * np.log10(max(p_ref, 1e-30) / p_err)))
 
 
 def compare_blobs(artifact, root: Path, samples, threads: int = 1) -> list[dict]:

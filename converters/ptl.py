@@ -36,9 +36,11 @@ from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Toler
 # The deprecation warnings torch.jit and the lite interpreter issue at every step.
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
 # INT8 conversion fidelity: the .ptl (qnnpack integer kernels) vs the float simulation of the same
-# quantization. Measured (tests/converters/test_ptl_int8.py, bench/int8_ptl_mobilenet_v2.py): tiny_cnn
-# max 1 output step; MobileNetV2 max STEPS_MNV2 steps, top-1 TOP1_MNV2 on held-out photos.
-INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
+# quantization; rounding drifts apart through deep networks even when nothing is wrong. Measured
+# (bench/int8_ptl_mobilenet_v2.py, `edgekit export mobilenet_v2 --targets ptl --quant int8`, 16
+# held-out photos): MobileNetV2 max 10 steps (mean 1.9), max_abs_rel 0.06, cosine min 0.9925, top-1
+# 15/16; tiny_cnn max 1 step. The qnnpack ReLU6 channels_last fault: 181 steps, top-1 0/16.
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.85, max_steps=24.0)
 
 
 class PtlConverter(Converter):

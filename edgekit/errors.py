@@ -25,6 +25,10 @@ CODES: dict[str, str] = {
     "E-RUNTIME-CRASH": "the target's runtime crashed or timed out in its subprocess",
     "E-RUNTIME-FAILED": "the target's runtime loaded the artifact but raised while running it",
     "E-HOST-UNRUNNABLE": "the artifact runs only on a device (e.g. NNAPI on Android), not on a host",
+    "E-COMPRESS-CONFIG": "a compression setting outside its valid range (e.g. a pruning ratio outside (0, 1))",
+    "E-COMPRESS-LAYER": "a layer name that does not exist in the model, or a layer of the wrong kind",
+    "E-COMPRESS-MISMATCH": "teacher and student (or predecessor and successor) outputs do not fit together",
+    "E-COMPRESS-UNSUPPORTED": "a model or layer that the pruning dependency analysis cannot handle",
     "E-CONFIG": "the run config file is missing, unreadable or has unknown keys",
     "E-ARGS": "command-line arguments that do not fit together",
 }

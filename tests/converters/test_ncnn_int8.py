@@ -1,0 +1,116 @@
+"""ncnn INT8 written by edgekit: tiny_cnn calibrated on real images, run by the ncnn runtime with int8
+weights, compared with its quantized reference (float simulation of ncnn's int8 scheme), per blob;
+a wrong activation scale in the .bin is caught on exactly its layer; keep-float by class name."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.data import load_samples
+from edgekit.models import BUILTIN
+from edgekit.quant import QuantRecipe
+from edgekit.quant.reference import load_quantized_reference, run_program
+
+pytest.importorskip("ncnn")
+pytest.importorskip("pnnx")
+
+from edgekit.converters.ncnn import CONVERTER  # noqa: E402
+from edgekit.converters.ncnn_int8 import TAG_INT8, compare_blobs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    lm = BUILTIN["tiny_cnn"]()
+    data = load_samples(lm.default_data, lm.spec)
+    example = tuple(torch.from_numpy(a) for a in data.samples[0])
+    return lm, data.head(32), data.samples[32:], example
+
+
+@pytest.fixture(scope="module")
+def exported(setup, tmp_path_factory):
+    lm, calib, held, example = setup
+    out = tmp_path_factory.mktemp("ncnn_int8")
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), out, example, calibration=calib)
+    fp32 = CONVERTER.export(lm.module, lm.spec, None, tmp_path_factory.mktemp("ncnn_fp32"), example)
+    ref = run_program(load_quantized_reference(out / art.meta["reference"]).module(), held)[0]
+    return art, out, fp32, ref, run_program(lm.module, held)[0]
+
+
+def _records(art, out):
+    """(layer type, .param line) of every layer of the int8 .param."""
+    return [ln.split() for ln in (out / art.files[0]).read_text().splitlines()[2:]]
+
+
+def test_layout_meta_and_int8_records(exported):
+    art, out, fp32, *_ = exported
+    assert (art.target, art.precision, art.path) == ("ncnn", "int8", "tiny_cnn-int8.param")
+    assert art.files == ("tiny_cnn-int8.param", "tiny_cnn-int8.bin", "tiny_cnn-int8.reference.pt2")
+    assert all((out / f).is_file() for f in art.files)
+    assert json.loads(json.dumps(art.meta)) == art.meta
+    assert art.meta["output_scales"] is None and art.meta["reference"] == art.files[2]
+    assert art.meta["recipe"]["calibrator"] == "percentile" and art.meta["kept_float"] == []
+    quantized = [r for r in _records(art, out) if r[0] in ("Convolution", "ConvolutionDepthWise", "InnerProduct")]
+    assert len(quantized) == 6 and all("8=1" in r for r in quantized)
+    assert [q["module"] for q in art.meta["int8_layers"]] == ["stem.0", "block.0", "block.3", "block.6", "head.0", "classifier"]
+    # int8 weights: 2624 fp32 weights (10.5 kB) become 2624 bytes; the .bin shrinks ~3x
+    data = (out / art.files[1]).read_bytes()
+    assert data[:4] == struct.pack("<I", TAG_INT8)  # the stem conv's record starts with the int8 tag
+    assert len(data) == 4816 and art.meta["file_bytes"][1] == 4816  # FP32 .bin: 14336 bytes
+    scales = [q["input_scale"] for q in art.meta["int8_layers"]]
+    assert all(s > 0 for s in scales) and 127 / scales[2] <= 6.0 + 1e-5  # depthwise input is after ReLU6
+
+
+def test_fidelity_and_compression(exported, setup):
+    art, out, _, ref, fp32 = exported
+    held = setup[2]
+    run = CONVERTER.runner(art, out)
+    got = np.stack([run(s)[0] for s in held])
+    assert got.shape == ref.shape == (16, 1, 10)
+    # ncnn's int32 sums and the simulation's integer-valued float sums agree exactly on tiny_cnn
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    sqnr = 10 * np.log10((fp32 ** 2).sum() / ((got - fp32) ** 2).sum())
+    assert sqnr > 17.0  # measured 20.1 dB
+    assert (got.argmax(-1) == fp32.argmax(-1)).mean() >= 0.9  # measured 1.0
+
+
+def test_per_blob_report_is_clean(exported, setup):
+    art, out, *_ = exported
+    rep = compare_blobs(art, out, setup[2][:4])
+    assert json.loads(json.dumps(rep)) == rep
+    assert [r["layer"] for r in rep] == [q["layer"] for q in art.meta["int8_layers"]]
+    assert not any(r["flagged"] for r in rep)
+    assert min(r["local_sqnr_db"] for r in rep) > 60.0 and min(r["sqnr_db"] for r in rep) > 60.0
+
+
+def test_wrong_activation_scale_is_localised(exported, setup, tmp_path):
+    """x4 on the depthwise layer's input scale in the .bin: the file still loads and runs, and the
+    per-blob check flags exactly that layer."""
+    art, out, *_ = exported
+    for f in art.files:
+        shutil.copy(out / f, tmp_path / f)
+    dw = next(q for q in art.meta["int8_layers"] if q["op"] == "ConvolutionDepthWise")
+    data = bytearray((tmp_path / art.files[1]).read_bytes())
+    packed = struct.pack("<f", dw["input_scale"])
+    assert data.count(packed) == 1
+    at = data.index(packed)
+    data[at:at + 4] = struct.pack("<f", dw["input_scale"] * 4)
+    (tmp_path / art.files[1]).write_bytes(bytes(data))
+    rep = compare_blobs(art, tmp_path, setup[2][:4])
+    assert [r["layer"] for r in rep if r["flagged"]] == [dw["layer"]]
+    bad = next(r for r in rep if r["layer"] == dw["layer"])
+    assert bad["local_sqnr_db"] < 20.0
+
+
+def test_keep_float_by_class_name(setup, tmp_path):
+    lm, calib, _, example = setup
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(keep_float=("Linear",)), tmp_path, example,
+                           calibration=calib.head(8))
+    assert art.meta["kept_float"] == ["classifier"]
+    ip = next(r for r in _records(art, tmp_path) if r[0] == "InnerProduct")
+    assert "8=1" not in ip
+    assert [q["module"] for q in art.meta["int8_layers"]][-1] == "head.0"
