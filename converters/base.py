@@ -121,6 +121,12 @@ class Converter(ABC):
         ``meta["reference"]`` (see the pipeline: fidelity is judged against that reference).
         """
 
+    def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
+        """Per-layer fidelity of a quantized artifact against its quantized reference, layer by layer
+        (JSON-safe dicts: layer, op, max_steps or max_abs, sqnr_db, flagged), or None where the
+        target has no per-layer view. Runs in the runner's subprocess."""
+        return None
+
     @abstractmethod
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         """Load the artifact from the bundle folder ``root`` in the host runtime.

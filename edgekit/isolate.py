@@ -38,18 +38,20 @@ class RunOutcome:
 
 def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], *,
                  threads: int = 1, strict: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S, warmup: int = 1,
-                 launcher: Sequence[str] | None = None, extra_env: dict[str, str] | None = None) -> RunOutcome:
+                 launcher: Sequence[str] | None = None, extra_env: dict[str, str] | None = None,
+                 per_layer: int = 0) -> RunOutcome:
     """Run every sample through the artifact in a fresh interpreter; never raises for runtime faults.
 
     launcher: the interpreter command (default: this Python); e.g. an aarch64 Python under qemu-user,
     which then needs the edgekit sources on PYTHONPATH via extra_env.
+    per_layer: also compute the converter's per-layer fidelity on the first N samples (0: no).
     """
     with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
         tmp = Path(tmp)
         np.savez(tmp / "inputs.npz", **{f"in{k}": a for k, a in enumerate(inputs)})
         (tmp / "request.json").write_text(json.dumps({
             "target": target, "artifact": artifact, "root": str(Path(root).resolve()),
-            "threads": threads, "strict": strict, "warmup": warmup,
+            "threads": threads, "strict": strict, "warmup": warmup, "per_layer": per_layer,
         }))
         env = {**os.environ, **(extra_env or {})}
         # One thread for every runtime's pool and for BLAS, so host checks are reproducible.
@@ -116,18 +118,28 @@ def _child(tmp: Path) -> int:
             outs.append([np.asarray(o, dtype=np.float32) for o in out])
         stacked = {f"out{k}": np.stack([o[k] for o in outs]) for k in range(len(outs[0]))}
         np.savez(tmp / "outputs.npz", **stacked)
-        result = {"latency_ms": float(np.median(times)), "error": None}
+        result = {"latency_ms": float(np.median(times)), "error": None, "extra": {}}
+        if req.get("per_layer"):
+            stage = "per-layer"
+            samples = [tuple(a[i] for a in inputs) for i in range(min(n, req["per_layer"]))]
+            layers = conv.per_layer(Artifact.from_dict(req["artifact"]), Path(req["root"]), samples)
+            if layers is not None:
+                result["extra"]["per_layer"] = layers
     except UserError as exc:
         result = {"error": exc.to_dict()}
     except Exception as exc:  # a runtime's own exception: reported, not raised across the process
         message = f"{type(exc).__name__}: {exc}".strip()[:2000]
-        if stage == "load":
+        if stage == "per-layer":  # the outputs are fine; only the layer-by-layer view failed
+            result["extra"]["per_layer_error"] = message
+            np.savez(tmp / "outputs.npz", **stacked)
+            error = None
+        elif stage == "load":
             error = {"code": "E-ARTIFACT-CORRUPT", "message": f"cannot load {req['artifact']['path']}: {message}",
                      "fix": "re-export the bundle; if it persists, report the message"}
         else:
             error = {"code": "E-RUNTIME-FAILED", "message": f"running {req['artifact']['path']} raised {message}",
                      "fix": "check the inputs match the manifest; re-export; if it persists, report the message"}
-        result = {"error": error}
+        result = result if error is None else {"error": error}
     (tmp / "result.json").write_text(json.dumps(result))
     return 0
 

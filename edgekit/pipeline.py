@@ -22,6 +22,7 @@ from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
 
 DEFAULT_SAMPLES = 64
+PER_LAYER_SAMPLES = 4  # quantized artifacts: samples the layer-by-layer fidelity view runs on
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     """Run one artifact in its runtime subprocess; judge conversion fidelity against its reference
     and, for a quantized artifact, report compression cost against the FP32 original apart."""
     info = conv.info
-    size = sum((root / f).stat().st_size for f in art.files if (root / f).is_file())
+    shipped = [f for f in art.files if f != art.meta.get("reference")]  # the reference is edgekit's, not the app's
+    size = sum((root / f).stat().st_size for f in shipped if (root / f).is_file())
     notes = [f"deprecated: {info.deprecated}"] if info.deprecated else []
     notes += [f"quantization: {n}" for n in (art.meta.get("recipe_summary"), *art.meta.get("quant_notes", ())) if n]
     if info.not_runnable:
@@ -98,7 +100,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     except UserError as exc:
         return Checked(ParityResult(info.name, art.precision, "error", art.path, size, error=exc.to_dict(), notes=notes),
                        None, fp32_reference)
-    outcome = run_artifact(info.name, art.to_dict(), root, vset.stacked(), timeout_s=timeout_s)
+    outcome = run_artifact(info.name, art.to_dict(), root, vset.stacked(), timeout_s=timeout_s,
+                           per_layer=PER_LAYER_SAMPLES if art.meta.get("reference") else 0)
     if outcome.error:
         return Checked(ParityResult(info.name, art.precision, "error", art.path, size, None, len(vset),
                                     info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log),
@@ -109,6 +112,14 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
                   latency_ms=outcome.latency_ms, notes=notes)
     if reference is not fp32_reference:
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, classification)
+    for key in ("per_layer", "per_layer_error"):
+        if key in outcome.extra:
+            res.extra[key] = outcome.extra[key]
+    flagged = [layer["layer"] for layer in outcome.extra.get("per_layer", []) if layer.get("flagged")]
+    if flagged:
+        res.status = "fail"
+        res.failures.append(f"per-layer fidelity: layer(s) {', '.join(flagged)} do not compute their quantized "
+                            "reference (a conversion or runtime fault localised to them)")
     return Checked(res, outcome.outputs, reference)
 
 
