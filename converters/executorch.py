@@ -276,7 +276,7 @@ class ExecuTorchConverter(Converter):
                             "pass --data with samples of the model's inputs")
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         q = quantize(model, example_inputs, calibration.samples, recipe, quantizer, fold_quantize=True)
-        ref = out_dir / reference_name(spec.name)
+        ref = out_dir / reference_name(spec.name, "executorch")
         out_dir.mkdir(parents=True, exist_ok=True)
         save_quantized_reference(q.module, example_inputs, ref)
         try:

@@ -307,7 +307,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
     """FP32 ncnn via pnnx, then edgekit's INT8 rewrite; -> Artifact (files: .param, .bin, reference)."""
     from edgekit.quant.recipe import check, keep_float_modules
-    from edgekit.quant.reference import save_quantized_reference
+    from edgekit.quant.reference import reference_name, save_quantized_reference
 
     from .base import Artifact
     from .ncnn import _format_layers, _load_net, _parse_layers
@@ -339,7 +339,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         layers, int8_bin = write_int8(layers, bin_bytes, layout, qlayers)
         ref = build_reference(folded, qlayers)
         out_dir.mkdir(parents=True, exist_ok=True)
-        names = (stem + ".param", stem + ".bin", stem + ".reference.pt2")
+        names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
         write_atomic(out_dir / names[1], int8_bin)
         write_atomic(out_dir / names[0], _format_layers(layers).encode())
         save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])

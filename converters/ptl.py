@@ -148,7 +148,7 @@ def _write_reference(q, spec, recipe, out_dir: Path, example_inputs: tuple, cali
     """Save the float simulation next to the artifact; -> (artifact files, INT8 meta keys)."""
     from edgekit.quant.reference import reference_name, save_quantized_reference
 
-    ref = out_dir / reference_name(spec.name)
+    ref = out_dir / reference_name(spec.name, "ptl")
     save_quantized_reference(q.simulation, example_inputs, ref)
     notes = list(q.notes)
     notes.append("model I/O is float: the .ptl quantizes its inputs and dequantizes its outputs itself "

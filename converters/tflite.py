@@ -244,7 +244,7 @@ class TFLiteConverter(Converter):
         precision = "int8"
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
-        ref = out_dir / reference_name(spec.name)
+        ref = out_dir / reference_name(spec.name, "tflite")
         fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
         os.close(fd)
         tmp = Path(tmp_name)

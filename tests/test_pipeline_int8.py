@@ -14,7 +14,7 @@ from edgekit.cli import main
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "b"
-    assert main(["export", "tiny_cnn", "--targets", "tflite", "--quant", "int8", "--calibrator", "percentile",
+    assert main(["export", "tiny_cnn", "--targets", "tflite,ncnn", "--quant", "int8", "--calibrator", "percentile",
                  "--out", str(out), "--quiet"]) == 0
     return out
 
@@ -23,6 +23,7 @@ def test_fidelity_in_steps_and_cost_against_fp32_are_apart(int8_bundle):
     report = json.loads((int8_bundle / "report.json").read_text())
     t = report["targets"]["tflite:int8"]
     assert t["status"] == "pass" and t["precision"] == "int8"
+    assert report["targets"]["ncnn:int8"]["status"] == "pass" and report["targets"]["ncnn:int8"]["per_layer"]
     assert t["metrics"]["max_steps"] <= 2.0  # the file computes its quantization (within rounding)
     cost = t["compression"]["logits"]
     assert 10 < cost["sqnr_db"] < t["metrics"]["sqnr_db"]  # int8 vs FP32 is far worse than file vs its reference
@@ -36,6 +37,9 @@ def test_manifest_records_recipe_and_quantized_reference(int8_bundle):
     assert m["quantization"]["recipe"]["calibrator"] == "percentile" and m["quantization"]["calibration"]["count"] == 32
     art = m["artifacts"][0]
     assert art["meta"]["reference"] in [f["path"] for f in art["files"]] and art["meta"]["output_scales"][0] > 0
+    # each target quantizes its own way: one reference per artifact, never a shared (overwritten) file
+    refs = [a["meta"]["reference"] for a in m["artifacts"]]
+    assert len(refs) == 2 and len(set(refs)) == 2
 
 
 def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):

@@ -141,6 +141,9 @@ def mse(s: TensorStats, recipe) -> tuple[float, float]:
     return _bounded(*best, s)
 
 
+_KL_EPS = 1e-6  # floor of the normalised q where p > 0
+
+
 def entropy(s: TensorStats, recipe) -> tuple[float, float]:
     """KL-divergence threshold (TensorRT's calibration): the clip T of |x| whose int8 histogram
     loses the least information; range = [max(lo, -T), min(hi, T)].
@@ -173,13 +176,14 @@ def entropy(s: TensorStats, recipe) -> tuple[float, float]:
         # bin 0 (holding the exact zeros) is a group of its own
         groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
         groups[0] = levels
-        nonzero = (hist[:i] > 0).astype(np.float64)
+        nonzero = (p > 0).astype(np.float64)  # p's support: the clip bin holds the clipped values
         mass = np.bincount(groups, weights=hist[:i], minlength=levels + 1)
         width = np.bincount(groups, weights=nonzero, minlength=levels + 1)
         q = np.where(nonzero > 0, mass[groups] / np.maximum(width[groups], 1.0), 0.0)
         mask = p > 0
-        qm = np.where(q[mask] > 0, q[mask], 1e-12)
-        pn, qn = p[mask] / p.sum(), qm / max(q.sum(), 1e-12)
+        pn = p[mask] / p.sum()
+        qn = q[mask] / max(q.sum(), 1e-300)
+        qn = np.maximum(qn, _KL_EPS)  # a clip bin whose group is empty: finite, large cost
         kl = float(np.sum(pn * np.log(pn / qn)))
         if best_kl is None or kl < best_kl * (1 - 1e-12):
             best_i, best_kl = i, kl

@@ -15,7 +15,8 @@
    MinMaxObserver holding exactly that range (weights keep their per-channel min/max observers;
    int32 bias scales are derived from them by the quantizer's own derived specs);
 5. ``convert_pt2e(fold_quantize=False)``: the quantized reference (float simulation) that the
-   artifact must reproduce; bias correction, when asked, adjusts float biases and reconverts.
+   artifact must reproduce; bias correction, when asked, first adjusts the float biases of the
+   calibrated model (``equalize.correct_bias``).
 """
 from __future__ import annotations
 
@@ -214,10 +215,17 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
         pairs = equalize(model)
         notes.append(f"cross-layer equalization on {pairs} conv pairs")
+    example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x) for x in example_inputs)
+    float_gm = None
+    if recipe.bias_correction:  # the float model (after CLE, before ReLU6 -> ReLU) the biases are corrected towards
+        float_gm = torch.export.export(copy.deepcopy(model), example_inputs).module()
+        remove_identities(float_gm)
+        from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+        _fuse_conv_bn_(float_gm)  # as prepare_pt2e does: conv outputs are then compared after BatchNorm
     relu6 = relu6_to_relu(model) if recipe.fuse_relu6 else set()
     matched = keep_float_modules(model, recipe)
     _keep_float(quantizer, matched, model)
-    example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x) for x in example_inputs)
     gm = torch.export.export(model, example_inputs).module()
     removed = remove_identities(gm)
     if removed:
@@ -225,12 +233,13 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     prepared = prepare_pt2e(gm, quantizer)
     caps = _capped_sites(_activation_sites(prepared), relu6)
     ranges = calibrate_sites(prepared, samples, recipe, caps)
-    converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     if recipe.bias_correction:
         from .equalize import correct_bias
 
-        n = correct_bias(converted, gm, samples)
-        notes.append(f"bias correction on {n} layers")
+        with _OneThread():
+            n = correct_bias(prepared, float_gm, samples, lambda p: convert_pt2e(p, fold_quantize=False))
+        notes.append(f"empirical bias correction on {n} conv/linear layers")
+    converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
     move_exported_model_to_eval(converted)

@@ -25,8 +25,8 @@ class QuantRecipe:
     percentile: float = 99.99  # the percentile calibrator's clip point (both tails)
     bins: int = 2048  # histogram bins per sign of each activation (entropy / mse / percentile)
     keep_float: tuple[str, ...] = ()  # module names ("classifier.1", prefixes match) or class names ("Linear")
-    equalize: bool = False  # cross-layer equalization (Nagel et al. 2019): NOT implemented yet
-    bias_correction: bool = False  # empirical bias correction: NOT implemented yet
+    equalize: bool = False  # cross-layer equalization (Nagel et al. 2019; ReLU6 between pairs becomes ReLU)
+    bias_correction: bool = False  # empirical bias correction: per-channel mean error vs the float model removed
     fuse_relu6: bool = True  # conv+ReLU6 quantized as one op: the range is capped at 6 instead of a float clamp
     io: str = "int8"  # "int8": the file takes/returns int8 tensors (the runner converts); "float": float I/O
     max_samples: int = 256  # calibration samples used at most (the first N of the set)
@@ -74,9 +74,6 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
         raise UserError("E-ARGS", f"percentile {recipe.percentile} is outside (50, 100]", "pass e.g. 99.99")
     if not 128 <= recipe.bins <= 65536:
         raise UserError("E-ARGS", f"bins {recipe.bins} is outside [128, 65536]", "pass e.g. 2048")
-    if recipe.equalize or recipe.bias_correction:
-        raise UserError("E-ARGS", "cross-layer equalization and bias correction are not implemented yet",
-                        "leave equalize and bias_correction off")
     if recipe.io not in IO_DTYPES:
         raise UserError("E-ARGS", f"model I/O {recipe.io!r} is not one of {IO_DTYPES}", "use int8 or float")
     if recipe.max_samples < 1:

@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
 
 def test_int8_pte_matches_reference_within_one_step(exported):
     lm, art, out, held = exported
-    assert art.files == ("tiny_cnn-int8.pte", "tiny_cnn-int8.reference.pt2")
+    assert art.files == ("tiny_cnn-int8.pte", "tiny_cnn-int8.executorch.reference.pt2")
     assert art.meta["delegation"]["subgraphs"] >= 1
     assert "quantized_decomposed" not in " ".join(art.meta["delegation"]["portable_ops"])  # q/dq run in XNNPACK
     ref = run_program(load_quantized_reference(out / art.meta["reference"]).module(), held)[0]

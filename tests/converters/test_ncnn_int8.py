@@ -49,7 +49,7 @@ def _records(art, out):
 def test_layout_meta_and_int8_records(exported):
     art, out, fp32, *_ = exported
     assert (art.target, art.precision, art.path) == ("ncnn", "int8", "tiny_cnn-int8.param")
-    assert art.files == ("tiny_cnn-int8.param", "tiny_cnn-int8.bin", "tiny_cnn-int8.reference.pt2")
+    assert art.files == ("tiny_cnn-int8.param", "tiny_cnn-int8.bin", "tiny_cnn-int8.ncnn.reference.pt2")
     assert all((out / f).is_file() for f in art.files)
     assert json.loads(json.dumps(art.meta)) == art.meta
     assert art.meta["output_scales"] is None and art.meta["reference"] == art.files[2]

@@ -103,7 +103,7 @@ def exported(data, tmp_path_factory):
 def test_artifact_layout_and_meta(exported):
     lm, art, out, *_ = exported
     assert art.precision == "int8" and art.path == "tiny_cnn-int8.ptl"
-    assert art.files == ("tiny_cnn-int8.ptl", "tiny_cnn-int8.reference.pt2")
+    assert art.files == ("tiny_cnn-int8.ptl", "tiny_cnn-int8.ptl.reference.pt2")
     assert sorted(p.name for p in out.iterdir()) == sorted(art.files)  # no partial file left
     assert 0 < art.meta["output_scales"][0] < 1 and art.meta["engine"] == "qnnpack"
     assert art.meta["recipe"]["calibrator"] == "percentile" and art.meta["calibration"]["count"] == 32

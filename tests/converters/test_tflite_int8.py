@@ -63,9 +63,9 @@ def test_artifact_layout_and_meta(exported):
     art, out, *_ = exported
     assert art.precision == "int8"
     assert art.path == "tiny_cnn-int8.tflite"
-    assert art.files == ("tiny_cnn-int8.tflite", "tiny_cnn-int8.reference.pt2")
+    assert art.files == ("tiny_cnn-int8.tflite", "tiny_cnn-int8.tflite.reference.pt2")
     assert all((out / f).is_file() for f in art.files)
-    assert art.meta["reference"] == "tiny_cnn-int8.reference.pt2"
+    assert art.meta["reference"] == "tiny_cnn-int8.tflite.reference.pt2"
     assert len(art.meta["output_scales"]) == 1 and 0 < art.meta["output_scales"][0] < 1
     assert art.meta["inputs"][0]["dtype"] == "int8" and art.meta["outputs"][0]["dtype"] == "int8"
     assert art.meta["recipe"]["calibrator"] == "mse"

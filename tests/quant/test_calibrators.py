@@ -73,8 +73,9 @@ def test_mse_keeps_full_range_of_uniform_data():
 def test_entropy_on_gaussian():
     x = np.random.default_rng(4).standard_normal(200_000).astype(np.float32)
     lo, hi = C.entropy(stats_of(x), QuantRecipe())
-    assert lo == -hi
-    assert 2.5 < hi < float(np.abs(x).max())
+    t = max(-lo, hi)  # one threshold T on |x|, cut to the observed range on each side
+    assert lo == max(-t, float(x.min())) and hi == min(t, float(x.max()))
+    assert 3.0 < t < float(np.abs(x).max())
 
 
 def test_every_calibrator_is_deterministic_and_chunking_independent(heavy):
@@ -109,3 +110,38 @@ def test_unknown_calibrator_names_the_choices():
     assert e.value.code == "E-ARGS"
     for name in ("minmax", "percentile", "entropy", "mse"):
         assert name in e.value.fix
+
+
+def test_entropy_ignores_the_spike_of_exact_zeros():
+    """ReLU output = half exact zeros + |N(0,1)|. 0 is an exact int8 level, so the zeros must not
+    move the KL threshold: it must equal the threshold of |N(0,1)| alone (the textbook algorithm
+    smeared the spike over the first level and halved the range: 2.2 instead of ~4)."""
+    rng = np.random.default_rng(5)
+    g = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+    relu = np.concatenate([g, np.zeros(200_000, np.float32)])
+    relu90 = np.concatenate([g, np.zeros(1_800_000, np.float32)])
+    _, t_abs = C.entropy(stats_of(g), QuantRecipe())
+    for x in (relu, relu90):
+        lo, t = C.entropy(stats_of(x), QuantRecipe())
+        assert lo == 0.0
+        assert abs(t - t_abs) < 0.05 * t_abs
+    assert 3.5 < t_abs < float(g.max())
+
+
+@pytest.mark.parametrize("zeros", [0, 100_000])
+def test_entropy_clips_far_outliers_at_the_bulk_edge(zeros):
+    """Known answer: uniform bulk on [0, 1] plus 0.05 % outliers at 3. Clipping inside the bulk
+    distorts it; any T between 1 and 3 only moves the outliers into the clip bin; T = 3 spreads the
+    bulk over a third of the levels: the minimum is at the bulk's edge. (A clip bin whose group is
+    empty must cost a finite amount: the textbook q = 0 there made every T < 3 infinitely bad.)"""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(0, 1, 200_000), np.full(100, 3.0), np.zeros(zeros)]).astype(np.float32)
+    lo, hi = C.entropy(stats_of(x), QuantRecipe())
+    assert lo == 0.0 and 0.98 < hi < 1.05
+
+
+def test_entropy_keeps_uniform_data_whole():
+    for lo0, hi0 in ((0.0, 1.0), (-1.0, 1.0), (-0.1, 10.0)):
+        x = np.random.default_rng(7).uniform(lo0, hi0, 200_000).astype(np.float32)
+        lo, hi = C.entropy(stats_of(x), QuantRecipe())
+        assert lo < lo0 + 0.02 * (hi0 - lo0) and hi > 0.98 * hi0
