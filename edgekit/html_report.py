@@ -34,7 +34,7 @@ h2{font-size:18px;margin:34px 0 10px;font-weight:600}
 .card span{color:#656d76;font-size:13px}
 .panel{background:#fff;border:1px solid #d0d7de;border-radius:10px;padding:14px 16px;overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{padding:7px 10px;text-align:right;border-bottom:1px solid #eaeef2;white-space:nowrap}
+th,td{padding:6px 8px;text-align:right;border-bottom:1px solid #eaeef2;white-space:nowrap;font-size:14px}
 th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#656d76;font-weight:600}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2),th:nth-child(3),td:nth-child(3){text-align:left}
 tr:last-child td{border-bottom:none}
@@ -195,7 +195,7 @@ def per_layer_chart(key: str, entries: list) -> str | None:
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("SQNR dB", fontsize=9, color=MUTED)
-    ax.set_title(f"{key}: per-layer SQNR against the FP32 model (higher is better)", fontsize=10, loc="left")
+    ax.set_title(f"{key}: per-layer SQNR against its quantized reference (higher is better)", fontsize=10, loc="left")
     ax.grid(axis="y", color=GRID, linewidth=0.6)
     _style(ax)
     fig.tight_layout()
@@ -238,6 +238,19 @@ def _table(targets: dict) -> str:
     return f'<table id="targets"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _cost_table(targets: dict) -> str:
+    """Compression cost (quantized artifacts): the deployed outputs against the FP32 original."""
+    rows = [(k, out, c) for k, t in targets.items() for out, c in (t.get("compression") or {}).items()]
+    if not rows:
+        return ""
+    head = ["target", "output", "SQNR dB vs FP32", "cosine min", "top-1 agree with FP32", "max abs"]
+    body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(out)}</td><td>{_fmt(c.get('sqnr_db'), 'db')}</td>"
+                   f"<td>{_fmt(c.get('cosine_min'), 'cos')}</td><td>{_fmt(c.get('top1_agreement'), 'pct')}</td>"
+                   f"<td>{_fmt(c.get('max_abs'), 'e')}</td></tr>" for k, out, c in rows)
+    ths = "".join(f"<th>{escape(h)}</th>" for h in head)
+    return f'<table id="compression"><thead><tr>{ths}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _problems(targets: dict) -> str:
     items = []
     for key, t in targets.items():
@@ -267,10 +280,16 @@ def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> st
              ("exact" if sqnrs and math.isinf(min(sqnrs)) else (f"{min(sqnrs):.1f} dB" if sqnrs else "-"), "worst SQNR")]
     parts.append('<div class="cards">' + "".join(f"<div class=\"card\"><b>{escape(str(v))}</b><span>{escape(l)}</span></div>"
                                                  for v, l in cards) + "</div>")
-    parts.append('<h2>Targets</h2><div class="panel">' + _table(targets) +
-                 '<p class="note">Each artifact is compared with its PyTorch reference on the samples above. '
-                 "max abs / limit: the largest error as a fraction of what the tolerance allows (above 1 fails). "
-                 "Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
+    parts.append('<h2>Conversion fidelity</h2><div class="panel">' + _table(targets) +
+                 '<p class="note">Each artifact is compared with its PyTorch reference on the samples above: the FP32 '
+                 "model, or for a quantized file the float simulation of exactly its quantization (error also in output "
+                 "quantization steps). max abs / limit: the largest error as a fraction of what the tolerance allows "
+                 "(above 1 fails). Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
+    cost = _cost_table(targets)
+    if cost:
+        parts.append('<h2>Compression cost</h2><div class="panel">' + cost +
+                     '<p class="note">How far the deployed file is from the FP32 original: a recipe question '
+                     "(calibration, layers kept in float), not a converter one.</p></div>")
     problems = _problems(targets)
     if problems:
         parts.append('<h2>What diverged</h2><div class="panel">' + problems + "</div>")
