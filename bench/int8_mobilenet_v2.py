@@ -65,10 +65,14 @@ def main(quick: bool) -> None:
     print(rows[-1], flush=True)
     variants = [("mse", dict(calibrator="mse")), ("minmax", dict(calibrator="minmax")),
                 ("percentile 99.99", dict(calibrator="percentile")), ("entropy", dict(calibrator="entropy")),
-                ("mse, no ReLU6 fusing", dict(calibrator="mse", fuse_relu6=False))]
+                ("mse, no ReLU6 fusing", dict(calibrator="mse", fuse_relu6=False)),
+                ("percentile + CLE", dict(equalize=True)),
+                ("percentile + bias correction (depthwise)", dict(bias_correction=True)),
+                ("percentile + CLE + bias correction", dict(equalize=True, bias_correction=True)),
+                ("percentile, classifier kept float", dict(keep_float=("classifier",)))]
     for label, kw in variants:
         t = time.time()
-        q = quantize(lm.module, example, calib, QuantRecipe(equalize=False, bias_correction=False, **kw), litert_quantizer())
+        q = quantize(lm.module, example, calib, QuantRecipe(**kw), litert_quantizer())
         rows.append({"flow": f"edgekit {label}", "where": "convert_pt2e reference", **metrics(run_program(q.module, held)[0], fp32),
                      "seconds": round(time.time() - t, 1)})
         print(rows[-1], flush=True)
@@ -77,13 +81,13 @@ def main(quick: bool) -> None:
 
         with tempfile.TemporaryDirectory() as d:
             t = time.time()
-            art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(equalize=False, bias_correction=False), Path(d), example,
+            art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), Path(d), example,
                                    calibration=data.head(32))
             run = CONVERTER.runner(art, Path(d))
             got = np.stack([run(s)[0] for s in held])
             r = run_program(load_quantized_reference(Path(d) / art.meta["reference"]).module(), held)[0]
             st = np.abs(got - r) / art.meta["output_scales"][0]
-            rows.append({"flow": "edgekit mse -> .tflite (ai-edge-litert, XNNPACK, 1 thread)", "where": "artifact",
+            rows.append({"flow": "edgekit default recipe -> .tflite (ai-edge-litert, XNNPACK, 1 thread)", "where": "artifact",
                          **metrics(got, fp32), "steps_vs_reference_max": float(st.max()),
                          "steps_vs_reference_mean": round(float(st.mean()), 2),
                          "size_bytes": (Path(d) / art.path).stat().st_size, "seconds": round(time.time() - t, 1)})

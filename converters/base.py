@@ -40,6 +40,13 @@ class Tolerance:
 
 FP32_TOLERANCE = Tolerance(max_abs_rel=1e-4, min_cosine=0.9999, min_top1=1.0)
 
+# End-to-end INT8 fidelity (artifact vs its quantized float simulation) can only be judged against
+# the noise floor of integer kernels: measured on the MobileNetV2 INT8 .tflite, 16 held-out photos,
+# XNNPACK vs TFLite's reference kernels on the same file (both correct) differ by max 14 / mean 2.0
+# output steps and agree on top-1 for 75%. The bounds sit beyond that floor; the sharp check is per
+# layer (Converter.per_layer: every layer within ~1 step, flagged above 2), which localises faults.
+INT8_END_TO_END_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_steps=32.0)
+
 
 @dataclass(frozen=True)
 class TargetInfo:

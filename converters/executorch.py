@@ -35,14 +35,13 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo
 
 NAME = "executorch"
 EXTRA = "executorch"  # the pip extra in pyproject.toml
 METHOD = "forward"
 # INT8 conversion fidelity vs the quantized reference (convert_pt2e program); XNNPACK's integer
 # kernels drift from the float simulation by rounding (floor measured by bench/int8_mobilenet_v2.py).
-INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
 
 # How lowering and emission name an operator they cannot take.
 _MISSING_OUT = re.compile(r"Missing out variants: \{([^}]*)\}")
@@ -191,7 +190,7 @@ class ExecuTorchConverter(Converter):
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",
         precisions=("fp32", "int8"),
-        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE},
         delegates=("xnnpack",),
         extra=EXTRA,
         modules=(),

@@ -25,14 +25,13 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo
 
 NAME = "tflite"
 SIGNATURE = "serving_default"
 # INT8 conversion fidelity vs the quantized reference (the convert_pt2e program): integer kernels and
 # the float simulation drift apart by rounding (measured floor on MobileNetV2 with edgekit's recipe,
 # bench/int8_mobilenet_v2.py; see edgekit/quant/fidelity.py for the per-layer check).
-INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.99, min_top1=0.9, max_steps=32.0)
 
 # Messages the toolchain and the runtime use for an operator they cannot take.
 _NO_LOWERING = re.compile(r"Lowering not found: (\S+)")
@@ -180,7 +179,7 @@ class TFLiteConverter(Converter):
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
         precisions=("fp32", "int8"),
-        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_TOLERANCE},
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE},
         delegates=("xnnpack", "nnapi", "gpu"),
         extra="tflite",
         modules=("litert_torch",),
@@ -271,6 +270,14 @@ class TFLiteConverter(Converter):
             "quant_notes": q.notes,
         })
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
+
+    def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
+        """Each int8 tensor of the file against the reference op fed the runtime's own input."""
+        if not artifact.meta.get("reference"):
+            return None
+        from edgekit.quant.per_layer import tflite_per_layer
+
+        return tflite_per_layer(Path(root) / artifact.path, Path(root) / artifact.meta["reference"], samples)
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         interp = _open(Path(root) / artifact.path, threads)

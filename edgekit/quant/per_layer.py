@@ -1,0 +1,205 @@
+"""Per-layer conversion fidelity of an INT8 .tflite against its quantized reference, and per-layer
+compression cost of the quantized reference against FP32.
+
+``tflite_per_layer(artifact, reference, samples, float_model=None)``:
+1. the .tflite runs with every intermediate tensor kept (``experimental_preserve_all_tensors``,
+   reference kernels: no delegate may fuse tensors away, 1 thread);
+2. each int8 tensor an op writes is matched to an activation quantize node of the reference
+   (the ``convert_pt2e`` program) with equal scale, zero point and element count, in execution order;
+3. the reference runs once per sample with every matched activation *replaced by the runtime's own
+   int8 tensor*, so each reference op computes from exactly the input the runtime's op had; the
+   reference's int8 result of each op is compared with the runtime's, in int8 steps;
+4. a layer's error is the max over channels of the max |difference| (a one-channel fault moves
+   ~1 % of the values: a mean would hide it).
+With ``float_model``, each layer also gets the SQNR of the quantized reference vs FP32 at the conv /
+linear / add that produces it (where precision is lost: candidates for ``--keep-float``).
+Rows are JSON-safe: {"layer", "op", "module", "max_steps", "mean_steps", "worst_channel", "sqnr_db"}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import UserError
+
+FLAG_STEPS = 2.0  # a layer more than this many steps from its reference is flagged (clean: <= 1)
+_COMPUTE = ("conv", "linear", "add", "mean", "mul", "cat", "max_pool", "avg_pool", "relu", "hardtanh")
+
+
+def _q_nodes(gm):
+    """Activation quantize_per_tensor nodes of the reference (not weights / biases), graph order."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith("quantized_decomposed.quantize_per_tensor"):
+            src = n.args[0]
+            if isinstance(src, type(n)) and src.op == "get_attr":
+                continue
+            if n.args[5] != __import__("torch").int8 if len(n.args) > 5 else False:
+                continue
+            out.append(n)
+    return out
+
+
+def _producer(qnode):
+    """The compute node whose output a quantize node quantizes: a conv fused with its ReLU is
+    named by the conv (the ReLU is the quantizer's clamp)."""
+    src = qnode.args[0]
+    if src.op == "call_function" and any(k in str(src.target) for k in ("relu", "hardtanh")):
+        inner = src.args[0]
+        if inner.op == "call_function" and any(k in str(inner.target) for k in ("conv", "linear")):
+            return inner
+    return src
+
+
+def _module_of(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0].removeprefix("L['self'].") if stack else ""
+
+
+def _to_nchw(a: np.ndarray, shape) -> np.ndarray:
+    """litert-torch computes 4-D activations in NHWC (TRANSPOSE at the edges): back to torch's NCHW."""
+    if a.ndim == 4 and list(a.transpose(0, 3, 1, 2).shape) == list(shape):
+        return a.transpose(0, 3, 1, 2)
+    return a.reshape(shape)
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    return interp
+
+
+def _match(interp, qnodes) -> list[tuple[int, str, object]]:
+    """(tflite tensor index, tflite op name, reference quantize node) in execution order."""
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    used, pairs = set(), []
+    for op in interp._get_ops_details():
+        for t in op["outputs"]:
+            d = details.get(int(t))
+            if d is None or np.dtype(d["dtype"]) != np.int8:
+                continue
+            scale, zp = d["quantization"]
+            if not scale:
+                continue
+            size = int(np.prod(d["shape"]))
+            for q in qnodes:
+                if q.name in used:
+                    continue
+                val = q.meta.get("val")
+                qsize = int(np.prod(val.shape)) if val is not None else -1
+                if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp) and qsize == size:
+                    used.add(q.name)
+                    pairs.append((int(t), op["op_name"], q))
+                    break
+    return pairs
+
+
+def _run_injected(gm, sample, inject: dict):
+    """Run the reference; each node in ``inject`` (name -> int8 tensor) returns the given tensor, and
+    what the reference itself computed there (from injected inputs) is returned by name."""
+    import torch
+
+    computed = {}
+
+    class _Injected(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in inject:
+                computed[n.name] = out
+                return inject[n.name]
+            return out
+
+    with torch.no_grad():
+        _Injected(gm).run(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+    return computed
+
+
+def _float_sqnr(reference_gm, float_model, samples, names: list[str]) -> dict[str, float]:
+    """SQNR (dB) of the reference's float value at each named compute node vs the same node of the
+    float model (exported the same way, BatchNorm folded as prepare_pt2e does)."""
+    import torch
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    from .equalize import _graph_outputs
+    from .pt2e import remove_identities
+
+    example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in samples[0])
+    fg = torch.export.export(float_model.eval(), example).module()
+    remove_identities(fg)
+    _fuse_conv_bn_(fg)
+    def same_op(a, b):
+        va, vb = a.meta.get("val"), b.meta.get("val")
+        return a.target == b.target and va is not None and vb is not None and tuple(va.shape) == tuple(vb.shape)
+
+    fnodes = {n.name: n for n in fg.graph.nodes}
+    rnodes = {n.name: n for n in reference_gm.graph.nodes}
+    names = [n for n in names if n in fnodes and n in rnodes and same_op(fnodes[n], rnodes[n])
+             and any(k in str(rnodes[n].target) for k in ("conv", "linear", "add"))]
+    if not names:
+        return {}
+    gf, gr = _graph_outputs(fg, names), _graph_outputs(reference_gm, names)
+    sig, err = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        for s in samples:
+            args = [torch.from_numpy(np.ascontiguousarray(a)) for a in s]
+            for n, f, r in zip(names, gf(*args), gr(*args)):
+                f, r = f.double(), r.double()
+                sig[n] += float((f * f).sum())
+                err[n] += float(((r - f) ** 2).sum())
+    return {n: round(10 * float(np.log10(max(sig[n], 1e-30) / max(err[n], 1e-30))), 2) for n in names}
+
+
+def tflite_per_layer(artifact_path, reference_program_path, samples, float_model=None) -> list[dict]:
+    """Per-layer error of an INT8 .tflite vs its quantized reference (see the module docstring)."""
+    from .reference import load_quantized_reference
+
+    samples = list(samples)
+    if not samples:
+        raise UserError("E-DATA-EMPTY", "per-layer check got no samples", "pass at least one input tuple")
+    gm = load_quantized_reference(Path(reference_program_path)).module()
+    interp = _interpreter(Path(artifact_path))
+    pairs = _match(interp, _q_nodes(gm))
+    inputs = interp.get_input_details()
+    worst: dict[str, np.ndarray] = {}
+    sums: dict[str, list[float]] = {}
+    for sample in samples:
+        for d, a in zip(inputs, sample):
+            a = np.asarray(a)
+            if np.dtype(d["dtype"]) == np.int8 and a.dtype.kind == "f":
+                scale, zp = d["quantization"]
+                a = np.clip(np.round(a / np.float32(scale)) + zp, -128, 127).astype(np.int8)
+            interp.set_tensor(d["index"], a.astype(d["dtype"]))
+        interp.invoke()
+        import torch
+
+        got = {q.name: _to_nchw(interp.get_tensor(t), tuple(q.meta["val"].shape)) for t, _, q in pairs}
+        computed = _run_injected(gm, sample, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()})
+        for name, ref in computed.items():
+            diff = np.abs(ref.numpy().astype(np.int32) - got[name].astype(np.int32))
+            per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
+            worst[name] = np.maximum(worst.get(name, per_ch), per_ch)
+            s = sums.setdefault(name, [0.0, 0.0])
+            s[0] += float(diff.sum())
+            s[1] += diff.size
+    producers = {q.name: _producer(q) for _, _, q in pairs}
+    sq = _float_sqnr(gm, float_model, samples, [p.name for p in producers.values()]) if float_model is not None else {}
+    rows = []
+    for t, op, q in pairs:
+        w, p = worst.get(q.name), producers[q.name]
+        if w is None or p.op == "placeholder":
+            continue  # the graph input: nothing computes it
+        rows.append({"layer": p.name, "op": op, "module": _module_of(p),
+                     "max_steps": float(w.max()), "mean_steps": round(sums[q.name][0] / max(sums[q.name][1], 1), 4),
+                     "worst_channel": int(w.argmax()), "sqnr_db": sq.get(p.name),
+                     "flagged": bool(w.max() > FLAG_STEPS)})
+    return rows
+
+
+def keep_float_suggestions(rows: list[dict], n: int = 3) -> list[str]:
+    """The modules of the n layers with the lowest reference-vs-FP32 SQNR (``--keep-float`` candidates)."""
+    with_sq = [r for r in rows if r.get("sqnr_db") is not None and r.get("module")]
+    return [r["module"] for r in sorted(with_sq, key=lambda r: r["sqnr_db"])[:n]]
