@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--percentile", type=float, help="int8 with --calibrator percentile: the clip point, e.g. 99.99")
     e.add_argument("--keep-float", default="", metavar="LAYERS",
                    help="int8: comma-separated module names (prefixes match) or class names kept in float")
+    e.add_argument("--equalize", action="store_true", help="int8: cross-layer equalization before quantizing")
+    e.add_argument("--bias-correction", action="store_true", help="int8: empirical bias correction of depthwise layers")
     e.add_argument("--json", help="also write report.json to this file")
     e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip())
             job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout,
-                            args.quant, args.calibrator, args.percentile, keep)
+                            args.quant, args.calibrator, args.percentile, keep, args.equalize, args.bias_correction)
             return _print_outcome(export_bundle(job, progress, command), args.json)
         if args.command == "run":
             from edgekit.config import load_config

@@ -39,6 +39,8 @@ class ExportJob:
     calibrator: str | None = None  # int8: minmax, percentile, entropy, mse (default: the recipe's)
     percentile: float | None = None  # int8 with the percentile calibrator
     keep_float: tuple[str, ...] = ()  # int8: module names or class names kept in float
+    equalize: bool = False  # int8: cross-layer equalization (Nagel et al. 2019)
+    bias_correction: bool = False  # int8: empirical bias correction
 
 
 @dataclass
@@ -170,7 +172,8 @@ def _recipe(job: ExportJob):
     """The job's QuantRecipe (None for FP32); quantization options without --quant int8 are refused."""
     if job.quant == "fp32":
         given = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
-                                ("--keep-float", job.keep_float)) if v]
+                                ("--keep-float", job.keep_float), ("--equalize", job.equalize),
+                                ("--bias-correction", job.bias_correction)) if v]
         if given:
             raise UserError("E-ARGS", f"{', '.join(given)} only apply to a quantized export", "add --quant int8, or drop them")
         return None
@@ -179,7 +182,8 @@ def _recipe(job: ExportJob):
     from edgekit.quant import QuantRecipe, check
 
     chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile)) if v is not None}
-    return check(QuantRecipe(keep_float=tuple(job.keep_float), **chosen))
+    return check(QuantRecipe(keep_float=tuple(job.keep_float), equalize=job.equalize,
+                             bias_correction=job.bias_correction, **chosen))
 
 
 def _check_precision(convs: list[Converter], precision: str) -> None:

@@ -56,6 +56,7 @@ def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):
 @pytest.mark.parametrize("args, code", [
     (["--targets", "onnx", "--quant", "int8"], "E-TARGET-PRECISION"),
     (["--targets", "tflite", "--calibrator", "mse"], "E-ARGS"),
+    (["--targets", "tflite", "--equalize"], "E-ARGS"),
     (["--targets", "tflite", "--quant", "int8", "--keep-float", "nonexistent_layer"], "E-ARGS"),
 ])
 def test_bad_quantization_arguments_are_coded(tmp_path, capsys, args, code):
