@@ -37,6 +37,7 @@ from torch import nn
 
 from edgekit.errors import UnsupportedOpError
 from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrator
+from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import QuantRecipe, keep_float_modules
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
@@ -134,16 +135,6 @@ def _caps(prepared, groups) -> dict[int, float]:
     return caps
 
 
-class _Site(nn.Module):
-    def __init__(self, name, collector, cap):
-        super().__init__()
-        self.site, self.collector, self.cap = name, collector, cap
-
-    def forward(self, x):
-        if self.cap is not None:
-            x = x.clamp(max=self.cap)
-        self.collector.observe(self.site, x)
-        return x
 
 
 def _run(module, samples) -> None:
@@ -162,7 +153,7 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
     originals = {}
     for gid, names in groups.items():
         originals[gid] = prepared.get_submodule(names[0])
-        site = _Site(names[0], collector, caps.get(gid))
+        site = RangeProbe(names[0], collector, caps.get(gid))
         for n in names:
             setattr(prepared, n, site)
     n_threads = torch.get_num_threads()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .calibrators import TensorStatsCollector, get as get_calibrator
+from .probe import RangeProbe
 from .recipe import QuantRecipe, keep_float_modules
 
 _IDENTITY_OPS = ("aten.dropout.default", "aten.dropout_.default", "aten.clone.default",
@@ -46,18 +47,6 @@ class Quantized:
     notes: list[str] = field(default_factory=list)
 
 
-class _Site(nn.Module):
-    """Stands in for one activation observer during calibration: records, optionally clamps."""
-
-    def __init__(self, name: str, collector: TensorStatsCollector, cap: float | None):
-        super().__init__()
-        self.site, self.collector, self.cap = name, collector, cap
-
-    def forward(self, x):
-        if self.cap is not None:
-            x = x.clamp(max=self.cap)
-        self.collector.observe(self.site, x)
-        return x
 
 
 def relu6_to_relu(model: nn.Module) -> set[str]:
@@ -148,7 +137,7 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
     originals = {name: prepared.get_submodule(name) for name in sites}
     collector = TensorStatsCollector(recipe.bins)
     for name in sites:
-        setattr(prepared, name, _Site(name, collector, caps.get(name)))
+        setattr(prepared, name, RangeProbe(name, collector, caps.get(name)))
     with _OneThread():
         _run(prepared, samples)
         collector.next_phase()
