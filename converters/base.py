@@ -68,6 +68,7 @@ class TargetInfo:
     arm: bool = False  # the runner also works on aarch64 under qemu-user (needs only runtime_modules)
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
     not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
+    app_platforms: tuple[str, ...] = ()  # apps that load this file (`edgekit bundle --android/--ios`)
 
     def to_dict(self) -> dict:
         d = asdict(self)

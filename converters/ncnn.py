@@ -422,6 +422,7 @@ class NcnnConverter(Converter):
         modules=("pnnx",),
         runtime_modules=("ncnn",),
         arm=True,
+        app_platforms=("android", "ios"),
         relaxed_defaults=True,
         packages=("pnnx", "ncnn"),
         exporter="torch.jit.trace -> pnnx (fp16=0) -> ncnn .param/.bin; leftovers with an exact ncnn form rewritten",

@@ -185,6 +185,7 @@ class TFLiteConverter(Converter):
         modules=("litert_torch",),
         runtime_modules=("ai_edge_litert|tflite_runtime",),
         arm=True,
+        app_platforms=("android", "ios"),
         packages=("litert-torch", "ai-edge-litert", "torchao"),
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer)",
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",

@@ -13,9 +13,7 @@ from pathlib import Path
 from edgekit import bundle as B
 from edgekit.errors import UserError
 
-# Which artifacts each platform's app can load (Android: TFLite with CPU/GPU/NNAPI delegates;
-# iOS: TFLite via TensorFlowLiteSwift, and ncnn's iOS framework).
-PLATFORM_TARGETS = {"android": ("tflite",), "ios": ("tflite", "ncnn")}
+PLATFORMS = ("android", "ios")  # which targets each loads is in the capability table (app_platforms)
 SIDE_FILES = ("manifest.json", "labels.txt")
 
 
@@ -23,7 +21,9 @@ def copy_for_app(bundle: str | Path, dest: str | Path, platform: str) -> list[st
     """Copy the manifest, labels, tokenizer and the platform's artifacts; -> relative paths copied."""
     root, dest = Path(bundle), Path(dest)
     manifest = B.read_manifest(root)
-    targets = PLATFORM_TARGETS[platform]
+    from edgekit.converters import all_converters
+
+    targets = tuple(c.info.name for c in all_converters() if platform in c.info.app_platforms)
     arts = [a for a in manifest.get("artifacts", []) if a["target"] in targets]
     if not arts:
         raise UserError("E-BUNDLE-INVALID", f"{root} has no {' or '.join(targets)} artifact for {platform}",

@@ -48,33 +48,9 @@ def assert_parity(out: np.ndarray, ref: np.ndarray, rel: float = 1e-4) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Each tiny model exported once for the module: name -> (LoadedModel, Artifact, bundle folder)."""
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            lm = BUILTIN[name]()
-            root = tmp_path_factory.mktemp(name)
-            cache[name] = (lm, CONVERTER.export(lm.module, lm.spec, None, root, lm.example_inputs), root)
-        return cache[name]
-
-    return get
-
-
-@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_transformer"])
-def test_fp32_parity_in_process_and_isolated(exported, name):
-    lm, art, root = exported(name)
-    stacked = samples(lm.spec, 4)
-    ref = reference(lm.module, stacked)
-    run = CONVERTER.runner(art, root, threads=1)
-    out = np.stack([run([a[i] for a in stacked])[0] for i in range(4)])
-    assert_parity(out, ref)
-
-    outcome = run_artifact(TARGET, art.to_dict(), root, stacked)
-    assert outcome.error is None, outcome.error
-    assert_parity(outcome.outputs[0], ref)
-    assert outcome.latency_ms is not None and outcome.latency_ms > 0
+def exported(tiny_export):
+    """name -> (LoadedModel, Artifact, bundle folder), each tiny model exported once (shared)."""
+    return lambda name: tiny_export(TARGET, name)
 
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "tiny_transformer"])

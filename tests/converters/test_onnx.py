@@ -37,21 +37,10 @@ def _(x):
     return torch.empty_like(x)
 
 
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])
-def exported(request, tmp_path_factory):
-    """(loaded model, artifact, bundle folder) for one tiny built-in model, exported once."""
-    loaded = BUILTIN[request.param]()
-    out = tmp_path_factory.mktemp(f"onnx-{request.param}")
-    artifact = CONVERTER.export(loaded.module, loaded.spec, None, out, loaded.example_inputs)
-    return loaded, artifact, out
+def exported(request, tiny_export):
+    """(loaded model, artifact, bundle folder) for one tiny built-in model (shared, exported once)."""
+    return tiny_export(CONVERTER.info.name, request.param)
 
 
 def test_export_writes_one_self_contained_file(exported):
@@ -65,22 +54,6 @@ def test_export_writes_one_self_contained_file(exported):
     assert [i.name for i in model.graph.input] == loaded.spec.input_names
     assert [o.name for o in model.graph.output] == loaded.spec.output_names
     assert artifact.meta["opset"] == next(o.version for o in model.opset_import if o.domain == "")
-
-
-def test_parity_in_process(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES)
-    run = CONVERTER.runner(artifact, out, threads=1)
-    assert_close(np.stack([run(s)[0] for s in samples]), torch_outputs(loaded.module, samples))
-
-
-def test_parity_isolated(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES, seed=1)
-    res = run_artifact("onnx", artifact.to_dict(), out, stack(samples))
-    assert res.error is None, res.error
-    assert res.latency_ms is not None and res.latency_ms > 0
-    assert_close(res.outputs[0], torch_outputs(loaded.module, samples))
 
 
 class _Embed(torch.nn.Module):

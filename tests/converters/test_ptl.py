@@ -27,21 +27,10 @@ def _mystery(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 + 1.0
 
 
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])
-def exported(request, tmp_path_factory):
-    """(loaded model, artifact, bundle folder) for one tiny built-in model, exported once."""
-    loaded = BUILTIN[request.param]()
-    out = tmp_path_factory.mktemp(f"ptl-{request.param}")
-    artifact = CONVERTER.export(loaded.module, loaded.spec, None, out, loaded.example_inputs)
-    return loaded, artifact, out
+def exported(request, tiny_export):
+    """(loaded model, artifact, bundle folder) for one tiny built-in model (shared, exported once)."""
+    return tiny_export(CONVERTER.info.name, request.param)
 
 
 def test_export_writes_one_file(exported):
@@ -52,22 +41,6 @@ def test_export_writes_one_file(exported):
     assert json.loads(json.dumps(artifact.meta)) == artifact.meta
     assert artifact.meta["inputs"] == loaded.spec.input_names
     assert artifact.meta["capture"] == "trace"  # both tiny models trace faithfully
-
-
-def test_parity_in_process(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES)
-    run = CONVERTER.runner(artifact, out, threads=1)
-    assert_close(np.stack([run(s)[0] for s in samples]), torch_outputs(loaded.module, samples))
-
-
-def test_parity_isolated(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES, seed=1)
-    res = run_artifact("ptl", artifact.to_dict(), out, stack(samples))
-    assert res.error is None, res.error
-    assert res.latency_ms is not None and res.latency_ms > 0
-    assert_close(res.outputs[0], torch_outputs(loaded.module, samples))
 
 
 class _ValueDependent(torch.nn.Module):

@@ -27,19 +27,10 @@ from edgekit.converters.tflite import CONVERTER  # noqa: E402
 N_SAMPLES = 4
 
 
-
-
-
-
-
-
 @pytest.fixture(scope="module", params=["tiny_cnn", "tiny_transformer"])
-def exported(request, tmp_path_factory):
-    """(loaded model, artifact, bundle folder) for one built-in tiny model, exported once."""
-    loaded = BUILTIN[request.param]()
-    out = tmp_path_factory.mktemp(f"tflite-{request.param}")
-    artifact = CONVERTER.export(loaded.module, loaded.spec, None, out, loaded.example_inputs)
-    return loaded, artifact, out
+def exported(request, tiny_export):
+    """(loaded model, artifact, bundle folder) for one tiny built-in model (shared, exported once)."""
+    return tiny_export(CONVERTER.info.name, request.param)
 
 
 def test_export_writes_one_file_and_records_io(exported):
@@ -55,25 +46,6 @@ def test_export_writes_one_file_and_records_io(exported):
         assert t["shape"] == list(spec_t.shape)
         assert t["dtype"] == ("int32" if spec_t.dtype == "int64" else spec_t.dtype)
     assert [t["name"] for t in artifact.meta["outputs"]] == loaded.spec.output_names
-
-
-def test_parity_in_process(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES)
-    run = CONVERTER.runner(artifact, out, threads=1)
-    got = np.stack([run(s)[0] for s in samples])
-    assert got.dtype == np.float32
-    assert_close(got, torch_outputs(loaded.module, samples))
-
-
-def test_parity_isolated(exported):
-    loaded, artifact, out = exported
-    samples = make_inputs(loaded.spec, N_SAMPLES, seed=1)
-    stacked = [np.stack([s[k] for s in samples]) for k in range(len(loaded.spec.inputs))]
-    res = run_artifact("tflite", artifact.to_dict(), out, stacked)
-    assert res.error is None, res.error
-    assert res.latency_ms is not None and res.latency_ms > 0
-    assert_close(res.outputs[0], torch_outputs(loaded.module, samples))
 
 
 class _ThreeInputs(torch.nn.Module):
