@@ -34,7 +34,7 @@ def _calibrators() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.isolate import DEFAULT_TIMEOUT_S
-    from edgekit.pipeline import DEFAULT_SAMPLES
+    from edgekit.data import DEFAULT_SAMPLES
 
     p = _Parser(prog="edgekit", description=__doc__.split(".")[0] + ".",
                 epilog="Exit codes: 0 pass, 1 parity failure, 2 usage/input error, 3 internal error.")

@@ -19,6 +19,7 @@ import numpy as np
 from edgekit.errors import UserError
 from edgekit.spec import ImagePreprocess, ModelSpec, TextPreprocess
 
+DEFAULT_SAMPLES = 64  # verification samples per export (the first N, or of the held-out part)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TENSOR_SUFFIXES = (".npy", ".npz")
 TEXT_SUFFIXES = (".txt",)

@@ -10,7 +10,7 @@ import torch
 
 from edgekit import bundle as B
 from edgekit.converters import Artifact, Converter, all_converters, get, resolve_targets
-from edgekit.data import CalibrationSet, load_samples
+from edgekit.data import DEFAULT_SAMPLES, CalibrationSet, load_samples
 from edgekit.errors import UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
 from edgekit.model_source import load_model
@@ -21,7 +21,6 @@ from edgekit.html_report import write_html
 from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
 
-DEFAULT_SAMPLES = 64
 PER_LAYER_SAMPLES = 4  # quantized artifacts: samples the layer-by-layer fidelity view runs on
 
 
