@@ -8,10 +8,12 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 from edgekit.cli import EXIT_INTERNAL, EXIT_PARITY, EXIT_PASS, EXIT_USAGE
 
 DOC = REPO / "docs" / "ci.md"

@@ -10,13 +10,15 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
 from edgekit.html_report import render_html, write_html
 from tiny_bundle import checked_reports
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
