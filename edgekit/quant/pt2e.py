@@ -182,10 +182,71 @@ def _input_qparams(gm) -> list[tuple[float, int] | None]:
     return out
 
 
-def _keep_float(quantizer, matched: dict[str, str], model) -> None:
-    """Tell the target's quantizer to leave these modules unannotated (its own name filter)."""
-    for name in matched:
-        quantizer.module_name_config[name] = None
+class KeepFloat:
+    """A PT2E quantizer wrapper that leaves the nodes of the kept modules unannotated, so they stay
+    float (a dequantize before them, a quantize after them where a quantized op consumes their output).
+
+    Implemented here and not through the target quantizer's own name filter, because those filters do
+    not match torch 2.13's export metadata: litert-torch's ``set_module_name`` strips "L__self___"
+    (three underscores) from keys that are now "L__self__<path>" and compares class objects with the
+    class-name strings export records, so a kept layer was silently quantized (measured: "classifier"
+    kept float gave bit-identical scores)."""
+
+    def __init__(self, inner, kept_paths):
+        self.inner = inner
+        self.kept_paths = tuple(kept_paths)
+        self.stripped: set[str] = set()  # module paths whose nodes lost their annotation
+
+    def _kept(self, node) -> str | None:
+        for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+            path = path.removeprefix("L['self'].")
+            if path in self.kept_paths:
+                return path
+        return None
+
+    def transform_for_annotation(self, model):
+        return self.inner.transform_for_annotation(model)
+
+    def annotate(self, model):
+        model = self.inner.annotate(model)
+        if not self.kept_paths:
+            return model
+        kept_nodes = set()
+        for node in model.graph.nodes:
+            path = self._kept(node)
+            if path is not None and "quantization_annotation" in node.meta:
+                del node.meta["quantization_annotation"]
+                kept_nodes.add(node)
+                self.stripped.add(path)
+        self._unshare(model, kept_nodes)
+        return model
+
+    def _unshare(self, model, kept_nodes) -> None:
+        """A quantized node whose qparams were shared with a now-float neighbour gets its own
+        (the target's global activation spec)."""
+        from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+        own = self.inner.global_config.input_activation
+        for node in model.graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            for arg, spec in list(ann.input_qspec_map.items()):
+                if isinstance(spec, SharedQuantizationSpec) and _edge_nodes(spec.edge_or_node) & kept_nodes:
+                    ann.input_qspec_map[arg] = own
+            spec = ann.output_qspec
+            if isinstance(spec, SharedQuantizationSpec) and _edge_nodes(spec.edge_or_node) & kept_nodes:
+                ann.output_qspec = own
+
+    def validate(self, model):
+        return self.inner.validate(model)
+
+    def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
+        return self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+
+def _edge_nodes(edge_or_node) -> set:
+    return set(edge_or_node) if isinstance(edge_or_node, tuple) else {edge_or_node}
 
 
 def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe, quantizer,
@@ -214,7 +275,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         _fuse_conv_bn_(float_gm)  # as prepare_pt2e does: conv outputs are then compared after BatchNorm
     relu6 = relu6_to_relu(model) if recipe.fuse_relu6 else set()
     matched = keep_float_modules(model, recipe)
-    _keep_float(quantizer, matched, model)
+    quantizer = KeepFloat(quantizer, matched)
     gm = torch.export.export(model, example_inputs).module()
     removed = remove_identities(gm)
     if removed:
@@ -228,6 +289,11 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         with _OneThread():
             n = correct_bias(prepared, float_gm, samples, lambda p: convert_pt2e(p, fold_quantize=False))
         notes.append(f"empirical bias correction on {n} conv/linear layers")
+    idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped})
+    if idle:  # matched a module, but the target's quantizer had not quantized anything in it
+        notes.append(f"keep-float: {', '.join(idle)} held no op the target quantizes (nothing to keep float)")
+    if quantizer.stripped:
+        notes.append(f"kept float: {', '.join(sorted(quantizer.stripped))}")
     converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 

@@ -1,0 +1,77 @@
+"""--keep-float on the PT2E targets: the kept layer is really left float, in the quantized reference
+and in the .tflite (litert-torch's own module-name filter does not match torch 2.13's export
+metadata, so edgekit strips the annotations itself; a kept layer used to be silently quantized)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.data import load_samples
+from edgekit.models import BUILTIN
+from edgekit.quant import QuantRecipe
+from edgekit.quant.pt2e import quantize
+
+pytest.importorskip("litert_torch")
+
+
+def _quantizer():
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    lm = BUILTIN["tiny_cnn"]()
+    data = load_samples(lm.default_data, lm.spec)
+    example = tuple(torch.from_numpy(a) for a in data.samples[0])
+    return lm, data, example
+
+
+def _weight_quants(gm) -> int:
+    return sum(1 for n in gm.graph.nodes if "quantize_per_channel" in str(n.target) and "dequantize" not in str(n.target))
+
+
+def _run(gm, samples) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([gm(torch.from_numpy(s[0])).numpy() for s in samples])
+
+
+def test_kept_layer_has_no_quantized_weight_and_its_output_is_float(setup):
+    lm, data, example = setup
+    cal = data.samples[:16]
+    full = quantize(lm.module, example, cal, QuantRecipe(), _quantizer())
+    kept = quantize(lm.module, example, cal, QuantRecipe(keep_float=("classifier",)), _quantizer())
+    assert _weight_quants(kept.module) == _weight_quants(full.module) - 1
+    assert kept.output_scales == [None]  # the classifier's output is not quantized any more
+    assert full.output_scales[0] and full.output_scales[0] > 0
+    assert any("kept float: classifier" in n for n in kept.notes)
+    held = data.samples[32:40]
+    fp32 = _run(lm.module.eval(), held)
+    err_full = np.abs(_run(full.module, held) - fp32).max()
+    err_kept = np.abs(_run(kept.module, held) - fp32).max()
+    assert err_kept != err_full  # it changed the numbers: the layer is really float now
+
+
+def test_keep_float_by_class_name_keeps_every_conv_float(setup):
+    lm, data, example = setup
+    kept = quantize(lm.module, example, data.samples[:8], QuantRecipe(keep_float=("Conv2d",)), _quantizer())
+    assert _weight_quants(kept.module) == 1  # only the Linear classifier is quantized
+
+
+@pytest.mark.slow
+def test_tflite_keeps_the_layer_float_in_the_file(setup, tmp_path):
+    from edgekit.converters.tflite import CONVERTER
+    from edgekit.inspect.tflite_model import read_tflite
+
+    lm, data, example = setup
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(keep_float=("classifier",)), tmp_path, example,
+                           calibration=data.head(16))
+    sg = read_tflite(tmp_path / art.path).subgraphs[0]
+    fc = [op for op in sg.ops if op.builtin == "FULLY_CONNECTED"]
+    assert len(fc) == 1
+    assert {t.dtype for t in sg.op_inputs(fc[0])} == {"float32"}
+    convs = [op for op in sg.ops if op.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convs and all(sg.op_inputs(op)[1].dtype == "int8" for op in convs)
+    assert art.meta["kept_float"] == ["classifier"]
