@@ -112,6 +112,7 @@ def markdown(report: dict) -> str:
         for name, t, out, c in cost:
             lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
                          f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |")
+    lines += _localisation(report)
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
     if problems:
         lines += ["", "## Failures and errors", ""]
@@ -132,3 +133,23 @@ def markdown(report: dict) -> str:
         lines += ["", "## Notes", ""] + notes
     lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def _localisation(report: dict, top: int = 5) -> list[str]:
+    """Where each quantized file loses precision (quantized reference vs FP32, layer by layer)."""
+    located = [(n, t["localisation"]) for n, t in report["targets"].items() if (t.get("localisation") or {}).get("rows")]
+    if not located:
+        return []
+    lines = ["", "## Where precision is lost (quantized reference vs FP32, per layer)", "",
+             "SQNR of each layer's output vs the FP32 model, and the dB the layer loses itself (its worst "
+             "input's SQNR minus its own): the layers that lose most are the `--keep-float` candidates.", ""]
+    for name, loc in located:
+        worst = sorted((r for r in loc["rows"] if r.get("drop_db") is not None), key=lambda r: -r["drop_db"])[:top]
+        lines += [f"**{name}** ({len(loc['rows'])} layers; lowest SQNR "
+                  f"{min(r['sqnr_db'] for r in loc['rows']):.1f} dB):", "",
+                  "| layer | module | SQNR dB vs FP32 | dB lost here |", "|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['module'] or '-'} | {r['sqnr_db']:.1f} | {r['drop_db']:.1f} |" for r in worst]
+        if loc.get("suggest"):
+            lines += ["", f"Suggestion: `--keep-float {','.join(loc['suggest'])}` (then compare the compression cost)."]
+        lines.append("")
+    return lines

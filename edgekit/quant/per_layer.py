@@ -64,6 +64,23 @@ def _to_nchw(a: np.ndarray, shape) -> np.ndarray:
     return a.reshape(shape)
 
 
+def _same_layout(runtime_shape: tuple, reference_shape: tuple) -> bool:
+    """The runtime tensor holds the reference tensor's values in a layout ``_to_nchw`` can undo:
+    the same shape (leading 1s aside) or NHWC for NCHW. Equal element counts are not enough: an
+    attention context quantized before its transpose ([12, 128, 32] vs [1, 128, 384]) has the same
+    scale and size but its values in another order."""
+    def squeeze(s):
+        s = tuple(s)
+        while len(s) > 1 and s[0] == 1:
+            s = s[1:]
+        return s
+
+    if squeeze(runtime_shape) == squeeze(reference_shape):
+        return True
+    r = tuple(reference_shape)
+    return len(r) == 4 and tuple(runtime_shape) == (r[0], r[2], r[3], r[1])
+
+
 def _interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -85,13 +102,14 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
             scale, zp = d["quantization"]
             if not scale:
                 continue
-            size = int(np.prod(d["shape"]))
+            shape = tuple(int(x) for x in d["shape"])
             for q in qnodes:
                 if q.name in used:
                     continue
                 val = q.meta.get("val")
-                qsize = int(np.prod(val.shape)) if val is not None else -1
-                if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp) and qsize == size:
+                if val is None or not _same_layout(shape, tuple(val.shape)):
+                    continue
+                if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp):
                     used.add(q.name)
                     pairs.append((int(t), op["op_name"], q))
                     break
