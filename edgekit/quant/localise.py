@@ -4,8 +4,9 @@
 reference, in graph order:
 - ``sqnr_db``: the reference's value at that layer against the FP32 model's (cumulative: every
   quantization upstream counts);
-- ``drop_db``: how much SQNR this layer itself loses, i.e. the SQNR of the layer's worst input
-  minus its own. Cumulative SQNR falls with depth in every network, so the *lowest* SQNR points at
+- ``drop_db``: how much SQNR is lost at this layer, i.e. the SQNR of its worst upstream layer
+  minus its own: the quantization of its weights and of the tensor it reads (a layer's value is
+  taken before its own output quantize, so an input's range problem shows at the reader). Cumulative SQNR falls with depth in every network, so the *lowest* SQNR points at
   the last layers; the largest *drop* points at the layers that cause the loss, the ones worth
   ``--keep-float``.
 ``suggest_keep_float(rows, n)``: the modules of the n layers with the largest drop.
