@@ -32,16 +32,27 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "executorch"
 EXTRA = "executorch"  # the pip extra in pyproject.toml
 METHOD = "forward"
 # INT8 conversion fidelity vs the quantized reference (convert_pt2e program); XNNPACK's integer
 # kernels drift from the float simulation by rounding (floor measured by bench/int8_mobilenet_v2.py).
+
+# Weight-only precisions vs edgekit's weight simulation (edgekit.quant.weight_only), 48 samples:
+# fp16: the whole program runs in half precision (XNNPACK fp16 kernels), so activations round too:
+# MobileNetV2 (calibration_data/images) max_abs_rel 0.020, min cosine 0.9984, top-1 0.98, SQNR 38 dB;
+# tiny_cnn 0.0025 / 0.999998 / 0.98 (near-tied logits).
+FP16_TOLERANCE = Tolerance(max_abs_rel=0.05, min_cosine=0.995, min_top1=0.9)
+# dynamic: XNNPACK's dynamically quantized linear/conv quantize activations per row at run time:
+# MobileNetV2 max_abs_rel 0.016, min cosine 0.9995, top-1 0.98 (35 dB); tiny_cnn 0.006 / 0.99998;
+# tiny_transformer 0.010 / 0.9999, top-1 1.0. Bounds as tflite's hybrid kernels (same mechanism).
+DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.2, min_cosine=0.95, min_top1=0.75)
 
 # How lowering and emission name an operator they cannot take.
 _MISSING_OUT = re.compile(r"Missing out variants: \{([^}]*)\}")
@@ -184,13 +195,68 @@ def _check_header(path: Path) -> None:
                         "re-export the bundle; the file is truncated or corrupt")
 
 
+class _Half(torch.nn.Module):
+    """fp16 program with the spec's float32 I/O: inputs cast to half, outputs back to float."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, *inputs):
+        out = self.model(*[x.half() if x.is_floating_point() else x for x in inputs])
+        if isinstance(out, (tuple, list)):
+            return tuple(o.float() for o in out)
+        return out.float()
+
+
+def _weight_only(model, spec, recipe, out_dir: Path, example_inputs: tuple):
+    """(exported program, artifact meta) of an fp16 or dynamic program; writes the reference.
+
+    fp16: the whole model in half precision (XNNPACK's fp16 kernels; ExecuTorch's portable kernels
+    for the rest), float32 I/O. dynamic: PT2E with the XNNPACK quantizer in dynamic mode (int8
+    per-channel weights, activations quantized per row at run time); the reference quantizes exactly
+    the layers the quantizer covered (it skips e.g. conv+ReLU and depthwise convs)."""
+    import copy
+
+    import torch
+
+    from edgekit.quant.weight_only import WITH_EMBEDDING, quantized_weight_layers, weight_only_meta, write_reference
+
+    if recipe.scheme == "fp16":
+        prog_model, select = _Half(copy.deepcopy(model).eval()), {"types": WITH_EMBEDDING}
+    else:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from edgekit.quant.recipe import keep_float_modules
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+        for name in keep_float_modules(model, recipe):
+            quantizer.module_name_config[name] = None
+        prepared = prepare_pt2e(torch.export.export(copy.deepcopy(model).eval(), example_inputs).module(), quantizer)
+        with torch.no_grad():
+            prepared(*example_inputs)  # weight observers only
+        prog_model = convert_pt2e(prepared, fold_quantize=True)
+        select = {"only": quantized_weight_layers(prog_model)}
+    try:
+        ep = torch.export.export(prog_model, example_inputs)
+    except Exception as exc:  # torch.export raises many error types
+        raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the {recipe.scheme} {spec.name}: {_first_line(exc)}",
+                        f"export executorch in fp32 or int8 for this model") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME, **select)
+    return ep, weight_only_meta(recipe, spec.name, NAME, sim)
+
+
 class ExecuTorchConverter(Converter):
     info = TargetInfo(
         name=NAME,
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",
-        precisions=("fp32", "int8"),
-        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE},
+        precisions=("fp32", "int8", "fp16", "dynamic"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE, "fp16": FP16_TOLERANCE,
+                    "dynamic": DYNAMIC_TOLERANCE},
         delegates=("xnnpack",),
         extra=EXTRA,
         modules=(),
@@ -201,7 +267,7 @@ class ExecuTorchConverter(Converter):
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        precision = "fp32" if recipe is None else "int8"
+        precision = "fp32" if recipe is None else recipe.scheme
         if recipe is not None:
             from edgekit.quant import check
 
@@ -223,7 +289,10 @@ class ExecuTorchConverter(Converter):
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
                             "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
         quant_meta, extra_files = {}, ()
-        if recipe is not None:  # PT2E with the XNNPACK quantizer and edgekit's ranges, then re-export
+        if recipe is not None and recipe.scheme in ("fp16", "dynamic"):
+            ep, quant_meta = _weight_only(model, spec, recipe, Path(out_dir), example_inputs)
+            extra_files = (quant_meta["reference"],)
+        elif recipe is not None:  # PT2E with the XNNPACK quantizer and edgekit's ranges, then re-export
             ep, quant_meta = self._quantize(model, spec, recipe, Path(out_dir), example_inputs, calibration)
             extra_files = (quant_meta["reference"],)
         try:

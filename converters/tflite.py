@@ -25,13 +25,23 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "tflite"
 SIGNATURE = "serving_default"
 # INT8 conversion fidelity vs the quantized reference (the convert_pt2e program): integer kernels and
 # the float simulation drift apart by rounding (measured floor on MobileNetV2 with edgekit's recipe,
 # bench/int8_mobilenet_v2.py; see edgekit/quant/fidelity.py for the per-layer check).
+
+# Weight-only precisions vs edgekit's weight simulation (edgekit.quant.weight_only), measured on 48
+# samples of each model's calibration data (MobileNetV2: calibration_data/images):
+# fp16: weights dequantized to FP32 in the graph, FP32 kernels: max_abs_rel MobileNetV2 3.2e-5,
+# tiny_transformer 5.7e-4, tiny_cnn 5e-7; cosine 1.0; top-1 1.0.
+FP16_TOLERANCE = Tolerance(max_abs_rel=2e-3, min_cosine=0.9999, min_top1=0.9)
+# dynamic: hybrid CONV_2D / FULLY_CONNECTED kernels also quantize every activation to int8 at run
+# time (per tensor), which the weight simulation does not: MobileNetV2 max_abs_rel 0.091, min cosine
+# 0.981, top-1 0.875 vs the simulation; tiny_transformer 0.027 / 0.9995 / 0.98; tiny_cnn 0.008.
+DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.2, min_cosine=0.95, min_top1=0.75)
 
 # Messages the toolchain and the runtime use for an operator they cannot take.
 _NO_LOWERING = re.compile(r"Lowering not found: (\S+)")
@@ -178,8 +188,9 @@ class TFLiteConverter(Converter):
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
-        precisions=("fp32", "int8"),
-        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE},
+        precisions=("fp32", "int8", "fp16", "dynamic"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE, "fp16": FP16_TOLERANCE,
+                    "dynamic": DYNAMIC_TOLERANCE},
         delegates=("xnnpack", "nnapi", "gpu"),
         extra="tflite",
         modules=("litert_torch",),
@@ -187,11 +198,14 @@ class TFLiteConverter(Converter):
         arm=True,
         app_platforms=("android", "ios"),
         packages=("litert-torch", "ai-edge-litert", "torchao"),
-        exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer)",
+        exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer); fp16: AI Edge Quantizer "
+                 "fp16 weights; dynamic: PT2E dynamic int8 weights",
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
+        if recipe is not None and recipe.scheme in ("fp16", "dynamic"):
+            return self._export_weight_only(model, spec, recipe, Path(out_dir), example_inputs)
         if recipe is not None:
             return self._export_int8(model, spec, recipe, Path(out_dir), example_inputs, calibration)
         precision = "fp32"
@@ -230,9 +244,6 @@ class TFLiteConverter(Converter):
         if calibration is None or len(calibration) == 0:
             raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
                             "pass --data with samples of the model's inputs")
-        if recipe.io != "int8":
-            raise UserError("E-TARGET-PRECISION", f"target {NAME} writes INT8 files with int8 inputs/outputs only "
-                            "(float I/O is not implemented yet)", "use the recipe's io='int8' (the runner converts)")
         try:
             import litert_torch
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -256,6 +267,11 @@ class TFLiteConverter(Converter):
                     converted.export(str(tmp))
             except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
                 raise _conversion_error(exc, spec.name) from exc
+            float_io = None
+            if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
+                from .tflite_float_io import add_float_io
+
+                float_io = add_float_io(tmp, tmp)
             meta = _io_meta(tmp, spec)
             save_quantized_reference(q.module, tuple(example_inputs), ref)
             os.replace(tmp, final)
@@ -268,13 +284,71 @@ class TFLiteConverter(Converter):
             "recipe_summary": recipe.describe(),
             "calibration": {"count": min(len(calibration), recipe.max_samples), "sha256": calibration.head(recipe.max_samples).sha256},
             "kept_float": sorted(q.kept_float),
-            "quant_notes": q.notes,
+            "quant_notes": q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else []),
+            "float_io": float_io,
         })
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
 
+    def _export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """fp16: the FP32 conversion, then AI Edge Quantizer's fp16 weight-only recipe (litert-torch's
+        ``full_fp16_recipe``): weights stored as float16 behind DEQUANTIZE ops, computed in FP32.
+        dynamic: PT2E with litert-torch's quantizer in dynamic mode (int8 per-channel weights; the
+        file runs hybrid FULLY_CONNECTED/CONV_2D kernels that quantize activations at run time).
+        The reference is edgekit's weight simulation (edgekit.quant.weight_only)."""
+        import torch
+
+        from edgekit.quant import check
+        from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
+
+        check(recipe)
+        try:
+            import litert_torch
+            from litert_torch.generative.quantize import quant_recipes
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+        except ImportError:
+            raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
+        example_inputs = tuple(example_inputs)
+        if recipe.scheme == "fp16":
+            module, config = model.eval(), quant_recipes.full_fp16_recipe()
+        else:
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            from edgekit.quant.recipe import keep_float_modules
+
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+            for name in keep_float_modules(model, recipe):
+                quantizer.module_name_config[name] = None
+            prepared = prepare_pt2e(torch.export.export(model.eval(), example_inputs).module(), quantizer)
+            with torch.no_grad():
+                prepared(*example_inputs)  # weight observers only: dynamic activations have no ranges
+            module, config = convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / f"{spec.name}-{recipe.scheme}{self.info.suffix}"
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                with _quiet_progress():
+                    converted = litert_torch.convert(module, example_inputs, quant_config=config)
+                    converted.export(str(tmp))
+            except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
+                raise _conversion_error(exc, spec.name) from exc
+            meta = _io_meta(tmp, spec)
+            # litert stores every large float constant (embedding tables too) in the scheme; in dynamic
+            # mode an embedding table gets one int8 scale per tensor (measured on tiny_transformer)
+            sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME,
+                                       types=WITH_EMBEDDING, per_tensor=(torch.nn.Embedding,))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta.update(weight_only_meta(recipe, spec.name, NAME, sim))
+        return Artifact(NAME, recipe.scheme, final.name, (final.name, ref), meta)
+
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         """Each int8 tensor of the file against the reference op fed the runtime's own input."""
-        if not artifact.meta.get("reference"):
+        if artifact.precision != "int8" or not artifact.meta.get("reference"):
             return None
         from edgekit.quant.per_layer import tflite_per_layer
 

@@ -32,6 +32,12 @@ def _calibrators() -> list[str]:
     return sorted(CALIBRATORS)
 
 
+def _schemes() -> list[str]:
+    from edgekit.quant.recipe import SCHEMES
+
+    return list(SCHEMES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit.data import DEFAULT_SAMPLES
@@ -47,15 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="bundle folder to write (default: bundles/<model>); an existing bundle there is replaced")
     e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="verification samples: the first N of the data (default %(default)s)")
     e.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
-    e.add_argument("--quant", default="fp32", choices=["fp32", "int8"],
+    e.add_argument("--quant", default="fp32", choices=["fp32", *_schemes()],
                    help="int8: static post-training quantization calibrated on --data (first two thirds; "
-                        "verified on the held-out third)")
+                        "verified on the held-out third); fp16: fp16 weights; dynamic: weight-only int8 "
+                        "(no calibration); `edgekit targets` lists which target takes which")
     e.add_argument("--calibrator", choices=_calibrators(), help="int8 activation ranges (default: the recipe's)")
     e.add_argument("--percentile", type=float, help="int8 with --calibrator percentile: the clip point, e.g. 99.99")
     e.add_argument("--keep-float", default="", metavar="LAYERS",
                    help="int8: comma-separated module names (prefixes match) or class names kept in float")
     e.add_argument("--equalize", action="store_true", help="int8: cross-layer equalization before quantizing")
     e.add_argument("--bias-correction", action="store_true", help="int8: empirical bias correction of depthwise layers")
+    e.add_argument("--float-io", action="store_true",
+                   help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
+                        "targets' INT8 files always take float)")
     e.add_argument("--json", help="also write report.json to this file")
     e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
@@ -160,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip())
             job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout,
-                            args.quant, args.calibrator, args.percentile, keep, args.equalize, args.bias_correction)
+                            args.quant, args.calibrator, args.percentile, keep, args.equalize, args.bias_correction,
+                            args.float_io)
             return _print_outcome(export_bundle(job, progress, command), args.json)
         if args.command == "run":
             from edgekit.config import load_config

@@ -34,12 +34,13 @@ class ExportJob:
     out: str | None = None  # default: bundles/<model name>
     samples: int = DEFAULT_SAMPLES  # verification samples (quantized: taken from the held-out part)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per target runtime subprocess
-    quant: str = "fp32"  # "fp32" or "int8" (static PTQ with edgekit's recipe)
+    quant: str = "fp32"  # "fp32", "int8" (static PTQ with edgekit's recipe), "fp16" or "dynamic" (weights only)
     calibrator: str | None = None  # int8: minmax, percentile, entropy, mse (default: the recipe's)
     percentile: float | None = None  # int8 with the percentile calibrator
     keep_float: tuple[str, ...] = ()  # int8: module names or class names kept in float
     equalize: bool = False  # int8: cross-layer equalization (Nagel et al. 2019)
     bias_correction: bool = False  # int8: empirical bias correction
+    float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
 
 
 @dataclass
@@ -84,10 +85,25 @@ def fidelity_reference(art: Artifact, root: Path, vset: CalibrationSet, fp32_ref
     return run_reference(program.module(), vset.samples)
 
 
+def localisation(art: Artifact, root: Path, vset: CalibrationSet, float_model) -> dict:
+    """Per-layer SQNR of the artifact's quantized reference vs FP32 and the --keep-float suggestion
+    (edgekit.quant.localise), on the first few verification samples."""
+    from edgekit.quant.localise import localise, suggest_keep_float
+    from edgekit.quant.reference import load_quantized_reference
+
+    try:
+        gm = load_quantized_reference(root / art.meta["reference"]).module()
+        rows = localise(gm, float_model, vset.samples[:PER_LAYER_SAMPLES])
+    except Exception as exc:  # diagnostics only: the report says it could not be computed, and why
+        return {"rows": [], "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"rows": rows, "suggest": suggest_keep_float(rows)}
+
+
 def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: CalibrationSet,
-                    fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float) -> Checked:
+                    fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float, float_model=None) -> Checked:
     """Run one artifact in its runtime subprocess; judge conversion fidelity against its reference
-    and, for a quantized artifact, report compression cost against the FP32 original apart."""
+    and, for a quantized artifact, report compression cost against the FP32 original apart (with
+    ``float_model``, also layer by layer: where the precision is lost)."""
     info = conv.info
     shipped = [f for f in art.files if f != art.meta.get("reference")]  # the reference is edgekit's, not the app's
     size = sum((root / f).stat().st_size for f in shipped if (root / f).is_file())
@@ -113,6 +129,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
                   latency_ms=outcome.latency_ms, notes=notes)
     if reference is not fp32_reference:
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, classification)
+        if float_model is not None:
+            res.extra["localisation"] = localisation(art, root, vset, float_model)
     for key in ("per_layer", "per_layer_error"):
         if key in outcome.extra:
             res.extra[key] = outcome.extra[key]
@@ -168,21 +186,45 @@ def coverage(root: Path, rel: str, meta: dict, timeout_s: float = 300) -> dict:
 
 
 def _recipe(job: ExportJob):
-    """The job's QuantRecipe (None for FP32); quantization options without --quant int8 are refused."""
+    """The job's QuantRecipe (None for FP32); options that do not apply to the precision are refused."""
+    from edgekit.quant.recipe import SCHEMES, WEIGHT_ONLY_SCHEMES
+
+    calibration_only = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
+                                       ("--equalize", job.equalize), ("--bias-correction", job.bias_correction),
+                                       ("--float-io", job.float_io)) if v]
     if job.quant == "fp32":
-        given = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
-                                ("--keep-float", job.keep_float), ("--equalize", job.equalize),
-                                ("--bias-correction", job.bias_correction)) if v]
+        given = calibration_only + (["--keep-float"] if job.keep_float else [])
         if given:
             raise UserError("E-ARGS", f"{', '.join(given)} only apply to a quantized export", "add --quant int8, or drop them")
         return None
-    if job.quant != "int8":
-        raise UserError("E-TARGET-PRECISION", f"unknown precision {job.quant!r}", "pass --quant fp32 or --quant int8")
+    if job.quant not in SCHEMES:
+        raise UserError("E-TARGET-PRECISION", f"unknown precision {job.quant!r}",
+                        f"pass --quant with one of fp32, {', '.join(SCHEMES)}")
     from edgekit.quant import QuantRecipe, check
 
+    if job.quant in WEIGHT_ONLY_SCHEMES:
+        given = calibration_only + (["--keep-float"] if job.keep_float and job.quant == "fp16" else [])
+        if given:
+            raise UserError("E-ARGS", f"{', '.join(given)} do(es) not apply to --quant {job.quant} (weights only, no calibration)",
+                            "drop them, or use --quant int8")
+        return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float)))
     chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile)) if v is not None}
     return check(QuantRecipe(keep_float=tuple(job.keep_float), equalize=job.equalize,
-                             bias_correction=job.bias_correction, **chosen))
+                             bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
+
+
+def _model_defaults(job: ExportJob, recipe, loaded):
+    """A built-in model's measured int8 settings fill in what the user left unset (never what they set)."""
+    defaults = getattr(loaded, "int8_defaults", None) or {}
+    if recipe is None or recipe.scheme != "int8" or not defaults:
+        return recipe, []
+    unset = {k: v for k, v in defaults.items()
+             if (k == "calibrator" and job.calibrator is None and job.percentile is None)
+             or (k == "keep_float" and not job.keep_float)}
+    if not unset:
+        return recipe, []
+    said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())
+    return recipe.with_(**unset), [f"int8 settings measured best for {loaded.spec.name} (the user set none of them): {said}"]
 
 
 def _check_precision(convs: list[Converter], precision: str) -> None:
@@ -195,7 +237,12 @@ def _check_precision(convs: list[Converter], precision: str) -> None:
 
 def _split(data: CalibrationSet, recipe, samples: int) -> tuple[CalibrationSet | None, CalibrationSet, list[str]]:
     """-> (calibration set, verification set, notes). A quantized export calibrates on the first
-    two thirds and verifies on the held-out last third, so fidelity and cost use unseen data."""
+    two thirds and verifies on the held-out last third, so fidelity and cost use unseen data.
+    Weight-only precisions (fp16, dynamic) calibrate nothing: they verify on the first N, as FP32."""
+    from edgekit.quant.recipe import WEIGHT_ONLY_SCHEMES
+
+    if recipe is not None and recipe.scheme in WEIGHT_ONLY_SCHEMES:
+        return None, data.head(samples), [f"{recipe.scheme}: weights only, no calibration; verified on {min(samples, len(data))} samples"]
     if recipe is None:
         return None, data.head(samples), []
     n = len(data)
@@ -222,6 +269,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     progress(f"loading model {job.model}")
     loaded = load_model(job.model)
     spec = loaded.spec
+    recipe, default_notes = _model_defaults(job, recipe, loaded)
     if recipe is not None and recipe.keep_float:
         from edgekit.quant.recipe import keep_float_modules
 
@@ -232,6 +280,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
     data = load_samples(data_dir, spec)
     cal, vset, split_notes = _split(data, recipe, job.samples)
+    split_notes = default_notes + split_notes
     example = tuple(torch.from_numpy(a) for a in data.samples[0])
     progress("capturing the FP32 reference with torch.export")
     program = export_program(loaded.module, example, spec.name)
@@ -244,10 +293,10 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
         progress(f"reference outputs on {len(vset)} samples")
         reference = run_reference(program.module(), vset.samples)
-        extra = {} if recipe is None else {"calibration": cal}
+        extra = {} if cal is None else {"calibration": cal}
         for conv in convs:
             name = conv.info.name
-            progress("exporting" if recipe is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
+            progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
             try:
                 art = conv.export(loaded.module, spec, recipe, stage, example, **extra)
             except Exception as exc:  # one target's toolchain failing must not stop the others
@@ -255,7 +304,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 progress(f"export failed: {results[-1].error['code']}", name)
                 continue
             progress("running in the host runtime (subprocess)", name)
-            checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s)
+            checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
             results.append(checked.result)
             if checked.outputs is not None:
                 errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
@@ -273,7 +322,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
             "verification_inputs": {"file": B.VERIFY_INPUTS, **vset.describe()},
             "data": data.describe(),
-            "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": cal.describe(),
+            "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
                                                          "notes": split_notes},
             "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
                            "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),

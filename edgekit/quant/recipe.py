@@ -10,11 +10,20 @@ them to its observers, an ncnn/ptl writer can turn them into its own table.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass, replace
 
 from edgekit.errors import UserError
 
-SCHEMES = ("int8",)
+SCHEMES = ("int8", "fp16", "dynamic")
+# What each scheme stores and computes (CLI help, describe(), docs).
+SCHEME_HELP = {
+    "int8": "static INT8: int8 weights (per-channel) and int8 activations with calibrated ranges",
+    "fp16": "fp16 weights (half the FP32 size); no calibration; the runtime computes in FP32 or FP16",
+    "dynamic": "weight-only INT8: int8 weights (per-channel symmetric), no calibration; hybrid kernels "
+               "quantize activations at run time",
+}
+WEIGHT_ONLY_SCHEMES = ("fp16", "dynamic")  # no calibration set, no activation ranges
 IO_DTYPES = ("int8", "float")  # the artifact's input/output tensors (where a target offers the choice)
 
 
@@ -51,6 +60,12 @@ class QuantRecipe:
         return check(replace(self, **changes))
 
     def describe(self) -> str:
+        if self.scheme == "fp16":
+            return "fp16 weights (Linear/Conv weights stored as float16; no calibration)"
+        if self.scheme == "dynamic":
+            kept = f", float: {', '.join(self.keep_float)}" if self.keep_float else ""
+            return ("dynamic (weight-only int8: Linear/Conv weights int8 per-channel symmetric, -127..127; "
+                    f"activations quantized at run time by hybrid kernels where the runtime has them{kept})")
         levers = [n for n, on in (("CLE", self.equalize), ("bias correction", self.bias_correction),
                                   ("conv+ReLU6 fused", self.fuse_relu6)) if on]
         cal = f"{self.calibrator}" + (f" {self.percentile}" if self.calibrator == "percentile" else "")
@@ -67,6 +82,8 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
                         "build it with edgekit.quant.QuantRecipe(...) or --quant int8")
     if recipe.scheme not in SCHEMES:
         raise UserError("E-ARGS", f"quantization scheme {recipe.scheme!r} is not supported", f"use one of {', '.join(SCHEMES)}")
+    if recipe.scheme in WEIGHT_ONLY_SCHEMES:
+        _check_weight_only(recipe)
     if recipe.calibrator not in CALIBRATORS:
         raise UserError("E-ARGS", f"unknown calibrator {recipe.calibrator!r}",
                         f"use one of {', '.join(sorted(CALIBRATORS))}")
@@ -83,6 +100,28 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
     return recipe
 
 
+def _check_weight_only(recipe: QuantRecipe) -> None:
+    """fp16/dynamic have no activation quantization: calibration levers are refused, not ignored."""
+    given = [name for name, on in (("equalize", recipe.equalize), ("bias_correction", recipe.bias_correction)) if on]
+    if recipe.scheme == "fp16" and recipe.keep_float:
+        given.append("keep_float")
+    if given:
+        raise UserError("E-ARGS", f"{', '.join(given)} do(es) not apply to the {recipe.scheme} scheme "
+                        "(no calibrated activations)", "drop them, or use the int8 scheme")
+
+
+def _matches(name: str, class_name: str, entry: str) -> bool:
+    """A keep_float entry names a module ("classifier.1"; its children match too), a module class
+    ("Linear"), or a pattern over module names whose wildcards stay within one dotted part
+    ("encoder.layer.*.output.dense" matches layer 3's output.dense, not its attention.output.dense)."""
+    if name == entry or name.startswith(entry + ".") or class_name == entry:
+        return True
+    if not any(c in entry for c in "*?["):
+        return False
+    want, parts = entry.split("."), name.split(".")
+    return len(parts) >= len(want) and all(fnmatch.fnmatchcase(p, w) for p, w in zip(parts, want))
+
+
 def keep_float_modules(model, recipe: QuantRecipe) -> dict[str, str]:
     """Module name -> the keep_float entry it matched. An entry that matches nothing is an error:
     a typo must not silently quantize the layer the user meant to keep."""
@@ -92,7 +131,7 @@ def keep_float_modules(model, recipe: QuantRecipe) -> dict[str, str]:
         if not name:
             continue
         for entry in recipe.keep_float:
-            if name == entry or name.startswith(entry + ".") or type(mod).__name__ == entry:
+            if _matches(name, type(mod).__name__, entry):
                 matched[name] = entry
                 used.add(entry)
     unused = [e for e in recipe.keep_float if e not in used]

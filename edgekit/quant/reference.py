@@ -15,10 +15,10 @@ import numpy as np
 from edgekit.errors import UserError
 
 
-def reference_name(spec_name: str, target: str) -> str:
-    """Per target: each target's quantizer places its own quantize/dequantize pairs, so two INT8
-    artifacts of one model have different references and must not share (overwrite) one file."""
-    return f"{spec_name}-int8.{target}.reference.pt2"
+def reference_name(spec_name: str, target: str, precision: str = "int8") -> str:
+    """Per target and precision: each target's quantizer places its own quantize/dequantize pairs, so
+    two quantized artifacts of one model have different references and must not share (overwrite) one file."""
+    return f"{spec_name}-{precision}.{target}.reference.pt2"
 
 
 def save_quantized_reference(module, example_inputs: tuple, path: Path) -> None:
