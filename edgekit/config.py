@@ -1,4 +1,6 @@
-"""The run config (TOML) of `edgekit run`: one [export] table whose keys are ExportJob's fields.
+"""The run config (TOML) of `edgekit run`: one [export] table whose keys are ExportJob's fields,
+and optionally a [compress] table (edgekit.compress.config_table) that the pipeline runs on the
+model before export.
 
 Relative paths in the file are taken relative to the working directory, like command-line paths.
 """
@@ -13,6 +15,7 @@ from edgekit.errors import UserError
 from edgekit.pipeline import ExportJob
 
 DEFAULT_CONFIG = "default.toml"
+TABLES = ("export", "compress")
 
 
 def default_config_path() -> Path:
@@ -20,19 +23,49 @@ def default_config_path() -> Path:
 
 
 def load_config(path: str | Path | None) -> ExportJob:
+    """-> the ExportJob of the file; its [compress] table becomes ExportJob.compress."""
     path = Path(path) if path else default_config_path()
+    doc = _read(path)
+    job = _export_job(doc, path)
+    compress = load_compress(path, doc)
+    if compress is None:
+        return job
+    if "compress" not in {f.name for f in dataclasses.fields(ExportJob)}:
+        raise UserError("E-CONFIG", f"{path} has a [compress] table, but this edgekit's pipeline has no compression stage hook yet",
+                        "remove [compress], or run edgekit.compress.stage.compress in your own script before exporting")
+    return dataclasses.replace(job, compress=compress)
+
+
+def load_compress(path: str | Path, doc: dict | None = None):
+    """-> the CompressConfig of the file's [compress] table, or None when it has none."""
+    doc = _read(Path(path)) if doc is None else doc
+    if "compress" not in doc:
+        return None
+    from edgekit.compress.config_table import parse_compress
+
+    try:
+        return parse_compress(doc["compress"])
+    except UserError as exc:  # same code, the file named
+        raise UserError(exc.code, f"{path}: {exc.what}", exc.fix) from exc
+
+
+def _read(path: Path) -> dict:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UserError("E-CONFIG", f"config file {path} does not exist", "pass an existing .toml file, or none for the shipped default") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError("E-CONFIG", f"cannot read {path}: {exc}", "fix the TOML syntax") from exc
-    unknown_tables = set(doc) - {"export"}
+    return doc
+
+
+def _export_job(doc: dict, path: Path) -> ExportJob:
+    unknown_tables = set(doc) - set(TABLES)
     if unknown_tables or "export" not in doc:
-        raise UserError("E-CONFIG", f"{path} must have one [export] table (found: {', '.join(doc) or 'nothing'})",
+        raise UserError("E-CONFIG", f"{path} must have one [export] table and optionally [compress] (found: {', '.join(doc) or 'nothing'})",
                         f"see {default_config_path()} for an example")
     table = doc["export"]
-    fields = {f.name: f for f in dataclasses.fields(ExportJob)}
+    fields = {f.name: f for f in dataclasses.fields(ExportJob) if f.name != "compress"}
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise UserError("E-CONFIG", f"{path}: unknown key(s) {', '.join(unknown)} in [export]",
