@@ -30,9 +30,6 @@ def load_config(path: str | Path | None) -> ExportJob:
     compress = load_compress(path, doc)
     if compress is None:
         return job
-    if "compress" not in {f.name for f in dataclasses.fields(ExportJob)}:
-        raise UserError("E-CONFIG", f"{path} has a [compress] table, but this edgekit's pipeline has no compression stage hook yet",
-                        "remove [compress], or run edgekit.compress.stage.compress in your own script before exporting")
     return dataclasses.replace(job, compress=compress)
 
 

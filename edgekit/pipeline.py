@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from edgekit.reference import export_program, load_reference, run_reference, sav
 from edgekit.html_report import write_html
 from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
+
+if TYPE_CHECKING:
+    from edgekit.compress.stage import CompressConfig
 
 PER_LAYER_SAMPLES = 4  # quantized artifacts: samples the layer-by-layer fidelity view runs on
 
@@ -41,6 +45,7 @@ class ExportJob:
     equalize: bool = False  # int8: cross-layer equalization (Nagel et al. 2019)
     bias_correction: bool = False  # int8: empirical bias correction
     float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
+    compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
 
 
 @dataclass
@@ -282,6 +287,13 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     cal, vset, split_notes = _split(data, recipe, job.samples)
     split_notes = default_notes + split_notes
     example = tuple(torch.from_numpy(a) for a in data.samples[0])
+    compression = None
+    if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
+        from edgekit.compress.stage import compress, from_calibration
+
+        source = cal if cal is not None else data
+        progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
+        loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
     progress("capturing the FP32 reference with torch.export")
     program = export_program(loaded.module, example, spec.name)
     results, artifacts, errors = [], [], {}
@@ -328,10 +340,13 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                            "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
                            "deprecated": conv.info.deprecated} for conv, art in artifacts],
             "versions": env,
+            "compression": None if compression is None else compression.to_dict(),
         }
         B.write_json(stage / B.MANIFEST, manifest)
         report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
                               env, command or f"edgekit export {job.model}", manifest["created"], split_notes)
+        if compression is not None:
+            report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
         B.write_json(stage / "report.json", report)
         B.write_text(stage / "report.md", markdown(report))
         write_html(stage / "report.html", report, errors)

@@ -112,6 +112,10 @@ def markdown(report: dict) -> str:
         for name, t, out, c in cost:
             lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
                          f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |")
+    if report.get("compression_stage"):
+        lines += ["", "## Compression stage (before export)", "",
+                  "The model every target exported is the compressed one; the stage compares it with the original.", "",
+                  report["compression_stage"]["markdown"]]
     lines += _localisation(report)
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
     if problems:
