@@ -1,108 +1,288 @@
-"""MobileNetV2 INT8: edgekit's recipe vs the platform default PT2E flows, side by side.
+"""MobileNetV2 INT8: edgekit's recipe vs the platform default flows, side by side, on the issue's protocol.
 
-Data: calibration_data/images (48 real photos): calibrate on the first 32, evaluate on the last 16
-(held out). Metrics vs the FP32 model on the held-out photos: top-1 agreement and logit SQNR; for
-the .tflite also its distance to its own quantized reference in output steps (conversion fidelity).
-Writes bench/results/int8_mobilenet_v2.json and .md.   Run: python bench/int8_mobilenet_v2.py [--quick]
+Data (bench/int8_eval_set.py): 64 calibration crops of calibration_data/images files 1-32 and 256
+held-out crops of files 33-48 (no file in both). Every row: top-1 agreement and logit SQNR vs FP32
+on the 256 held-out crops.
+
+Rows:
+- platform defaults, each with its own observers: litert-torch's documented PT2E flow (reference and
+  the real .tflite), ExecuTorch's XNNPACKQuantizer defaults (get_symmetric_quantization_config(
+  is_per_channel=True)), PyTorch's default qnnpack qconfig (FX; the real .ptl and its float simulation);
+- edgekit's recipe (argument 1 as JSON, default QuantRecipe()): the quantized reference of each target
+  and the real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
+  (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread);
+- sizes (file bytes / parameter count) and latency (median, 1 thread) INT8 vs FP32.
+Each row is saved when measured (a rerun with the same recipe skips it). The .md also lists the
+recipe sweep from bench/results/int8_sweep_mobilenet_v2.json (bench/int8_sweep_mobilenet_v2.py).
+Writes bench/results/int8_mobilenet_v2.{json,md}.
+Run: python bench/int8_mobilenet_v2.py ['{"calibrator": "percentile", "keep_float": ["classifier"]}']
 """
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgekit.data import load_samples
-from edgekit.models import BUILTIN
-from edgekit.quant import QuantRecipe
-from edgekit.quant.pt2e import quantize
-from edgekit.quant.reference import load_quantized_reference, run_program
+sys.path.insert(0, str(Path(__file__).parent))
+from int8_common import (Timer, latency_ms, litert_quantizer, metrics, platform_default, run_batched,  # noqa: E402
+                         sqnr, unguard, xnnpack_quantizer)
+from int8_eval_set import eval_set, fp32_logits  # noqa: E402
 
-OUT = Path(__file__).parent / "results"
+from edgekit.data import CalibrationSet  # noqa: E402
+from edgekit.models import BUILTIN  # noqa: E402
+from edgekit.quant import QuantRecipe  # noqa: E402
+from edgekit.quant.reference import load_quantized_reference  # noqa: E402
 
-
-def sqnr(a, ref):
-    return float(10 * np.log10((ref ** 2).sum() / max(((a - ref) ** 2).sum(), 1e-30)))
-
-
-def metrics(out, fp32):
-    return {"top1_agree": float((out.argmax(-1) == fp32.argmax(-1)).mean()), "sqnr_db": round(sqnr(out, fp32), 2)}
+RESULTS = Path(__file__).parent / "results"
+OUT = RESULTS / "int8_mobilenet_v2.json"
+SWEEP = RESULTS / "int8_sweep_mobilenet_v2.json"
 
 
-def platform_default(model, example, calib, quantizer, fold):
-    """The documented PT2E flow: the platform's own observers (no edgekit ranges)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+class Bench:
+    def __init__(self, recipe: QuantRecipe):
+        torch.set_num_threads(1)
+        self.recipe = recipe
+        self.lm = BUILTIN["mobilenet_v2"]()
+        self.calib, self.held, self.meta = eval_set(self.lm.spec)
+        self.calib_set = CalibrationSet(tuple(self.calib), tuple(f"crop{i}" for i in range(len(self.calib))),
+                                        "image", "bench/int8_eval_set.py")
+        self.fp32 = fp32_logits(self.lm.module, self.held)[:, 0]
+        self.example = tuple(torch.from_numpy(a) for a in self.calib[0])
+        self.params = sum(p.numel() for p in self.lm.module.parameters())
+        old = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        keep = old.get("edgekit_recipe") == recipe.to_dict() and old.get("protocol") == self.meta
+        self.result = {"model": "mobilenet_v2 (ImageNet weights)", "parameters": self.params, "protocol": self.meta,
+                       "edgekit_recipe": recipe.to_dict(), "edgekit_recipe_summary": recipe.describe(),
+                       "torch_threads": 1,
+                       "rows": [r for r in old.get("rows", []) if keep or (r["flow"].startswith("platform default")
+                                                                           and old.get("protocol") == self.meta)],
+                       "fp32_runtimes": old.get("fp32_runtimes", {}) if keep else {}}
 
-    gm = torch.export.export(model, example).module()
-    prepared = prepare_pt2e(gm, quantizer)
-    with torch.no_grad():
-        for s in calib:
-            prepared(*[torch.from_numpy(a) for a in s])
-    return convert_pt2e(prepared, fold_quantize=fold)
+    def have(self, flow):
+        return any(r["flow"] == flow for r in self.result["rows"])
+
+    def save(self, row=None):
+        if row is not None:
+            self.result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        tmp = OUT.with_suffix(".json.part")
+        tmp.write_text(json.dumps(self.result, indent=1) + "\n")
+        tmp.replace(OUT)
+
+    def row(self, flow, where, out, seconds=None, **extra):
+        r = {"flow": flow, "measured_on": where, **metrics(out, self.fp32), **extra}
+        if seconds is not None:
+            r["seconds"] = seconds
+        self.save(r)
+
+    def steps(self, got, ref, scale):
+        st = np.abs(got.reshape(ref.shape) - ref) / scale
+        return {"steps_vs_own_reference_max": round(float(st.max()), 2), "steps_vs_own_reference_mean": round(float(st.mean()), 3),
+                "top1_agree_vs_own_reference": round(float((got.reshape(ref.shape).argmax(-1) == ref.argmax(-1)).mean()), 4)}
+
+    def runtime_outputs(self, run):
+        return np.stack([run(s)[0] for s in self.held]).reshape(len(self.held), -1)
+
+    # ---- platform defaults ----
+    def litert_default(self, d: Path):
+        flow = "platform default: litert-torch PT2EQuantizer, documented flow (its observers)"
+        if self.have(flow) and self.have(flow + " -> .tflite"):
+            return
+        from litert_torch.quantize.quant_config import QuantConfig
+        import litert_torch
+
+        with Timer() as t:
+            quantizer = litert_quantizer()
+            ref_gm = platform_default(self.lm.module, self.example, self.calib, quantizer)
+            ref = run_batched(unguard(ref_gm), self.held)
+        if not self.have(flow):
+            self.row(flow, "convert_pt2e reference", ref, t.s)
+        with Timer() as t:
+            ref_gm = platform_default(self.lm.module, self.example, self.calib, quantizer)  # unguarded one is batched
+            path = d / "litert_default.tflite"
+            litert_torch.convert(ref_gm, self.example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
+            run = _tflite_runner(path)
+            got = self.runtime_outputs(run)
+        self.row(flow + " -> .tflite", ".tflite, ai-edge-litert XNNPACK 1 thread", got, t.s,
+                 size_bytes=path.stat().st_size, size_x_params=round(path.stat().st_size / self.params, 3),
+                 latency_ms=latency_ms(run, self.held[0]))
+
+    def executorch_default(self):
+        flow = "platform default: ExecuTorch XNNPACKQuantizer get_symmetric_quantization_config(is_per_channel=True)"
+        if self.have(flow):
+            return
+        with Timer() as t:
+            ref = run_batched(unguard(platform_default(self.lm.module, self.example, self.calib, xnnpack_quantizer())), self.held)
+        self.row(flow, "convert_pt2e reference", ref, t.s)
+
+    def pytorch_default(self, d: Path):
+        flow = "platform default: PyTorch FX get_default_qconfig_mapping('qnnpack')"
+        if self.have(flow + " -> .ptl"):
+            return
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.backend_config import get_qnnpack_backend_config
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        from torch.jit.mobile import _load_for_lite_interpreter
+
+        from edgekit.converters.ptl_quant import qnnpack_engine, simulate
+
+        path = d / "pytorch_default.ptl"
+        with Timer() as t, qnnpack_engine(), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            cfg = get_qnnpack_backend_config()
+            prepared = prepare_fx(self.lm.module, get_default_qconfig_mapping("qnnpack"), self.example, backend_config=cfg)
+            for s in self.calib:
+                prepared(torch.from_numpy(s[0]))
+            converted = convert_fx(prepared, backend_config=cfg)
+            torch.jit.freeze(torch.jit.trace(converted, self.example).eval())._save_for_lite_interpreter(str(path))
+            sim, out_qp, _ = simulate(converted)
+            ref = np.stack([sim(torch.from_numpy(s[0])).numpy() for s in self.held]).reshape(len(self.held), -1)
+            mod = _load_for_lite_interpreter(str(path))
+            run = lambda s: [mod(torch.from_numpy(s[0])).numpy()]  # noqa: E731
+            got = self.runtime_outputs(run)
+            ms = latency_ms(run, self.held[0], n=10)
+        if not self.have(flow):
+            self.row(flow, "float simulation of its quantization", ref)
+        self.row(flow + " -> .ptl", ".ptl, lite interpreter qnnpack 1 thread", got, t.s, size_bytes=path.stat().st_size,
+                 latency_ms=ms, note="torch 2.13 qnnpack ReLU6-on-channels_last kernel bug (STACK.md) scrambles it",
+                 **self.steps(got, ref, out_qp[0][0]))
+
+    # ---- edgekit ----
+    def edgekit_target(self, name, d: Path):
+        flow = f"edgekit recipe -> {name}"
+        if self.have(flow):
+            return
+        from edgekit.converters import get as get_converter
+
+        conv = get_converter(name)
+        sub = d / name
+        with Timer() as t, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            art = conv.export(self.lm.module, self.lm.spec, self.recipe, sub, self.example, calibration=self.calib_set)
+        ref_gm = unguard(load_quantized_reference(sub / art.meta["reference"]).module())
+        ref = run_batched(ref_gm, self.held)
+        self.row(f"edgekit recipe: {name} quantized reference", "quantized reference (float simulation)", ref)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = conv.runner(art, sub)
+            got = self.runtime_outputs(run)
+            ms = latency_ms(run, self.held[0], n=10 if name == "ptl" else 30)
+        files = [f for f in art.files if "reference" not in f]
+        size = sum((sub / f).stat().st_size for f in files)
+        scale = (art.meta.get("output_scales") or [0.0])[0]
+        extra = self.steps(got, ref, scale) if scale else {}
+        self.row(flow, f"{name} artifact in its host runtime (1 thread)", got, t.s, files=files, size_bytes=size,
+                 size_x_params=round(size / self.params, 3), latency_ms=ms, kept_float=art.meta.get("kept_float"),
+                 quant_notes=art.meta.get("quant_notes"), **extra)
+
+    def fp32_runtime(self, name, d: Path):
+        if name in self.result["fp32_runtimes"]:
+            return
+        from edgekit.converters import get as get_converter
+
+        conv = get_converter(name)
+        sub = d / f"{name}-fp32"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            art = conv.export(self.lm.module, self.lm.spec, None, sub, self.example)
+            run = conv.runner(art, sub)
+            size = sum((sub / f).stat().st_size for f in art.files)
+            got = np.stack([run(s)[0] for s in self.held[:8]]).reshape(8, -1)
+            self.result["fp32_runtimes"][name] = {
+                "size_bytes": size, "latency_ms": latency_ms(run, self.held[0], n=10 if name == "ptl" else 30),
+                "sqnr_vs_torch_db_8_crops": round(sqnr(got, self.fp32[:8]), 1)}
+        print(name, "fp32", self.result["fp32_runtimes"][name], flush=True)
+        self.save()
 
 
-def litert_quantizer():
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+def _tflite_runner(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
 
-    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def run(sample):
+        x = sample[0]
+        if i["dtype"] != np.float32:
+            s, z = i["quantization"]
+            x = np.clip(np.round(x / s) + z, -128, 127).astype(i["dtype"])
+        interp.set_tensor(i["index"], x)
+        interp.invoke()
+        y = interp.get_tensor(o["index"])
+        if o["dtype"] != np.float32:
+            s, z = o["quantization"]
+            y = (y.astype(np.float32) - z) * s
+        return [y]
+
+    return run
 
 
-def main(quick: bool) -> None:
-    lm = BUILTIN["mobilenet_v2"]()
-    data = load_samples(lm.default_data, lm.spec)
-    calib, held = data.samples[:32], data.samples[32:]
-    example = tuple(torch.from_numpy(a) for a in calib[0])
-    fp32 = run_program(lm.module, held)[0]
-    rows = []
-    t = time.time()
-    ref = platform_default(lm.module, example, calib, litert_quantizer(), False)
-    rows.append({"flow": "platform default: litert-torch PT2EQuantizer (HistogramObserver)", "where": "convert_pt2e reference",
-                 **metrics(run_program(ref, held)[0], fp32), "seconds": round(time.time() - t, 1)})
-    print(rows[-1], flush=True)
-    variants = [("mse", dict(calibrator="mse")), ("minmax", dict(calibrator="minmax")),
-                ("percentile 99.99", dict(calibrator="percentile")), ("entropy", dict(calibrator="entropy")),
-                ("mse, no ReLU6 fusing", dict(calibrator="mse", fuse_relu6=False)),
-                ("percentile + CLE", dict(equalize=True)),
-                ("percentile + bias correction (depthwise)", dict(bias_correction=True)),
-                ("percentile + CLE + bias correction", dict(equalize=True, bias_correction=True)),
-                ("percentile, classifier kept float", dict(keep_float=("classifier",)))]
-    for label, kw in variants:
-        t = time.time()
-        q = quantize(lm.module, example, calib, QuantRecipe(**kw), litert_quantizer())
-        rows.append({"flow": f"edgekit {label}", "where": "convert_pt2e reference", **metrics(run_program(q.module, held)[0], fp32),
-                     "seconds": round(time.time() - t, 1)})
-        print(rows[-1], flush=True)
-    if not quick:
-        from edgekit.converters.tflite import CONVERTER
+def write_md(result: dict) -> None:
+    p = result["protocol"]
+    lines = [f"# MobileNetV2 INT8: edgekit vs platform defaults\n",
+             f"Calibration: {p['calibration']}. Evaluation: {p['held_out']}. Metrics vs the FP32 model on the held-out "
+             "crops (top-1 agreement, logit SQNR). Goal (issue 6): >= 90 % and >= 20 dB.\n",
+             f"edgekit recipe: `{result['edgekit_recipe_summary']}`\n",
+             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | size bytes (x params) | latency ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        st = f"{r['steps_vs_own_reference_max']:.0f} / {r['steps_vs_own_reference_mean']}" if "steps_vs_own_reference_max" in r else ""
+        size = f"{r['size_bytes']:,}" + (f" ({r['size_x_params']})" if "size_x_params" in r else "") if "size_bytes" in r else ""
+        lines.append(f"| {r['flow']} | {r['measured_on']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} | {size} | "
+                     f"{r.get('latency_ms', '')} |")
+    if result.get("fp32_runtimes"):
+        lines += ["\nFP32 artifacts (same runtimes, 1 thread):\n", "| target | size bytes | latency ms |", "|---|---|---|"]
+        lines += [f"| {k} | {v['size_bytes']:,} | {v['latency_ms']} |" for k, v in result["fp32_runtimes"].items()]
+    if SWEEP.is_file():
+        sweep = json.loads(SWEEP.read_text())
+        lines += ["\n## Recipe sweep (convert_pt2e reference, litert-torch placement; bench/int8_sweep_mobilenet_v2.py)\n"]
+        lines += [f"- {n}" for n in sweep.get("notes", [])] + [""]
+        real = [r for r in sweep["rows"] if r["stage"] in ("calibrators", "levers", "keep_float")]
+        if real:
+            best = max(real, key=lambda r: (r["sqnr_db"], r["top1_agree"]))
+            result["sweep_best"] = {k: best[k] for k in ("stage", "label", "recipe", "top1_agree", "sqnr_db")}
+            lines.append(f"\nBest recipe of the sweep (real quantize runs): **{best['label']}**: "
+                         f"{best['top1_agree']:.3f} top-1 agreement, {best['sqnr_db']} dB.")
+        if "diagnosis_base" in sweep:
+            d = sweep["diagnosis_base"]
+            lines.append(f"\nDiagnosis rows: graph surgery on the reference of `{d['label']}` "
+                         f"({d['top1_agree']:.3f}, {d['sqnr_db']} dB on the {d['eval_crops']} crops it uses); "
+                         "SQNR gain = that row minus this base.")
+        lines += ["", "| stage | variant | top-1 agree | SQNR dB | SQNR gain dB |", "|---|---|---|---|---|"]
+        for r in sweep["rows"]:
+            lines.append(f"| {r['stage']} | {r['label']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {r.get('sqnr_gain_db', '')} |")
+    tmp = RESULTS / "int8_mobilenet_v2.md.part"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(RESULTS / "int8_mobilenet_v2.md")
 
-        with tempfile.TemporaryDirectory() as d:
-            t = time.time()
-            art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), Path(d), example,
-                                   calibration=data.head(32))
-            run = CONVERTER.runner(art, Path(d))
-            got = np.stack([run(s)[0] for s in held])
-            r = run_program(load_quantized_reference(Path(d) / art.meta["reference"]).module(), held)[0]
-            st = np.abs(got - r) / art.meta["output_scales"][0]
-            rows.append({"flow": "edgekit default recipe -> .tflite (ai-edge-litert, XNNPACK, 1 thread)", "where": "artifact",
-                         **metrics(got, fp32), "steps_vs_reference_max": float(st.max()),
-                         "steps_vs_reference_mean": round(float(st.mean()), 2),
-                         "size_bytes": (Path(d) / art.path).stat().st_size, "seconds": round(time.time() - t, 1)})
-            print(rows[-1], flush=True)
-    OUT.mkdir(exist_ok=True)
-    result = {"model": "mobilenet_v2 (ImageNet weights)", "calibration": "calibration_data/images, first 32 photos",
-              "evaluation": "calibration_data/images, last 16 photos (held out)", "rows": rows}
-    (OUT / "int8_mobilenet_v2.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| flow | measured on | top-1 agree vs FP32 | SQNR dB | steps vs ref (max/mean) |", "|---|---|---|---|---|"]
-    for r in rows:
-        st = f"{r['steps_vs_reference_max']:.0f} / {r['steps_vs_reference_mean']}" if "steps_vs_reference_max" in r else ""
-        lines.append(f"| {r['flow']} | {r['where']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} |")
-    (OUT / "int8_mobilenet_v2.md").write_text(
-        f"# MobileNetV2 INT8 (calibrate: first 32 photos; evaluate: last 16, held out)\n\n" + "\n".join(lines) + "\n")
+
+def main(argv) -> None:
+    recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else QuantRecipe()
+    steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "fp32"]
+    b = Bench(recipe)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for step in steps:
+            with Timer() as t:
+                if step == "defaults":
+                    b.litert_default(d)
+                    b.executorch_default()
+                    b.pytorch_default(d)
+                elif step == "fp32":
+                    for name in ("tflite", "executorch"):
+                        b.fp32_runtime(name, d)
+                else:
+                    b.edgekit_target(step, d)
+            print(f"== {step}: {t.s} s", flush=True)
+    write_md(b.result)
+    b.save()
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    main(sys.argv[1:])
