@@ -232,6 +232,18 @@ def _model_defaults(job: ExportJob, recipe, loaded):
     return recipe.with_(**unset), [f"int8 settings measured best for {loaded.spec.name} (the user set none of them): {said}"]
 
 
+def _all_with_precision(targets, convs: list[Converter], precision: str) -> tuple[list[Converter], list[str]]:
+    """``--targets all`` means every target that exports this precision (the report names the others);
+    a target the user named explicitly is never dropped (``_check_precision`` refuses it instead)."""
+    named = targets if isinstance(targets, str) else ",".join(targets)
+    if named.strip() != "all" or precision == "fp32":
+        return convs, []
+    able = [c for c in convs if precision in c.info.precisions]
+    left = [c.info.name for c in convs if c not in able]
+    return able, [f"--targets all with {precision}: {', '.join(c.info.name for c in able)} "
+                  f"({', '.join(left)} export no {precision})"] if left else []
+
+
 def _check_precision(convs: list[Converter], precision: str) -> None:
     lacking = [c.info.name for c in convs if precision not in c.info.precisions]
     if lacking:
@@ -266,6 +278,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     convs = resolve_targets(job.targets)
     recipe = _recipe(job)
     precision = "fp32" if recipe is None else recipe.scheme
+    convs, all_notes = _all_with_precision(job.targets, convs, precision)
     _check_precision(convs, precision)
     for conv in convs:
         conv.check_available()
@@ -285,7 +298,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
     data = load_samples(data_dir, spec)
     cal, vset, split_notes = _split(data, recipe, job.samples)
-    split_notes = default_notes + split_notes
+    split_notes = all_notes + default_notes + split_notes
     example = tuple(torch.from_numpy(a) for a in data.samples[0])
     compression = None
     if job.compress is not None:  # the compressed model becomes the FP32 model every target exports

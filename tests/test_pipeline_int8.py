@@ -32,6 +32,24 @@ def test_fidelity_in_steps_and_cost_against_fp32_are_apart(int8_bundle):
     assert "## Compression cost" in md and "## Conversion fidelity" in md and "calibrator percentile" in md
 
 
+def test_report_localises_the_precision_loss_per_layer(int8_bundle):
+    report = json.loads((int8_bundle / "report.json").read_text())
+    loc = report["targets"]["tflite:int8"]["localisation"]
+    modules = {r["module"] for r in loc["rows"]}
+    assert {"stem.0", "block.0", "head.0", "classifier"} <= modules
+    assert all(r["sqnr_db"] > 10 for r in loc["rows"])
+    assert "## Where precision is lost" in (int8_bundle / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_all_targets_means_every_target_that_exports_the_precision(tmp_path):
+    out = tmp_path / "b"
+    assert main(["export", "tiny_cnn", "--targets", "all", "--quant", "int8", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["targets"]) == ["executorch:int8", "ncnn:int8", "ptl:int8", "tflite:int8"]
+    assert any("--targets all with int8" in n and "onnx" in n for n in report["notes"])
+
+
 def test_manifest_records_recipe_and_quantized_reference(int8_bundle):
     m = B.read_manifest(int8_bundle)
     assert m["quantization"]["recipe"]["calibrator"] == "percentile" and m["quantization"]["calibration"]["count"] == 32
