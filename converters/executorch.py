@@ -267,11 +267,11 @@ class ExecuTorchConverter(Converter):
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        precision = "fp32" if recipe is None else recipe.scheme
         if recipe is not None:
             from edgekit.quant import check
 
-            check(recipe)
+            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
+        precision = "fp32" if recipe is None else recipe.scheme
         try:
             import torch
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

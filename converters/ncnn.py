@@ -437,11 +437,11 @@ class NcnnConverter(Converter):
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         self.check_available()
-        precision = "fp32" if recipe is None else recipe.scheme
         if recipe is not None:
             from edgekit.quant import check
 
-            check(recipe)
+            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
+        precision = "fp32" if recipe is None else recipe.scheme
         if precision == "int8":
             from .ncnn_int8 import export_int8
 

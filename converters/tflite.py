@@ -204,6 +204,10 @@ class TFLiteConverter(Converter):
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
+        if recipe is not None:
+            from edgekit.quant import check
+
+            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
         if recipe is not None and recipe.scheme in ("fp16", "dynamic"):
             return self._export_weight_only(model, spec, recipe, Path(out_dir), example_inputs)
         if recipe is not None:

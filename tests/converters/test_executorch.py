@@ -123,7 +123,7 @@ def test_corrupt_artifact_is_a_coded_error(exported, tmp_path, damage):
     assert outcome.outputs is None and outcome.error["code"] == "E-ARTIFACT-CORRUPT"
 
 
-def test_recipe_is_rejected_for_now(tmp_path):
+def test_an_object_that_is_not_a_quant_recipe_is_refused(tmp_path):
     lm = BUILTIN["tiny_cnn"]()
     with pytest.raises(UserError) as err:
         CONVERTER.export(lm.module, lm.spec, object(), tmp_path, lm.example_inputs)
