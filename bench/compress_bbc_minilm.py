@@ -84,9 +84,16 @@ def ce(model, batch):
     return nn.functional.cross_entropy(model(ids, mask), y)
 
 
-def tflite_run(model, name, data: Triples, root: Path) -> dict:
+# INT8 recipe measured on MiniLM (bench/minilm_int8.py): MSE ranges, the FFN down-projections float
+INT8_RECIPE = {"calibrator": "mse", "keep_float": ("bert.encoder.layer.*.output.dense",)}
+
+
+def tflite_run(model, name, data: Triples, root: Path, calibration: Triples | None = None) -> dict:
+    """FP32 (calibration None) or INT8 .tflite of ``model``: accuracy on ``data`` run in ai-edge-litert, latency."""
     from edgekit.converters import get
+    from edgekit.data import CalibrationSet
     from edgekit.isolate import run_artifact
+    from edgekit.quant import QuantRecipe
     from edgekit.spec import ModelSpec, TensorSpec
 
     n = data.ids.shape[1]
@@ -95,13 +102,20 @@ def tflite_run(model, name, data: Triples, root: Path) -> dict:
     d = root / name
     d.mkdir(parents=True)
     t0 = time.perf_counter()
-    art = get("tflite").export(model.eval(), spec, None, d, (data.ids[:1], data.mask[:1]))
+    recipe, extra = None, {}
+    if calibration is not None:
+        recipe = QuantRecipe(calibrator=INT8_RECIPE["calibrator"], keep_float=INT8_RECIPE["keep_float"])
+        samples = tuple((calibration.ids[i:i + 1].numpy(), calibration.mask[i:i + 1].numpy()) for i in range(len(calibration)))
+        extra = {"calibration": CalibrationSet(samples, tuple(f"train:{i}" for i in range(len(samples))), "tensor", "bbc-train")}
+    art = get("tflite").export(model.eval(), spec, recipe, d, (data.ids[:1], data.mask[:1]), **extra)
     export_s = time.perf_counter() - t0
     res = run_artifact("tflite", art.to_dict(), d, [data.ids.numpy()[:, None], data.mask.numpy()[:, None]], threads=1, warmup=5)
     if res.error:
         return {"error": res.error}
     pred = res.outputs[0].reshape(len(data), -1).argmax(-1)
-    return {"accuracy": float((pred == data.y.numpy()).mean()), "latency_ms": res.latency_ms, "export_s": round(export_s, 1)}
+    size = sum((d / f).stat().st_size for f in art.files if not f.endswith(".pt2"))
+    return {"accuracy": float((pred == data.y.numpy()).mean()), "latency_ms": res.latency_ms, "export_s": round(export_s, 1),
+            "size_bytes": size}
 
 
 def main(argv=None) -> int:
@@ -146,22 +160,29 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-bbc-") as tmp:
         log["teacher"]["tflite"] = tflite_run(teacher, "teacher", te, Path(tmp))
         log["successor"]["tflite"] = tflite_run(student, "successor", te, Path(tmp))
+        cal = Triples(tr.ids[:64], tr.mask[:64], tr.y[:64])  # 64 training docs calibrate
+        log["teacher"]["tflite_int8"] = tflite_run(teacher, "teacher_int8", te, Path(tmp), cal)
+        log["successor"]["tflite_int8"] = tflite_run(student, "successor_int8", te, Path(tmp), cal)
     log["accuracy_kept"] = round(log["successor"]["torch_accuracy"] / log["teacher"]["torch_accuracy"], 4)
     a, b = log["teacher"]["tflite"], log["successor"]["tflite"]
     log["tflite_speedup"] = round(a["latency_ms"] / b["latency_ms"], 2) if "latency_ms" in a and "latency_ms" in b else None
-    log["int8"] = "pending: issue 6 (INT8 TFLite of the successor)"
+    log["int8_recipe"] = {"calibrator": INT8_RECIPE["calibrator"], "keep_float": list(INT8_RECIPE["keep_float"]), "calibration_docs": 64}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(log, indent=2))
     os.replace(tmp, out.with_suffix(".json"))
-    md = ["| model | layers | params | MMACs | torch acc | tflite acc | tflite ms |", "|---|---|---|---|---|---|---|"]
+    md = ["| model | layers | params | MMACs | torch acc | tflite acc | tflite ms | INT8 tflite acc | INT8 ms | INT8 MB |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for k, layers in (("teacher", 6), ("successor", 3)):
-        m, t = log[k], log[k]["tflite"]
-        md.append(f"| {k} | {layers} | {m['size']['params']} | {m['size']['macs'] / 1e6:.1f} | {100 * m['torch_accuracy']:.2f} | "
-                  f"{100 * t['accuracy']:.2f} | {t['latency_ms']:.2f} |" if "accuracy" in t else f"| {k} | {layers} | error |")
+        m, t, q = log[k], log[k]["tflite"], log[k]["tflite_int8"]
+        row = f"| {k} | {layers} | {m['size']['params']} | {m['size']['macs'] / 1e6:.1f} | {100 * m['torch_accuracy']:.2f} | "
+        row += f"{100 * t['accuracy']:.2f} | {t['latency_ms']:.2f} | " if "accuracy" in t else "error | - | "
+        row += f"{100 * q['accuracy']:.2f} | {q['latency_ms']:.2f} | {q['size_bytes'] / 1e6:.1f} |" if "accuracy" in q else "error | - | - |"
+        md.append(row)
     text = "\n".join(md) + (f"\n\nseq len {args.seq_len}, {len(tr)} train docs, {len(te)} test docs; successor keeps "
-                            f"{100 * log['accuracy_kept']:.1f}% of the teacher's accuracy; tflite speedup {log['tflite_speedup']}x\n")
+                            f"{100 * log['accuracy_kept']:.1f}% of the teacher's accuracy; tflite speedup {log['tflite_speedup']}x; "
+                            f"INT8: {log['int8_recipe']}\n")
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, out.with_suffix(".md"))
