@@ -195,7 +195,7 @@ def test_runner_rejects_a_batch(exported):
 def test_capability_row():
     info = CONVERTER.info
     assert (info.name, info.suffix, info.extra, info.precisions, info.delegates, info.deprecated) == \
-        ("ncnn", ".param", "ncnn", ("fp32", "int8"), ("cpu", "vulkan"), None)
+        ("ncnn", ".param", "ncnn", ("fp32", "int8", "fp16"), ("cpu", "vulkan"), None)
     assert info.packages == ("pnnx", "ncnn") and set(info.tolerances) == set(info.precisions)
     CONVERTER.check_available()
     assert all(v != "not installed" for v in CONVERTER.versions().values())

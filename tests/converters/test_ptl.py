@@ -118,7 +118,7 @@ def test_corrupt_artifact_is_reported(exported, tmp_path, damage):
 def test_capability_row():
     info = CONVERTER.info
     assert (info.name, info.suffix, info.extra, info.precisions, info.delegates, info.modules, info.packages) == \
-        ("ptl", ".ptl", "ptl", ("fp32", "int8"), ("cpu",), (), ("torch",))
+        ("ptl", ".ptl", "ptl", ("fp32", "int8", "dynamic"), ("cpu",), (), ("torch",))
     assert set(info.tolerances) == set(info.precisions)
     assert info.deprecated and "ExecuTorch" in info.deprecated
     CONVERTER.check_available()
