@@ -227,17 +227,11 @@ def _weight_only(model, spec, recipe, out_dir: Path, example_inputs: tuple):
     else:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer, get_symmetric_quantization_config)
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from edgekit.quant.recipe import keep_float_modules
+        from edgekit.quant.pt2e import quantize_dynamic
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
-        for name in keep_float_modules(model, recipe):
-            quantizer.module_name_config[name] = None
-        prepared = prepare_pt2e(torch.export.export(copy.deepcopy(model).eval(), example_inputs).module(), quantizer)
-        with torch.no_grad():
-            prepared(*example_inputs)  # weight observers only
-        prog_model = convert_pt2e(prepared, fold_quantize=True)
+        prog_model = quantize_dynamic(model, example_inputs, recipe, quantizer, fold_quantize=True)
         select = {"only": quantized_weight_layers(prog_model)}
     try:
         ep = torch.export.export(prog_model, example_inputs)

@@ -183,6 +183,33 @@ def _quiet_progress():
         os.environ.pop(key, None)
 
 
+@contextmanager
+def _staged(final: Path):
+    """A temp file beside ``final``, renamed onto it when the block succeeds and removed otherwise:
+    a failed export never leaves a half-written artifact."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None) -> None:
+    """litert-torch convert + export to ``dst``; its torch, JAX and MLIR errors become coded ones."""
+    import litert_torch
+
+    extra = {} if quant_config is None else {"quant_config": quant_config}
+    try:
+        with _quiet_progress():
+            litert_torch.convert(module, tuple(example_inputs), **extra).export(str(dst))
+    except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
+        raise _conversion_error(exc, spec_name) from exc
+
+
 class TFLiteConverter(Converter):
     info = TargetInfo(
         name=NAME,
@@ -213,28 +240,11 @@ class TFLiteConverter(Converter):
         if recipe is not None:
             return self._export_int8(model, spec, recipe, Path(out_dir), example_inputs, calibration)
         precision = "fp32"
-        try:
-            import litert_torch
-        except ImportError:
-            raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
-        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            try:
-                with _quiet_progress():
-                    converted = litert_torch.convert(model.eval(), tuple(example_inputs))
-                    converted.export(str(tmp))
-            except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
-                raise _conversion_error(exc, spec.name) from exc
+        self.check_available()
+        final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
+        with _staged(final) as tmp:
+            _convert(model.eval(), example_inputs, tmp, spec.name)
             meta = _io_meta(tmp, spec)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
     def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
@@ -249,7 +259,6 @@ class TFLiteConverter(Converter):
             raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
                             "pass --data with samples of the model's inputs")
         try:
-            import litert_torch
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
         except ImportError:
@@ -257,20 +266,10 @@ class TFLiteConverter(Converter):
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
         precision = "int8"
-        out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
         ref = out_dir / reference_name(spec.name, "tflite")
-        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            try:
-                with _quiet_progress():
-                    converted = litert_torch.convert(q.module, tuple(example_inputs),
-                                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))
-                    converted.export(str(tmp))
-            except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
-                raise _conversion_error(exc, spec.name) from exc
+        with _staged(final) as tmp:
+            _convert(q.module, example_inputs, tmp, spec.name, QuantConfig(pt2e_quantizer=quantizer))
             float_io = None
             if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
                 from .tflite_float_io import add_float_io
@@ -281,9 +280,6 @@ class TFLiteConverter(Converter):
             names = compact_tensor_names(tmp, tmp)  # litert-torch's class-path names: ~1.7 % of an INT8 file
             meta = _io_meta(tmp, spec)
             save_quantized_reference(q.module, tuple(example_inputs), ref)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         meta.update({
             "reference": ref.name,
             "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
@@ -310,7 +306,6 @@ class TFLiteConverter(Converter):
 
         check(recipe)
         try:
-            import litert_torch
             from litert_torch.generative.quantize import quant_recipes
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
@@ -320,37 +315,18 @@ class TFLiteConverter(Converter):
         if recipe.scheme == "fp16":
             module, config = model.eval(), quant_recipes.full_fp16_recipe()
         else:
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            from edgekit.quant.recipe import keep_float_modules
+            from edgekit.quant.pt2e import quantize_dynamic
 
             quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
-            for name in keep_float_modules(model, recipe):
-                quantizer.module_name_config[name] = None
-            prepared = prepare_pt2e(torch.export.export(model.eval(), example_inputs).module(), quantizer)
-            with torch.no_grad():
-                prepared(*example_inputs)  # weight observers only: dynamic activations have no ranges
-            module, config = convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
-        out_dir.mkdir(parents=True, exist_ok=True)
+            module, config = quantize_dynamic(model, example_inputs, recipe, quantizer), QuantConfig(pt2e_quantizer=quantizer)
         final = out_dir / f"{spec.name}-{recipe.scheme}{self.info.suffix}"
-        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            try:
-                with _quiet_progress():
-                    converted = litert_torch.convert(module, example_inputs, quant_config=config)
-                    converted.export(str(tmp))
-            except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
-                raise _conversion_error(exc, spec.name) from exc
+        with _staged(final) as tmp:
+            _convert(module, example_inputs, tmp, spec.name, config)
             meta = _io_meta(tmp, spec)
             # litert stores every large float constant (embedding tables too) in the scheme; in dynamic
             # mode an embedding table gets one int8 scale per tensor (measured on tiny_transformer)
             sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME,
                                        types=WITH_EMBEDDING, per_tensor=(torch.nn.Embedding,))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         meta.update(weight_only_meta(recipe, spec.name, NAME, sim))
         return Artifact(NAME, recipe.scheme, final.name, (final.name, ref), meta)
 

@@ -220,7 +220,7 @@ def _recipe(job: ExportJob):
 
 def _model_defaults(job: ExportJob, recipe, loaded):
     """A built-in model's measured int8 settings fill in what the user left unset (never what they set)."""
-    defaults = getattr(loaded, "int8_defaults", None) or {}
+    defaults = loaded.int8_defaults
     if recipe is None or recipe.scheme != "int8" or not defaults:
         return recipe, []
     unset = {k: v for k, v in defaults.items()

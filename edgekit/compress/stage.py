@@ -158,6 +158,16 @@ def _need_data(ctx: _Context, step: str) -> StageData:
     return ctx.data
 
 
+def _task_loss(model: nn.Module, inputs: tuple, labels: torch.Tensor | None, teacher: nn.Module) -> torch.Tensor:
+    """Cross-entropy on labelled data; on unlabelled data, MSE to the original model's outputs."""
+    out = model(*inputs)
+    if labels is not None:
+        return nn.functional.cross_entropy(out, labels)
+    with torch.no_grad():
+        target = teacher(*inputs)
+    return nn.functional.mse_loss(out, target)
+
+
 def _split(batch: tuple, labelled: bool) -> tuple[tuple, torch.Tensor | None]:
     return (tuple(batch[:-1]), batch[-1]) if labelled else (tuple(batch), None)
 
@@ -176,12 +186,7 @@ def _run_prune(model: nn.Module, ctx: _Context) -> tuple[nn.Module, dict]:
         teacher = ctx.original
 
         def loss_fn(m):
-            out = m(*inputs)
-            if labels is not None:
-                return nn.functional.cross_entropy(out, labels)
-            with torch.no_grad():
-                target = teacher(*inputs)
-            return nn.functional.mse_loss(out, target)
+            return _task_loss(m, inputs, labels, teacher)
     res = prune(model, ctx.example_inputs, cfg, loss_fn=loss_fn)
     return res.model, {"channels": {k: list(v) for k, v in res.channels.items()}}
 
@@ -239,13 +244,7 @@ def _run_theseus(model: nn.Module, ctx: _Context) -> tuple[nn.Module, dict]:
     labelled = data.labelled
 
     def loss(m, batch):
-        inputs, labels = _split(batch, labelled)
-        out = m(*inputs)
-        if labels is not None:
-            return nn.functional.cross_entropy(out, labels)
-        with torch.no_grad():
-            target = teacher(*inputs)
-        return nn.functional.mse_loss(out, target)
+        return _task_loss(m, *_split(batch, labelled), teacher)
     losses = fit(model, data.train, loss, ctx.config.train, on_step=stack.set_step)
     model = theseus.finish(model, stage.stack).eval()
     return model, {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses)}

@@ -299,3 +299,18 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     move_exported_model_to_eval(converted)
     return Quantized(converted, ranges, _output_scales(converted), _input_qparams(converted), dict(matched), notes)
+
+
+def quantize_dynamic(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, quantizer,
+                     fold_quantize: bool = False) -> torch.fx.GraphModule:
+    """Dynamic PT2E (``quantizer`` set up in dynamic mode): int8 weights, activations quantized at run
+    time by the kernels, so only the weight observers run (one example, no calibration set); the
+    recipe's keep_float goes through ``KeepFloat``, as for static INT8."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    keep = KeepFloat(quantizer, keep_float_modules(model, recipe))
+    gm = torch.export.export(copy.deepcopy(model).eval(), tuple(example_inputs)).module()
+    prepared = prepare_pt2e(gm, keep)
+    with torch.no_grad():
+        prepared(*example_inputs)  # weight observers only: dynamic activations have no ranges
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)

@@ -75,3 +75,20 @@ def test_tflite_keeps_the_layer_float_in_the_file(setup, tmp_path):
     convs = [op for op in sg.ops if op.builtin in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert convs and all(sg.op_inputs(op)[1].dtype == "int8" for op in convs)
     assert art.meta["kept_float"] == ["classifier"]
+
+
+def test_dynamic_weight_only_quantization_keeps_the_layer_float_too(setup):
+    """The dynamic (weight-only) path of tflite and executorch shares the same KeepFloat: it used the
+    quantizer's own name filter, which silently quantized the kept layer."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    from edgekit.quant.pt2e import quantize_dynamic
+
+    lm, _, example = setup
+
+    def dynamic(keep):
+        q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+        return quantize_dynamic(lm.module, example, QuantRecipe(scheme="dynamic", keep_float=keep), q)
+
+    full, kept = _weight_quants(dynamic(())), _weight_quants(dynamic(("classifier",)))
+    assert full >= 1 and kept == full - 1
