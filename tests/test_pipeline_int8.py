@@ -46,8 +46,9 @@ def test_all_targets_means_every_target_that_exports_the_precision(tmp_path):
     out = tmp_path / "b"
     assert main(["export", "tiny_cnn", "--targets", "all", "--quant", "int8", "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert sorted(report["targets"]) == ["executorch:int8", "ncnn:int8", "ptl:int8", "tflite:int8"]
-    assert any("--targets all with int8" in n and "onnx" in n for n in report["notes"])
+    assert sorted(report["targets"]) == ["executorch:int8", "ncnn:int8", "onnx:int8", "ptl:int8", "tflite:int8"]
+    assert all(v["status"] == "pass" for v in report["targets"].values())
+    assert any("--targets all with int8" in n and "ptl-nnapi" in n for n in report["notes"])
 
 
 def test_manifest_records_recipe_and_quantized_reference(int8_bundle):

@@ -141,7 +141,7 @@ def test_corrupt_artifact_is_reported(exported, tmp_path, damage):
 def test_capability_row():
     info = CONVERTER.info
     assert (info.name, info.suffix, info.extra, info.precisions, info.delegates, info.deprecated) == \
-        ("onnx", ".onnx", "onnx", ("fp32", "dynamic"), ("cpu",), None)
+        ("onnx", ".onnx", "onnx", ("fp32", "int8", "dynamic"), ("cpu",), None)
     assert info.packages == ("onnx", "onnxruntime", "onnxscript") and set(info.tolerances) == set(info.precisions)
     CONVERTER.check_available()
     assert all(v != "not installed" for v in CONVERTER.versions().values())

@@ -1,0 +1,64 @@
+"""ONNX static INT8: a QDQ model (QuantizeLinear/DequantizeLinear around float ops) with edgekit's
+calibrated ranges, which onnxruntime fuses into integer kernels (QLinearConv, QGemm, ...).
+
+1. edgekit's recipe through PT2E (``edgekit.quant.pt2e.quantize``) with ExecuTorch's XNNPACK
+   quantizer placing the q/dq pairs (the same int8 scheme as every other target: per-channel
+   symmetric weights, per-tensor activations; weights folded to int8 constants, so the file stores
+   1 byte per weight);
+2. the ``convert_pt2e`` program goes through ``torch.onnx.export`` (dynamo), whose onnxscript library
+   turns ``quantized_decomposed`` quantize/dequantize into QuantizeLinear/DequantizeLinear with the
+   program's own scales and zero points;
+3. that program is also the quantized reference saved next to the .onnx (conversion fidelity: the
+   .onnx on onnxruntime's integer kernels vs the float simulation of the same numbers).
+The model's inputs and outputs stay float: the file quantizes and dequantizes at its edges.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.errors import UserError
+
+
+def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
+    """-> (the convert_pt2e program as an ExportedProgram, reference file name, artifact meta keys)."""
+    import torch
+
+    from edgekit.quant.pt2e import quantize
+    from edgekit.quant.reference import reference_name, save_quantized_reference
+
+    if calibration is None or len(calibration) == 0:
+        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to onnx got no calibration samples",
+                        "pass --data with samples of the model's inputs")
+    if any(not t.is_floating_point() for t in example_inputs):
+        raise UserError("E-TARGET-PRECISION", f"onnx INT8 quantizes float inputs only; {spec.name} takes "
+                        f"{[str(t.dtype) for t in example_inputs]}", "export onnx in fp32 or dynamic for this model")
+    q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(), fold_quantize=True)
+    ref = Path(out_dir) / reference_name(spec.name, "onnx")
+    save_quantized_reference(q.module, tuple(example_inputs), ref)
+    notes = list(q.notes)
+    notes.append("model I/O is float: the .onnx quantizes its inputs and dequantizes its outputs itself "
+                 f"(recipe io={recipe.io!r} does not apply to onnx)")
+    n = min(len(calibration), recipe.max_samples)
+    meta = {
+        "reference": ref.name,
+        "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
+        "recipe": recipe.to_dict(),
+        "recipe_summary": recipe.describe(),
+        "calibration": {"count": n, "sha256": calibration.head(recipe.max_samples).sha256},
+        "kept_float": sorted(q.kept_float),
+        "quant_notes": notes,
+    }
+    # An ExportedProgram, not the module: the exporter would capture the (train-mode flagged)
+    # GraphModule again and warn about training mode.
+    return torch.export.export(q.module, tuple(example_inputs)), ref.name, meta
+
+
+def _quantizer():
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+    except ImportError as exc:
+        raise UserError("E-DEP-MISSING", "onnx INT8 places its quantize/dequantize pairs with ExecuTorch's "
+                        f"XNNPACK quantizer, which is not installed ({exc})",
+                        "pip install 'edgekit[onnx]' (it lists executorch), or export onnx in fp32/dynamic") from exc
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
