@@ -10,7 +10,8 @@ Rows:
   is_per_channel=True)), PyTorch's default qnnpack qconfig (FX; the real .ptl and its float simulation);
 - edgekit's recipe (argument 1 as JSON, default QuantRecipe()): the quantized reference of each target
   and the real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
-  (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread);
+  (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread), .onnx (QDQ,
+  onnxruntime CPU, 1 thread);
 - sizes (file bytes / parameter count) and latency (median, 1 thread) INT8 vs FP32.
 Each row is saved when measured (a rerun with the same recipe skips it). The .md also lists the
 recipe sweep from bench/results/int8_sweep_mobilenet_v2.json (bench/int8_sweep_mobilenet_v2.py).
@@ -264,7 +265,7 @@ def write_md(result: dict) -> None:
 
 def main(argv) -> None:
     recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else QuantRecipe()
-    steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "fp32"]
+    steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "onnx", "fp32"]
     b = Bench(recipe)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -275,7 +276,7 @@ def main(argv) -> None:
                     b.executorch_default()
                     b.pytorch_default(d)
                 elif step == "fp32":
-                    for name in ("tflite", "executorch"):
+                    for name in ("tflite", "executorch", "onnx"):
                         b.fp32_runtime(name, d)
                 else:
                     b.edgekit_target(step, d)

@@ -11,6 +11,11 @@ calibrated ranges, which onnxruntime fuses into integer kernels (QLinearConv, QG
 3. that program is also the quantized reference saved next to the .onnx (conversion fidelity: the
    .onnx on onnxruntime's integer kernels vs the float simulation of the same numbers).
 The model's inputs and outputs stay float: the file quantizes and dequantizes at its edges.
+
+No per-layer view: exposing an intermediate QuantizeLinear output as a graph output stops
+onnxruntime's QDQ fusion at that node (measured on tiny_cnn: 3 QLinearConv -> 0, the convs then run
+in float between Q/DQ), so the tensors read that way would not come from the kernels the file runs
+on. Fidelity is judged end to end against the reference.
 """
 from __future__ import annotations
 
