@@ -111,6 +111,15 @@ class PtlConverter(Converter):
             partial.unlink(missing_ok=True)
         return Artifact(self.info.name, precision, final.name, files, meta)
 
+    def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
+        """Each quantized tensor of the .ptl's own graph (qnnpack) against the reference op fed the
+        runtime's own input (edgekit.quant.per_layer_ptl); None for fp32 and dynamic artifacts."""
+        if artifact.precision != "int8" or not artifact.meta.get("reference"):
+            return None
+        from edgekit.quant.per_layer_ptl import ptl_per_layer
+
+        return ptl_per_layer(Path(root) / artifact.path, Path(root) / artifact.meta["reference"], samples)
+
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         if artifact.precision in ("int8", "dynamic"):  # a qnnpack .ptl gives other numbers on another engine
             torch.backends.quantized.engine = "qnnpack"  # process-wide, like the thread count
