@@ -116,6 +116,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Compression stage (before export)", "",
                   "The model every target exported is the compressed one; the stage compares it with the original.", "",
                   report["compression_stage"]["markdown"]]
+    lines += _per_layer(report)
     lines += _localisation(report)
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
     if problems:
@@ -137,6 +138,33 @@ def markdown(report: dict) -> str:
         lines += ["", "## Notes", ""] + notes
     lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def _per_layer(report: dict, top: int = 5) -> list[str]:
+    """Per-layer conversion fidelity: each target's layer count, worst layers and every flagged one."""
+    rows = [(n, t.get("per_layer")) for n, t in report["targets"].items() if t.get("per_layer") or t.get("per_layer_error")]
+    if not rows:
+        return []
+    lines = ["", "## Conversion fidelity per layer (each tensor of the file vs the reference op fed the same input)", "",
+             "A layer more than 2 steps from its reference is flagged: the fault is in that layer (clean: <= 1 step).", ""]
+    for name, layers in rows:
+        if not layers:
+            err = report["targets"][name].get("per_layer_error") or "no rows"
+            lines.append(f"- **{name}**: the per-layer view failed (the end-to-end check stands): {err}")
+            continue
+        stepped = [r for r in layers if isinstance(r.get("max_steps"), (int, float))]
+        flagged = [r for r in layers if r.get("flagged")]
+        worst = max((r["max_steps"] for r in stepped), default=0.0)
+        lines.append(f"- **{name}**: {len(layers)} layers, worst {worst:g} steps, "
+                     f"{len(flagged)} flagged" + (":" if flagged else "."))
+        for r in flagged[:top]:
+            steps = f"{r['max_steps']:g} steps" if isinstance(r.get("max_steps"), (int, float)) else "no steps"
+            note = f" ({r['note']})" if r.get("note") else ""
+            lines.append(f"  - `{r['layer']}` {r.get('op', '')} (module {r.get('module') or '-'}): {steps}, "
+                         f"worst channel {r.get('worst_channel', '-')}{note}")
+        if len(flagged) > top:
+            lines.append(f"  - ... and {len(flagged) - top} more (report.json has every row)")
+    return lines
 
 
 def _localisation(report: dict, top: int = 5) -> list[str]:

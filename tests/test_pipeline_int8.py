@@ -30,6 +30,8 @@ def test_fidelity_in_steps_and_cost_against_fp32_are_apart(int8_bundle):
     assert report["data"]["count"] == 16 and "calibrated on 32 samples" in report["notes"][0]
     md = (int8_bundle / "report.md").read_text()
     assert "## Compression cost" in md and "## Conversion fidelity" in md and "calibrator percentile" in md
+    n = len(report["targets"]["ncnn:int8"]["per_layer"])
+    assert "## Conversion fidelity per layer" in md and f"**ncnn:int8**: {n} layers" in md and "0 flagged." in md
 
 
 def test_report_localises_the_precision_loss_per_layer(int8_bundle):
@@ -73,7 +75,7 @@ def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("args, code", [
-    (["--targets", "onnx", "--quant", "int8"], "E-TARGET-PRECISION"),
+    (["--targets", "ptl-nnapi", "--quant", "int8"], "E-TARGET-PRECISION"),
     (["--targets", "tflite", "--calibrator", "mse"], "E-ARGS"),
     (["--targets", "tflite", "--equalize"], "E-ARGS"),
     (["--targets", "tflite", "--quant", "int8", "--keep-float", "nonexistent_layer"], "E-ARGS"),
