@@ -44,7 +44,7 @@ class InspectResult:
             if self.xnnpack:
                 rows.append(("XNNPACK (CPU)", "measured (LiteRT interpreter)", self.xnnpack))
             if self.gpu:
-                rows.append(("GPU delegate", "rules (docs)", self.gpu))
+                rows.append(("GPU delegate", "rules (delegate source)", self.gpu))
             for lv, c in self.nnapi.items():
                 rows.append((f"NNAPI, API {lv}", "rules (delegate source)", c))
             for name, how, c in rows:

@@ -33,6 +33,47 @@ class _Mixed(nn.Module):
         return torch.exp(self.b(y)).abs()
 
 
+class _Flipped(nn.Module):
+    """conv -> flip (REVERSE_V2: no GPU delegate parser) -> conv -> EXP, ABS."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.flip(self.a(x).relu(), dims=(1,))
+        return torch.exp(self.b(y)).abs()
+
+
+def _export_small(module, tmp_path_factory, name):
+    torch.manual_seed(0)
+    spec = ModelSpec(name, (TensorSpec("x", (1, 3, 8, 8), layout="NCHW"),), (TensorSpec("y", (1, 8, 8, 8)),),
+                     task="embedding")
+    out = tmp_path_factory.mktemp(name)
+    art = get("tflite").export(module.eval(), spec, None, out, (torch.randn(1, 3, 8, 8),))
+    return out / art.path
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory):
+    return _export_small(_Flipped(), tmp_path_factory, "flipped")
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory):
+    """tiny_cnn as a real INT8 .tflite (int8 per-channel CONV_2D/DEPTHWISE_CONV_2D v3, QUANTIZE/DEQUANTIZE)."""
+    from edgekit.data import load_samples
+    from edgekit.quant import QuantRecipe
+
+    loaded = BUILTIN["tiny_cnn"]()
+    data = load_samples(loaded.default_data, loaded.spec).head(16)
+    out = tmp_path_factory.mktemp("tiny_int8")
+    example = tuple(torch.from_numpy(a) for a in data.samples[0])
+    recipe = QuantRecipe(calibrator="minmax", equalize=False, bias_correction=False)
+    art = get("tflite").export(loaded.module, loaded.spec, recipe, out, example, calibration=data)
+    return out / art.path
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     loaded = BUILTIN["tiny_cnn"]()
@@ -87,18 +128,61 @@ def test_nnapi_levels(mixed):
     assert "these run on CPU: CUMSUM (op 3)" in cov[29].summary()
 
 
-def test_gpu_rules_and_partition_limit(mixed, tiny):
-    sg = read_tflite(mixed).main
+def test_gpu_rules_and_partition_limit(mixed, flipped, tiny):
+    # the delegate source has parsers for CUMSUM (float input, constant axis), EXP, ABS and TRANSPOSE
+    cov = gpu.analyse(read_tflite(mixed).main)
+    assert cov.summary() == "9 of 9 ops delegated in 1 partition(s); none run on CPU"
+    # REVERSE_V2 has no parser; one partition only (the default limit): the larger run after it wins
+    sg = read_tflite(flipped).main
+    assert [op.builtin for op in sg.ops][2] == "REVERSE_V2"
     cov = gpu.analyse(sg)
     why = {i: r for i, _, r in cov.cpu_ops}
-    assert why[3] == why[7] == "the delegate has no rule for this op"  # CUMSUM, ABS
-    # one partition only (the GPU delegate's default limit): the largest run, CONV_2D+EXP, wins
-    assert cov.partitions == ((5, 6),) and cov.dropped_partitions == 1
-    assert "beyond the delegate's limit of 1" in why[1]  # the lone CONV_2D before CUMSUM
-    # tiny_cnn: TRANSPOSE and MEAN are not in the documented list; the 7 ops between them form the partition
+    assert why[2] == "the delegate has no rule for this op"
+    assert cov.partitions == ((3, 4, 5, 6),) and cov.dropped_partitions == 1
+    assert "beyond the delegate's limit of 1" in why[0] and "beyond the delegate's limit of 1" in why[1]
+    # tiny_cnn FP32: TRANSPOSE, PAD, CONV_2D, DEPTHWISE_CONV_2D, ADD, MEAN (constant axes), FULLY_CONNECTED v5
     cov = gpu.analyse(read_tflite(tiny).main)
-    assert cov.partitions == (tuple(range(1, 8)),)
-    assert cov.summary().startswith("7 of 10 ops delegated in 1 partition(s); these run on CPU: TRANSPOSE (op 0)")
+    assert cov.summary() == "10 of 10 ops delegated in 1 partition(s); none run on CPU"
+
+
+def test_gpu_takes_a_real_int8_file(tiny_int8):
+    """Quantized ops are allowed by default: int8 tensors, per-channel conv/depthwise v3, QUANTIZE and
+    DEQUANTIZE are accepted (the delegate then computes in float; the rule file says so)."""
+    sg = read_tflite(tiny_int8).main
+    versions = {(op.builtin, op.version) for op in sg.ops}
+    assert ("DEPTHWISE_CONV_2D", 3) in versions and ("CONV_2D", 3) in versions
+    assert sg.tensors[sg.inputs[0]].dtype == "int8"
+    cov = gpu.analyse(sg)
+    assert cov.delegated == cov.total == len(sg.ops) and not cov.cpu_ops
+    assert "float" in gpu.quantized_note() and "QUANTIZE_AND_DEQUANTIZE" in gpu.quantized_note()
+
+
+def test_gpu_version_type_and_constant_limits():
+    """The per-op limits read from the delegate source, on the reader's own records."""
+    from edgekit.inspect.tflite_model import OpInfo, SubgraphInfo, TensorInfo
+
+    table = rules.load("gpu")["ops"]
+
+    def one(op, version, dtype="float32", const_axis=True, rank=4):
+        shape = (1, 8, 8, 8)[:rank] if rank <= 4 else (1, 2, 8, 8, 8)
+        tensors = (TensorInfo(0, "x", dtype, shape, False, 1, (0,), 0.1),
+                   TensorInfo(1, "w", "int32" if op in ("MEAN", "CUMSUM") else dtype, (1,), const_axis, 1, (0,), 0.0),
+                   TensorInfo(2, "y", dtype, shape, False, 1, (0,), 0.1))
+        sg = SubgraphInfo(0, "main", (0,), (2,), (OpInfo(0, op, version, (0, 1), (2,)),), tensors)
+        return rules.check(table.get(op), sg, sg.ops[0])
+
+    assert one("DEPTHWISE_CONV_2D", 3, "int8") is None and one("DEPTHWISE_CONV_2D", 6) is None
+    assert one("DEPTHWISE_CONV_2D", 7) == "op version 7 > 6"
+    assert one("CONV_2D", 7) == "op version 7 > 6"
+    assert one("FULLY_CONNECTED", 9) is None and one("FULLY_CONNECTED", 12, "int8") == "op version 12 > 9"
+    assert one("TRANSPOSE", 4) is None and one("TRANSPOSE", 5) == "op version 5 > 4"
+    assert one("MUL", 3) is None and one("ADD", 3) == "op version 3 > 2"
+    assert one("MEAN", 2, "int8") is None and one("MEAN", 2, const_axis=False) == "input 1 must be a constant"
+    assert "not accepted" in one("CUMSUM", 1, "int8") and one("CUMSUM", 1) is None
+    assert "not accepted" in one("ADD", 1, "int16")
+    assert one("ADD", 1, rank=5) == "rank 5 > 4"
+    for op in ("QUANTIZE", "DEQUANTIZE", "TRANSPOSE", "MEAN", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D"):
+        assert "model_builder.cc" in table[op]["source"] and "google-ai-edge/LiteRT" in table[op]["source"]
 
 
 def test_quantization_rules_on_int8_tensors():
