@@ -313,14 +313,14 @@ def simulate(qgm: torch.fx.GraphModule):
             qp[env[node]] = (float(s), int(zp))
         elif node.op == "call_module":
             mod = qgm.get_submodule(node.target)
-            name = node.target.replace(".", "_")
+            name = node.target  # the model's own module path: reports and --keep-float suggestions name it
             q_in = src_qp(node)
             if isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU, nnq.Conv2d, nnq.Linear)):
-                root.add_module(name, SimLinear(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
+                _put(root, name, SimLinear(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
                 env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
                 qp[env[node]] = (float(mod.scale), int(mod.zero_point))
             elif q_in is None or isinstance(mod, _SAME_QPARAMS_MODULES):
-                root.add_module(name, copy.deepcopy(mod))
+                _put(root, name, copy.deepcopy(mod))
                 env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
                 if q_in is not None:
                     env[node] = g.call_function(fake_quant, (env[node], *q_in))
@@ -351,6 +351,16 @@ def simulate(qgm: torch.fx.GraphModule):
         users = [u for u in ph.users if u.op == "call_function" and u.target is torch.quantize_per_tensor]
         in_qp.append((float(qp[env[users[0]]][0]), int(qp[env[users[0]]][1])) if users else None)
     return torch.fx.GraphModule(root, g, "PtlInt8Simulation"), out_qp, in_qp
+
+
+def _put(root: nn.Module, dotted: str, mod: nn.Module) -> None:
+    """Add ``mod`` under its dotted path ("features.0.2"), creating empty parents on the way."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not hasattr(root, part):
+            root.add_module(part, nn.Module())
+        root = getattr(root, part)
+    root.add_module(leaf, mod)
 
 
 def _dequantized_qp(node, env, qp):

@@ -76,8 +76,10 @@ def test_edgekits_artifact_is_within_one_step_on_every_layer(data, exported):
     rows = CONVERTER.per_layer(art, out, held)
     json.dumps(rows)  # JSON-safe
     by_module = {r["module"]: r for r in rows}
-    assert {"stem_0", "block_0", "block_3", "block_6", "head_0", "classifier"} <= set(by_module)
-    assert by_module["block_3"]["op"] == "quantized::conv2d_relu"  # depthwise, ReLU6 fused
+    assert {"stem.0", "block.0", "block.3", "block.6", "head.0", "classifier"} <= set(by_module)
+    assert by_module["block.3"]["op"] == "quantized::conv2d_relu"  # depthwise, ReLU6 fused
+    for name in filter(None, by_module):  # the model's own module paths (what --keep-float takes)
+        lm.module.get_submodule(name)
     assert {r["op"] for r in rows} >= {"quantized::add", "aten::adaptive_avg_pool2d", "quantized::linear"}
     assert len(rows) == 10 and all(r["max_steps"] <= 1.0 and not r["flagged"] for r in rows), rows
     assert CONVERTER.per_layer(dataclasses.replace(art, precision="dynamic"), out, held) is None
@@ -123,13 +125,13 @@ def test_naive_export_fault_is_attributed_to_the_relu6_after_the_first_conv(data
     rows = ptl_per_layer(*_naive(lm, calib, tmp_path), held)
     first = next(k for k, r in enumerate(rows) if r["flagged"])
     bad = rows[first]
-    assert bad["module"] == "stem_2" and bad["op"] == "aten::hardtanh", rows  # tiny_cnn's stem.2 = ReLU6
+    assert bad["module"] == "stem.2" and bad["op"] == "aten::hardtanh", rows  # tiny_cnn's stem.2: the ReLU6
     assert bad["max_steps"] >= 100, bad  # scrambled whole values, not rounding
     conv = rows[first - 1]
-    assert conv["module"] == "stem_0" and conv["op"] == "quantized::conv2d" and conv["max_steps"] <= 1.0
+    assert conv["module"] == "stem.0" and conv["op"] == "quantized::conv2d" and conv["max_steps"] <= 1.0
     # every other flagged layer is a ReLU6 too (block.2, block.5): each fault on its own op, the
     # layers after a fault computed from the runtime's own (scrambled) input stay within 1 step
-    assert {r["module"] for r in rows if r["flagged"]} == {"stem_2", "block_2", "block_5"}
+    assert {r["module"] for r in rows if r["flagged"]} == {"stem.2", "block.2", "block.5"}
     assert all(r["max_steps"] <= 1.0 for r in rows if not r["flagged"])
 
 
@@ -152,7 +154,7 @@ def test_wrong_weight_scale_on_one_channel_is_flagged_on_its_conv(data, tmp_path
     rows = CONVERTER.per_layer(art, tmp_path, held)
     flagged = [r for r in rows if r["flagged"]]
     assert len(flagged) == 1, rows
-    assert flagged[0]["module"] == "block_0" and flagged[0]["op"] == "quantized::conv2d_relu"
+    assert flagged[0]["module"] == "block.0" and flagged[0]["op"] == "quantized::conv2d_relu"
     assert flagged[0]["worst_channel"] == 3 and flagged[0]["max_steps"] >= 4
 
 
@@ -184,5 +186,5 @@ def test_wrong_output_scale_of_one_conv_is_flagged_on_that_conv(data, tmp_path, 
     json.dumps(rows)
     flagged = [r for r in rows if r["flagged"]]
     assert [r["op"] for r in flagged] == ["quantized::conv2d_relu", "aten::adaptive_avg_pool2d", "aten::flatten"], rows
-    assert flagged[0]["module"] == "head_0" and "scale" in flagged[0]["note"] and flagged[0]["max_steps"] >= 4
+    assert flagged[0]["module"] == "head.0" and "scale" in flagged[0]["note"] and flagged[0]["max_steps"] >= 4
     assert rows.index(flagged[0]) == len(rows) - 4 and rows[-1]["module"] == "classifier" and rows[-1]["max_steps"] <= 1
