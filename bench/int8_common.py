@@ -141,3 +141,60 @@ def latency_ms(run, sample, n: int = 30, warmup: int = 3) -> float:
         run(sample)
         times.append(time.perf_counter() - t)
     return round(float(np.median(times) * 1e3), 3)
+
+
+_SITE_MODE: dict[int, str] = {}  # activation site index -> "q" | "float" | "clip" | "round" (activation_sites_report)
+
+
+def _site_fq(x, scale, zp, qmin, qmax, idx, relu):
+    """One activation q/dq pair, or a part of it: 'clip' (clamp to the range, no rounding), 'round'
+    (rounding on the same step, no clamp), 'float' (neither; a former ReLU6 keeps its cap)."""
+    mode = _SITE_MODE.get(idx, "q")
+    if relu:
+        x = x.clamp(max=6.0) if mode != "q" else x
+    if mode == "float":
+        return x
+    if mode == "clip":
+        return x.clamp((qmin - zp) * scale, (qmax - zp) * scale)
+    if mode == "round":
+        return torch.round(x / scale) * scale
+    return (torch.clamp(torch.round(x / scale) + zp, qmin, qmax) - zp) * scale
+
+
+def activation_sites_report(gm, held, fp32) -> dict:
+    """Where the activation-only error of a reference comes from (weights float): all sites rounding
+    only / clipping only, then each site alone quantized (sqnr of the logits). Mutates gm."""
+    bypass(gm, lambda k, p: k == "weight")
+    sites = []
+    for q, deqs, kind, path in qdq_pairs(gm):
+        if kind != "act":
+            continue
+        src = q.args[0]
+        relu = src.op == "call_function" and "relu" in str(src.target)  # a former ReLU6 (fuse_relu6)
+        with gm.graph.inserting_after(deqs[-1]):
+            node = gm.graph.call_function(_site_fq, (src, *q.args[1:5], len(sites), relu))
+        for d in deqs:
+            d.replace_all_uses_with(node)
+        lo, hi = (q.args[3] - q.args[2]) * q.args[1], (q.args[4] - q.args[2]) * q.args[1]
+        sites.append({"site": len(sites), "path": path or "<input>", "op": str(src.target).split(".")[-2] if src.op == "call_function" else "input",
+                      "range": [round(lo, 4), round(hi, 4)]})
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    out = {"eval_crops": len(held)}
+    for label, mode in (("all sites quantized", "q"), ("all sites rounding only (no clipping)", "round"),
+                        ("all sites clipping only (no rounding)", "clip")):
+        _SITE_MODE.clear()
+        _SITE_MODE.update({s["site"]: mode for s in sites})
+        out[label] = metrics(run_batched(gm, held), fp32)
+    for s in sites:
+        _SITE_MODE.clear()
+        _SITE_MODE.update({x["site"]: "float" for x in sites})
+        _SITE_MODE[s["site"]] = "q"
+        s["alone_sqnr_db"] = metrics(run_batched(gm, held), fp32)["sqnr_db"]
+    _SITE_MODE.clear()
+    total = sum(10 ** (-s["alone_sqnr_db"] / 10) for s in sites)
+    for s in sites:
+        s["noise_share"] = round(10 ** (-s["alone_sqnr_db"] / 10) / total, 4)
+    out["sites"] = sorted(sites, key=lambda s: -s["noise_share"])
+    out["sum_of_alone_noise_sqnr_db"] = round(-10 * np.log10(total), 2)
+    return out

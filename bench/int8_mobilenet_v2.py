@@ -8,7 +8,8 @@ Rows:
 - platform defaults, each with its own observers: litert-torch's documented PT2E flow (reference and
   the real .tflite), ExecuTorch's XNNPACKQuantizer defaults (get_symmetric_quantization_config(
   is_per_channel=True)), PyTorch's default qnnpack qconfig (FX; the real .ptl and its float simulation);
-- edgekit's recipe (argument 1 as JSON, default QuantRecipe()): the quantized reference of each target
+- edgekit's recipe (argument 1 as JSON; default: QuantRecipe() with MobileNetV2's measured int8 settings,
+  i.e. what `edgekit export mobilenet_v2 --quant int8` uses): the quantized reference of each target
   and the real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
   (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread), .onnx (QDQ,
   onnxruntime CPU, 1 thread);
@@ -264,7 +265,9 @@ def write_md(result: dict) -> None:
 
 
 def main(argv) -> None:
-    recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else QuantRecipe()
+    # default: what `edgekit export mobilenet_v2 --quant int8` uses (the recipe + the model's measured settings)
+    recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else \
+        QuantRecipe().with_(**BUILTIN["mobilenet_v2"]().int8_defaults)
     steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "onnx", "fp32"]
     b = Bench(recipe)
     with tempfile.TemporaryDirectory() as d:

@@ -14,12 +14,19 @@ Stages (each row is saved as soon as it is measured; a rerun skips rows already 
   the SQNR gain ranks the layers for keep_float (measured on 64 of the held-out crops, 4 per file);
 - keep_float: real quantize(keep_float=...) runs: the classifier, the top layer of the diagnosis, and
   cumulative sets of the top 3 / 6 layers;
-- weight clipping (diagnosis): per-channel weight scales chosen by MSE instead of max|w|.
+- weight clipping (diagnosis): per-channel weight scales chosen by MSE instead of max|w|;
+- act_diagnosis: on the best recipe's reference with weights float, where the activation error comes
+  from: every site rounding only (no clipping) / clipping only (no rounding), and each site alone
+  quantized (64 held-out crops);
+- adaround: learned weight rounding (edgekit.quant.adaround) on the best recipe: alone (with and
+  without activation fake-quant during the reconstruction), weights-only diagnosis, + bias
+  correction, + keep_float of the diagnosed layers; wall time of the learning in each row.
 Writes bench/results/int8_sweep_mobilenet_v2.json.   Run: python bench/int8_sweep_mobilenet_v2.py [stage ...]
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -47,7 +54,7 @@ class _StatsCache:
     def __init__(self):
         import edgekit.quant.pt2e as pt2e
 
-        self.pt2e, self.store, self.key = pt2e, {}, None
+        self.pt2e, self.store, self.key, self.model_tag = pt2e, {}, None, ""
         self.real_run, self.real_collector = pt2e._run, pt2e.TensorStatsCollector
         cache = self
 
@@ -66,9 +73,11 @@ class _StatsCache:
         pt2e._run, pt2e.TensorStatsCollector = run, Collector
 
     def use(self, recipe: QuantRecipe):
-        self.key = (recipe.bins, recipe.equalize, recipe.fuse_relu6, recipe.keep_float, recipe.max_samples)
+        self.key = (recipe.bins, recipe.equalize, recipe.fuse_relu6, recipe.keep_float, recipe.max_samples,
+                    recipe.rounding, self.model_tag)
         # bias correction runs after calibration (on the calibrated model): it shares the statistics
-STAGES = ("calibrators", "levers", "diagnosis", "keep_float", "weight_clip")
+STAGES = ("calibrators", "levers", "diagnosis", "keep_float", "weight_clip", "act_diagnosis", "adaround")
+ADAROUND_CACHE = Path(os.environ.get("EDGEKIT_BENCH_CACHE", "/tmp/edgekit_int8_bench_cache")) / "adaround"
 
 
 class Sweep:
@@ -94,20 +103,22 @@ class Sweep:
         tmp.write_text(json.dumps(self.result, indent=1) + "\n")
         tmp.replace(OUT)
 
-    def quantized(self, recipe):
+    def quantized(self, recipe, model=None, tag=""):
+        self.cache.model_tag = tag
         self.cache.use(recipe)
-        q = quantize(self.lm.module, self.example, self.calib, recipe, litert_quantizer())
+        q = quantize(model if model is not None else self.lm.module, self.example, self.calib, recipe,
+                     litert_quantizer(), cache_dir=ADAROUND_CACHE)
         return unguard(q.module), q
 
-    def measure(self, stage, label, recipe: QuantRecipe):
+    def measure(self, stage, label, recipe: QuantRecipe, model=None, tag="", extra=None):
         row = self.done(stage, label)
         if row:
             return row
         with Timer() as t:
-            gm, q = self.quantized(recipe)
+            gm, q = self.quantized(recipe, model, tag)
             out = run_batched(gm, self.held)
         row = {"stage": stage, "label": label, "recipe": recipe.to_dict(), **metrics(out, self.fp32),
-               "seconds": t.s, "notes": q.notes}
+               "seconds": t.s, "notes": q.notes, **(extra or {})}
         self.save(row)
         return row
 
@@ -216,6 +227,61 @@ class Sweep:
                    **metrics(run_batched(g, self.held[::4]), self.fp32[::4]), "eval_crops": len(self.held[::4])})
 
 
+    def act_diagnosis(self):
+        from int8_common import activation_sites_report
+
+        if "act_diagnosis" in self.result:
+            return
+        b = self.best(["calibrators", "levers"])
+        gm, _ = self.quantized(QuantRecipe.from_dict(b["recipe"]))
+        self.result["act_diagnosis"] = {"label": b["label"], **activation_sites_report(gm, self.held[::4], self.fp32[::4])}
+        self.save_result()
+
+    def adaround(self):
+        from edgekit.quant.adaround import AdaRoundConfig, adaround
+
+        b = self.best(["calibrators"])  # bias correction measured harmful with AdaRound (weights-only 13.5 -> 8.8 dB)
+        base = QuantRecipe.from_dict(b["recipe"])
+        ada = base.with_(rounding="adaround")
+        row = self.measure("adaround", f"{b['label']} + AdaRound", ada)
+        gm, q = self.quantized(ada)  # cached learning: the weights-only diagnosis of the same reference
+        self.weights_only_row(gm, f"{b['label']} + AdaRound, weights only quantized (activations float)")
+        # range tuning found by act_diagnosis: the logits' range by min/max (percentile clips the top logits)
+        self.measure("adaround", f"{b['label']} + min/max logits", base.with_(minmax_output=True))
+        self.measure("adaround", f"{b['label']} + AdaRound + min/max logits", ada.with_(minmax_output=True))
+        self.measure("adaround", f"{b['label']} + AdaRound + min/max logits + float classifier",
+                     ada.with_(minmax_output=True, keep_float=("classifier",)))
+        # the reconstruction without activation fake-quant (weights only, "symmetric" inputs)
+        label = f"{b['label']} + AdaRound (reconstruction without activation quantization)"
+        if not self.done("adaround", label):
+            cfg = AdaRoundConfig()
+            with Timer() as t:
+                model, rep = adaround(self.lm.module, self.example, self.calib, cfg, act_recipe=None)
+            self.measure("adaround", label, base, model=model, tag="ada-noact",
+                         extra={"adaround_seconds": rep["seconds"], "total_seconds_incl_learning": t.s})
+        diag = sorted((r for r in self.result["rows"] if r["stage"] == "diagnosis" and r["label"].startswith("float: ")),
+                      key=lambda r: -r["sqnr_gain_db"])
+        top = [r["label"].removeprefix("float: ") for r in diag[:3]]
+        if top:
+            self.measure("adaround", f"{b['label']} + AdaRound + float top-3 " + ",".join(top), ada.with_(keep_float=tuple(top)))
+        del row, gm, q
+
+    def weights_only_row(self, gm, label):
+        import copy
+
+        if self.done("adaround", label):
+            return
+        g = copy.deepcopy(gm)
+        bypass(g, lambda k, p: k == "act")
+        self.save({"stage": "adaround", "label": label, **metrics(run_batched(g, self.held[::4]), self.fp32[::4]),
+                   "eval_crops": len(self.held[::4])})
+
+    def save_result(self):
+        tmp = OUT.with_suffix(".json.part")
+        tmp.write_text(json.dumps(self.result, indent=1) + "\n")
+        tmp.replace(OUT)
+
+
 def _param(gm, node):
     obj = gm
     for part in node.target.split("."):
@@ -232,4 +298,8 @@ def main(stages):
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("edgekit.quant.adaround").setLevel(logging.INFO)
     main(sys.argv[1:] or STAGES)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import InternalError, UserError
+from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR
 
 TAG_INT8 = 0x000D4B38
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
@@ -119,10 +120,12 @@ def apply_activation(y: np.ndarray, act: tuple) -> np.ndarray:
 
 
 def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weights, per-output-channel scales): scale = 127 / max|w|, round half away from zero."""
+    """(int8 weights, per-output-channel scales): scale = min(127 / max|w|, 1 / WEIGHT_SCALE_FLOOR), round
+    half away from zero."""
     w = w.astype(np.float32).reshape(w.shape[0], -1)
     amax = np.abs(w).max(axis=1)
-    scales = np.where(amax > 0, np.float32(QMAX) / np.maximum(amax, 1e-30), np.float32(1.0)).astype(np.float32)
+    # the recipe's scale floor (WEIGHT_SCALE_FLOOR, as the PT2E targets): ncnn's scale is its inverse
+    scales = np.minimum(np.float32(QMAX) / np.maximum(amax, 1e-30), np.float32(1.0 / WEIGHT_SCALE_FLOOR)).astype(np.float32)
     x = w * scales[:, None]
     q = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), -QMAX, QMAX).astype(np.int8)
     return q, scales
@@ -316,7 +319,10 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     if calibration is None or len(calibration) == 0:
         raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ncnn got no calibration samples",
                         "pass calibration data (--data DIR)")
+    from edgekit.quant.adaround import describe, round_weights
+
     samples = tuple(calibration.samples)[: recipe.max_samples]
+    model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     kept = keep_float_modules(model, recipe)
     out_dir = Path(out_dir)
     stem = f"{spec.name}-int8"
@@ -355,7 +361,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         "kept_float": kept_layers,
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(8=1: weights per output channel, input symmetric per tensor, scale 127/threshold); "
-                        "every other layer float"],
+                        "every other layer float"] + ([describe(learned)] if learned else []),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
     })

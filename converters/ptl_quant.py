@@ -38,7 +38,7 @@ from torch import nn
 from edgekit.errors import UnsupportedOpError
 from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrator
 from edgekit.quant.probe import RangeProbe
-from edgekit.quant.recipe import QuantRecipe, keep_float_modules
+from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -77,6 +77,15 @@ def _is_relu6(m: nn.Module) -> bool:
     return type(m) is nn.ReLU6 or (type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val == 6.0)
 
 
+def _drop_sequential_identities(model: nn.Module) -> None:
+    """In place: remove nn.Identity children of every nn.Sequential (a BatchNorm folded away by learned
+    rounding leaves one between a conv and its ReLU6, which would stop FX fusing conv+ReLU). The other
+    children keep their names ("features.0.0", "features.0.2"), so --keep-float names still match."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for name in [n for n, c in seq._modules.items() if isinstance(c, nn.Identity)]:
+            del seq._modules[name]
+
+
 def rewrite_relu6(model: nn.Module, fuse: bool) -> tuple[int, int]:
     """In place: ReLU6 after a Conv2d/BatchNorm2d in a Sequential -> capped ReLU (when ``fuse``);
     every other ReLU6 -> ContiguousReLU6. Returns (fused, made contiguous)."""
@@ -105,7 +114,7 @@ def qconfig():
 
     return QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8, quant_min=QMIN, quant_max=QMAX),
                    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                             quant_min=-127, quant_max=127))
+                                                             quant_min=-127, quant_max=127, eps=WEIGHT_SCALE_FLOOR))
 
 
 def _observer_groups(prepared) -> dict[int, list[str]]:
@@ -137,6 +146,13 @@ def _caps(prepared, groups) -> dict[int, float]:
 
 
 
+def _output_groups(prepared, groups) -> set[int]:
+    """Observer groups whose tensor is a model output (recipe.minmax_output: never clipped)."""
+    names = {n: gid for gid, ns in groups.items() for n in ns}
+    return {names[n.target] for n in prepared.graph.nodes
+            if n.op == "call_module" and n.target in names and any(u.op == "output" for u in n.users)}
+
+
 def _run(module, samples) -> None:
     with torch.no_grad():
         for s in samples:
@@ -166,10 +182,12 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
         torch.set_num_threads(n_threads)
     stats = collector.stats()
     calibrator = get_calibrator(recipe.calibrator)
+    outputs = _output_groups(prepared, groups) if recipe.minmax_output else set()
     ranges = {}
     for gid, names in groups.items():
         s = stats.get(names[0])
-        lo, hi = calibrator(s, recipe) if s is not None else (0.0, 1.0)
+        fn = get_calibrator("minmax") if gid in outputs else calibrator
+        lo, hi = fn(s, recipe) if s is not None else (0.0, 1.0)
         if gid in caps:
             hi = min(hi, caps[gid])
         old = originals[gid]
@@ -188,6 +206,7 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe):
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     model = copy.deepcopy(model).eval()
+    _drop_sequential_identities(model)
     fused, contiguous = rewrite_relu6(model, recipe.fuse_relu6)
     model.eval()  # the new modules too (FX fusion wants conv, bn and relu in one mode)
     notes = []
@@ -207,9 +226,14 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     from torch.ao.quantization.backend_config import get_qnnpack_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx
 
+    from edgekit.quant.adaround import describe, round_weights
+
     samples = tuple(samples)[: recipe.max_samples]
+    model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     with qnnpack_engine():
         prepared, matched, notes = prepare(model, example_inputs, recipe)
+        if learned:
+            notes.insert(0, describe(learned))
         ranges = calibrate(prepared, samples, recipe)
         converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
     sim, out_qp, in_qp = simulate(converted)

@@ -32,6 +32,12 @@ def _calibrators() -> list[str]:
     return sorted(CALIBRATORS)
 
 
+def _roundings() -> list[str]:
+    from edgekit.quant.recipe import ROUNDINGS
+
+    return list(ROUNDINGS)
+
+
 def _schemes() -> list[str]:
     from edgekit.quant.recipe import SCHEMES
 
@@ -63,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: comma-separated module names (prefixes match) or class names kept in float")
     e.add_argument("--equalize", action="store_true", help="int8: cross-layer equalization before quantizing")
     e.add_argument("--bias-correction", action="store_true", help="int8: empirical bias correction of depthwise layers")
+    e.add_argument("--rounding", choices=_roundings(),
+                   help="int8 weights: nearest, or adaround (learned rounding on the calibration set, minutes on a "
+                        "large model; the same integers for every target). Default: the model's measured setting, else nearest")
+    e.add_argument("--minmax-output", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8: range the model outputs (logits) by min/max instead of the calibrator (never clipped)")
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip())
             job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout,
                             args.quant, args.calibrator, args.percentile, keep, args.equalize, args.bias_correction,
-                            args.float_io)
+                            args.float_io, args.rounding, args.minmax_output)
             return _print_outcome(export_bundle(job, progress, command), args.json)
         if args.command == "run":
             from edgekit.config import load_config

@@ -45,6 +45,8 @@ class ExportJob:
     equalize: bool = False  # int8: cross-layer equalization (Nagel et al. 2019)
     bias_correction: bool = False  # int8: empirical bias correction
     float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
+    rounding: str | None = None  # int8 weights: "nearest" or "adaround" (default: the model's measured setting, else nearest)
+    minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: as rounding)
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
 
 
@@ -196,7 +198,8 @@ def _recipe(job: ExportJob):
 
     calibration_only = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
                                        ("--equalize", job.equalize), ("--bias-correction", job.bias_correction),
-                                       ("--float-io", job.float_io)) if v]
+                                       ("--float-io", job.float_io), ("--rounding", job.rounding),
+                                       ("--minmax-output", job.minmax_output is not None)) if v]
     if job.quant == "fp32":
         given = calibration_only + (["--keep-float"] if job.keep_float else [])
         if given:
@@ -213,7 +216,8 @@ def _recipe(job: ExportJob):
             raise UserError("E-ARGS", f"{', '.join(given)} do(es) not apply to --quant {job.quant} (weights only, no calibration)",
                             "drop them, or use --quant int8")
         return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float)))
-    chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile)) if v is not None}
+    chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile),
+                                ("rounding", job.rounding), ("minmax_output", job.minmax_output)) if v is not None}
     return check(QuantRecipe(keep_float=tuple(job.keep_float), equalize=job.equalize,
                              bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
 
@@ -225,7 +229,8 @@ def _model_defaults(job: ExportJob, recipe, loaded):
         return recipe, []
     unset = {k: v for k, v in defaults.items()
              if (k == "calibrator" and job.calibrator is None and job.percentile is None)
-             or (k == "keep_float" and not job.keep_float)}
+             or (k == "keep_float" and not job.keep_float)
+             or (k in ("rounding", "minmax_output") and getattr(job, k) is None)}
     if not unset:
         return recipe, []
     said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())

@@ -78,8 +78,26 @@ def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):
     (["--targets", "ptl-nnapi", "--quant", "int8"], "E-TARGET-PRECISION"),
     (["--targets", "tflite", "--calibrator", "mse"], "E-ARGS"),
     (["--targets", "tflite", "--equalize"], "E-ARGS"),
+    (["--targets", "tflite", "--rounding", "adaround"], "E-ARGS"),
+    (["--targets", "tflite", "--quant", "fp16", "--no-minmax-output"], "E-ARGS"),
     (["--targets", "tflite", "--quant", "int8", "--keep-float", "nonexistent_layer"], "E-ARGS"),
 ])
 def test_bad_quantization_arguments_are_coded(tmp_path, capsys, args, code):
     rc = main(["export", "tiny_cnn", *args, "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 2 and code in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
+    """MobileNetV2's measured settings (learned rounding, min/max logits) apply unless the user set them."""
+    from types import SimpleNamespace
+
+    from edgekit.pipeline import ExportJob, _model_defaults, _recipe
+
+    loaded = SimpleNamespace(int8_defaults={"rounding": "adaround", "minmax_output": True},
+                             spec=SimpleNamespace(name="mobilenet_v2"))
+    job = ExportJob("mobilenet_v2", quant="int8")
+    recipe, notes = _model_defaults(job, _recipe(job), loaded)
+    assert (recipe.rounding, recipe.minmax_output) == ("adaround", True) and "rounding=adaround" in notes[0]
+    job = ExportJob("mobilenet_v2", quant="int8", rounding="nearest", minmax_output=False)
+    recipe, notes = _model_defaults(job, _recipe(job), loaded)
+    assert (recipe.rounding, recipe.minmax_output, notes) == ("nearest", False, [])

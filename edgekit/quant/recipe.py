@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass, replace
 
 from edgekit.errors import UserError
 
+# Smallest per-channel weight scale (the eps of the PT2E weight observers of litert-torch and XNNPACK):
+# a channel with max|w| < 127 * 2^-12 is quantized on this coarser grid. ptl and ncnn apply the same
+# floor, so every target stores the same integers (and learned rounding, adaround.py, targets them).
+WEIGHT_SCALE_FLOOR = 2.0 ** -12
 SCHEMES = ("int8", "fp16", "dynamic")
 # What each scheme stores and computes (CLI help, describe(), docs).
 SCHEME_HELP = {
@@ -25,6 +29,11 @@ SCHEME_HELP = {
 }
 WEIGHT_ONLY_SCHEMES = ("fp16", "dynamic")  # no calibration set, no activation ranges
 IO_DTYPES = ("int8", "float")  # the artifact's input/output tensors (where a target offers the choice)
+# How conv/linear weights go to their int8 grid (edgekit.quant.adaround); the same integers for every target.
+ROUNDINGS = {
+    "nearest": "round to nearest (max|w|/127 per channel)",
+    "adaround": "learned rounding (AdaRound, layer-wise reconstruction on the calibration set; BatchNorm folded)",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class QuantRecipe:
     fuse_relu6: bool = True  # conv+ReLU6 quantized as one op: the range is capped at 6 instead of a float clamp
     io: str = "int8"  # "int8": the file takes/returns int8 tensors (the runner converts); "float": float I/O
     max_samples: int = 256  # calibration samples used at most (the first N of the set)
+    minmax_output: bool = False  # model outputs (logits) ranged by min/max, never clipped by the calibrator
+    rounding: str = "nearest"  # a name in ROUNDINGS; "adaround": learned weight rounding before any target quantizes
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,6 +78,8 @@ class QuantRecipe:
             return ("dynamic (weight-only int8: Linear/Conv weights int8 per-channel symmetric, -127..127; "
                     f"activations quantized at run time by hybrid kernels where the runtime has them{kept})")
         levers = [n for n, on in (("CLE", self.equalize), ("bias correction", self.bias_correction),
+                                  ("AdaRound weights", self.rounding == "adaround"),
+                                  ("min/max output range", self.minmax_output),
                                   ("conv+ReLU6 fused", self.fuse_relu6)) if on]
         cal = f"{self.calibrator}" + (f" {self.percentile}" if self.calibrator == "percentile" else "")
         kept = f", float: {', '.join(self.keep_float)}" if self.keep_float else ""
@@ -93,6 +106,8 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
         raise UserError("E-ARGS", f"bins {recipe.bins} is outside [128, 65536]", "pass e.g. 2048")
     if recipe.io not in IO_DTYPES:
         raise UserError("E-ARGS", f"model I/O {recipe.io!r} is not one of {IO_DTYPES}", "use int8 or float")
+    if recipe.rounding not in ROUNDINGS:
+        raise UserError("E-ARGS", f"unknown weight rounding {recipe.rounding!r}", f"use one of {', '.join(ROUNDINGS)}")
     if recipe.max_samples < 1:
         raise UserError("E-ARGS", f"max_samples {recipe.max_samples} is not positive", "pass 1 or more")
     if not isinstance(recipe.keep_float, tuple) or not all(isinstance(k, str) and k for k in recipe.keep_float):
@@ -102,7 +117,9 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
 
 def _check_weight_only(recipe: QuantRecipe) -> None:
     """fp16/dynamic have no activation quantization: calibration levers are refused, not ignored."""
-    given = [name for name, on in (("equalize", recipe.equalize), ("bias_correction", recipe.bias_correction)) if on]
+    given = [name for name, on in (("equalize", recipe.equalize), ("bias_correction", recipe.bias_correction),
+                                   ("rounding=adaround", recipe.rounding == "adaround"),
+                                   ("minmax_output", recipe.minmax_output)) if on]
     if recipe.scheme == "fp16" and recipe.keep_float:
         given.append("keep_float")
     if given:
