@@ -371,7 +371,7 @@ class ExecuTorchConverter(Converter):
 
         from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
-        from edgekit.quant.reference import reference_name, save_quantized_reference
+        from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
         check(recipe)
         if calibration is None or len(calibration) == 0:
@@ -387,16 +387,7 @@ class ExecuTorchConverter(Converter):
         except Exception as exc:  # torch.export raises many error types
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the quantized {spec.name}: {_first_line(exc)}",
                             "report this: the convert_pt2e program of the model should export") from exc
-        return ep, {
-            "reference": ref.name,
-            "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
-            "recipe": recipe.to_dict(),
-            "recipe_summary": recipe.describe(),
-            "calibration": {"count": min(len(calibration), recipe.max_samples),
-                            "sha256": calibration.head(recipe.max_samples).sha256},
-            "kept_float": sorted(q.kept_float),
-            "quant_notes": q.notes,
-        }
+        return ep, quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, q.notes)
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         if threads < 1:

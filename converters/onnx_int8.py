@@ -29,7 +29,7 @@ def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple,
     import torch
 
     from edgekit.quant.pt2e import quantize
-    from edgekit.quant.reference import reference_name, save_quantized_reference
+    from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
     if calibration is None or len(calibration) == 0:
         raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to onnx got no calibration samples",
@@ -43,16 +43,7 @@ def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple,
     notes = list(q.notes)
     notes.append("model I/O is float: the .onnx quantizes its inputs and dequantizes its outputs itself "
                  f"(recipe io={recipe.io!r} does not apply to onnx)")
-    n = min(len(calibration), recipe.max_samples)
-    meta = {
-        "reference": ref.name,
-        "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
-        "recipe": recipe.to_dict(),
-        "recipe_summary": recipe.describe(),
-        "calibration": {"count": n, "sha256": calibration.head(recipe.max_samples).sha256},
-        "kept_float": sorted(q.kept_float),
-        "quant_notes": notes,
-    }
+    meta = quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes)
     # An ExportedProgram, not the module: the exporter would capture the (train-mode flagged)
     # GraphModule again and warn about training mode.
     return torch.export.export(q.module, tuple(example_inputs)), ref.name, meta

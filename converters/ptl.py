@@ -205,25 +205,15 @@ def _quantize(model, spec, recipe, example_inputs: tuple, calibration):
 
 def _write_reference(q, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> tuple[tuple, dict]:
     """Save the float simulation next to the artifact; -> (artifact files, INT8 meta keys)."""
-    from edgekit.quant.reference import reference_name, save_quantized_reference
+    from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
     ref = out_dir / reference_name(spec.name, "ptl")
     save_quantized_reference(q.simulation, example_inputs, ref)
     notes = list(q.notes)
     notes.append("model I/O is float: the .ptl quantizes its inputs and dequantizes its outputs itself "
                  f"(recipe io={recipe.io!r} does not apply to ptl)")
-    n = min(len(calibration), recipe.max_samples)
-    meta = {
-        "reference": ref.name,
-        "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
-        "input_qparams": [list(p) if p else None for p in q.input_qparams],
-        "engine": "qnnpack",
-        "recipe": recipe.to_dict(),
-        "recipe_summary": recipe.describe(),
-        "calibration": {"count": n, "sha256": calibration.head(recipe.max_samples).sha256},
-        "kept_float": sorted(q.kept_float),
-        "quant_notes": notes,
-    }
+    meta = {**quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes),
+            "input_qparams": [list(p) if p else None for p in q.input_qparams], "engine": "qnnpack"}
     return (f"{spec.name}-int8.ptl", ref.name), meta
 
 

@@ -252,7 +252,7 @@ class TFLiteConverter(Converter):
         edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program."""
         from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
-        from edgekit.quant.reference import reference_name, save_quantized_reference
+        from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
         check(recipe)
         if calibration is None or len(calibration) == 0:
@@ -280,17 +280,9 @@ class TFLiteConverter(Converter):
             names = compact_tensor_names(tmp, tmp)  # litert-torch's class-path names: ~1.7 % of an INT8 file
             meta = _io_meta(tmp, spec)
             save_quantized_reference(q.module, tuple(example_inputs), ref)
-        meta.update({
-            "reference": ref.name,
-            "output_scales": [s if s is not None else 0.0 for s in q.output_scales],
-            "recipe": recipe.to_dict(),
-            "recipe_summary": recipe.describe(),
-            "calibration": {"count": min(len(calibration), recipe.max_samples), "sha256": calibration.head(recipe.max_samples).sha256},
-            "kept_float": sorted(q.kept_float),
-            "quant_notes": q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else [])
-            + [f"tensor names shortened: {names['bytes_before'] - names['bytes_after']} bytes saved"],
-            "float_io": float_io,
-        })
+        notes = q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else []) \
+            + [f"tensor names shortened: {names['bytes_before'] - names['bytes_after']} bytes saved"]
+        meta.update(quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes), float_io=float_io)
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
 
     def _export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:

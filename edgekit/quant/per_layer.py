@@ -116,9 +116,10 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
     return pairs
 
 
-def _run_injected(gm, sample, inject: dict):
-    """Run the reference; each node in ``inject`` (name -> int8 tensor) returns the given tensor, and
-    what the reference itself computed there (from injected inputs) is returned by name."""
+def _run_injected(gm, args: tuple, inject: dict) -> dict:
+    """Run the reference on torch tensors ``args``; each node named in ``inject`` returns the given
+    tensor instead of its own value, and what the reference itself computed there (from injected
+    inputs) is returned by name. Shared by the tflite and ptl per-layer views."""
     import torch
 
     computed = {}
@@ -132,7 +133,7 @@ def _run_injected(gm, sample, inject: dict):
             return out
 
     with torch.no_grad():
-        _Injected(gm).run(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
+        _Injected(gm).run(*args)
     return computed
 
 
@@ -195,7 +196,8 @@ def tflite_per_layer(artifact_path, reference_program_path, samples, float_model
         import torch
 
         got = {q.name: _to_nchw(interp.get_tensor(t), tuple(q.meta["val"].shape)) for t, _, q in pairs}
-        computed = _run_injected(gm, sample, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()})
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in sample)
+        computed = _run_injected(gm, args, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()})
         for name, ref in computed.items():
             diff = np.abs(ref.numpy().astype(np.int32) - got[name].astype(np.int32))
             per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)

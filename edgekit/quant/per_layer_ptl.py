@@ -41,7 +41,7 @@ import numpy as np
 
 from edgekit.errors import InternalError, UserError
 
-from .per_layer import FLAG_STEPS, _module_of, _producer
+from .per_layer import FLAG_STEPS, _module_of, _producer, _run_injected
 
 _FAKE_QUANT = "aten.fake_quantize_per_tensor_affine"
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
@@ -155,26 +155,6 @@ def match(taps: list[Tap], tensors: list, ref_nodes: list) -> list[tuple[Tap, ob
             last = position[loose.name]
         pairs.append((tap, loose, False))
     return pairs
-
-
-def _run_injected(gm, args: tuple, inject: dict) -> dict:
-    """Run the reference; each node named in ``inject`` returns the given tensor instead of its own
-    value, and what the reference itself computed there (from injected inputs) is returned by name."""
-    import torch
-
-    computed = {}
-
-    class _Injected(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in inject:
-                computed[n.name] = out
-                return inject[n.name]
-            return out
-
-    with torch.no_grad():
-        _Injected(gm).run(*args)
-    return computed
 
 
 def _steps(node, value):

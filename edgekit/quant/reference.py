@@ -21,6 +21,21 @@ def reference_name(spec_name: str, target: str, precision: str = "int8") -> str:
     return f"{spec_name}-{precision}.{target}.reference.pt2"
 
 
+def quant_meta(recipe, calibration, reference: str, output_scales, kept_float, notes) -> dict:
+    """The artifact meta every calibrated (static INT8) export records: its reference file, output
+    scales (0.0 for a float output), the recipe, the calibration set used, layers kept float, notes."""
+    return {
+        "reference": reference,
+        "output_scales": [s if s is not None else 0.0 for s in output_scales],
+        "recipe": recipe.to_dict(),
+        "recipe_summary": recipe.describe(),
+        "calibration": {"count": min(len(calibration), recipe.max_samples),
+                        "sha256": calibration.head(recipe.max_samples).sha256},
+        "kept_float": sorted(kept_float),
+        "quant_notes": list(notes),
+    }
+
+
 def save_quantized_reference(module, example_inputs: tuple, path: Path) -> None:
     """torch.export the convert_pt2e module and save it atomically (temp file, then rename)."""
     import torch
