@@ -46,7 +46,7 @@ class ExportJob:
     bias_correction: bool = False  # int8: empirical bias correction
     float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
     rounding: str | None = None  # int8 weights: "nearest" or "adaround" (default: the model's measured setting, else nearest)
-    minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: as rounding)
+    minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
 
 
