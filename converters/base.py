@@ -129,6 +129,11 @@ class Converter(ABC):
         ``meta["reference"]`` (see the pipeline: fidelity is judged against that reference).
         """
 
+    def screen(self, artifact: Artifact, root: Path) -> None:
+        """Static checks of an untrusted artifact before any runtime opens it (e.g. the operators a
+        TorchScript file calls); raise a UserError (E-BUNDLE-UNSAFE) to refuse it. Default: none,
+        the runtime itself cannot run code beyond its operators and runs confined."""
+
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         """Per-layer fidelity of a quantized artifact against its quantized reference, layer by layer
         (JSON-safe dicts: layer, op, max_steps or max_abs, sqnr_db, flagged), or None where the

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import destination as D
+from edgekit import manifest as M
 from edgekit.errors import UserError
-
-FORMAT = "edgekit-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from edgekit.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # noqa: F401  (re-exported)
 REFERENCE = "reference.pt2"
 VERIFY_INPUTS = "verify_inputs.npz"
 
@@ -63,54 +62,46 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
-def check_destination(out: Path) -> None:
-    """Fail early (before any heavy work) if ``out`` cannot become a bundle."""
-    if out.exists() and not out.is_dir():
-        raise UserError("E-OUT-EXISTS", f"{out} exists and is a file", "pass --out with a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError("E-OUT-EXISTS", f"{out} is a non-empty folder that is not an edgekit bundle",
-                        "pass --out with a new or empty folder (an existing bundle is replaced)")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise UserError("E-OUT-UNWRITABLE", f"cannot write into {parent}: {exc.strerror or exc}",
-                        "pass --out with a folder you can write to") from exc
-
-
 @contextlib.contextmanager
 def staging(out: Path):
-    """Yield a staging folder; on success it replaces ``out`` (an older bundle there is removed)."""
+    """Yield a staging folder beside ``out``; on success it takes the place of ``out`` atomically
+    (edgekit.destination: only a bundle edgekit wrote is replaced). Hold ``destination.locked(out)``
+    around it."""
     out = Path(out)
-    check_destination(out)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    D.check_replaceable(out)
+    stage = D.new_stage(out)
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "bundle")
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    D.swap_in(stage, out)
 
 
 def save_inputs(path: Path, stacked: list[np.ndarray], names: list[str]) -> None:
     np.savez(path, **dict(zip(names, stacked)))
 
 
-def load_inputs(path: Path, names: list[str]) -> list[np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return [z[n] for n in names]
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError("E-BUNDLE-INVALID", f"cannot read the verification inputs {path}: {exc}",
-                        "re-export the bundle, or pass --data DIR") from exc
+def load_verify_inputs(m: "M.Manifest"):
+    """The bundle's stored verification inputs as a CalibrationSet: each array's header is checked
+    against the manifest's ModelSpec before anything is allocated (edgekit.arrays); the caller checks
+    the file's sha256 first. E-BUNDLE-INVALID when they do not fit."""
+    from edgekit.arrays import MAX_SAMPLES, Expect, read_npz
+    from edgekit.data import CalibrationSet, _check_finite as check_finite
+
+    path = m.path(m.inputs.path if m.inputs is not None else m.raw["verification_inputs"]["file"])
+    expects = {t.name: Expect(t.dtype, tuple(t.shape), max_leading=MAX_SAMPLES) for t in m.spec.inputs}
+    arrays = read_npz(path, expects, name=path.name, code="E-BUNDLE-INVALID", fix="re-export the bundle, or pass --data DIR")
+    stacked = [arrays[n] for n in m.spec.input_names]
+    count = {len(a) for a in stacked}
+    if len(count) != 1:
+        raise UserError("E-BUNDLE-INVALID", f"{path.name}: the inputs hold different sample counts {sorted(count)}",
+                        "re-export the bundle, or pass --data DIR")
+    samples = tuple(tuple(a[i] for a in stacked) for i in range(len(stacked[0])))
+    sources = tuple(f"{path.name}[{i}]" for i in range(len(samples)))
+    for sample, src in zip(samples, sources):
+        check_finite(sample, src, m.spec)
+    return CalibrationSet(samples, sources, "tensor", str(path))
 
 
 def file_entries(root: Path, files: tuple[str, ...]) -> list[dict]:
@@ -131,17 +122,5 @@ def now() -> str:
 
 
 def read_manifest(bundle: Path) -> dict:
-    bundle = Path(bundle)
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise UserError("E-BUNDLE-INVALID", f"{bundle} is not a folder", "pass the folder `edgekit export` wrote")
-    if not path.is_file():
-        raise UserError("E-BUNDLE-INVALID", f"{bundle} has no {MANIFEST}", "pass the folder `edgekit export` wrote")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError("E-BUNDLE-INVALID", f"cannot parse {path}: {exc}", "re-export the bundle") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError("E-BUNDLE-INVALID", f"{path} is not an edgekit bundle manifest of version {FORMAT_VERSION}",
-                        "re-export the bundle with this edgekit version")
-    return manifest
+    """The bundle's manifest as a dict, after every check of edgekit.manifest (E-BUNDLE-INVALID)."""
+    return M.read(Path(bundle)).raw

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="verify on this folder instead of the inputs stored in the bundle")
     v.add_argument("--samples", type=int, help="use only the first N samples")
     v.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
+    v.add_argument("--total-timeout", type=float, default=4 * 3600.0,
+                   help="seconds the whole verify may spend running artifacts (default %(default)s); targets left are errors")
     v.add_argument("--json", help="write the verify report (JSON) to this file")
     v.add_argument("--junit", metavar="FILE", help="write JUnit XML (one testcase per target and check) for CI test views")
     v.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
@@ -150,14 +152,30 @@ def _tame_toolchain_noise() -> None:
 
 
 def _manifest_meta(path: Path) -> dict | None:
-    """The artifact's manifest entry (target, meta) when the file sits in a bundle folder."""
-    manifest = path.parent / "manifest.json"
-    if not manifest.is_file():
+    """The artifact's manifest entry (target, meta) when the file sits in a bundle folder (the
+    manifest checked like `edgekit verify` checks it)."""
+    from edgekit import manifest as M
+
+    if not (path.parent / M.MANIFEST).is_file():
         return None
-    for a in json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", []):
-        if any(f["path"] == path.name for f in a["files"]):
+    for a, files in M.read(path.parent).artifacts:
+        if any(f.path == path.name for f in files):
             return {**a.get("meta", {}), "target": a["target"]}
     return None
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM (CI cancelling a job, `timeout`) unwinds like Ctrl-C, so staging and run folders are
+    removed and the destination lock released instead of being left behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print_outcome(export_bundle(load_config(args.config), progress, command), None)
         if args.command == "verify":
             cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
-            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus)
+            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus,
+                                    total_timeout_s=args.total_timeout)
             if args.junit:
                 from edgekit.junit import write_junit
 
@@ -245,5 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def entry() -> int:
+    """The console script: main() with SIGTERM unwinding like Ctrl-C."""
+    _terminate_cleanly()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

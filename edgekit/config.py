@@ -16,6 +16,7 @@ from edgekit.pipeline import ExportJob
 
 DEFAULT_CONFIG = "default.toml"
 TABLES = ("export", "compress")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def default_config_path() -> Path:
@@ -48,10 +49,12 @@ def load_compress(path: str | Path, doc: dict | None = None):
 
 def _read(path: Path) -> dict:
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError("E-CONFIG", f"{path} is larger than {MAX_CONFIG_BYTES >> 10} KiB", "a run config is a short TOML file")
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UserError("E-CONFIG", f"config file {path} does not exist", "pass an existing .toml file, or none for the shipped default") from exc
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise UserError("E-CONFIG", f"cannot read {path}: {exc}", "fix the TOML syntax") from exc
     return doc
 
@@ -62,6 +65,9 @@ def _export_job(doc: dict, path: Path) -> ExportJob:
         raise UserError("E-CONFIG", f"{path} must have one [export] table and optionally [compress] (found: {', '.join(doc) or 'nothing'})",
                         f"see {default_config_path()} for an example")
     table = doc["export"]
+    if not isinstance(table, dict):
+        raise UserError("E-CONFIG", f"{path}: export must be a table ([export]), not a {type(table).__name__}",
+                        f"see {default_config_path()} for an example")
     fields = {f.name: f for f in dataclasses.fields(ExportJob) if f.name != "compress"}
     unknown = sorted(set(table) - set(fields))
     if unknown:
@@ -70,4 +76,7 @@ def _export_job(doc: dict, path: Path) -> ExportJob:
     if "model" not in table:
         raise UserError("E-CONFIG", f"{path}: [export] has no model", "add model = \"mobilenet_v2\" (or file.py:factory, or a .pt2 path)")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
-    return ExportJob(**values)
+    try:
+        return ExportJob(**values)
+    except UserError as exc:  # a wrong type or range: E-CONFIG, the file named
+        raise UserError("E-CONFIG", f"{path}: [export] {exc.what}", exc.fix) from exc

@@ -40,16 +40,16 @@ def _from_factory(file: Path, factory: str, source: str) -> LoadedModel:
     sys.modules[mod_name] = module
     try:
         spec_.loader.exec_module(module)
-    except Exception as exc:  # the user's file: report what it raised
-        raise UserError("E-MODEL-FACTORY", f"importing {file} raised {type(exc).__name__}: {exc}", "fix the model file") from exc
+    except (Exception, SystemExit) as exc:  # the user's file: report what it raised (sys.exit too)
+        raise UserError("E-MODEL-FACTORY", f"importing {file} raised {_what(exc)}", "fix the model file") from exc
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise UserError("E-MODEL-UNKNOWN", f"{file} has no callable {factory!r}",
                         f"define def {factory}(): return model, example_inputs in {file}")
     try:
         result = fn()
-    except Exception as exc:
-        raise UserError("E-MODEL-FACTORY", f"{source} raised {type(exc).__name__}: {exc}", "fix the factory so it returns (model, example_inputs)") from exc
+    except (Exception, SystemExit) as exc:
+        raise UserError("E-MODEL-FACTORY", f"{source} raised {_what(exc)}", "fix the factory so it returns (model, example_inputs)") from exc
     if not isinstance(result, tuple) or len(result) not in (2, 3) or not isinstance(result[0], nn.Module):
         raise UserError("E-MODEL-FACTORY", f"{source} returned {type(result).__name__}, not (nn.Module, example_inputs[, ModelSpec])",
                         "return the model and a tuple of example input tensors")
@@ -63,6 +63,12 @@ def _from_factory(file: Path, factory: str, source: str) -> LoadedModel:
         raise UserError("E-MODEL-FACTORY", f"{source}: the third value is {type(spec).__name__}, not a ModelSpec",
                         "return an edgekit.spec.ModelSpec or leave it out")
     return LoadedModel(model, spec, example, source)
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (it called sys.exit({exc.code!r}); a model file must not exit the process)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _from_pt2(path: Path) -> LoadedModel:
@@ -80,6 +86,14 @@ def _from_pt2(path: Path) -> LoadedModel:
 
 
 def derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) -> ModelSpec:
+    try:
+        return _derive_spec(model, example, name)
+    except ValueError as exc:  # the spec validation refused a dtype, shape or name
+        raise UserError("E-MODEL-FACTORY", f"cannot describe model {name}'s inputs/outputs: {exc}",
+                        "use tensors of a supported dtype and shape, or return a ModelSpec from the factory") from exc
+
+
+def _derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) -> ModelSpec:
     try:
         params = [p for p in inspect.signature(model.forward).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 
 from edgekit import bundle as B
+from edgekit import destination as D
+from edgekit import manifest as M
 from edgekit.converters import Artifact, Converter, all_converters, get, resolve_targets
 from edgekit.data import DEFAULT_SAMPLES, CalibrationSet, load_samples
 from edgekit.errors import UserError
@@ -49,6 +52,37 @@ class ExportJob:
     minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
 
+    def __post_init__(self):
+        """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
+        for name, kinds in _JOB_TYPES.items():
+            value = getattr(self, name)
+            if not _has_type(value, kinds):
+                want = " or ".join(k.__name__ if k is not type(None) else "none" for k in kinds)
+                raise UserError("E-ARGS", f"{name} = {value!r:.80} is a {type(value).__name__}, not {want}",
+                                f"give {name} as {want}")
+        if isinstance(self.targets, tuple) and not all(isinstance(t, str) for t in self.targets):
+            raise UserError("E-ARGS", f"targets {self.targets!r:.80} must be names (strings)", "e.g. targets = [\"tflite\", \"onnx\"]")
+        if not all(isinstance(k, str) for k in self.keep_float):
+            raise UserError("E-ARGS", f"keep_float {self.keep_float!r:.80} must be layer names (strings)", "e.g. keep_float = [\"classifier\"]")
+        if self.percentile is not None and not 0 < self.percentile <= 100:
+            raise UserError("E-ARGS", f"percentile {self.percentile} is outside (0, 100]", "pass e.g. --percentile 99.99")
+        _check_samples(self.samples)
+        check_timeout(self.timeout_s)
+
+
+_JOB_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "targets": (str, tuple), "data": (str, type(None)), "out": (str, type(None)),
+    "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
+    "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
+    "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
+}
+
+
+def _has_type(value, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to a user
+        return False
+    return isinstance(value, kinds)
+
 
 @dataclass
 class Outcome:
@@ -62,9 +96,21 @@ class Outcome:
         return 0 if self.report["summary"]["status"] == "pass" else 1
 
 
-def _check_samples(n: int) -> None:
-    if n < 1:
-        raise UserError("E-ARGS", f"--samples {n} is not a positive number", "pass --samples 1 or more")
+MAX_SAMPLES = 100_000  # verification samples: far beyond what parity needs, small enough to hold in memory
+MAX_TIMEOUT_S = 24 * 3600.0
+DEFAULT_TOTAL_TIMEOUT_S = 4 * 3600.0  # a whole verify, ARM emulation included
+
+
+def _check_samples(n) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SAMPLES:
+        raise UserError("E-ARGS", f"--samples {n!r} is not a whole number in 1..{MAX_SAMPLES}",
+                        f"pass --samples between 1 and {MAX_SAMPLES}")
+
+
+def check_timeout(seconds, flag: str = "--timeout") -> None:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= MAX_TIMEOUT_S:
+        raise UserError("E-ARGS", f"{flag} {seconds!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:.0f}]",
+                        f"pass {flag} with a positive number of seconds, at most {MAX_TIMEOUT_S:.0f}")
 
 
 @dataclass
@@ -86,6 +132,8 @@ def fidelity_reference(art: Artifact, root: Path, vset: CalibrationSet, fp32_ref
     path = root / art.meta["reference"]
     try:
         program = load_quantized_reference(path)
+    except UserError:
+        raise
     except Exception as exc:  # a damaged program file: the check cannot run, say which file
         raise UserError("E-BUNDLE-INVALID", f"cannot load the quantized reference {path.name}: {type(exc).__name__}: {str(exc)[:300]}",
                         "re-export the bundle") from exc
@@ -263,10 +311,11 @@ def _split(data: CalibrationSet, recipe, samples: int) -> tuple[CalibrationSet |
     Weight-only precisions (fp16, dynamic) calibrate nothing: they verify on the first N, as FP32."""
     from edgekit.quant.recipe import WEIGHT_ONLY_SCHEMES
 
-    if recipe is not None and recipe.scheme in WEIGHT_ONLY_SCHEMES:
-        return None, data.head(samples), [f"{recipe.scheme}: weights only, no calibration; verified on {min(samples, len(data))} samples"]
-    if recipe is None:
-        return None, data.head(samples), []
+    if recipe is None or recipe.scheme in WEIGHT_ONLY_SCHEMES:
+        notes = [] if recipe is None else [f"{recipe.scheme}: weights only, no calibration; verified on {min(samples, len(data))} samples"]
+        if samples > len(data):
+            notes.append(f"verified on all {len(data)} samples of the data (fewer than --samples {samples})")
+        return None, data.head(samples), notes
     n = len(data)
     hold = n // 3 if n >= 3 else 0
     cal = data.slice(0, n - hold).head(recipe.max_samples)
@@ -278,17 +327,23 @@ def _split(data: CalibrationSet, recipe, samples: int) -> tuple[CalibrationSet |
     return cal, vset, notes
 
 
-def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "") -> Outcome:
-    _check_samples(job.samples)
+def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str]]:
+    """Everything about a job that can be refused before any work: -> (converters, recipe or None,
+    precision, notes). Raises only coded UserErrors."""
     convs = resolve_targets(job.targets)
     recipe = _recipe(job)
     precision = "fp32" if recipe is None else recipe.scheme
     convs, all_notes = _all_with_precision(job.targets, convs, precision)
     _check_precision(convs, precision)
+    return convs, recipe, precision, all_notes
+
+
+def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "") -> Outcome:
+    convs, recipe, precision, all_notes = plan(job)
     for conv in convs:
         conv.check_available()
     if job.out:
-        B.check_destination(Path(job.out))
+        D.check_replaceable(Path(job.out))  # before any heavy work; checked again under the lock
     progress(f"loading model {job.model}")
     loaded = load_model(job.model)
     spec = loaded.spec
@@ -298,136 +353,174 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
 
         keep_float_modules(loaded.module, recipe)  # a name that matches no layer: E-ARGS before any export
     out = Path(job.out or f"bundles/{spec.name}")
-    data_dir = job.data or loaded.default_data
-    if data_dir is None:
-        raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
-    data = load_samples(data_dir, spec)
-    cal, vset, split_notes = _split(data, recipe, job.samples)
-    split_notes = all_notes + default_notes + split_notes
-    example = tuple(torch.from_numpy(a) for a in data.samples[0])
-    compression = None
-    if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
-        from edgekit.compress.stage import compress, from_calibration
+    with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
+        data_dir = job.data or loaded.default_data
+        if data_dir is None:
+            raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
+        data = load_samples(data_dir, spec)
+        cal, vset, split_notes = _split(data, recipe, job.samples)
+        split_notes = all_notes + default_notes + split_notes
+        example = tuple(torch.from_numpy(a) for a in data.samples[0])
+        compression = None
+        if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
+            from edgekit.compress.stage import compress, from_calibration
 
-        source = cal if cal is not None else data
-        progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
-        loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
-    progress("capturing the FP32 reference with torch.export")
-    program = export_program(loaded.module, example, spec.name)
-    results, artifacts, errors = [], [], {}
-    with B.staging(out) as stage:
-        bspec = _bundle_spec(spec, stage)
-        save_reference(program, bspec, stage / B.REFERENCE)
-        B.save_inputs(stage / B.VERIFY_INPUTS, vset.stacked(), spec.input_names)
-        if spec.labels:
-            B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
-        progress(f"reference outputs on {len(vset)} samples")
-        reference = run_reference(program.module(), vset.samples)
-        extra = {} if cal is None else {"calibration": cal}
-        for conv in convs:
-            name = conv.info.name
-            progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
-            try:
-                art = conv.export(loaded.module, spec, recipe, stage, example, **extra)
-            except Exception as exc:  # one target's toolchain failing must not stop the others
-                results.append(_error_result(conv, precision, exc))
-                progress(f"export failed: {results[-1].error['code']}", name)
-                continue
-            progress("running in the host runtime (subprocess)", name)
-            checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
-            results.append(checked.result)
-            if checked.outputs is not None:
-                errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
-            artifacts.append((conv, art))
-            progress(checked.result.status, name)
-            from edgekit.inspect import INSPECTABLE
+            source = cal if cal is not None else data
+            progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
+            loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
+        progress("capturing the FP32 reference with torch.export")
+        program = export_program(loaded.module, example, spec.name)
+        results, artifacts, errors = [], [], {}
+        with B.staging(out) as stage:
+            bspec = _bundle_spec(spec, stage)
+            save_reference(program, bspec, stage / B.REFERENCE)
+            B.save_inputs(stage / B.VERIFY_INPUTS, vset.stacked(), spec.input_names)
+            if spec.labels:
+                B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
+            progress(f"reference outputs on {len(vset)} samples")
+            reference = run_reference(program.module(), vset.samples)
+            extra = {} if cal is None else {"calibration": cal}
+            for conv in convs:
+                name = conv.info.name
+                progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
+                try:
+                    art = conv.export(loaded.module, spec, recipe, stage, example, **extra)
+                except Exception as exc:  # one target's toolchain failing must not stop the others
+                    results.append(_error_result(conv, precision, exc))
+                    progress(f"export failed: {results[-1].error['code']}", name)
+                    continue
+                progress("running in the host runtime (subprocess)", name)
+                checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
+                results.append(checked.result)
+                if checked.outputs is not None:
+                    errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
+                artifacts.append((conv, art))
+                progress(checked.result.status, name)
+                from edgekit.inspect import INSPECTABLE
 
-            if Path(art.path).suffix in INSPECTABLE:
-                meta = {**art.meta, "target": art.target, "precision": art.precision}
-                checked.result.extra["coverage"] = coverage(stage, art.path, meta)
-        env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
-        manifest = {
-            "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
-            "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
-            "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
-            "verification_inputs": {"file": B.VERIFY_INPUTS, **vset.describe()},
-            "data": data.describe(),
-            "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
-                                                         "notes": split_notes},
-            "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
-                           "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
-                           "deprecated": conv.info.deprecated} for conv, art in artifacts],
-            "versions": env,
-            "compression": None if compression is None else compression.to_dict(),
-        }
-        B.write_json(stage / B.MANIFEST, manifest)
-        report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
-                              env, command or f"edgekit export {job.model}", manifest["created"], split_notes)
-        if compression is not None:
-            report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
-        B.write_json(stage / "report.json", report)
-        B.write_text(stage / "report.md", markdown(report))
-        write_html(stage / "report.html", report, errors)
-    return Outcome(out, report, results, errors)
+                if Path(art.path).suffix in INSPECTABLE:
+                    meta = {**art.meta, "target": art.target, "precision": art.precision}
+                    checked.result.extra["coverage"] = coverage(stage, art.path, meta)
+            env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
+            manifest = {
+                "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
+                "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
+                "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
+                "verification_inputs": {"file": B.VERIFY_INPUTS, "file_sha256": B.sha256_file(stage / B.VERIFY_INPUTS),
+                                        **vset.describe()},
+                "data": data.describe(),
+                "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
+                                                             "notes": split_notes},
+                "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
+                               "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
+                               "deprecated": conv.info.deprecated} for conv, art in artifacts],
+                "versions": env,
+                "compression": None if compression is None else compression.to_dict(),
+            }
+            B.write_json(stage / B.MANIFEST, manifest)
+            report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
+                                  env, command or f"edgekit export {job.model}", manifest["created"], split_notes)
+            if compression is not None:
+                report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
+            B.write_json(stage / "report.json", report)
+            B.write_text(stage / "report.md", markdown(report))
+            write_html(stage / "report.html", report, errors)
+        return Outcome(out, report, results, errors)
 
 
 def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
                   timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = QUIET, command: str = "",
-                  arm: tuple[str, ...] = ()) -> Outcome:
+                  arm: tuple[str, ...] = (), total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S) -> Outcome:
     """Re-run every artifact of a bundle against the bundle's reference; never writes into the bundle.
 
+    timeout_s bounds each runtime subprocess, total_timeout_s the runs of the whole verify (targets
+    left when it runs out are errors that say so). The bundle is untrusted input (edgekit.manifest, edgekit.safe_load): its manifest and paths are
+    checked first, every file's sha256 before the file is opened, and nothing in it is loaded by a
+    loader that can run code; runtimes run confined (edgekit.confine).
     arm: emulated CPUs (e.g. cortex-a53, cortex-a76) to also run the ARM-capable artifacts on.
     """
-    arm_env = _arm_env(arm)
-    root = Path(bundle)
-    manifest = B.read_manifest(root)
-    program, spec = load_reference(root / B.REFERENCE)
-    spec = spec or ModelSpec.from_dict(manifest["model"]["spec"])
-    if data:
-        calib = load_samples(data, spec, base=root)
-    else:
-        stacked = B.load_inputs(root / B.VERIFY_INPUTS, spec.input_names)
-        calib = CalibrationSet(tuple(tuple(a[i] for a in stacked) for i in range(len(stacked[0]))),
-                               tuple(f"{B.VERIFY_INPUTS}[{i}]" for i in range(len(stacked[0]))), "tensor", str(root / B.VERIFY_INPUTS))
+    check_timeout(timeout_s)
+    check_timeout(total_timeout_s, "--total-timeout")
+    deadline = time.monotonic() + total_timeout_s
     if samples is not None:
         _check_samples(samples)
+    arm_env = _arm_env(arm)
+    m = M.read(Path(bundle))
+    root, spec = m.root, m.spec
+    _check_unchanged(m, m.reference, "the FP32 reference")
+    program = load_reference(m.path(m.reference.path))[0]
+    if data:
+        calib = load_samples(data, spec, base=root, limit=samples)
+    else:
+        if m.inputs is not None:
+            _check_unchanged(m, m.inputs, "the verification inputs")
+        calib = B.load_verify_inputs(m)
+    if samples is not None:
         calib = calib.head(samples)
     progress(f"reference outputs on {len(calib)} samples")
     reference = run_reference(program.module(), calib.samples)
     results, errors = [], {}
-    for entry in manifest.get("artifacts", []):
-        art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
-        try:
-            conv = get(art.target)
-        except UserError as exc:
-            results.append(ParityResult(art.target, art.precision, "error", art.path, error=exc.to_dict()))
-            continue
-        missing = [f["path"] for f in entry["files"] if not (root / f["path"]).is_file()]
-        if missing:
-            results.append(ParityResult(art.target, art.precision, "error", art.path, error={
-                "code": "E-ARTIFACT-CORRUPT", "message": f"missing file(s) {', '.join(missing)}",
-                "fix": "copy the whole bundle folder, or re-export it"}))
-            continue
-        progress("running in the host runtime (subprocess)", art.target)
-        checked = verify_artifact(conv, art, root, calib, reference, spec, timeout_s)
-        res = checked.result
-        changed = [f["path"] for f in entry["files"] if B.sha256_file(root / f["path"]) != f["sha256"]]
-        if changed:
-            res.notes.append(f"file(s) changed since export (sha256 differs from the manifest): {', '.join(changed)}")
-        results.append(res)
+    for entry, files in m.artifacts:
+        left = deadline - time.monotonic()
+        checked, conv, art = check_entry(m, entry, files, calib, reference, min(timeout_s, left), progress)
+        results.append(checked.result)
         if checked.outputs is not None:
-            errors[report_key(res)] = abs_errors(checked.reference, checked.outputs)
-        progress(res.status, art.target)
-        if arm_env is not None and conv.info.arm:
+            errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
+        if arm_env is not None and conv is not None and conv.info.arm and checked.outputs is not None:
             from edgekit.arm.verify import arm_results
 
             progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
             results.extend(arm_results(arm_env, list(arm), conv, art, root, calib.stacked(), checked.reference,
                                        checked.outputs, spec.output_names, spec.task == "classification"))
     env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})
-    report = build_report("verify", {"name": spec.name, "source": manifest["model"].get("source")}, calib.describe(),
+    report = build_report("verify", {"name": spec.name, "source": m.raw["model"].get("source")}, calib.describe(),
                           results, env, command or f"edgekit verify {root}", B.now())
     return Outcome(root, report, results, errors)
+
+
+def _check_unchanged(m: "M.Manifest", entry: "M.FileEntry", what: str) -> None:
+    """A file every target depends on must be the one the manifest hashed, before it is opened."""
+    path = m.path(entry.path)
+    if not path.is_file():
+        raise UserError("E-BUNDLE-INVALID", f"{what} {entry.path} is missing from {m.root}", "copy the whole bundle folder, or re-export it")
+    if B.sha256_file(path) != entry.sha256:
+        raise UserError("E-ARTIFACT-CHANGED", f"{what} {entry.path} differs from the sha256 in the manifest",
+                        "re-export the bundle; a bundle's files must not change after export")
+
+
+def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet, reference: list[np.ndarray],
+                timeout_s: float, progress: Progress = QUIET):
+    """Judge one manifest artifact of a checked bundle: an unknown target or a missing file is an error,
+    a file whose sha256 differs from the manifest fails without being opened, then the converter's
+    static screen (e.g. TorchScript operators) and the confined run. -> (Checked, converter, Artifact)."""
+    art = Artifact.from_dict({**entry, "files": [f.path for f in files]})
+    if timeout_s <= 0:
+        return (Checked(ParityResult(art.target, art.precision, "error", art.path, error={
+            "code": "E-RUNTIME-CRASH", "message": "not run: verify's overall time budget ran out before this target",
+            "fix": "raise --total-timeout, or verify fewer targets"}), None, reference), None, art)
+    fail = lambda status, err: (Checked(ParityResult(art.target, art.precision, status, art.path, error=err), None, reference), None, art)
+    try:
+        conv = get(art.target)
+    except UserError as exc:
+        return fail("error", exc.to_dict())
+    missing = [f.path for f in files if not m.path(f.path).is_file()]
+    if missing:
+        return fail("error", {"code": "E-ARTIFACT-CORRUPT", "message": f"missing file(s) {', '.join(missing)}",
+                              "fix": "copy the whole bundle folder, or re-export it"})
+    changed = [f.path for f in files if B.sha256_file(m.path(f.path)) != f.sha256]
+    if changed:
+        checked, conv, art = fail("fail", {"code": "E-ARTIFACT-CHANGED", "message": f"file(s) changed since export: {', '.join(changed)}",
+                                           "fix": "re-export the bundle; a bundle's files must not change after export"})
+        checked.result.failures.append(f"E-ARTIFACT-CHANGED: {', '.join(changed)} differ(s) from the sha256 in the manifest; not run")
+        return checked, None, art
+    try:
+        conv.screen(art, m.root)
+    except UserError as exc:
+        return fail("error", exc.to_dict())
+    progress("running in the host runtime (subprocess)", art.target)
+    checked = verify_artifact(conv, art, m.root, vset, reference, m.spec, timeout_s)
+    progress(checked.result.status, art.target)
+    return checked, conv, art
 
 
 def _arm_env(cpus: tuple[str, ...]):

@@ -121,9 +121,10 @@ def _samples(data, spec, root: Path, limit: int | None):
     from edgekit.errors import UserError
 
     if data is None:
-        stacked = B.load_inputs(root / B.VERIFY_INPUTS, spec.input_names)
-        samples = [tuple(a[i] for a in stacked) for i in range(len(stacked[0]))]
-        describe = {"root": str(root / B.VERIFY_INPUTS), "kind": "tensor", "count": len(samples), "sha256": None}
+        from edgekit import manifest as M
+
+        calib = B.load_verify_inputs(M.read(root))
+        samples, describe = list(calib.samples), calib.describe()
     elif isinstance(data, CalibrationSet):
         samples, describe = list(data.samples), data.describe()
     elif isinstance(data, (str, Path)):
@@ -189,18 +190,18 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     import torch
 
     from edgekit import bundle as B
-    from edgekit.converters import Artifact, get
+    from edgekit.converters import get
     from edgekit.data import CalibrationSet
     from edgekit.isolate import DEFAULT_TIMEOUT_S
-    from edgekit.pipeline import verify_artifact
+    from edgekit import manifest as M
+    from edgekit.pipeline import check_entry
     from edgekit.reference import run_reference
     from edgekit.report import abs_errors, build_report, report_key
-    from edgekit.spec import ModelSpec
 
     root, artifact_name = _bundle_and_filter(bundle_or_artifact)
-    manifest = B.read_manifest(root)
-    spec = ModelSpec.from_dict(manifest["model"]["spec"])
-    arts = _select(manifest, targets, artifact_name)
+    m = M.read(root)
+    spec = m.spec
+    arts = _select(m.raw, targets, artifact_name)
     module = _load_module(model_or_factory)
     samples_, describe = _samples(data, spec, root, samples)
     with torch.no_grad():
@@ -208,10 +209,11 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     vset = CalibrationSet(tuple(tuple(s) for s in samples_), tuple(str(i) for i in range(len(samples_))), "tensor",
                           str(describe.get("root")))
     results, errors = [], {}
-    for entry in arts:
-        art = Artifact.from_dict({**entry, "files": [f["path"] for f in entry["files"]]})
+    for entry, files in m.artifacts:
+        if not any(entry is a for a in arts):
+            continue
         # the same check as `edgekit verify`, with the user's model as the FP32 reference
-        checked = verify_artifact(get(art.target), art, root, vset, reference, spec, timeout_s or DEFAULT_TIMEOUT_S)
+        checked = check_entry(m, entry, files, vset, reference, timeout_s or DEFAULT_TIMEOUT_S)[0]
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)

@@ -30,15 +30,21 @@ def save_reference(program, spec: ModelSpec, path: Path) -> None:
 
 
 def load_reference(path: Path):
-    """-> (ExportedProgram, ModelSpec or None when the file was not written by edgekit)."""
+    """-> (ExportedProgram, ModelSpec or None when the file was not written by edgekit).
+
+    The file may come from an untrusted bundle: edgekit.safe_load reads it without running code
+    from it (weights-only unpickling, operator allow-list), E-BUNDLE-UNSAFE otherwise."""
+    from edgekit.safe_load import load_program
+
     extra = {SPEC_KEY: ""}
+    program = load_program(Path(path), what=f"the reference program {Path(path).name}", extra_files=extra)
+    if not extra[SPEC_KEY]:
+        return program, None
     try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as exc:
-        raise UserError("E-BUNDLE-INVALID", f"cannot load the reference program {path}: {type(exc).__name__}: {str(exc)[:300]}",
-                        "pass a file saved with torch.export.save, or re-export the bundle") from exc
-    spec = ModelSpec.from_dict(json.loads(extra[SPEC_KEY])) if extra[SPEC_KEY] else None
-    return program, spec
+        return program, ModelSpec.from_dict(json.loads(extra[SPEC_KEY]))
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError("E-BUNDLE-INVALID", f"the ModelSpec stored in {Path(path).name} is not valid: {str(exc)[:300]}",
+                        "re-export the bundle, or save the program without edgekit's spec") from exc
 
 
 def run_reference(module, samples) -> list[np.ndarray]:

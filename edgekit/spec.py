@@ -7,6 +7,19 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+LAYOUTS = (None, "NCHW", "NHWC")
+MAX_ELEMENTS = 1 << 31  # per tensor: a spec read from an untrusted manifest must not size a huge allocation
+
+
+def _require(ok: bool, what: str) -> None:
+    """Specs are validated at construction (a manifest is untrusted input): ValueError says what is wrong."""
+    if not ok:
+        raise ValueError(what)
+
+
+def _is_int(v, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
 @dataclass(frozen=True)
@@ -15,6 +28,14 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"  # numpy dtype name
     layout: str | None = None  # "NCHW", "NHWC" or None
+
+    def __post_init__(self):
+        _require(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"tensor name {self.name!r} is not a short string")
+        _require(isinstance(self.shape, tuple) and len(self.shape) <= 8 and all(_is_int(d, 0, MAX_ELEMENTS) for d in self.shape),
+                 f"tensor {self.name!r}: shape {self.shape!r} is not a tuple of at most 8 non-negative integers")
+        _require(int(np.prod(self.shape, dtype=np.float64)) <= MAX_ELEMENTS, f"tensor {self.name!r}: shape {self.shape} is too large")
+        _require(self.dtype in DTYPES, f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        _require(self.layout in LAYOUTS, f"tensor {self.name!r}: layout {self.layout!r} is not NCHW, NHWC or none")
 
     def check(self, array: np.ndarray) -> str | None:
         """Return what is wrong with one sample (batch included), or None."""
@@ -36,6 +57,14 @@ class ImagePreprocess:
     color: str = "RGB"
     kind: str = "image"
 
+    def __post_init__(self):
+        _require(_is_int(self.resize, 1, 16384) and _is_int(self.crop, 1, 16384), "image resize/crop must be integers in 1..16384")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            _require(isinstance(v, tuple) and 1 <= len(v) <= 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+                     f"image {name} must be a tuple of 1 to 4 numbers")
+        _require(all(x != 0 for x in self.std), "image std must not hold 0")
+        _require(self.color in ("RGB", "L"), f"image color {self.color!r} is not RGB or L")
+
 
 @dataclass(frozen=True)
 class TextPreprocess:
@@ -44,6 +73,10 @@ class TextPreprocess:
     tokenizer: str = "tokenizer"  # folder relative to the bundle (or absolute at export time)
     max_length: int = 128
     kind: str = "text"
+
+    def __post_init__(self):
+        _require(isinstance(self.tokenizer, str) and self.tokenizer != "", "text tokenizer must be a folder path")
+        _require(_is_int(self.max_length, 1, 1 << 16), "text max_length must be an integer in 1..65536")
 
 
 Preprocess = ImagePreprocess | TextPreprocess
@@ -57,6 +90,19 @@ class ModelSpec:
     preprocess: Preprocess | None = None
     task: str = "classification"  # "classification" (top-1 is meaningful) or "embedding"
     labels: tuple[str, ...] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        _require(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"model name {self.name!r} is not a short string")
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            _require(isinstance(tensors, tuple) and 0 < len(tensors) <= 64 and all(isinstance(t, TensorSpec) for t in tensors),
+                     f"model {kind} must be 1 to 64 TensorSpecs")
+            names = [t.name for t in tensors]
+            _require(len(set(names)) == len(names), f"model {kind} have repeated names: {names}")
+        _require(self.preprocess is None or isinstance(self.preprocess, (ImagePreprocess, TextPreprocess)),
+                 "preprocess must be an ImagePreprocess, a TextPreprocess or None")
+        _require(isinstance(self.task, str), "task must be a string")
+        _require(self.labels is None or (isinstance(self.labels, tuple) and all(isinstance(x, str) for x in self.labels)),
+                 "labels must be a tuple of strings")
 
     @property
     def input_names(self) -> list[str]:
@@ -74,6 +120,16 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
+        """Raises ValueError (never KeyError or TypeError) when ``d`` is not a valid spec."""
+        try:
+            return cls._from_dict(d)
+        except ValueError:
+            raise
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed model spec ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "ModelSpec":
         pre = d.get("preprocess")
         if pre is not None:
             pre = dict(pre)

@@ -43,7 +43,7 @@ def _build(cls, table, where: str, extra: tuple[str, ...] = ()):
     values = {k: _tuples(v) for k, v in table.items() if k not in extra}
     try:
         return cls(**values)
-    except TypeError as exc:  # a value of the wrong type meets a comparison in __post_init__
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a value of the wrong type meets a comparison in __post_init__
         raise UserError("E-CONFIG", f"[{where}]: a value has the wrong type ({exc})", "check the types against the documented example") from exc
 
 

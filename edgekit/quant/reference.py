@@ -52,13 +52,13 @@ def save_quantized_reference(module, example_inputs: tuple, path: Path) -> None:
 
 
 def load_quantized_reference(path: Path):
-    """The saved reference as an ExportedProgram (call ``.module()`` to run it)."""
-    import torch
-    import torchao.quantization.pt2e  # noqa: F401  registers the quantized_decomposed ops
+    """The saved reference as an ExportedProgram (call ``.module()`` to run it), read by
+    edgekit.safe_load (no code from the file runs: it may come from an untrusted bundle)."""
+    from edgekit.safe_load import load_program
 
     if not Path(path).is_file():
         raise UserError("E-ARTIFACT-CORRUPT", f"quantized reference {path} does not exist", "re-export the bundle")
-    return torch.export.load(str(path))
+    return load_program(Path(path), what=f"the quantized reference {Path(path).name}")
 
 
 def run_program(module, samples) -> list[np.ndarray]:
