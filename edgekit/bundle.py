@@ -87,7 +87,7 @@ def load_verify_inputs(m: "M.Manifest"):
     against the manifest's ModelSpec before anything is allocated (edgekit.arrays); the caller checks
     the file's sha256 first. E-BUNDLE-INVALID when they do not fit."""
     from edgekit.arrays import MAX_SAMPLES, Expect, read_npz
-    from edgekit.data import CalibrationSet, _check_finite as check_finite
+    from edgekit.data import CalibrationSet, check_finite
 
     path = m.path(m.inputs.path if m.inputs is not None else m.raw["verification_inputs"]["file"])
     expects = {t.name: Expect(t.dtype, tuple(t.shape), max_leading=MAX_SAMPLES) for t in m.spec.inputs}

@@ -5,24 +5,37 @@ A folder holds one kind of sample:
   in the model's input shape and dtype;
 - images (``.jpg .jpeg .png .bmp .webp``) for a model with image preprocessing;
 - text (``.txt``, one sentence per non-empty line) for a model with text preprocessing.
+A folder that holds more than one of these kinds is refused (E-DATA-MIXED); files with other
+suffixes, and hidden files, are ignored. Everything in it is untrusted (it can come from a pull
+request in CI): tensor headers are checked before any allocation (edgekit.arrays), images larger
+than MAX_IMAGE_PIXELS and text files larger than MAX_TEXT_BYTES are refused, and at most MAX_FILES
+files (MAX_SAMPLES text lines) are read.
 Order is deterministic (sorted relative paths, then line order) and the set's sha256 covers every
 sample's bytes, so a report says exactly what it was computed on.
 """
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.arrays import Expect, read_npy, read_npz
 from edgekit.errors import UserError
 from edgekit.spec import ImagePreprocess, ModelSpec, TextPreprocess
 
 DEFAULT_SAMPLES = 64  # verification samples per export (the first N, or of the held-out part)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")  # the Pillow decoders used (JPEG covers multi-picture MPO)
 TENSOR_SUFFIXES = (".npy", ".npz")
 TEXT_SUFFIXES = (".txt",)
+MAX_FILES = 100_000  # sample files read from one folder
+MAX_SAMPLES = 100_000  # text lines (samples) read from one folder
+MAX_TEXT_BYTES = 64 * 1024**2  # one .txt file
+MAX_IMAGE_PIXELS = 89_478_485  # one image (width x height): Pillow's default limit, enforced here too
+_MAX_LISTED = 10 * MAX_FILES  # entries of any kind listed under one data folder
 
 
 @dataclass(frozen=True)
@@ -60,42 +73,82 @@ class CalibrationSet:
 
 def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None,
                  limit: int | None = None) -> CalibrationSet:
-    """Build the samples of ``data_dir`` for ``spec``; ``base`` resolves a relative tokenizer path."""
+    """Build the samples of ``data_dir`` for ``spec``; ``base`` resolves a relative tokenizer path.
+
+    ``limit``: keep only the first ``limit`` samples; files past them are not read. Without it, at
+    most MAX_FILES sample files (MAX_SAMPLES text lines) are read, and a folder with more is refused.
+    """
     root = Path(data_dir)
     if not root.exists():
         raise UserError("E-DATA-UNREADABLE", f"data folder {root} does not exist", "pass --data with an existing folder")
     if not root.is_dir():
         raise UserError("E-DATA-UNREADABLE", f"{root} is not a folder", "pass --data with a folder of samples")
+    if limit is not None and limit < 0:
+        raise UserError("E-ARGS", f"a sample limit of {limit} is negative", "pass a limit of 1 or more")
     try:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = []
+        for n, p in enumerate(root.rglob("*")):
+            if n >= _MAX_LISTED:
+                raise UserError("E-DATA-UNREADABLE", f"{root} holds more than {_MAX_LISTED} files and folders",
+                                "pass --data with a smaller folder (or a sub-folder)")
+            if p.is_file() and not p.name.startswith("."):
+                files.append(p)
+        files.sort()
     except OSError as exc:
         raise UserError("E-DATA-UNREADABLE", f"cannot list {root}: {exc}", "check the folder's permissions") from exc
-    tensors = [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    by_kind = {kind: [p for p in files if p.suffix.lower() in suffixes] for kind, suffixes in _KINDS.items()}
+    present = {kind: paths for kind, paths in by_kind.items() if paths}
+    if len(present) > 1:
+        counts = ", ".join(_count(kind, len(paths)) for kind, paths in present.items())
+        raise UserError("E-DATA-MIXED", f"{root} mixes kinds of samples: {counts}",
+                        "keep one kind of sample per folder (images, .npy/.npz tensors or .txt text), "
+                        "or pass --data with a sub-folder that holds one kind")
+    # read only the files the limit needs (limit=0 reads one: "no usable samples" is still an error)
+    wanted = None if limit is None else max(limit, 1)
     pre = spec.preprocess
-    if tensors:
+    samples, sources, kind = [], [], "tensor"
+    if "tensor" in present:
+        tensors = _bounded(present["tensor"], wanted, root, "tensor files")
         samples, sources, kind = _load_tensors(tensors, spec, root), [str(p.relative_to(root)) for p in tensors], "tensor"
-    elif isinstance(pre, ImagePreprocess):
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    elif "image" in present and isinstance(pre, ImagePreprocess):
+        images = _bounded(present["image"], wanted, root, "images")
         samples, sources, kind = [_load_image(p, pre, spec) for p in images], [str(p.relative_to(root)) for p in images], "image"
-    elif isinstance(pre, TextPreprocess):
-        texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
-        samples, sources, kind = _load_text(texts, pre, spec, root, base)
-    else:
-        samples, sources, kind = [], [], "tensor"
+    elif "text" in present and isinstance(pre, TextPreprocess):
+        # not cut to `wanted` files: a file may hold no sentence; _load_text stops reading early itself
+        samples, sources, kind = _load_text(present["text"], pre, spec, root, base, wanted)
     if not samples:
-        wanted = {ImagePreprocess: "images (" + " ".join(IMAGE_SUFFIXES) + ")",
-                  TextPreprocess: ".txt files with one sentence per line"}.get(type(pre), "")
-        wanted = (wanted + " or " if wanted else "") + ".npy/.npz files holding input tensors"
+        wanted_kind = {ImagePreprocess: "images (" + " ".join(IMAGE_SUFFIXES) + ")",
+                       TextPreprocess: ".txt files with one sentence per line"}.get(type(pre), "")
+        wanted_kind = (wanted_kind + " or " if wanted_kind else "") + ".npy/.npz files holding input tensors"
         raise UserError("E-DATA-EMPTY", f"{root} has no samples usable by model {spec.name}",
-                        f"add {wanted} to it, or pass --data with another folder")
+                        f"add {wanted_kind} to it, or pass --data with another folder")
     if limit is not None:
         samples, sources = samples[:limit], sources[:limit]
     for sample, src in zip(samples, sources):
-        _check_finite(sample, src, spec)
+        check_finite(sample, src, spec)
     return CalibrationSet(tuple(samples), tuple(sources), kind, str(root))
 
 
-def _check_finite(sample: tuple[np.ndarray, ...], src: str, spec: ModelSpec) -> None:
+_KINDS = {"tensor": TENSOR_SUFFIXES, "image": IMAGE_SUFFIXES, "text": TEXT_SUFFIXES}
+_KIND_WORDS = {"tensor": ("tensor file (.npy/.npz)", "tensor files (.npy/.npz)"),
+               "image": ("image", "images"), "text": ("text file (.txt)", "text files (.txt)")}
+
+
+def _count(kind: str, n: int) -> str:
+    return f"{n} {_KIND_WORDS[kind][n != 1]}"
+
+
+def _bounded(paths: list[Path], wanted: int | None, root: Path, what: str) -> list[Path]:
+    """The files to read: the first ``wanted`` ones, and never more than MAX_FILES."""
+    if wanted is not None:
+        paths = paths[:wanted]
+    if len(paths) > MAX_FILES:
+        raise UserError("E-DATA-UNREADABLE", f"{root} holds {len(paths)} {what}; edgekit reads at most {MAX_FILES}",
+                        "pass --data with a smaller folder (or a sub-folder), or ask for fewer samples")
+    return paths
+
+
+def check_finite(sample: tuple[np.ndarray, ...], src: str, spec: ModelSpec) -> None:
     for t, a in zip(spec.inputs, sample):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise UserError("E-DATA-VALUE", f"sample {src} holds NaN or Inf in input {t.name!r}",
@@ -103,6 +156,7 @@ def _check_finite(sample: tuple[np.ndarray, ...], src: str, spec: ModelSpec) -> 
 
 
 def _load_tensors(paths: list[Path], spec: ModelSpec, root: Path) -> list[tuple[np.ndarray, ...]]:
+    """Each file through edgekit.arrays: its header is checked against the model before any allocation."""
     out = []
     for p in paths:
         rel = p.relative_to(root)
@@ -112,18 +166,17 @@ def _load_tensors(paths: list[Path], spec: ModelSpec, root: Path) -> list[tuple[
                     raise UserError("E-DATA-SHAPE", f"{rel} is a .npy file, but model {spec.name} takes "
                                     f"{len(spec.inputs)} inputs ({', '.join(spec.input_names)})",
                                     "store each sample as a .npz file with one array per input name")
-                arrays = (np.load(p, allow_pickle=False),)
+                t = spec.inputs[0]
+                arrays = (read_npy(p, Expect(t.dtype, tuple(t.shape)), name=str(rel)),)
             else:
-                with np.load(p, allow_pickle=False) as z:
-                    missing = [n for n in spec.input_names if n not in z.files]
-                    if missing:
-                        raise UserError("E-DATA-SHAPE", f"{rel} lacks the arrays {', '.join(missing)} "
-                                        f"(it has {', '.join(z.files) or 'none'})",
-                                        f"save each sample with np.savez(path, {'=..., '.join(spec.input_names)}=...)")
-                    arrays = tuple(z[n] for n in spec.input_names)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UserError("E-DATA-UNREADABLE", f"cannot read {rel}: {exc}", "replace the file, or remove it from the folder") from exc
-        for t, a in zip(spec.inputs, arrays):
+                got = read_npz(p, {t.name: Expect(t.dtype, tuple(t.shape)) for t in spec.inputs}, name=str(rel))
+                arrays = tuple(got[n] for n in spec.input_names)
+        except UserError as exc:
+            if exc.code != "E-DATA-UNREADABLE":
+                raise
+            raise UserError(exc.code, exc.what, "replace the file (written by numpy.save / numpy.savez, without "
+                            "pickled objects), or remove it from the folder") from exc
+        for t, a in zip(spec.inputs, arrays):  # arrays.py checked already; kept as a second line of defence
             problem = t.check(a)
             if problem:
                 raise UserError("E-DATA-SHAPE", f"{rel}: {problem}",
@@ -149,13 +202,30 @@ def preprocess_image(img, pre: ImagePreprocess) -> np.ndarray:
 
 
 def _load_image(path: Path, pre: ImagePreprocess, spec: ModelSpec) -> tuple[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    def unreadable(why: str) -> UserError:
+        return UserError("E-DATA-UNREADABLE", f"cannot decode image {path}: {why}", "replace or remove that file")
 
     try:
-        with Image.open(path) as img:
-            chw = preprocess_image(img, pre)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise UserError("E-DATA-UNREADABLE", f"cannot decode image {path}: {exc}", "replace or remove that file") from exc
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit: a warning is an error here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # only the decoders of the image suffixes (not EPS, PSD, TIFF... whatever the bytes claim to be)
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
+                w, h = img.size  # from the header: nothing is decoded yet
+                if w * h > MAX_IMAGE_PIXELS:  # also when Image.MAX_IMAGE_PIXELS was raised or disabled
+                    raise unreadable(f"it is {w}x{h} pixels, more than edgekit decodes ({MAX_IMAGE_PIXELS} pixels)")
+                if w < 1 or h < 1:
+                    raise unreadable(f"it is {w}x{h} pixels")
+                img = img.convert(pre.color)  # decodes
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise unreadable(f"too many pixels, a possible decompression bomb ({exc})") from exc
+    except Exception as exc:  # untrusted bytes: whatever a decoder raises (OSError, ValueError, SyntaxError...)
+        raise unreadable(f"{type(exc).__name__}: {exc}") from exc
+    chw = preprocess_image(img, pre)
     t = spec.inputs[0]
     x = (chw if t.layout != "NHWC" else chw.transpose(1, 2, 0))[None].copy()
     problem = t.check(x)
@@ -184,15 +254,37 @@ def load_tokenizer(pre: TextPreprocess, base: Path | None):
     return tok
 
 
-def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Path, base: Path | None):
+def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Path, base: Path | None,
+               wanted: int | None = None):
+    """Sentences of ``paths`` in order; stops reading once ``wanted`` sentences are found."""
     sentences, sources = [], []
-    for p in paths:
+    for n, p in enumerate(paths):
+        if wanted is not None and len(sentences) >= wanted:
+            break
+        if n >= MAX_FILES:
+            raise UserError("E-DATA-UNREADABLE", f"{root} holds {len(paths)} text files; edgekit reads at most "
+                            f"{MAX_FILES}", "pass --data with a smaller folder (or a sub-folder), or ask for fewer samples")
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(p, "rb") as f:
+                raw = f.read(MAX_TEXT_BYTES + 1)
+        except OSError as exc:
+            raise UserError("E-DATA-UNREADABLE", f"cannot read {p}: {exc}", "check the file's permissions") from exc
+        if len(raw) > MAX_TEXT_BYTES:
+            raise UserError("E-DATA-UNREADABLE", f"{p} is larger than {MAX_TEXT_BYTES} bytes, the most edgekit "
+                            "reads from one text file", "split it into smaller .txt files, or keep fewer sentences")
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
             raise UserError("E-DATA-UNREADABLE", f"cannot read {p} as UTF-8 text: {exc}", "save it as UTF-8") from exc
+        del raw
         for i, line in enumerate(lines, 1):
             if line.strip():
+                if wanted is not None and len(sentences) >= wanted:
+                    break
+                if len(sentences) >= MAX_SAMPLES:
+                    raise UserError("E-DATA-UNREADABLE", f"{root} holds more than {MAX_SAMPLES} sentences; "
+                                    f"edgekit reads at most {MAX_SAMPLES}",
+                                    "pass --data with fewer sentences, or ask for fewer samples")
                 sentences.append(line.strip())
                 sources.append(f"{p.relative_to(root)}:{i}")
     if not sentences:
