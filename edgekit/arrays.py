@@ -29,7 +29,6 @@ import io
 import os
 import stat
 import struct
-import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
