@@ -243,12 +243,17 @@ def load_tokenizer(pre: TextPreprocess, base: Path | None):
         raise UserError("E-DEP-MISSING", "text preprocessing needs the module 'tokenizers'",
                         "pip install -c constraints.txt 'edgekit[models]'") from exc
     folder = Path(pre.tokenizer)
-    if not folder.is_absolute() and base is not None:
-        folder = base / folder
+    if not folder.is_absolute() and base is not None:  # a bundle's tokenizer: it must stay inside the bundle
+        from edgekit.manifest import inside
+
+        folder = inside(base, f"{pre.tokenizer}/tokenizer.json", "the tokenizer").parent
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise UserError("E-BUNDLE-INVALID", f"tokenizer file {path} is missing", "re-export the bundle")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own exception type for a malformed file
+        raise UserError("E-BUNDLE-INVALID", f"cannot read the tokenizer {path}: {str(exc)[:300]}", "re-export the bundle") from exc
     tok.enable_truncation(pre.max_length)
     tok.enable_padding(length=pre.max_length, pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
     return tok

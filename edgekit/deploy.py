@@ -34,8 +34,10 @@ def copy_for_app(bundle: str | Path, dest: str | Path, platform: str) -> list[st
             if not path.is_file() or B.sha256_file(path) != f["sha256"]:
                 raise UserError("E-ARTIFACT-CORRUPT", f"{path} is missing or differs from the manifest's sha256",
                                 "re-export the bundle, or run `edgekit verify` on it")
-    files = [f for f in SIDE_FILES if (root / f).is_file()]
-    files += [str(p.relative_to(root)) for p in sorted((root / "tokenizer").glob("*"))] if (root / "tokenizer").is_dir() else []
+    files = [f for f in SIDE_FILES if (root / f).is_file() and not (root / f).is_symlink()]
+    tok = root / "tokenizer"
+    if tok.is_dir() and not tok.is_symlink():
+        files += [str(p.relative_to(root)) for p in sorted(tok.glob("*")) if p.is_file() and not p.is_symlink()]
     files += [f["path"] for a in arts for f in a["files"]]
     try:
         dest.mkdir(parents=True, exist_ok=True)
