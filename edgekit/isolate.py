@@ -6,13 +6,23 @@ the target's own runtime (for TFLite: never TensorFlow).
 
 Protocol: the parent writes request.json and inputs.npz into a scratch folder; the child writes
 outputs.npz and result.json there. Inputs are stacked per model input: array k has shape
-(N, *input_shape); outputs likewise.
+(N, *input_shape); outputs likewise. The scratch folder is named ``edgekit-run-<pid>-*`` after the
+parent's pid, so ``clean_stale_runs`` can remove the ones a killed parent left behind.
+
+Confinement (edgekit.confine): the child runs under bubblewrap with a read-only view of the file
+system, the scratch folder as its only writable place, no network, no view of host processes and a
+minimal environment. Where that is not possible the run goes on unconfined and the outcome says so
+(``RunOutcome.confined``, ``RunOutcome.confinement_note``); ``EDGEKIT_NO_CONFINE=1`` disables it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,7 +33,12 @@ from typing import Sequence
 
 import numpy as np
 
+from edgekit import confine
+
 DEFAULT_TIMEOUT_S = 600.0
+RUN_PREFIX = "edgekit-run-"
+# Temp folders named <prefix><pid>-* by edgekit processes; clean_stale_runs removes those of dead pids.
+STALE_PREFIXES = (RUN_PREFIX, "edgekit-inspect-", "edgekit-probe-")
 
 
 @dataclass
@@ -34,6 +49,10 @@ class RunOutcome:
     log: str = ""  # tail of the child's stderr (runtime messages, e.g. XNNPACK delegate lines)
     runtime_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    confined: bool = False  # the child ran under bubblewrap (edgekit.confine)
+    # Confined: what the confinement is. Unconfined: why not (bwrap missing or not working here, or
+    # "disabled by EDGEKIT_NO_CONFINE"); to be shown on the console and in the report.
+    confinement_note: str = ""
 
 
 def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], *,
@@ -46,38 +65,127 @@ def run_artifact(target: str, artifact: dict, root: Path, inputs: list[np.ndarra
     which then needs the edgekit sources on PYTHONPATH via extra_env.
     per_layer: also compute the converter's per-layer fidelity on the first N samples (0: no).
     """
-    with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
+    _clean_once()
+    if confine.disabled():
+        confined, note = False, confine.DISABLED_NOTE
+    else:
+        confined, note = confine.available()  # note: the bwrap executable, or why it cannot confine here
+    bwrap, note = (note, confine.CONFINED_NOTE) if confined else ("", note)
+    with tempfile.TemporaryDirectory(prefix=f"{RUN_PREFIX}{os.getpid()}-") as tmp:
         tmp = Path(tmp)
-        np.savez(tmp / "inputs.npz", **{f"in{k}": a for k, a in enumerate(inputs)})
-        (tmp / "request.json").write_text(json.dumps({
-            "target": target, "artifact": artifact, "root": str(Path(root).resolve()),
-            "threads": threads, "strict": strict, "warmup": warmup, "per_layer": per_layer,
-        }))
-        env = {**os.environ, **(extra_env or {})}
-        # One thread for every runtime's pool and for BLAS, so host checks are reproducible.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([*(launcher or [sys.executable]), "-m", "edgekit.isolate", str(tmp)], env=env,
-                                  capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            log = (exc.stderr or b"")[-4000:] if isinstance(exc.stderr, bytes) else (exc.stderr or "")[-4000:]
-            return RunOutcome(None, None, _crash(target, f"timed out after {timeout_s:.0f} s"), str(log),
-                              time.perf_counter() - t0)
-        elapsed = time.perf_counter() - t0
-        log = _clip(proc.stderr)
-        result_file = tmp / "result.json"
-        if proc.returncode != 0 or not result_file.exists():
-            rc = proc.returncode
-            how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
-            return RunOutcome(None, None, _crash(target, f"runtime process {how}"), log, elapsed)
-        result = json.loads(result_file.read_text())
+        outcome = _run(target, artifact, Path(root).resolve(), inputs, tmp, threads, strict, timeout_s, warmup,
+                       [*(launcher or [sys.executable])], extra_env, per_layer, bwrap)
+        outcome.confined, outcome.confinement_note = confined, note
+        return outcome
+
+
+def _run(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], tmp: Path, threads: int, strict: bool,
+         timeout_s: float, warmup: int, launcher: list[str], extra_env: dict[str, str] | None, per_layer: int,
+         bwrap: str) -> RunOutcome:
+    np.savez(tmp / "inputs.npz", **{f"in{k}": a for k, a in enumerate(inputs)})
+    (tmp / "request.json").write_text(json.dumps({
+        "target": target, "artifact": artifact, "root": str(root),
+        "threads": threads, "strict": strict, "warmup": warmup, "per_layer": per_layer,
+    }))
+    env = confine.child_env(tmp, extra_env)
+    # One thread for every runtime's pool and for BLAS, so host checks are reproducible.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [*launcher, "-m", "edgekit.isolate", str(tmp)]
+    if bwrap:
+        # The bundle and whatever the launcher runs stay readable when they lie below a folder the
+        # sandbox masks (/tmp): an ARM environment there is a tree of relative symlinks, so its
+        # whole top folder is bound (read-only), not only the paths named on the command line.
+        tools = [p for p in (*launcher, *env.get("PYTHONPATH", "").split(os.pathsep)) if os.path.isabs(p)]
+        needed = (root, *(_top_below_mask(q) for p in tools for q in (Path(p).absolute(), Path(p).resolve())))
+        cmd = confine.wrap(cmd, confine.Confinement(tmp, needed, confine.default_hidden(root, Path.cwd())), bwrap)
+    t0 = time.perf_counter()
+    try:
+        # cwd: the scratch folder, so `-m` does not put the caller's folder (maybe an untrusted checkout) on sys.path
+        proc = subprocess.run(cmd, env=env, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        log = (exc.stderr or b"")[-4000:] if isinstance(exc.stderr, bytes) else (exc.stderr or "")[-4000:]
+        return RunOutcome(None, None, _crash(target, f"timed out after {timeout_s:.0f} s"), str(log),
+                          time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    log = _clip(proc.stderr)
+    result_file = tmp / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        rc = proc.returncode
+        if bwrap and rc > 128 and rc - 128 in signal.valid_signals():
+            rc = -(rc - 128)  # bwrap exits with 128 + N when the command is killed by signal N
+        how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+        return RunOutcome(None, None, _crash(target, f"runtime process {how}"), log, elapsed)
+    # What the child wrote is untrusted: regular files only (a symlink could point the parent at a host
+    # file, a FIFO would block it), and a malformed result is a coded error, not an exception.
+    try:
+        with _open_regular(result_file) as f:
+            result = json.loads(f.read())
         if result.get("error"):
-            return RunOutcome(None, None, result["error"], log, elapsed)
-        with np.load(tmp / "outputs.npz") as z:
+            error = result["error"]
+            if not (isinstance(error, dict) and all(isinstance(error.get(k), str) for k in ("code", "message"))):
+                raise ValueError("malformed error")
+            return RunOutcome(None, None, error, log, elapsed)
+        with _open_regular(tmp / "outputs.npz") as f, np.load(f, allow_pickle=False) as z:
             outputs = [z[f"out{k}"] for k in range(len(z.files))]
-        return RunOutcome(outputs, result["latency_ms"], None, log, elapsed, result.get("extra", {}))
+        latency, extra = result["latency_ms"], result.get("extra", {})
+        if not isinstance(latency, (int, float)) or not isinstance(extra, dict):
+            raise ValueError("malformed result")
+    except Exception as exc:  # noqa: BLE001 - whatever the child wrote, the parent goes on
+        return RunOutcome(None, None, _crash(target, f"runtime process wrote an unreadable result "
+                                                     f"({type(exc).__name__}: {str(exc)[:200]})"), log, elapsed)
+    return RunOutcome(outputs, float(latency), None, log, elapsed, extra)
+
+
+def _open_regular(path: Path):
+    """A file the child wrote, opened without following a symlink and only when it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path.name} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _top_below_mask(path: Path) -> Path:
+    """/tmp/a/b/c -> /tmp/a (for each folder confine masks); other paths unchanged."""
+    for mask in confine.MASKED_DIRS:
+        if path.is_relative_to(mask) and path != Path(mask):
+            return Path(mask) / path.relative_to(mask).parts[0]
+    return path
+
+
+def clean_stale_runs(folder: Path | None = None) -> list[Path]:
+    """Remove the scratch folders (``edgekit-run-<pid>-*``, ``edgekit-inspect-<pid>-*``) in the temp
+    folder whose creating process is gone (killed before it could clean up); returns what it removed.
+    Touches nothing else: not other names, not symlinks, not folders of another user or of a live pid."""
+    folder = Path(folder or tempfile.gettempdir())
+    pattern = re.compile("^(?:" + "|".join(re.escape(p) for p in STALE_PREFIXES) + r")(\d+)-[^/]+$")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or int(m.group(1)) <= 0 or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or reused by another live process): keep
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+        except OSError:  # PermissionError: a live process of another user; anything else: leave it
+            continue
+    return removed
+
+
+@functools.cache
+def _clean_once() -> None:
+    clean_stale_runs()
 
 
 def _clip(text: str, keep: int = 4000) -> str:

@@ -222,11 +222,12 @@ def coverage(root: Path, rel: str, meta: dict, timeout_s: float = 300) -> dict:
     """Delegate coverage of the artifact ``root/rel`` (edgekit.inspect), computed in a subprocess run
     in ``root`` (so the report names the file as the bundle does); never raises."""
     import json
+    import os
     import subprocess
     import sys
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="edgekit-inspect-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"edgekit-inspect-{os.getpid()}-") as tmp:
         out = Path(tmp) / "coverage.json"
         try:
             proc = subprocess.run([sys.executable, "-m", "edgekit.inspect", rel, json.dumps(meta), str(out)],
