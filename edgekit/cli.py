@@ -133,6 +133,8 @@ def _print_outcome(outcome, json_path: str | None) -> int:
         from edgekit.arm.verify import arm_markdown
 
         print("\n" + arm_markdown(outcome.report))
+    for reason in outcome.report.get("confinement", {}).get("unconfined", []):
+        print(f"WARNING: runtimes ran {reason}", file=sys.stderr)
     s = outcome.report["summary"]
     print(f"\n{s['status'].upper()}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors")
     if outcome.report["kind"] == "export":

@@ -175,10 +175,13 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     outcome = run_artifact(info.name, art.to_dict(), root, vset.stacked(), timeout_s=timeout_s,
                            per_layer=PER_LAYER_SAMPLES if art.meta.get("reference") else 0)
     if outcome.error:
-        return Checked(ParityResult(info.name, art.precision, "error", art.path, size, None, len(vset),
-                                    info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log),
-                       None, reference)
+        res = ParityResult(info.name, art.precision, "error", art.path, size, None, len(vset),
+                           info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log)
+        res.extra["confinement"] = {"confined": outcome.confined, "note": outcome.confinement_note}
+        return Checked(res, None, reference)
     classification = spec.task == "classification"
+    if not outcome.confined:  # never silent: the report and the console say the runtime ran unconfined
+        notes.append(f"security: the runtime ran {outcome.confinement_note}")
     res = compare(info.name, art.precision, reference, outcome.outputs, spec.output_names, info.tolerances[art.precision],
                   classification, art.meta.get("output_scales"), file=art.path, size_bytes=size,
                   latency_ms=outcome.latency_ms, notes=notes)
@@ -186,6 +189,7 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, classification)
         if float_model is not None:
             res.extra["localisation"] = localisation(art, root, vset, float_model)
+    res.extra["confinement"] = {"confined": outcome.confined, "note": outcome.confinement_note}
     for key in ("per_layer", "per_layer_error"):
         if key in outcome.extra:
             res.extra[key] = outcome.extra[key]
@@ -504,6 +508,10 @@ def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet
         conv = get(art.target)
     except UserError as exc:
         return fail("error", exc.to_dict())
+    if art.precision not in conv.info.precisions:
+        return fail("error", {"code": "E-TARGET-PRECISION", "message": f"the manifest says {art.target} {art.precision!r:.40}, "
+                              f"which {art.target} does not export (it has {', '.join(conv.info.precisions)})",
+                              "fix": "re-export the bundle; do not edit manifest.json by hand"})
     missing = [f.path for f in files if not m.path(f.path).is_file()]
     if missing:
         return fail("error", {"code": "E-ARTIFACT-CORRUPT", "message": f"missing file(s) {', '.join(missing)}",

@@ -53,9 +53,17 @@ def build_report(kind: str, model: dict, data: dict, results: list[ParityResult]
             "not_runnable": sum(r.status == NOT_RUNNABLE for r in results),
         },
         "targets": {report_key(r): r.to_dict() for r in results},
+        "confinement": confinement(results),
         "notes": notes or [],
         "environment": env,
     }
+
+
+def confinement(results: list[ParityResult]) -> dict:
+    """Whether every runtime run was confined (edgekit.confine), and why not where it was not."""
+    runs = [r.extra["confinement"] for r in results if "confinement" in r.extra]
+    unconfined = sorted({c["note"] for c in runs if not c["confined"]})
+    return {"runs": len(runs), "confined": not unconfined, "unconfined": unconfined}
 
 
 def _fmt(v, kind: str) -> str:

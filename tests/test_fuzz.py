@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from edgekit.errors import UserError
 from tiny_bundle import tiny_bundle as _shared
 
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def fuzz(n: int):
+    """Seeded (derandomized) cases, no example database, no deadline: CI runs the same cases each time."""
+    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 # Values an attacker or a broken tool puts where edgekit expects something else.
 ODD = st.one_of(
@@ -28,6 +30,9 @@ ODD = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
     st.sampled_from(["/etc/passwd", "../../../etc/passwd", "~/.ssh/id_rsa", "a/../../b", "x" * 5000, "", ".", "\x00"]),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    # plausible but wrong: another target, precision or file of the bundle
+    st.sampled_from(["fp16", "int8", "dynamic", "bogus", "tflite", "ptl", "ptl-nnapi", "ncnn", "executorch", "onnx",
+                     "reference.pt2", "verify_inputs.npz", "manifest.json", "report.json", "tiny_cnn-fp32.onnx"]),
 )
 
 
@@ -48,7 +53,8 @@ def _mutate(doc, data):
     """One structural mutation: delete a key, swap a value for an odd one, or drop a list item."""
     doc = copy.deepcopy(doc)
     spots = [p for p, _ in _paths(doc) if p]
-    path = data.draw(st.sampled_from(spots))
+    in_artifacts = [p for p in spots if p[0] == "artifacts"]  # where verify reads the most: drawn half the time
+    path = data.draw(st.sampled_from(in_artifacts if in_artifacts and data.draw(st.booleans()) else spots))
     parent = doc
     for k in path[:-1]:
         parent = parent[k]
@@ -81,8 +87,7 @@ def _snapshot(folder, skip):
 READ_FIELDS = ("format", "format_version", "model", "reference", "verification_inputs", "artifacts")
 
 
-@FUZZ
-@settings(max_examples=120)
+@fuzz(120)
 @given(data=st.data())
 def test_fuzzed_manifest_never_crashes_verify(clean, tmp_path_factory, capsys, data):
     from edgekit.cli import main
@@ -105,8 +110,49 @@ def test_fuzzed_manifest_never_crashes_verify(clean, tmp_path_factory, capsys, d
     assert _snapshot(work.parent, skip=bundle) == outside
 
 
-@FUZZ
-@settings(max_examples=80)
+# Every field `edgekit verify` reads, each swapped for values of the wrong type or meaning (a
+# deterministic sweep beside the random mutations above: a random draw rarely hits one given field).
+READ_PATHS = [
+    ("format_version",), ("model",), ("model", "source"), ("model", "spec", "task"), ("model", "spec", "labels"),
+    ("model", "spec", "preprocess"), ("model", "spec", "inputs", 0, "name"), ("model", "spec", "inputs", 0, "shape"),
+    ("model", "spec", "inputs", 0, "dtype"), ("model", "spec", "inputs", 0, "layout"), ("model", "spec", "outputs", 0, "name"),
+    ("model", "spec", "outputs", 0, "shape"), ("reference", "file"), ("reference", "sha256"), ("verification_inputs", "file"),
+    ("verification_inputs", "file_sha256"), ("artifacts", 0), ("artifacts", 0, "target"), ("artifacts", 0, "precision"),
+    ("artifacts", 0, "path"), ("artifacts", 0, "files"), ("artifacts", 0, "files", 0, "path"),
+    ("artifacts", 0, "files", 0, "sha256"), ("artifacts", 0, "files", 0, "size_bytes"), ("artifacts", 0, "meta"),
+    ("artifacts", 0, "meta", "output_scales"), ("artifacts", 0, "meta", "reference"), ("artifacts", 0, "meta", "quant_notes"),
+]
+DELETE = object()
+SWAPS = [DELETE, None, 7, -1, 2**70, 1.5, "bogus", "", [], {}, [1, 2], "fp16", "onnx", "int8", "reference.pt2"]
+
+
+def _set(doc, path, value):
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    if value is DELETE:
+        parent.pop(path[-1], None) if isinstance(parent, dict) else parent.pop(path[-1])
+    else:
+        parent[path[-1]] = value
+
+
+@pytest.mark.parametrize("path", READ_PATHS, ids=lambda p: ".".join(map(str, p)))
+def test_every_read_field_swapped_never_crashes_verify(clean, tmp_path, capsys, path):
+    from edgekit.cli import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(clean, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for value in SWAPS:
+        doc = copy.deepcopy(manifest)
+        _set(doc, path, value)
+        (bundle / "manifest.json").write_text(json.dumps(doc))
+        rc = main(["verify", str(bundle), "--quiet", "--samples", "2", "--timeout", "120"])
+        err = capsys.readouterr().err
+        assert rc in (0, 1, 2) and "Traceback" not in err and "internal error" not in err, (value, err)
+
+
+@fuzz(80)
 @given(data=st.data())
 def test_fuzzed_verify_inputs_are_read_or_refused(clean, tmp_path_factory, data):
     from edgekit import bundle as B
@@ -154,8 +200,7 @@ TOML_VALUES = st.one_of(
     st.integers(-10, 10).map(str))
 
 
-@FUZZ
-@settings(max_examples=150)
+@fuzz(150)
 @given(data=st.data())
 def test_fuzzed_run_config_is_a_job_or_a_coded_error(tmp_path_factory, data):
     from edgekit.config import load_config
@@ -180,8 +225,7 @@ def test_fuzzed_run_config_is_a_job_or_a_coded_error(tmp_path_factory, data):
         pass
 
 
-@FUZZ
-@settings(max_examples=120)
+@fuzz(120)
 @given(data=st.data())
 def test_fuzzed_data_files_are_read_or_refused(tmp_path_factory, data):
     from PIL import Image
