@@ -114,6 +114,13 @@ class PtlConverter(Converter):
             partial.unlink(missing_ok=True)
         return Artifact(self.info.name, precision, final.name, files, meta)
 
+    def screen(self, artifact: Artifact, root: Path) -> None:
+        """A .ptl is TorchScript: before anything loads it (loading already runs __setstate__), its
+        bytecode and source are checked against the operator allow-list (edgekit.safe_load)."""
+        from edgekit.safe_load import check_torchscript
+
+        check_torchscript(Path(root) / artifact.path, what=f"the {self.info.name} artifact {artifact.path}")
+
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         """Each quantized tensor of the .ptl's own graph (qnnpack) against the reference op fed the
         runtime's own input (edgekit.quant.per_layer_ptl); None for fp32 and dynamic artifacts."""

@@ -179,3 +179,66 @@ def test_cli_process_gives_exit_2_not_a_traceback(bundle):
     proc = subprocess.run([sys.executable, "-m", "edgekit.cli", "verify", str(bundle), "--quiet"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "E-BUNDLE-INVALID" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _rehash(bundle, m, rel):
+    """Point the manifest's entry for ``rel`` at the file's current sha256 (as an attacker would)."""
+    for entry in [m["reference"]] if rel == m["reference"]["file"] else []:
+        entry["sha256"] = _sha(bundle / rel)
+    for art in m["artifacts"]:
+        for f in art["files"]:
+            if f["path"] == rel:
+                f["sha256"], f["size_bytes"] = _sha(bundle / rel), (bundle / rel).stat().st_size
+    _write(bundle, m)
+
+
+def test_reference_with_a_reduce_pickle_never_runs(bundle, capsys, tmp_path):
+    from attacks import payload_pickle, rewrite_zip
+
+    marker = tmp_path / "pwned"
+    good = tmp_path / "good.pt2"
+    shutil.copy(bundle / "reference.pt2", good)
+    rewrite_zip(good, bundle / "reference.pt2", {"data/sample_inputs/model.pt": lambda _: payload_pickle(marker)})
+    _rehash(bundle, _manifest(bundle), "reference.pt2")
+    rc, _, err = _verify(bundle, capsys)
+    assert rc == 2 and err.startswith("E-BUNDLE-UNSAFE") and "reference.pt2" in err
+    assert not marker.exists()
+
+
+def test_quantized_reference_named_by_meta_never_runs(bundle, capsys, tmp_path):
+    """The same payload through an artifact's meta.reference (how quantized references are named)."""
+    from attacks import payload_pickle, rewrite_zip
+
+    marker = tmp_path / "pwned"
+    rewrite_zip(bundle / "reference.pt2", bundle / "evil.reference.pt2",
+                {"data/sample_inputs/model.pt": lambda _: payload_pickle(marker)})
+    m = _manifest(bundle)
+    art = _onnx(m)
+    art["files"].append({"path": "evil.reference.pt2", "sha256": _sha(bundle / "evil.reference.pt2"), "size_bytes": 1})
+    art["meta"]["reference"] = "evil.reference.pt2"
+    _write(bundle, m)
+    rc, _, _ = _verify(bundle, capsys, "--json", str(tmp_path / "r.json"))
+    t = json.loads((tmp_path / "r.json").read_text())["targets"]["onnx"]
+    assert rc == 1 and t["status"] == "error" and t["error"]["code"] == "E-BUNDLE-UNSAFE"
+    assert not marker.exists()
+
+
+def test_ptl_that_writes_a_file_is_refused_naming_the_operator(bundle, capsys, tmp_path):
+    import warnings
+
+    import torch
+
+    from attacks import ReadsFile
+
+    target = tmp_path / "written_by_model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(ReadsFile(str(target)))._save_for_lite_interpreter(str(bundle / "evil.ptl"))
+    m = _manifest(bundle)
+    m["artifacts"].append({"target": "ptl", "precision": "fp32", "path": "evil.ptl", "meta": {"input_dtypes": ["float32"]},
+                           "files": [{"path": "evil.ptl", "sha256": _sha(bundle / "evil.ptl"), "size_bytes": 1}]})
+    _write(bundle, m)
+    rc, _, _ = _verify(bundle, capsys, "--json", str(tmp_path / "r.json"))
+    t = json.loads((tmp_path / "r.json").read_text())["targets"]["ptl"]
+    assert rc == 1 and t["error"]["code"] == "E-BUNDLE-UNSAFE" and "aten::from_file" in t["error"]["message"]
+    assert not target.exists()
