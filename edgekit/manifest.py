@@ -9,6 +9,7 @@ checked views the verify pipeline uses.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -162,9 +163,10 @@ def _artifact(root: Path, a, i: int) -> tuple[dict, tuple[FileEntry, ...]]:
 
 def _meta(meta: dict, where: str) -> None:
     """The meta fields the verifying process itself reads (the rest is read by the confined runner)."""
-    scales = meta.get("output_scales", [])
-    if not isinstance(scales, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales):
-        raise invalid(f"{where}: 'output_scales' must be a list of numbers")
+    scales = meta.get("output_scales")
+    if scales is not None and (not isinstance(scales, list) or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0 for s in scales)):
+        raise invalid(f"{where}: 'output_scales' must be a list of non-negative numbers, or null")
     notes = meta.get("quant_notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise invalid(f"{where}: 'quant_notes' must be a list of strings")

@@ -2,7 +2,9 @@
 
 Every format edgekit writes stores float32 constants as raw little-endian bytes somewhere in its
 files. A 1-D tensor (a bias) has the same byte layout in every format, so its bytes can be found
-and one value changed in place: the file stays loadable, only its numbers are wrong.
+and one value changed in place: the file stays loadable, only its numbers are wrong. Inside a bundle,
+the manifest's sha256 is updated too, as an exporter with that bug would have written it (otherwise
+verify refuses the changed file before running it, E-ARTIFACT-CHANGED).
 """
 from __future__ import annotations
 
@@ -25,5 +27,22 @@ def perturb_tensor(files: list[Path], values: np.ndarray, index: int, delta: flo
         value = np.frombuffer(bytes(data[pos:pos + 4]), "<f4")[0] + np.float32(delta)
         data[pos:pos + 4] = np.float32(value).astype("<f4").tobytes()
         path.write_bytes(bytes(data))
+        rehash(path)
         return path
     raise AssertionError(f"tensor not found as raw float32 in {[p.name for p in files]}")
+
+
+def rehash(path: Path) -> None:
+    """Record ``path``'s new sha256 and size in the manifest of the bundle it sits in (if any)."""
+    import hashlib
+    import json
+
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return
+    m = json.loads(manifest.read_text())
+    for art in m.get("artifacts", []):
+        for f in art["files"]:
+            if f["path"] == path.name:
+                f["sha256"], f["size_bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    manifest.write_text(json.dumps(m, indent=2))
