@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit.data import DEFAULT_SAMPLES
 
+    from edgekit import __version__
+
     p = _Parser(prog="edgekit", description=__doc__.split(".")[0] + ".",
                 epilog="Exit codes: 0 pass, 1 parity failure, 2 usage/input error, 3 internal error.")
+    p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser("export", help="export a model to targets, verify each in its runtime, write a bundle")
@@ -136,9 +139,14 @@ def _print_outcome(outcome, json_path: str | None) -> int:
     for reason in outcome.report.get("confinement", {}).get("unconfined", []):
         print(f"WARNING: runtimes ran {reason}", file=sys.stderr)
     s = outcome.report["summary"]
-    print(f"\n{s['status'].upper()}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors")
+    others = [f"{s[k]} {word}" for k, word in (("unsupported", "unsupported"), ("not_runnable", "not runnable on host")) if s.get(k)]
+    print(f"\n{s['status'].upper()}: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors"
+          + "".join(f", {o}" for o in others))
+    for key, t in outcome.report["targets"].items():
+        if t["status"] == "unsupported":
+            print(f"  {key} unsupported: {t['error']['message']}; {t['error']['fix']}")
     if outcome.report["kind"] == "export":
-        print(f"bundle: {outcome.bundle}\nreport: {outcome.bundle / 'report.md'}")
+        print(f"bundle: {outcome.path}\nreport: {outcome.path / 'report.md'}")
     elif json_path:
         print(f"report: {json_path}")
     return outcome.exit_code
@@ -194,24 +202,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(capabilities.markdown_table() if args.markdown else capabilities.text_table())
             return EXIT_PASS
-        from edgekit.pipeline import ExportJob, export_bundle, verify_bundle
-        from edgekit.progress import Progress
+        import edgekit
 
-        progress = Progress(quiet=getattr(args, "quiet", False))
+        progress = not getattr(args, "quiet", False)
         if args.command == "export":
-            keep = tuple(k.strip() for k in args.keep_float.split(",") if k.strip())
-            job = ExportJob(args.model, args.targets, args.data, args.out, args.samples, args.timeout,
-                            args.quant, args.calibrator, args.percentile, keep, args.equalize, args.bias_correction,
-                            args.float_io, args.rounding, args.minmax_output)
-            return _print_outcome(export_bundle(job, progress, command), args.json)
+            bundle = edgekit.export(args.model, targets=args.targets, data=args.data, out=args.out, samples=args.samples,
+                                    timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
+                                    percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
+                                    bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
+                                    minmax_output=args.minmax_output, progress=progress, command=command)
+            return _print_outcome(bundle, args.json)
         if args.command == "run":
-            from edgekit.config import load_config
-
-            return _print_outcome(export_bundle(load_config(args.config), progress, command), None)
+            return _print_outcome(edgekit.run(args.config, progress=progress, command=command), None)
         if args.command == "verify":
-            cpus = tuple(c.strip() for c in args.arm.split(",") if c.strip())
-            outcome = verify_bundle(args.bundle, args.data, args.samples, args.timeout, progress, command, cpus,
-                                    total_timeout_s=args.total_timeout)
+            outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
+                                     total_timeout_s=args.total_timeout, arm=args.arm, progress=progress, command=command)
             if args.junit:
                 from edgekit.junit import write_junit
 
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.html:
                 from edgekit.html_report import write_html
 
-                write_html(Path(args.html), outcome.report, outcome.errors)
+                write_html(Path(args.html), outcome.report, outcome._errors)
             return _print_outcome(outcome, args.json)
         if args.command == "inspect":
             from edgekit.inspect import inspect_artifact

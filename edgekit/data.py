@@ -304,3 +304,65 @@ def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Pa
         mask = np.asarray(enc.attention_mask, dtype=mask_spec.dtype)[None].copy()
         samples.append((ids, mask))
     return samples, sources, "text"
+
+
+def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> CalibrationSet:
+    """Samples given in memory (the Python API's ``data=``): a numpy array or tensor (first axis =
+    samples, single-input models), a list of arrays or of tuples of arrays (one per input), or any
+    iterable such as a torch DataLoader. A batch whose shape is (B, *sample) is split into B samples;
+    items beyond the model's inputs (e.g. labels) are ignored. Each sample is checked against the
+    ModelSpec (E-DATA-SHAPE), never cast silently."""
+    if isinstance(data, dict) or isinstance(data, (str, bytes)):
+        raise UserError("E-DATA-UNREADABLE", f"data is a {type(data).__name__}", "pass a folder path, arrays, or an iterable of arrays")
+    items = [data] if _is_array(data) else data
+    samples: list[tuple[np.ndarray, ...]] = []
+    try:
+        for n, item in enumerate(items):
+            arrays = (item,) if _is_array(item) else tuple(item)[: len(spec.inputs)] if isinstance(item, (tuple, list)) else None
+            if arrays is None or len(arrays) < len(spec.inputs) or not all(_is_array(a) for a in arrays):
+                raise UserError("E-DATA-SHAPE", f"data item {n} is a {type(item).__name__}, not {len(spec.inputs)} array(s)",
+                                f"give each sample as a tuple of arrays ({', '.join(spec.input_names)})")
+            samples.extend(_split(tuple(_numpy(a) for a in arrays), spec, n))
+            if len(samples) >= limit:
+                break
+    except TypeError as exc:
+        raise UserError("E-DATA-UNREADABLE", f"data of type {type(data).__name__} is not iterable", "pass arrays or a DataLoader") from exc
+    if not samples:
+        raise UserError("E-DATA-EMPTY", "data holds no samples", "pass at least one sample")
+    samples = samples[:limit]
+    sources = tuple(f"data[{i}]" for i in range(len(samples)))
+    for sample, src in zip(samples, sources):
+        check_finite(sample, src, spec)
+    return CalibrationSet(tuple(samples), sources, "tensor", "(arrays passed in memory)")
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or (hasattr(x, "detach") and hasattr(x, "numpy") and hasattr(x, "shape"))
+
+
+def _numpy(x) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+
+
+def _split(arrays: tuple[np.ndarray, ...], spec: ModelSpec, n: int) -> list[tuple[np.ndarray, ...]]:
+    """One item -> samples shaped like the spec: (B, *sample) splits into B, an exact shape is one."""
+    counts = set()
+    for t, a in zip(spec.inputs, arrays):
+        if tuple(a.shape) == tuple(t.shape) or (t.shape and t.shape[0] == 1 and tuple(a.shape) == tuple(t.shape[1:])):
+            counts.add(None)  # one sample (with or without its batch axis of 1)
+        elif a.ndim == len(t.shape) and t.shape and t.shape[0] == 1 and tuple(a.shape[1:]) == tuple(t.shape[1:]):
+            counts.add(a.shape[0])
+        elif a.ndim == len(t.shape) + 1 and tuple(a.shape[1:]) == tuple(t.shape):
+            counts.add(a.shape[0])
+        else:
+            raise UserError("E-DATA-SHAPE", f"data item {n}: input {t.name!r} has shape {tuple(a.shape)}, the model takes "
+                            f"{tuple(t.shape)} (or a batch of them)", f"give samples of shape {tuple(t.shape)}")
+        if np.dtype(a.dtype) != np.dtype(t.dtype):
+            raise UserError("E-DATA-SHAPE", f"data item {n}: input {t.name!r} has dtype {a.dtype}, the model takes {t.dtype}",
+                            f"cast it first, e.g. x.astype(np.{t.dtype}) or tensor.to(torch.{t.dtype})")
+    if len(counts) != 1:
+        raise UserError("E-DATA-SHAPE", f"data item {n}: the inputs hold different numbers of samples", "batch every input alike")
+    count = counts.pop()
+    if count is None:
+        return [tuple(a.reshape(t.shape) for a, t in zip(arrays, spec.inputs))]
+    return [tuple(a[i].reshape(t.shape).copy() for a, t in zip(arrays, spec.inputs)) for i in range(count)]

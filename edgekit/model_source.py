@@ -1,4 +1,9 @@
-"""Resolve the MODEL argument: a built-in name, ``path/to/file.py:factory``, or a ``.pt2`` file.
+"""Resolve the model: a built-in name, ``path/to/file.py:factory``, a ``.pt2`` file, an ``nn.Module``
+(with example inputs) or a ``torch.export.ExportedProgram``.
+
+Outputs that are not a tensor or a flat tuple of tensors (a dict, a named tuple, nested tuples and
+lists) are flattened in pytree order by a thin wrapper, and named after their keys (``boxes``,
+``scores``, ``aux_0``): the names travel into the ModelSpec, the manifest and the report.
 
 A factory returns ``(module, example_inputs)`` or ``(module, example_inputs, spec)``. Without a spec,
 one is derived from the example inputs and the forward signature (inputs) and from one forward pass
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +25,25 @@ from edgekit.models import BUILTIN, LoadedModel
 from edgekit.spec import ModelSpec, TensorSpec
 
 
-def load_model(source: str) -> LoadedModel:
+def check_model_arg(model) -> None:
+    """E-MODEL-UNKNOWN for a model argument of a kind edgekit cannot take (before any work)."""
+    if isinstance(model, (str, os.PathLike, nn.Module)) or _is_program(model):
+        return
+    raise UserError("E-MODEL-UNKNOWN", f"model is a {type(model).__name__}, which edgekit cannot export",
+                    "pass an nn.Module (with example_inputs), a torch.export.ExportedProgram, a .pt2 path, "
+                    f"'file.py:factory', or a built-in name ({', '.join(BUILTIN)})")
+
+
+def load_model(source, example_inputs=None) -> LoadedModel:
+    check_model_arg(source)
+    if isinstance(source, nn.Module):
+        return _from_module(source, example_inputs, type(source).__name__.lower(), type(source).__name__)
+    if _is_program(source):
+        return _from_program(source, example_inputs, "program", "ExportedProgram")
+    if example_inputs is not None:
+        raise UserError("E-ARGS", "example_inputs apply to a model given as an nn.Module or an ExportedProgram",
+                        f"drop example_inputs for {source!s}: the factory, the .pt2 file or the built-in model has its own")
+    source = os.fspath(source)
     if source in BUILTIN:
         return BUILTIN[source]()
     if source.endswith(".pt2"):
@@ -29,6 +53,96 @@ def load_model(source: str) -> LoadedModel:
         return _from_factory(Path(file), factory, source)
     raise UserError("E-MODEL-UNKNOWN", f"unknown model {source!r}",
                     f"pass a built-in name ({', '.join(BUILTIN)}), path/to/file.py:factory, or a .pt2 file from torch.export.save")
+
+
+def _is_program(obj) -> bool:
+    return type(obj).__name__ == "ExportedProgram" and hasattr(obj, "graph_module")
+
+
+def _examples(example, where: str) -> tuple[torch.Tensor, ...]:
+    if example is None:
+        raise UserError("E-ARGS", f"{where} needs example inputs", "pass example_inputs: a tensor or a tuple of tensors")
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example) if isinstance(example, (tuple, list)) else None
+    if not example or not all(isinstance(t, torch.Tensor) for t in example):
+        raise UserError("E-ARGS", f"{where}: example_inputs must be a tensor or a tuple of tensors", "pass (tensor, ...)")
+    return example
+
+
+def _from_module(model: nn.Module, example, name: str, source: str, spec: ModelSpec | None = None) -> LoadedModel:
+    example = _examples(example, f"model {source}")
+    model = flat_outputs(model.eval(), example)
+    spec = spec if spec is not None else derive_spec(model, example, name)
+    return LoadedModel(model, spec, example, source)
+
+
+def _from_program(program, example, name: str, source: str, spec: ModelSpec | None = None) -> LoadedModel:
+    if example is None and program.example_inputs:
+        args, kwargs = program.example_inputs
+        if kwargs:
+            raise UserError("E-MODEL-FACTORY", f"{source} takes keyword inputs ({', '.join(kwargs)})",
+                            "export the program with positional inputs only")
+        example = tuple(args)
+    return _from_module(ProgramModule(program.module()), example, name, source, spec)
+
+
+class ProgramModule(nn.Module):
+    """An ExportedProgram's module, usable like any eval-mode nn.Module: its graph was captured
+    already, and ``.eval()``/``.train()`` (which torch refuses on it) only set the flag here."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.program = gm
+
+    def forward(self, *args):
+        return self.program(*args)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+
+class FlatOutputs(nn.Module):
+    """Returns the wrapped model's outputs as a flat tuple of tensors (pytree order)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        from torch.utils._pytree import tree_leaves
+
+        return tuple(tree_leaves(self.model(*args)))
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.train(mode)
+        return self
+
+
+def output_names(out) -> tuple[str, ...] | None:
+    """Names of a model's output leaves, or None when the output is already a tensor or a flat tuple."""
+    from torch.utils._pytree import tree_flatten_with_path
+
+    if isinstance(out, torch.Tensor) or (type(out) in (tuple, list) and all(isinstance(o, torch.Tensor) for o in out)):
+        return None
+    leaves = tree_flatten_with_path(out)[0]
+    if not leaves or not all(isinstance(v, torch.Tensor) for _, v in leaves):
+        raise UserError("E-MODEL-FACTORY", f"the model returns {type(out).__name__} holding values that are not tensors",
+                        "return tensors (in a dict, a tuple or a named tuple)")
+    return tuple("_".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path) or "output"
+                 for path, _ in leaves)
+
+
+def flat_outputs(model: nn.Module, example: tuple) -> nn.Module:
+    """``model``, wrapped in FlatOutputs when its output needs flattening."""
+    try:
+        with torch.no_grad():
+            out = model(*example)
+    except Exception as exc:
+        raise UserError("E-MODEL-FACTORY", f"the model fails on its own example inputs: {type(exc).__name__}: {str(exc)[:500]}",
+                        "pass example inputs the model accepts") from exc
+    names = output_names(out)
+    return model if names is None else FlatOutputs(model, names)
 
 
 def _from_factory(file: Path, factory: str, source: str) -> LoadedModel:
@@ -53,16 +167,14 @@ def _from_factory(file: Path, factory: str, source: str) -> LoadedModel:
     if not isinstance(result, tuple) or len(result) not in (2, 3) or not isinstance(result[0], nn.Module):
         raise UserError("E-MODEL-FACTORY", f"{source} returned {type(result).__name__}, not (nn.Module, example_inputs[, ModelSpec])",
                         "return the model and a tuple of example input tensors")
-    model, example = result[0].eval(), result[1]
-    example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
-    if not example or not all(isinstance(t, torch.Tensor) for t in example):
-        raise UserError("E-MODEL-FACTORY", f"{source}: example_inputs must be a tensor or a tuple of tensors",
-                        "return (model, (tensor, ...))")
-    spec = result[2] if len(result) == 3 else derive_spec(model, example, Path(file).stem)
-    if not isinstance(spec, ModelSpec):
+    spec = result[2] if len(result) == 3 else None
+    if len(result) == 3 and not isinstance(spec, ModelSpec):
         raise UserError("E-MODEL-FACTORY", f"{source}: the third value is {type(spec).__name__}, not a ModelSpec",
                         "return an edgekit.spec.ModelSpec or leave it out")
-    return LoadedModel(model, spec, example, source)
+    try:
+        return _from_module(result[0], result[1], Path(file).stem, source, spec)
+    except UserError as exc:
+        raise UserError("E-MODEL-FACTORY" if exc.code == "E-ARGS" else exc.code, f"{source}: {exc.what}", exc.fix) from exc
 
 
 def _what(exc: BaseException) -> str:
@@ -77,12 +189,9 @@ def _from_pt2(path: Path) -> LoadedModel:
     if not path.is_file():
         raise UserError("E-MODEL-UNKNOWN", f"{path} does not exist", "pass a .pt2 file saved with torch.export.save")
     program, spec = load_reference(path)
-    module = program.module()
-    example = program.example_inputs[0] if program.example_inputs else None
-    if example is None:
+    if not program.example_inputs:
         raise UserError("E-MODEL-FACTORY", f"{path} holds no example inputs", "save it with torch.export.export(model, example_inputs)")
-    example = tuple(example)
-    return LoadedModel(module, spec or derive_spec(module, example, path.stem), example, str(path))
+    return _from_program(program, None, path.stem, str(path), spec)
 
 
 def derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) -> ModelSpec:
@@ -95,7 +204,10 @@ def derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) 
 
 def _derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str) -> ModelSpec:
     try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
+        inner = model
+        while isinstance(inner, (FlatOutputs, ProgramModule)):  # the user's own forward names the inputs
+            inner = inner.model if isinstance(inner, FlatOutputs) else inner.program
+        params = [p for p in inspect.signature(inner.forward).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         names = [p.name for p in params][: len(example)]
     except (TypeError, ValueError):
@@ -104,16 +216,11 @@ def _derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str)
         names = [f"input{i}" for i in range(len(example))]
     inputs = tuple(TensorSpec(n, tuple(t.shape), str(t.dtype).removeprefix("torch."),
                               "NCHW" if t.dim() == 4 else None) for n, t in zip(names, example))
-    try:
-        with torch.no_grad():
-            out = model(*example)
-    except Exception as exc:
-        raise UserError("E-MODEL-FACTORY", f"the model fails on its own example inputs: {type(exc).__name__}: {exc}",
-                        "return example inputs the model accepts") from exc
-    outs = (out,) if isinstance(out, torch.Tensor) else tuple(out) if isinstance(out, (tuple, list)) else None
-    if outs is None or not all(isinstance(o, torch.Tensor) for o in outs):
-        raise UserError("E-MODEL-FACTORY", f"the model returns {type(out).__name__}; edgekit exports models returning tensors",
-                        "wrap the model so forward returns a tensor or a tuple of tensors")
-    outputs = tuple(TensorSpec(f"output{i}" if len(outs) > 1 else "output", tuple(o.shape)) for i, o in enumerate(outs))
+    model = flat_outputs(model, example)
+    with torch.no_grad():
+        out = model(*example)
+    outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    names = model.names if isinstance(model, FlatOutputs) else [f"output{i}" if len(outs) > 1 else "output" for i in range(len(outs))]
+    outputs = tuple(TensorSpec(n, tuple(o.shape)) for n, o in zip(names, outs))
     task = "classification" if len(outs) == 1 and outs[0].dim() == 2 and outs[0].shape[0] == 1 and outs[0].shape[1] > 1 else "embedding"
     return ModelSpec(name, inputs, outputs, None, task)

@@ -65,13 +65,15 @@ def check(m: OutputMetrics, tol: Tolerance) -> list[str]:
 
 
 NOT_RUNNABLE = "not runnable on host"  # a status that is neither pass nor fail (e.g. NNAPI)
+UNSUPPORTED = "unsupported"  # the target cannot express the model (an operator, a dtype): named with the source line
+STATUSES = ("pass", "fail", "error", UNSUPPORTED, NOT_RUNNABLE)
 
 
 @dataclass
 class ParityResult:
     target: str
     precision: str
-    status: str  # "pass", "fail", "error", or NOT_RUNNABLE (exported, described, never run here)
+    status: str  # one of STATUSES: "pass", "fail", "error", UNSUPPORTED, or NOT_RUNNABLE (exported, never run here)
     file: str | None = None
     size_bytes: int | None = None
     latency_ms: float | None = None

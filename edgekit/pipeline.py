@@ -1,11 +1,12 @@
 """The export and verify pipelines: model -> reference -> every target -> parity -> bundle + report."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,10 +16,11 @@ from edgekit import destination as D
 from edgekit import manifest as M
 from edgekit.converters import Artifact, Converter, all_converters, get, resolve_targets
 from edgekit.data import DEFAULT_SAMPLES, CalibrationSet, load_samples
-from edgekit.errors import UserError
+from edgekit.capture import captured
+from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
-from edgekit.model_source import load_model
-from edgekit.parity import NOT_RUNNABLE, ParityResult, compare, cost_metrics
+from edgekit.model_source import check_model_arg, load_model
+from edgekit.parity import NOT_RUNNABLE, UNSUPPORTED, ParityResult, compare, cost_metrics
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, load_reference, run_reference, save_reference
 from edgekit.html_report import write_html
@@ -35,9 +37,9 @@ PER_LAYER_SAMPLES = 4  # quantized artifacts: samples the layer-by-layer fidelit
 class ExportJob:
     """One `edgekit export`: what to export, to which targets, verified on which data, written where."""
 
-    model: str
+    model: Any  # a built-in name, "file.py:factory", a .pt2 path, an nn.Module or an ExportedProgram
     targets: str | tuple[str, ...] = "all"
-    data: str | None = None  # default: the built-in model's folder in calibration_data/
+    data: Any = None  # a folder, or arrays / an iterable (edgekit.data.samples_from); default: the built-in model's folder
     out: str | None = None  # default: bundles/<model name>
     samples: int = DEFAULT_SAMPLES  # verification samples (quantized: taken from the held-out part)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per target runtime subprocess
@@ -51,6 +53,7 @@ class ExportJob:
     rounding: str | None = None  # int8 weights: "nearest" or "adaround" (default: the model's measured setting, else nearest)
     minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
+    example_inputs: Any = None  # a tensor or a tuple of tensors, for a model given as an nn.Module
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -60,6 +63,14 @@ class ExportJob:
                 want = " or ".join(k.__name__ if k is not type(None) else "none" for k in kinds)
                 raise UserError("E-ARGS", f"{name} = {value!r:.80} is a {type(value).__name__}, not {want}",
                                 f"give {name} as {want}")
+        check_model_arg(self.model)
+        if self.compress is not None and type(self.compress).__name__ != "CompressConfig":
+            raise UserError("E-ARGS", f"compress is a {type(self.compress).__name__}, not an edgekit.compress.CompressConfig",
+                            "pass compress=CompressConfig(steps=(...), ...)")
+        if self.data is not None and (isinstance(self.data, (dict, bool, int, float)) or not (
+                isinstance(self.data, (str, os.PathLike)) or hasattr(self.data, "__iter__") or hasattr(self.data, "__array__"))):
+            raise UserError("E-ARGS", f"data = {self.data!r:.80} is a {type(self.data).__name__}, not a folder, arrays or an iterable",
+                            "pass a folder path, a numpy array (first axis = samples), a list of arrays, or a DataLoader")
         if isinstance(self.targets, tuple) and not all(isinstance(t, str) for t in self.targets):
             raise UserError("E-ARGS", f"targets {self.targets!r:.80} must be names (strings)", "e.g. targets = [\"tflite\", \"onnx\"]")
         if not all(isinstance(k, str) for k in self.keep_float):
@@ -71,7 +82,7 @@ class ExportJob:
 
 
 _JOB_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "targets": (str, tuple), "data": (str, type(None)), "out": (str, type(None)),
+    "targets": (str, tuple), "out": (str, type(None)),
     "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
     "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
     "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
@@ -201,12 +212,43 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     return Checked(res, outcome.outputs, reference)
 
 
-def _error_result(conv: Converter, precision: str, exc: Exception) -> ParityResult:
+def _error_result(conv: Converter, precision: str, exc: Exception, program=None) -> ParityResult:
+    """A target whose export raised: ``unsupported`` (the target cannot express an operator: named,
+    with the user's source line and the way out) or ``error`` (the toolchain failed otherwise)."""
+    notes = [f"deprecated: {conv.info.deprecated}"] if conv.info.deprecated else []
+    if isinstance(exc, UnsupportedOpError):
+        from edgekit.source_line import locate
+
+        where = locate(program, exc.op, exc.node)
+        err = {**exc.to_dict(), "op": exc.op, "node": exc.node, "source": where}
+        if where:
+            err["message"] += f", from {where}"
+        return ParityResult(conv.info.name, precision, UNSUPPORTED, error=err, notes=notes)
     err = exc.to_dict() if isinstance(exc, UserError) else {
         "code": "E-EXPORT-FAILED", "message": f"{type(exc).__name__}: {str(exc)[:1500]}",
         "fix": f"the {conv.info.name} toolchain failed on this model; drop the target or report the message"}
-    return ParityResult(conv.info.name, precision, "error", error=err,
-                        notes=[f"deprecated: {conv.info.deprecated}"] if conv.info.deprecated else [])
+    return ParityResult(conv.info.name, precision, "error", error=err, notes=notes)
+
+
+def _export_target(conv: Converter, module, spec: ModelSpec, recipe, stage: Path, example: tuple, extra: dict, program):
+    """Export one target with its toolchain's console output captured (edgekit.capture, kept in the
+    report for that target): -> (the unsupported/error result or None, the Artifact or None, log)."""
+    with captured() as log:
+        try:
+            art, failed = conv.export(module, spec, recipe, stage, example, **extra), None
+        except Exception as exc:  # one target's toolchain failing must not stop the others
+            art, failed = None, exc
+    if failed is None:
+        return None, art, log.text
+    return _error_result(conv, "fp32" if recipe is None else recipe.scheme, failed, program), None, log.text
+
+
+def _coverage(result: ParityResult, stage: Path, art: Artifact) -> None:
+    from edgekit.inspect import INSPECTABLE
+
+    if Path(art.path).suffix in INSPECTABLE:
+        meta = {**art.meta, "target": art.target, "precision": art.precision}
+        result.extra["coverage"] = coverage(stage, art.path, meta)
 
 
 def _bundle_spec(spec: ModelSpec, stage: Path) -> ModelSpec:
@@ -310,26 +352,55 @@ def _check_precision(convs: list[Converter], precision: str) -> None:
                         f"targets with {precision}: {', '.join(able) or 'none'} (see `edgekit targets`)")
 
 
-def _split(data: CalibrationSet, recipe, samples: int) -> tuple[CalibrationSet | None, CalibrationSet, list[str]]:
-    """-> (calibration set, verification set, notes). A quantized export calibrates on the first
-    two thirds and verifies on the held-out last third, so fidelity and cost use unseen data.
+def _split(data: CalibrationSet, recipe, samples: int, train: bool = False
+           ) -> tuple[CalibrationSet | None, CalibrationSet | None, CalibrationSet, list[str]]:
+    """-> (calibration set, training set, verification set, notes). A quantized export calibrates on
+    the first two thirds and verifies on the held-out last third, so fidelity and cost use unseen
+    data; a compressing job (``train``) trains on the same first part, never on what verifies it.
     Weight-only precisions (fp16, dynamic) calibrate nothing: they verify on the first N, as FP32."""
     from edgekit.quant.recipe import WEIGHT_ONLY_SCHEMES
 
-    if recipe is None or recipe.scheme in WEIGHT_ONLY_SCHEMES:
+    calibrated = recipe is not None and recipe.scheme not in WEIGHT_ONLY_SCHEMES
+    if not calibrated and not train:
         notes = [] if recipe is None else [f"{recipe.scheme}: weights only, no calibration; verified on {min(samples, len(data))} samples"]
         if samples > len(data):
             notes.append(f"verified on all {len(data)} samples of the data (fewer than --samples {samples})")
-        return None, data.head(samples), notes
+        return None, None, data.head(samples), notes
     n = len(data)
     hold = n // 3 if n >= 3 else 0
-    cal = data.slice(0, n - hold).head(recipe.max_samples)
+    first = data.slice(0, n - hold)
     vset = data.slice(n - hold).head(samples) if hold else data.head(samples)
-    notes = [f"calibrated on {len(cal)} samples (the first of {n}); verified on "
+    cal = first.head(recipe.max_samples) if calibrated else None
+    used = " and ".join(w for w, on in (("calibrated", calibrated), ("trained", train)) if on)
+    notes = [f"{used} on {len(cal or first)} samples (the first of {n}); verified on "
              + (f"{len(vset)} held-out samples" if hold else f"{len(vset)} of the same samples (too few to hold any out)")]
-    if len(cal) < 16:
+    if calibrated and len(cal) < 16:
         notes.append(f"WARNING: only {len(cal)} calibration samples (< 16): activation ranges may not represent real inputs")
-    return cal, vset, notes
+    return cal, first if train else None, vset, notes
+
+
+def _optional(targets, convs: list[Converter]) -> frozenset[str]:
+    """The targets `--targets all` chose by itself (none when the user named them)."""
+    named = targets if isinstance(targets, str) else ",".join(targets)
+    return frozenset(c.info.name for c in convs) if named.strip() == "all" else frozenset()
+
+
+def describe_model(model) -> str:
+    return model if isinstance(model, str) else str(model) if isinstance(model, os.PathLike) else type(model).__name__
+
+
+def _load_data(data, loaded) -> CalibrationSet:
+    """The job's samples: a folder (or the built-in model's default folder), or in-memory arrays."""
+    from edgekit.data import samples_from
+
+    if data is None:
+        if loaded.default_data is None:
+            raise UserError("E-DATA-EMPTY", f"model {loaded.source} has no default data",
+                            "pass data (a folder, arrays or a DataLoader; --data DIR on the command line)")
+        data = loaded.default_data
+    if isinstance(data, (str, os.PathLike)):
+        return load_samples(data, loaded.spec)
+    return samples_from(data, loaded.spec)
 
 
 def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str]]:
@@ -349,8 +420,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         conv.check_available()
     if job.out:
         D.check_replaceable(Path(job.out))  # before any heavy work; checked again under the lock
-    progress(f"loading model {job.model}")
-    loaded = load_model(job.model)
+    progress(f"loading model {describe_model(job.model)}")
+    loaded = load_model(job.model, job.example_inputs)
     spec = loaded.spec
     recipe, default_notes = _model_defaults(job, recipe, loaded)
     if recipe is not None and recipe.keep_float:
@@ -359,18 +430,15 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         keep_float_modules(loaded.module, recipe)  # a name that matches no layer: E-ARGS before any export
     out = Path(job.out or f"bundles/{spec.name}")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
-        data_dir = job.data or loaded.default_data
-        if data_dir is None:
-            raise UserError("E-DATA-EMPTY", f"model {job.model} has no default data", "pass --data DIR with samples of its inputs")
-        data = load_samples(data_dir, spec)
-        cal, vset, split_notes = _split(data, recipe, job.samples)
+        data = _load_data(job.data, loaded)
+        cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
         split_notes = all_notes + default_notes + split_notes
         example = tuple(torch.from_numpy(a) for a in data.samples[0])
         compression = None
         if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
             from edgekit.compress.stage import compress, from_calibration
 
-            source = cal if cal is not None else data
+            source = train
             progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
             loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
         progress("capturing the FP32 reference with torch.export")
@@ -386,26 +454,20 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             reference = run_reference(program.module(), vset.samples)
             extra = {} if cal is None else {"calibration": cal}
             for conv in convs:
-                name = conv.info.name
-                progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", name)
-                try:
-                    art = conv.export(loaded.module, spec, recipe, stage, example, **extra)
-                except Exception as exc:  # one target's toolchain failing must not stop the others
-                    results.append(_error_result(conv, precision, exc))
-                    progress(f"export failed: {results[-1].error['code']}", name)
-                    continue
-                progress("running in the host runtime (subprocess)", name)
-                checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
-                results.append(checked.result)
-                if checked.outputs is not None:
-                    errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
-                artifacts.append((conv, art))
-                progress(checked.result.status, name)
-                from edgekit.inspect import INSPECTABLE
-
-                if Path(art.path).suffix in INSPECTABLE:
-                    meta = {**art.meta, "target": art.target, "precision": art.precision}
-                    checked.result.extra["coverage"] = coverage(stage, art.path, meta)
+                progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", conv.info.name)
+                res, art, export_log = _export_target(conv, loaded.module, spec, recipe, stage, example, extra, program)
+                if art is not None:
+                    progress("running in the host runtime (subprocess)", conv.info.name)
+                    with captured() as log:
+                        checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
+                        _coverage(checked.result, stage, art)
+                    res, export_log = checked.result, export_log + log.text
+                    artifacts.append((conv, art))
+                    if checked.outputs is not None:
+                        errors[report_key(res)] = abs_errors(checked.reference, checked.outputs)
+                res.extra["export_log"] = export_log
+                results.append(res)
+                progress(res.status if art is not None else f"{res.status}: {res.error['code']}", conv.info.name)
             env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
             manifest = {
                 "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
@@ -424,7 +486,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             }
             B.write_json(stage / B.MANIFEST, manifest)
             report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
-                                  env, command or f"edgekit export {job.model}", manifest["created"], split_notes)
+                                  env, command or f"edgekit export {describe_model(job.model)}", manifest["created"], split_notes,
+                                  optional=_optional(job.targets, convs))
             if compression is not None:
                 report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
             B.write_json(stage / "report.json", report)
@@ -454,8 +517,12 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
     root, spec = m.root, m.spec
     _check_unchanged(m, m.reference, "the FP32 reference")
     program = load_reference(m.path(m.reference.path))[0]
-    if data:
+    if isinstance(data, (str, os.PathLike)):
         calib = load_samples(data, spec, base=root, limit=samples)
+    elif data is not None:
+        from edgekit.data import samples_from
+
+        calib = samples_from(data, spec)
     else:
         if m.inputs is not None:
             _check_unchanged(m, m.inputs, "the verification inputs")

@@ -6,12 +6,14 @@ import shlex
 
 import numpy as np
 
-from edgekit.parity import NOT_RUNNABLE, ParityResult
+from edgekit.parity import NOT_RUNNABLE, UNSUPPORTED, ParityResult
 
 
-def overall_status(results: list[ParityResult]) -> str:
-    """pass when every result that could run passed (a not-runnable artifact is neither)."""
-    ran = [r for r in results if r.status != NOT_RUNNABLE]
+def overall_status(results: list[ParityResult], optional: frozenset[str] = frozenset()) -> str:
+    """pass when every result that could run passed. A not-runnable artifact is neither; an
+    ``unsupported`` target fails the run only when the user named it (it is not in ``optional``,
+    the targets ``--targets all`` chose by itself)."""
+    ran = [r for r in results if r.status != NOT_RUNNABLE and not (r.status == UNSUPPORTED and r.target in optional)]
     return "pass" if ran and all(r.passed for r in ran) else "fail"
 
 
@@ -38,7 +40,7 @@ def reproduce_commands(report: dict, bundle: str | None = None) -> list[str]:
 
 
 def build_report(kind: str, model: dict, data: dict, results: list[ParityResult], env: dict,
-                 command: str, created: str, notes: list[str] | None = None) -> dict:
+                 command: str, created: str, notes: list[str] | None = None, optional: frozenset[str] = frozenset()) -> dict:
     return {
         "kind": kind,  # "export" or "verify"
         "created": created,
@@ -46,11 +48,13 @@ def build_report(kind: str, model: dict, data: dict, results: list[ParityResult]
         "model": model,
         "data": data,
         "summary": {
-            "status": overall_status(results),
+            "status": overall_status(results, optional),
             "passed": sum(r.status == "pass" for r in results),
             "failed": sum(r.status == "fail" for r in results),
             "errors": sum(r.status == "error" for r in results),
+            "unsupported": sum(r.status == UNSUPPORTED for r in results),
             "not_runnable": sum(r.status == NOT_RUNNABLE for r in results),
+            "optional": sorted(optional),  # targets `--targets all` chose: unsupported there does not fail the run
         },
         "targets": {report_key(r): r.to_dict() for r in results},
         "confinement": confinement(results),
