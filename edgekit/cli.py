@@ -123,15 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_outcome(outcome, json_path: str | None) -> int:
+# The report's sections printed on the console (each under its heading); --quiet keeps the first ones.
+_CONSOLE_SECTIONS = ("Conversion fidelity:", "Compression cost:", "Failures and errors")
+_VERBOSE_SECTIONS = ("Delegate coverage", "Notes")
+
+
+def _console_sections(md: str, quiet: bool) -> str:
+    """The tables and bullet lines of report.md's chosen sections, each under a short heading."""
+    wanted = _CONSOLE_SECTIONS + (() if quiet else _VERBOSE_SECTIONS)
+    out = []
+    for section in md.split("\n## ")[1:]:
+        title, _, body = section.partition("\n")
+        if not title.startswith(wanted):
+            continue
+        rows = [line for line in body.splitlines() if line.startswith(("|", "- ", "  - "))]
+        if rows:
+            out += ["", f"== {title.split(':')[0].split(' (')[0]} =="] + rows
+    return "\n".join(out).lstrip("\n")
+
+
+def _print_outcome(outcome, json_path: str | None, quiet: bool = False) -> int:
     from edgekit import bundle as B
     from edgekit.report import markdown
 
     if json_path:
         B.write_json(Path(json_path), outcome.report)
-    md = markdown(outcome.report)
-    table = [line for line in md.splitlines() if line.startswith("|") or line.startswith("- **")]
-    print("\n".join(table))
+    print(_console_sections(markdown(outcome.report), quiet))
     if any("arm" in t for t in outcome.report["targets"].values()):
         from edgekit.arm.verify import arm_markdown
 
@@ -211,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                                     percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                                     bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
                                     minmax_output=args.minmax_output, progress=progress, command=command)
-            return _print_outcome(bundle, args.json)
+            return _print_outcome(bundle, args.json, args.quiet)
         if args.command == "run":
-            return _print_outcome(edgekit.run(args.config, progress=progress, command=command), None)
+            return _print_outcome(edgekit.run(args.config, progress=progress, command=command), None, args.quiet)
         if args.command == "verify":
             outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
                                      total_timeout_s=args.total_timeout, arm=args.arm, progress=progress, command=command)
@@ -229,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 from edgekit.html_report import write_html
 
                 write_html(Path(args.html), outcome.report, outcome._errors)
-            return _print_outcome(outcome, args.json)
+            return _print_outcome(outcome, args.json, args.quiet)
         if args.command == "inspect":
             from edgekit.inspect import inspect_artifact
 
