@@ -1,28 +1,79 @@
-"""The converter layer: one module per target. This registry is the capability table's source.
+"""The converter layer: one module (or package) per target, found through a registry. This registry
+is the capability table's source.
 
-Importing this package imports no toolchain: each target module imports its own lazily.
+Targets are Python entry points of the group ``edgekit.targets`` (name = the module's key, value =
+``module:CONVERTER``): edgekit's own are declared in its pyproject.toml, and any installed package
+can add one (a company's NPU target) without forking edgekit::
+
+    [project.entry-points."edgekit.targets"]
+    mynpu = "mynpu_edgekit.target:CONVERTER"
+
+Targets are listed by ``TargetInfo.rank`` (edgekit's own: 10, 20, ...; others default to 100), then
+name: the order of the README table, CLI help and reports. Adding a target therefore touches only
+its own module or package, its tests and docs, and one entry-point line (plus an extra) in pyproject. Importing this package imports no toolchain: each target module
+imports its own lazily, and a target module is imported only when it is asked for.
 """
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
 from edgekit.errors import UserError
 
 from .base import Artifact, Converter, TargetInfo, Tolerance  # noqa: F401
 
-# Target modules in table order (the order of the README table, the CLI help and reports).
-_MODULES = ("tflite", "ptl", "ptl_nnapi", "ncnn", "executorch", "onnx")
+GROUP = "edgekit.targets"
+_registry: dict[str, str] | None = None
 _cache: dict[str, Converter] = {}
 
 
-def _load(mod: str) -> Converter:
-    if mod not in _cache:
-        _cache[mod] = importlib.import_module(f"{__name__}.{mod}").CONVERTER
-    return _cache[mod]
+def registry() -> dict[str, str]:
+    """key -> "module:attribute" of every target: built-ins first, then third-party entry points."""
+    global _registry
+    if _registry is None:
+        eps = list(entry_points(group=GROUP))
+        own = [ep for ep in eps if ep.dist is not None and ep.dist.name == "edgekit"]
+        _registry = {}
+        for ep in own + [ep for ep in eps if ep not in own]:  # edgekit's own win a name clash
+            _registry.setdefault(ep.name, ep.value)
+        if not own:
+            raise UserError("E-DEP-MISSING", "edgekit's targets are not registered (its entry points are missing)",
+                            "install edgekit with `bash install.sh` (or pip install -e .), not by putting the source on PYTHONPATH")
+    return _registry
+
+
+def refresh() -> None:
+    """Forget the registry and the loaded converters (after installing a target package at run time)."""
+    global _registry
+    _registry = None
+    _cache.clear()
+
+
+def _load(key: str) -> Converter:
+    if key not in _cache:
+        module, _, attr = registry()[key].partition(":")
+        try:
+            conv = getattr(importlib.import_module(module), attr or "CONVERTER")
+        except (ImportError, AttributeError) as exc:
+            raise UserError("E-TARGET-UNKNOWN", f"the target {key!r} is registered as {registry()[key]} but cannot be loaded: {exc}",
+                            "reinstall the package that provides it, or uninstall it") from exc
+        if not isinstance(conv, Converter):
+            raise UserError("E-TARGET-UNKNOWN", f"{registry()[key]} is a {type(conv).__name__}, not an edgekit Converter",
+                            "a target's entry point must name a Converter instance")
+        _cache[key] = conv
+    return _cache[key]
 
 
 def all_converters() -> list[Converter]:
-    return [_load(mod) for mod in _MODULES]
+    """Every target that loads; a broken third-party entry point is left out here (``get`` of its
+    name gives the coded error), so it cannot break the built-in targets."""
+    loaded = []
+    for key in registry():
+        try:
+            loaded.append(_load(key))
+        except UserError:
+            continue
+    return sorted(loaded, key=lambda c: (c.info.rank, c.info.name))
 
 
 def target_names() -> list[str]:
@@ -30,8 +81,11 @@ def target_names() -> list[str]:
 
 
 def get(name: str) -> Converter:
-    if name in _MODULES and _load(name).info.name == name:  # the usual case: imports one module only
-        return _load(name)
+    key = name.replace("-", "_")
+    if key in registry() and _load(key).info.name == name:  # the usual case: imports one module only
+        return _load(key)
+    if name in registry():  # a registered key whose converter names itself otherwise: load it to say so
+        _load(name)
     for conv in all_converters():
         if conv.info.name == name:
             return conv

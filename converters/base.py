@@ -69,6 +69,7 @@ class TargetInfo:
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
     not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
     app_platforms: tuple[str, ...] = ()  # apps that load this file (`edgekit bundle --android/--ios`)
+    rank: int = 100  # position in the capability table (edgekit's own: 10, 20, ...; then by name)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -285,6 +285,7 @@ def _weight_only(model, spec, recipe, out_dir: Path, example_inputs: tuple):
 
 class ExecuTorchConverter(Converter):
     info = TargetInfo(
+        rank=50,
         name=NAME,
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",

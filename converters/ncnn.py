@@ -416,6 +416,7 @@ def _input_feeds(layers: list[_Layer], names: list[str]) -> list[str]:
 
 class NcnnConverter(Converter):
     info = TargetInfo(
+        rank=40,
         name="ncnn",
         title="ncnn (Tencent)",
         suffix=".param",

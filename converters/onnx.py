@@ -42,6 +42,7 @@ INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_
 
 class OnnxConverter(Converter):
     info = TargetInfo(
+        rank=60,
         name="onnx",
         title="ONNX",
         suffix=".onnx",

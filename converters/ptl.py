@@ -53,6 +53,7 @@ DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.05, min_cosine=0.999, min_top1=0.9)
 
 class PtlConverter(Converter):
     info = TargetInfo(
+        rank=20,
         name="ptl",
         title="PyTorch Mobile",
         suffix=".ptl",

@@ -37,6 +37,7 @@ _UNSUPPORTED = re.compile(r"Unsupported node kind \(['\"]?([\w:.]+)['\"]?\)")
 
 class PtlNnapiConverter(Converter):
     info = TargetInfo(
+        rank=30,
         name=NAME,
         title="PyTorch Mobile for NNAPI (Android)",
         suffix=".ptl",

@@ -212,6 +212,7 @@ def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_con
 
 class TFLiteConverter(Converter):
     info = TargetInfo(
+        rank=10,
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
