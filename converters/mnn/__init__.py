@@ -1,0 +1,1 @@
+"""The mnn target (being written)."""
