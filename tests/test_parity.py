@@ -61,3 +61,19 @@ def test_result_serialises_inf_as_string():
     d = compare("t", "fp32", [ref], [ref], ["e"], FP32_TOLERANCE, False).to_dict()
     json.dumps(d, allow_nan=False)
     assert d["metrics"]["sqnr_db"] == "inf"
+
+
+def test_a_quantized_output_within_its_step_bound_passes_whatever_its_range():
+    """Issue 13: a near-constant output 1 step off must not be failed by the relative bound."""
+    from edgekit.converters.base import INT8_END_TO_END_TOLERANCE as tol
+    from edgekit.parity import check, output_metrics
+
+    step = 0.02
+    ref = np.full((8, 1, 10), 0.04, np.float32)
+    ref[:, 0, 3] += 0.002  # near-constant logits: top-1 decided by noise
+    got = ref + step * np.random.default_rng(0).choice([-1, 0, 1], ref.shape)
+    m = output_metrics("logits", ref, got, True, step)
+    assert m.max_steps <= 1.0 + 1e-6 and m.max_abs_rel > tol.max_abs_rel  # the relative bound alone would fail it
+    assert check(m, tol) == []
+    bad = output_metrics("logits", ref, ref + 40 * step, True, step)
+    assert any("steps" in f for f in check(bad, tol)) and len(check(bad, tol)) >= 2  # beyond: every criterion listed
