@@ -199,8 +199,9 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
     return ranges
 
 
-def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe):
-    """-> (prepared FX module with PyTorch's observers, kept-float matches, notes)."""
+def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_ops: tuple = ()):
+    """-> (prepared FX module with PyTorch's observers, kept-float matches, notes). ``float_ops``:
+    functions or module names kept float because their quantized kernel has no simulation."""
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.backend_config import get_qnnpack_backend_config
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -218,6 +219,11 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe):
     mapping = QConfigMapping().set_global(qconfig())
     for name in matched:
         mapping.set_module_name(name, None)
+    for op in float_ops:
+        if isinstance(op, str):
+            mapping.set_module_name(op, None)
+        else:
+            mapping.set_object_type(op, None)
     prepared = prepare_fx(model, mapping, tuple(example_inputs), backend_config=get_qnnpack_backend_config())
     return prepared, matched, notes
 
@@ -230,14 +236,42 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     samples = tuple(samples)[: recipe.max_samples]
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
-    with qnnpack_engine():
-        prepared, matched, notes = prepare(model, example_inputs, recipe)
-        if learned:
-            notes.insert(0, describe(learned))
-        ranges = calibrate(prepared, samples, recipe)
-        converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
-    sim, out_qp, in_qp = simulate(converted)
-    return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, dict(matched), notes)
+    float_ops: list = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
+    while True:
+        with qnnpack_engine():
+            prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
+            ranges = calibrate(prepared, samples, recipe)
+            converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
+        try:
+            sim, out_qp, in_qp = simulate(converted)
+            break
+        except UnsupportedOpError as gap:
+            op = _float_op(prepared, gap.node)
+            if op is None or op in float_ops or len(float_ops) >= MAX_FLOAT_FALLBACKS:
+                raise
+            float_ops.append(op)
+    kept = dict(matched)
+    for op in float_ops:
+        label = op if isinstance(op, str) else getattr(op, "__name__", str(op))
+        kept[label] = "auto"
+        notes.append(f"{label} kept in float automatically: edgekit has no simulation of qnnpack's quantized "
+                     f"kernel for it, so its INT8 output could not be verified (mixed precision)")
+    if learned:
+        notes.insert(0, describe(learned))
+    return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, kept, notes)
+
+
+MAX_FLOAT_FALLBACKS = 16
+
+
+def _float_op(prepared, node_name):
+    """What to keep float for the converted graph's node ``node_name``: its float function (for a
+    functional op: ``F.hardswish``) or its module path (for a module), read from the prepared graph,
+    whose node names the converted graph keeps."""
+    for node in prepared.graph.nodes:
+        if node.name == node_name or (node.op == "call_module" and node.target == node_name):
+            return node.target if node.op in ("call_function", "call_module") else None
+    return None
 
 
 # ---- the float simulation ------------------------------------------------------------------------
@@ -282,12 +316,41 @@ def _sim_mul(a, b, scale, zp):
     return fake_quant(a * b, scale, zp)
 
 
+def _dequantized(x):
+    """Marks where the converted graph dequantizes: the simulated value is already float."""
+    return x
+
+
+def _sim_matmul(a, b, scale, zp):
+    return fake_quant(torch.matmul(a, b), scale, zp)
+
+
 # quantized binary ops FX emits -> their simulation
-_BINARY = {"quantized.add": _sim_add, "quantized.add_relu": _sim_add_relu, "quantized.mul": _sim_mul}
+_BINARY = {"quantized.add": _sim_add, "quantized.add_relu": _sim_add_relu, "quantized.mul": _sim_mul,
+           "quantized.matmul": _sim_matmul}
+# quantized unary ops whose last two arguments are the output's (scale, zero point): float op, then fake-quant
+_UNARY = {"quantized.hardswish": lambda x: F.hardswish(x), "quantized.sigmoid": torch.sigmoid,
+          "quantized.layer_norm": lambda x, shape, w, b, eps: F.layer_norm(x, shape, w, b, eps),
+          "quantized.group_norm": lambda x, groups, w, b, eps: F.group_norm(x, groups, w, b, eps),
+          "quantized.instance_norm": lambda x, w, b, eps: F.instance_norm(x, weight=w, bias=b, eps=eps),
+          "quantized.leaky_relu": lambda x, slope, inplace: F.leaky_relu(x, slope),
+          "quantized.softmax": lambda x, dim: torch.softmax(x, dim)}
+# float ops that qnnpack runs on a quantized tensor with FIXED output qparams (quint8): (scale, zero point)
+_FIXED_QPARAMS = {F.hardsigmoid: (1.0 / 256, 0), torch.sigmoid: (1.0 / 256, 0), F.sigmoid: (1.0 / 256, 0),
+                  torch.tanh: (2.0 / 256, 128), F.tanh: (2.0 / 256, 128)}
+
+
+def _sim_unary(op: str, x, *rest):
+    """``op``: a key of _UNARY (a name, so the generated graph code can hold it)."""
+    *args, scale, zp = rest
+    return fake_quant(_UNARY[op](x, *args), float(scale), int(zp))
 # ops on a quantized tensor that keep its qparams (requantized to them: pooling rounds, clamps cut at grid points)
 _SAME_QPARAMS_FUNCS = {F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.flatten, F.relu, F.hardtanh,
                        torch.clamp, torch.mean, torch.nn.functional.relu6, torch.cat, operator.getitem,
-                       torch.reshape, torch.transpose, torch.permute}
+                       torch.reshape, torch.transpose, torch.permute, F.pad, F.interpolate, torch.chunk, torch.split,
+                       torch.squeeze, torch.unsqueeze, torch.narrow}
+# calls on a quantized tensor whose result is not a tensor (shapes, sizes): passed through, not fake-quantized
+_NON_TENSOR = {getattr, "size", "dim", "numel"}
 _SAME_QPARAMS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d,
                          nn.Flatten, nn.Identity, nn.Dropout, ContiguousReLU6)
 _SHAPE_METHODS = {"contiguous", "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
@@ -335,6 +398,14 @@ def simulate(qgm: torch.fx.GraphModule):
             a, b, s, zp = arg(node.args)
             env[node] = g.call_function(_BINARY[_op_name(node.target)], (a, b, float(s), int(zp)))
             qp[env[node]] = (float(s), int(zp))
+        elif node.op == "call_function" and _op_name(node.target) in _UNARY:
+            args = (*arg(node.args), *arg(node.kwargs).values())  # FX passes the output qparams either way
+            env[node] = g.call_function(_sim_unary, (_op_name(node.target), *args))
+            qp[env[node]] = (float(args[-2]), int(args[-1]))
+        elif node.op == "call_function" and node.target in _FIXED_QPARAMS and src_qp(node) is not None:
+            fixed = _FIXED_QPARAMS[node.target]
+            env[node] = g.call_function(fake_quant, (g.call_function(node.target, arg(node.args), arg(node.kwargs)), *fixed))
+            qp[env[node]] = fixed
         elif node.op == "call_module":
             mod = qgm.get_submodule(node.target)
             name = node.target  # the model's own module path: reports and --keep-float suggestions name it
@@ -353,16 +424,17 @@ def simulate(qgm: torch.fx.GraphModule):
                 raise UnsupportedOpError("ptl", f"quantized {type(mod).__name__}", node.target,
                                          "keep this layer in float (--keep-float) or export ptl in fp32")
         elif node.op == "call_method" and node.target == "dequantize":
-            env[node] = arg(node.args)[0]
+            env[node] = g.call_function(_dequantized, (arg(node.args)[0],))  # a float value from here on (no qparams)
         elif node.op in ("call_function", "call_method"):
             q_in = src_qp(node)
-            known = node.target in _SAME_QPARAMS_FUNCS or (node.op == "call_method" and node.target in _SHAPE_METHODS)
+            known = (node.target in _SAME_QPARAMS_FUNCS or node.target in _NON_TENSOR
+                     or (node.op == "call_method" and node.target in _SHAPE_METHODS))
             if q_in is not None and not known:
                 raise UnsupportedOpError("ptl", f"quantized {_op_name(node.target)}", node.name,
                                          "keep the layer that computes it in float (--keep-float) or export ptl in fp32")
             make = g.call_function if node.op == "call_function" else g.call_method
             env[node] = make(node.target, arg(node.args), arg(node.kwargs))
-            if q_in is not None and node.target not in ("size", "dim"):
+            if q_in is not None and node.target not in _NON_TENSOR:
                 env[node] = g.call_function(fake_quant, (env[node], *q_in))
                 qp[env[node]] = q_in
         elif node.op == "output":

@@ -33,7 +33,7 @@ def _library_dirs() -> tuple[str, ...]:
 def _op_key(op: str) -> str:
     """'aten::hardswish', 'aten.hardswish_.default', 'quantized hardswish' -> 'hardswish'."""
     name = re.split(r"::|\.", op.strip().split()[-1])
-    name = [p for p in name if p not in ("aten", "default", "Tensor", "vec", "int", "self", "")]
+    name = [p for p in name if p not in ("aten", "quantized", "quantized_decomposed", "prims", "default", "Tensor", "vec", "int", "self", "")]
     return name[0].rstrip("_") if name else op
 
 
