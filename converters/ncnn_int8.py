@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InternalError, UserError
+from edgekit.errors import InternalError, UnsupportedOpError, UserError
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR
 
 TAG_INT8 = 0x000D4B38
@@ -42,7 +42,8 @@ QMAX = 127
 _NO_WEIGHTS = {"Input", "Split", "BinaryOp", "Pooling", "ReLU", "Clip", "Flatten", "Reshape", "Concat",
                "Softmax", "Sigmoid", "HardSwish", "HardSigmoid", "Swish", "Permute", "Eltwise", "Crop",
                "Interp", "Noop", "Dropout", "Padding", "Slice", "GELU", "Reduction", "Squeeze",
-               "ExpandDims", "UnaryOp", "TanH", "ELU", "Mish", "ShuffleChannel", "Cast", "Tile"}
+               "ExpandDims", "UnaryOp", "TanH", "ELU", "Mish", "ShuffleChannel", "Cast", "Tile", "MatMul", "Slice",
+               "Flip", "Diag", "CumulativeSum", "CopyTo", "Dequantize", "Quantize", "Requantize"}
 
 
 def _params(layer) -> dict[int, str]:
@@ -64,8 +65,34 @@ def _record_bytes(layer) -> int:
         return 4 + 4 * int(p.get(6 if layer.type != "InnerProduct" else 2, 0)) + (4 * n_out if int(p.get(5 if layer.type != "InnerProduct" else 1, 0)) else 0)
     if layer.type == "BatchNorm":
         return 16 * int(p.get(0, 0))
-    raise UserError("E-TARGET-PRECISION", f"ncnn INT8: layer {layer.name} of type {layer.type} has weights edgekit's "
-                    "INT8 writer does not know", "keep the ncnn target FP32 for this model")
+    if layer.type in _AFFINE:  # gamma and beta, raw float32, when the layer is affine
+        size, affine = _AFFINE[layer.type]
+        return 8 * int(p.get(size, 0)) if int(p.get(affine, 0)) else 0
+    if layer.type == "MemoryData":  # a constant (e.g. a position embedding): raw float32 w*h*d*c
+        dims = [int(p.get(k, 0)) for k in (0, 1, 11, 2)]
+        return 4 * int(np.prod([d for d in dims if d > 0]))
+    if layer.type == "PReLU":
+        return 4 * int(p.get(0, 0))
+    if layer.type == "Gemm":
+        return _gemm_bytes(p)
+    raise UnsupportedOpError("ncnn", f"INT8 layer {layer.type}", layer.name,
+                             f"edgekit's ncnn INT8 writer cannot size the weights of an ncnn {layer.type} layer; "
+                             "export ncnn in fp32 (or fp16) for this model")
+
+
+def _gemm_bytes(p: dict[int, str]) -> int:
+    """A Gemm's constant A, B and C (tagged float32 records; C sized by its broadcast type), as ncnn's
+    Gemm::load_model reads them (params 4/5/6 constantA/B/C, 7/8/9 M/N/K, 10 C's broadcast type)."""
+    m, n, k = (int(p.get(i, 0)) for i in (7, 8, 9))
+    size = (4 + 4 * m * k if int(p.get(4, 0)) else 0) + (4 + 4 * n * k if int(p.get(5, 0)) else 0)
+    broadcast = int(p.get(10, 0))
+    if int(p.get(6, 0)) and broadcast != -1:
+        size += 4 + 4 * {0: 1, 1: m, 2: m, 3: m * n, 4: n}.get(broadcast, 0)  # tagged too (measured: pnnx writes it so)
+    return size
+
+
+# ncnn layers whose weights are gamma/beta: type -> (param id of the affine size, param id of the affine flag)
+_AFFINE = {"LayerNorm": (0, 2), "GroupNorm": (1, 3), "InstanceNorm": (0, 2)}
 
 
 def _bin_layout(layers, size: int) -> dict[str, tuple[int, int]]:
@@ -162,36 +189,43 @@ def fold(model):
                         "keep the ncnn target FP32 for this model") from exc
 
 
-def match_layers(layers, bin_bytes: bytes, layout, folded, blobs0: dict[str, np.ndarray], sample) -> list[QLayer]:
-    """Pair each quantizable ncnn layer with a folded torch module (same order, shape, weights and
-    input values); an ncnn layer without a match is an internal error (never quantized blindly)."""
+def match_layers(layers, bin_bytes: bytes, layout, folded, blobs0: dict[str, np.ndarray], sample
+                 ) -> tuple[list[QLayer], list[str]]:
+    """Pair each quantizable ncnn layer with the folded torch module that holds the same weights and
+    sees the same input values (pnnx may order layers otherwise than torch runs them). -> (the
+    paired layers, notes on the ncnn layers left float because no torch conv/linear matches them
+    exactly: they are never quantized blindly)."""
     torch_layers = _torch_layers(folded, sample)
-    out = []
-    for k, layer in enumerate(lay for lay in layers if lay.type in QUANTIZABLE):
-        if k >= len(torch_layers):
-            raise InternalError(f"ncnn layer {layer.name} has no matching torch conv/linear")
-        name, mod, x = torch_layers[k]
-        p = _params(layer)
-        n_out = int(p[0])
-        off, n = layout[layer.name]
-        nw = int(p[2 if layer.type == "InnerProduct" else 6])
-        (tag,) = struct.unpack_from("<I", bin_bytes, off)
-        w = np.frombuffer(bin_bytes, "<f4", nw, off + 4).reshape(n_out, -1)
-        has_bias = int(p.get(1 if layer.type == "InnerProduct" else 5, 0))
-        b = np.frombuffer(bin_bytes, "<f4", n_out, off + 4 + 4 * nw).copy() if has_bias else None
-        tw = mod.weight.detach().numpy().reshape(mod.weight.shape[0], -1)
-        scale = max(float(np.abs(tw).max()), 1e-12)
+    used, out, notes = set(), [], []
+    for layer in (lay for lay in layers if lay.type in QUANTIZABLE):
+        w, b, tag = _ncnn_weights(layer, bin_bytes, layout)
         xin = blobs0[layer.inputs[0]].reshape(-1)
-        ok = tag == 0 and tw.shape == w.shape and float(np.abs(tw - w).max()) <= 1e-4 * scale \
-            and x.size == xin.size and float(np.abs(x.reshape(-1) - xin).max()) <= 1e-3 * max(float(np.abs(x).max()), 1e-6)
-        if not ok:
-            raise InternalError(f"ncnn layer {layer.name} ({layer.type}) does not match torch module {name} "
-                                "(order, weights or input values)")
-        out.append(QLayer(layer.name, layer.type, name, layer.inputs[0], layer.outputs[0], w.copy(), b,
-                          act=_activation(layer)))
-    if len(out) != len(torch_layers):
-        raise InternalError(f"{len(torch_layers)} torch conv/linear layers but {len(out)} ncnn ones")
-    return out
+        match = next((name for name, mod, x in torch_layers if name not in used and tag == 0
+                      and _same(mod.weight.detach().numpy().reshape(mod.weight.shape[0], -1), w, 1e-4)
+                      and x.size == xin.size and _same(x.reshape(-1), xin, 1e-3)), None)
+        if match is None:
+            notes.append(f"{layer.name} ({layer.type}) kept float: no torch conv/linear with its weights and inputs")
+            continue
+        used.add(match)
+        out.append(QLayer(layer.name, layer.type, match, layer.inputs[0], layer.outputs[0], w.copy(), b, act=_activation(layer)))
+    return out, notes
+
+
+def _ncnn_weights(layer, bin_bytes: bytes, layout):
+    """(float32 weights (out, -1), bias or None, storage tag) of a Convolution*/InnerProduct record."""
+    p = _params(layer)
+    n_out = int(p[0])
+    off, _ = layout[layer.name]
+    nw = int(p[2 if layer.type == "InnerProduct" else 6])
+    (tag,) = struct.unpack_from("<I", bin_bytes, off)
+    w = np.frombuffer(bin_bytes, "<f4", nw, off + 4).reshape(n_out, -1)
+    has_bias = int(p.get(1 if layer.type == "InnerProduct" else 5, 0))
+    b = np.frombuffer(bin_bytes, "<f4", n_out, off + 4 + 4 * nw).copy() if has_bias else None
+    return w, b, tag
+
+
+def _same(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
+    return a.shape == b.shape and float(np.abs(a - b).max(initial=0.0)) <= rel * max(float(np.abs(a).max(initial=0.0)), 1e-6)
 
 
 def _ncnn_blobs(net, inputs: list[str], feeds: list[str], sample, blobs: list[str]) -> dict[str, np.ndarray]:
@@ -337,7 +371,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         folded = fold(model)
         first = _ncnn_blobs(net, fp.meta["inputs"], fp.meta["input_feed"], samples[0],
                             sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
-        qlayers = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
+        qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
         calibrate(net, fp.meta, samples, qlayers, recipe)
         for q in qlayers:
@@ -361,7 +395,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         "kept_float": kept_layers,
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(8=1: weights per output channel, input symmetric per tensor, scale 127/threshold); "
-                        "every other layer float"] + ([describe(learned)] if learned else []),
+                        "every other layer float"] + unmatched + ([describe(learned)] if learned else []),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
     })
