@@ -145,9 +145,18 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
 
     sites = _activation_sites(prepared)
     originals = {name: prepared.get_submodule(name) for name in sites}
-    collector = TensorStatsCollector(recipe.bins)
+    # One observer object under several names is a shared quantization spec (e.g. a concat's inputs
+    # and output, which XNNPACK requires to share one scale): one probe and one range for the group.
+    group = {}
     for name in sites:
-        setattr(prepared, name, RangeProbe(name, collector, caps.get(name)))
+        group.setdefault(id(originals[name]), name)
+    lead = {name: group[id(originals[name])] for name in sites}
+    collector = TensorStatsCollector(recipe.bins)
+    probes = {}
+    for name in sites:
+        key = lead[name]
+        probes.setdefault(key, RangeProbe(key, collector, min((caps[n] for n in sites if lead[n] == key and n in caps), default=None)))
+        setattr(prepared, name, probes[key])
     with _OneThread():
         _run(prepared, samples)
         collector.next_phase()
@@ -157,19 +166,21 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
     outputs = _output_sites(sites) if recipe.minmax_output else set()
     ranges, replaced = {}, {}
     for name in sites:
-        old = originals[name]
-        s = stats.get(name)
-        fn = get_calibrator("minmax") if name in outputs else calibrate
-        lo, hi = fn(s, recipe) if s is not None else (0.0, 1.0)
-        if name in caps:
-            hi = min(hi, caps[name])
-        obs = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
-                             quant_max=old.quant_max, eps=float(getattr(old, "eps", torch.tensor(2.0 ** -12))))
-        obs.min_val = torch.tensor(float(lo))
-        obs.max_val = torch.tensor(float(hi))
-        setattr(prepared, name, obs)
-        replaced[id(old)] = obs
-        ranges[name] = (float(lo), float(hi))
+        old, key = originals[name], lead[name]
+        if id(old) not in replaced:
+            s = stats.get(key)
+            fn = get_calibrator("minmax") if any(n in outputs for n in sites if lead[n] == key) else calibrate
+            lo, hi = fn(s, recipe) if s is not None else (0.0, 1.0)
+            cap = probes[key].cap
+            if cap is not None:
+                hi = min(hi, cap)
+            obs = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
+                                 quant_max=old.quant_max, eps=float(getattr(old, "eps", torch.tensor(2.0 ** -12))))
+            obs.min_val = torch.tensor(float(lo))
+            obs.max_val = torch.tensor(float(hi))
+            replaced[id(old)] = obs
+        setattr(prepared, name, replaced[id(old)])
+        ranges[name] = (float(replaced[id(old)].min_val), float(replaced[id(old)].max_val))
     for mod in prepared.modules():  # derived (bias) observers point at the observers they derive from
         if hasattr(mod, "obs_or_fqs"):
             mod.obs_or_fqs = [replaced.get(id(o), o) for o in mod.obs_or_fqs]
