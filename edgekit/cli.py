@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("bundle", help="a bundle folder written by `edgekit export`")
     dest = b.add_mutually_exclusive_group(required=True)
     dest.add_argument("--android", metavar="DIR", help="e.g. android_demo/app/src/main/assets (copies the .tflite and ncnn files)")
-    dest.add_argument("--ios", metavar="DIR", help="an Xcode project's resource folder (copies .tflite and ncnn files)")
+    dest.add_argument("--ios", metavar="DIR", help="an Xcode project's resource folder (copies the artifacts iOS apps load: "
+                                                   "see `edgekit targets`)")
 
     a = sub.add_parser("arm", help="ARM emulation: build the aarch64 environment once (qemu-user, Debian arm64, runtime wheels)")
     a.add_argument("action", choices=["setup"], help="setup: build it (about a minute, ~350 MB, cached)")

@@ -10,11 +10,14 @@ from edgekit.parity import NOT_RUNNABLE, UNSUPPORTED, ParityResult
 
 
 def overall_status(results: list[ParityResult], optional: frozenset[str] = frozenset()) -> str:
-    """pass when every result that could run passed. A not-runnable artifact is neither; an
+    """pass when every result that could run passed (a bundle of device-only artifacts, checked
+    statically, passes with nothing run: the summary counts say so). A not-runnable artifact is neither; an
     ``unsupported`` target fails the run only when the user named it (it is not in ``optional``,
     the targets ``--targets all`` chose by itself)."""
-    ran = [r for r in results if r.status != NOT_RUNNABLE and not (r.status == UNSUPPORTED and r.target in optional)]
-    return "pass" if ran and all(r.passed for r in ran) else "fail"
+    judged = [r for r in results if r.status != NOT_RUNNABLE and not (r.status == UNSUPPORTED and r.target in optional)]
+    if not results or (not judged and not any(r.status == NOT_RUNNABLE for r in results)):
+        return "fail"  # nothing exported at all
+    return "pass" if all(r.passed for r in judged) else "fail"
 
 
 def report_key(result: ParityResult) -> str:
