@@ -83,7 +83,7 @@ class PtlNnapiConverter(Converter):
                 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
                 with torch.no_grad():
                     try:
-                        traced = torch.jit.trace(model.eval(), tuple(inputs))
+                        traced = torch.jit.trace(_out_of_place(model), tuple(inputs))
                         nnapi_model = convert_model_to_nnapi(traced, inputs if len(inputs) > 1 else inputs[0])
                     except Exception as exc:  # the NNAPI serializer raises bare Exception for unknown ops
                         found = _UNSUPPORTED.search(str(exc))
@@ -127,3 +127,15 @@ def _first_line(exc) -> str:
 
 
 CONVERTER = PtlNnapiConverter()
+
+
+def _out_of_place(model):
+    """A copy whose activations run out of place: PyTorch's NNAPI converter maps aten::relu but not
+    aten::relu_ (timm and torchvision build their activations with inplace=True)."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    for mod in model.modules():
+        if isinstance(getattr(mod, "inplace", None), bool):
+            mod.inplace = False
+    return model
