@@ -1,0 +1,195 @@
+"""The mnn export: edgekit's ONNX file (from the onnx target) -> MNN's converter -> ``<name>-<precision>.mnn``.
+
+fp32: the FP32 ONNX, converted as is (after the exact-GELU rewrite, onnx_rewrite.py).
+fp16: the same ONNX converted with ``--fp16`` (MNN stores conv/linear weights and other float
+      constants as float16 and computes in float); its reference is edgekit's fp16-weight simulation.
+int8: the onnx target's QDQ ONNX with edgekit's calibrated ranges and its quantized reference; the
+      graph is made float and MNN re-quantizes it with exactly those ranges (int8_params.py).
+
+Every file is written into a scratch folder inside ``out_dir`` and moved into place with
+``os.replace`` only when all steps succeeded: a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from edgekit.errors import UnsupportedOpError, UserError
+
+from . import tool
+from .int8_params import compression_params, qdq_to_float
+from .onnx_rewrite import exact_gelu, round_weights_fp16
+
+TARGET = "mnn"
+SUFFIX = ".mnn"
+PRECISIONS = ("fp32", "fp16", "int8")
+# MNN ops that convert or move data (int8 <-> float, layout): not "float compute" in the int8 note
+_DATA_MOVEMENT = {"Int8ToFloat", "FloatToInt8", "Raster", "ConvertTensor", "Reshape"}
+
+
+def precision_of(recipe) -> str:
+    if recipe is None:
+        return "fp32"
+    from edgekit.quant import check
+
+    check(recipe)
+    if recipe.scheme not in PRECISIONS:
+        raise UserError("E-TARGET-PRECISION", f"target mnn cannot export {recipe.scheme}",
+                        f"use one of {', '.join(PRECISIONS)} for mnn")
+    if recipe.scheme == "fp16" and recipe.keep_float:
+        raise UserError("E-ARGS", "target mnn stores every conv/linear weight in fp16; it cannot keep layers float",
+                        "drop --keep-float, or use --quant int8")
+    return recipe.scheme
+
+
+def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None):
+    from edgekit.converters.base import Artifact
+
+    precision = precision_of(recipe)
+    tool.available()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{spec.name}-{precision}{SUFFIX}"
+    scratch = Path(tempfile.mkdtemp(prefix=".mnn-export-", dir=out_dir))
+    placed: list[Path] = []
+    try:
+        onnx_model, onnx_meta = _onnx(model, spec, recipe if precision == "int8" else None, scratch,
+                                      example_inputs, calibration)
+        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                "outputs": spec.output_names, "output_shapes": [list(t.shape) for t in spec.outputs],
+                "onnx_opset": onnx_meta.get("opset"), "onnx_rewrites": {"gelu_to_erf": exact_gelu(onnx_model)}}
+        if precision == "int8":
+            steps, extra = _int8_steps(onnx_model, scratch, name)
+            done = tool.run(steps, scratch, probe=scratch / name, onnx_graph=onnx_model.graph)
+            meta.update(_int8_meta(onnx_meta, extra, done.probe, spec.name))
+        else:
+            if precision == "fp16":
+                meta["onnx_rewrites"]["fp16_weights_rounded_to_nearest"] = round_weights_fp16(onnx_model)
+            src = _save(onnx_model, scratch / "model.onnx")
+            steps = [tool.convert_onnx(src, scratch / name, ("--fp16",) if precision == "fp16" else ())]
+            done = tool.run(steps, scratch, onnx_graph=onnx_model.graph)
+        tool.write_log(done.log)
+        meta["converter"] = {"call": "_tools.mnnconvert (MNN's compiled converter) in a child process",
+                             "child": done.confinement, "mnn": tool.version(),
+                             "argv": [_plain(argv, scratch) for argv in steps]}
+        files = []
+        if precision == "fp16":
+            from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
+
+            # MNN --fp16 halves every conv (linear layers become convs) and every float constant
+            # (embedding tables too); edgekit's simulation rounds the conv/linear/embedding weights.
+            sim, ref = write_reference(model, recipe, tuple(example_inputs), scratch, spec.name, TARGET,
+                                       types=WITH_EMBEDDING)
+            meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
+                "MNN stores conv/linear weights and float constants as float16 (--fp16); biases stay float32"]))
+            os.replace(scratch / ref, out_dir / ref)
+            placed.append(out_dir / ref)
+            files.append(ref)
+        if precision == "int8":
+            ref = meta["reference"]
+            os.replace(scratch / "onnx" / onnx_meta["reference"], out_dir / ref)
+            placed.append(out_dir / ref)
+            files.append(ref)
+        side = scratch / f"{name}.weight"  # MNN's converter moves the weights of a > 2 GB model there
+        if side.is_file():  # (the runtime reads <file>.weight next to the .mnn)
+            os.replace(side, out_dir / side.name)
+            placed.append(out_dir / side.name)
+            files.append(side.name)
+        meta["file_bytes"] = (scratch / name).stat().st_size
+        os.replace(scratch / name, out_dir / name)
+        placed.append(out_dir / name)
+        return Artifact(TARGET, precision, name, (*files, name), meta)
+    except BaseException:
+        for p in placed:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _onnx(model, spec, recipe, scratch: Path, example_inputs: tuple, calibration):
+    """The onnx target's file (QDQ with its quantized reference for a recipe), loaded."""
+    import onnx
+
+    from edgekit.converters import get
+
+    folder = scratch / "onnx"
+    folder.mkdir()
+    extra = {"calibration": calibration} if recipe is not None else {}
+    try:
+        art = get("onnx").export(model, spec, recipe, folder, tuple(example_inputs), **extra)
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(TARGET, exc.op, exc.node, f"mnn converts edgekit's ONNX file, and torch.onnx.export "
+                                 f"has no translation for {exc.op}: replace it in the model, or drop the target mnn") from exc
+    except UserError as exc:
+        if exc.code == "E-DEP-MISSING":
+            raise
+        fix = "export mnn in fp32 or fp16 for this model" if exc.code == "E-TARGET-PRECISION" else exc.fix
+        raise UserError(exc.code, f"mnn exports through edgekit's ONNX file, which failed: {exc.what}", fix) from exc
+    return onnx.load(str(folder / art.path)), art.meta
+
+
+def _save(model, path: Path) -> Path:
+    import onnx
+
+    try:
+        onnx.save(model, str(path))
+    except ValueError:  # above protobuf's 2 GB: weights in a side file MNN's converter reads too
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return path
+
+
+def _int8_steps(onnx_model, scratch: Path, name: str):
+    """Float graph + compression params; two converter calls: ONNX -> float .mnn, then that .mnn with
+    the params -> int8 .mnn. (One ONNX call with the params loses the large linear layers: MNN keeps
+    weights of >= 64k elements outside the model while converting and quantizes them before reading
+    them back, which wrote garbage for MobileNetV2's classifier.)"""
+    graph = qdq_to_float(onnx_model)
+    if not graph.layers:
+        raise UserError("E-TARGET-PRECISION", "no conv/linear layer of the model has int8 weights and quantized "
+                        "input and output, so MNN would run it entirely in float",
+                        "export mnn in fp32 or fp16, or check --keep-float")
+    src = _save(graph.model, scratch / "float.onnx")
+    params = scratch / "int8_params.json"
+    params.write_text(json.dumps(compression_params(graph.layers)))
+    steps = [tool.convert_onnx(src, scratch / "float.mnn"),
+             tool.convert_mnn(scratch / "float.mnn", scratch / name, ("--compressionParamsFile", str(params)))]
+    return steps, graph
+
+
+def _int8_meta(onnx_meta: dict, graph, probe: list, spec_name: str) -> dict:
+    """The onnx target's quantization meta under the mnn reference's name, plus what MNN's runtime
+    reported running in int8 (the op probe: type strings such as ``Convolution [ DT_INT8 ]``)."""
+    from edgekit.quant.reference import reference_name
+
+    int8 = Counter(t.split(" [")[0] for _, t in probe if "DT_INT8" in t)
+    floats = Counter(t.split(" [")[0] for _, t in probe if "DT_INT8" not in t)
+    compute = {k: v for k, v in floats.items() if k not in _DATA_MOVEMENT}
+    convs = int8["Convolution"] + int8["ConvolutionDepthwise"]
+    if convs == 0:
+        raise UserError("E-EXPORT-FAILED", f"MNN's converter wrote no int8 convolution for the {len(graph.layers)} "
+                        "quantized layers (its runtime runs them all in float)",
+                        "report it with the model; export mnn in fp32 or fp16 meanwhile")
+    notes = [n for n in onnx_meta.get("quant_notes", []) if ".onnx" not in n]
+    notes.append("model I/O is float: the .mnn quantizes its inputs and dequantizes its outputs itself "
+                 f"(recipe io={onnx_meta['recipe'].get('io')!r} does not apply to mnn)")
+    notes.append(f"MNN runs {convs} convolution/linear layers in int8 with edgekit's ranges "
+                 f"({sum(int8.values())} int8 ops in all); float ops between them: "
+                 + (", ".join(f"{k} x{v}" for k, v in sorted(compute.items())) or "none"))
+    if convs < len(graph.layers):
+        notes.append(f"MNN made only {convs} of the {len(graph.layers)} quantized layers int8; the others run in float")
+    if graph.skipped:
+        notes.append(f"{len(graph.skipped)} conv/linear layer(s) have no quantized input or output and stay float: "
+                     + ", ".join(graph.skipped[:8]))
+    keys = ("output_scales", "recipe", "recipe_summary", "calibration", "kept_float")
+    return {**{k: onnx_meta[k] for k in keys}, "reference": reference_name(spec_name, TARGET),
+            "quant_notes": notes, "int8_convolutions": convs, "int8_ops": dict(int8), "float_ops": dict(floats)}
+
+
+def _plain(argv: list[str], scratch: Path) -> list[str]:
+    """A converter call as recorded in the meta: scratch paths reduced to file names."""
+    return [Path(a).name if a.startswith(str(scratch)) else a for a in argv]
