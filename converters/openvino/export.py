@@ -1,0 +1,175 @@
+"""Export to an OpenVINO IR (.xml + .bin) through edgekit's onnx target.
+
+1. ``get("onnx").export`` writes the ONNX file into a scratch folder inside the bundle: FP32 for
+   fp32/fp16; for int8 the QDQ model carrying edgekit's calibrated ranges, plus the quantized
+   reference program (the convert_pt2e model the QDQ file was exported from);
+2. ``openvino.convert_model`` reads it (OpenVINO's ONNX frontend: a QuantizeLinear/DequantizeLinear
+   pair becomes a FakeQuantize with the same scale and zero point, int8 weights stay int8 constants
+   behind Convert/Multiply); ``openvino.save_model`` writes the IR, ``compress_to_fp16`` only for fp16;
+3. the files move into the bundle with ``os.replace`` (reference first, the .xml last); a failure
+   removes what was moved, and the scratch folder always goes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgekit.errors import UnsupportedOpError, UserError
+
+from .no_telemetry import import_openvino
+from .runner import message, same_names
+
+TARGET = "openvino"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_of(recipe) -> str:
+    if recipe is None:
+        return "fp32"
+    from edgekit.quant import check
+
+    check(recipe)
+    if recipe.scheme not in PRECISIONS:
+        raise UserError("E-TARGET-PRECISION", f"target {TARGET} cannot export {recipe.scheme}",
+                        f"use one of {', '.join(PRECISIONS)} for {TARGET}")
+    return recipe.scheme
+
+
+def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None):
+    """-> (main file name, every file name, meta, precision); the files are in out_dir."""
+    precision = precision_of(recipe)
+    if precision == "int8":
+        _check_int8_inputs(spec, example_inputs, calibration)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov = import_openvino()
+    # ".openvino" in the name: ncnn writes <name>-<precision>.bin into the same bundle
+    xml, weights = f"{spec.name}-{precision}.{TARGET}.xml", f"{spec.name}-{precision}.{TARGET}.bin"
+    scratch = Path(tempfile.mkdtemp(prefix=".openvino-export-", dir=out_dir))
+    moved: list[str] = []
+    try:
+        onnx_art = _onnx(model, spec, recipe if precision == "int8" else None, scratch, example_inputs, calibration)
+        converted = _convert(ov, scratch / onnx_art.path)
+        converted.set_friendly_name(spec.name)
+        if not same_names(converted, spec.input_names, spec.output_names):
+            raise UserError("E-EXPORT-FAILED", f"openvino.convert_model lost the ModelSpec's input/output names "
+                            f"{spec.input_names} / {spec.output_names}", "report it with the model; other targets are unaffected")
+        ov.save_model(converted, str(scratch / xml), compress_to_fp16=precision == "fp16")
+        if not (scratch / xml).is_file() or not (scratch / weights).is_file():
+            raise UserError("E-EXPORT-FAILED", f"openvino.save_model did not write {xml} and {weights}",
+                            "report it with the model; other targets are unaffected")
+        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                "outputs": spec.output_names, "onnx_opset": onnx_art.meta.get("opset")}
+        files = [weights, xml]
+        if precision == "int8":
+            meta.update(_int8_meta(ov, onnx_art.meta, spec, scratch, xml, weights))
+            files.insert(0, meta["reference"])
+        elif precision == "fp16":
+            from edgekit.quant.weight_only import weight_only_meta
+
+            sim, ref = _fp16_reference(model, recipe, tuple(example_inputs), scratch, spec.name)
+            meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
+                "compress_to_fp16: every float constant of the IR (weights, biases, norms, embeddings) is stored "
+                "as fp16, and so is every float parameter of the reference; the strict check computes in f32"]))
+            meta["fp16_constants"] = sim.fp16_constants
+            files.insert(0, ref)
+        for f in files:  # the .xml (main file) last: a bundle never has an .xml without its .bin
+            os.replace(scratch / f, out_dir / f)
+            moved.append(f)
+    except BaseException:
+        for f in moved:
+            (out_dir / f).unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return xml, tuple(files), meta, precision
+
+
+def _fp16_reference(model, recipe, example_inputs: tuple, out_dir: Path, spec_name: str):
+    """edgekit's fp16 weight simulation (BatchNorm folded, conv/linear weights rounded to fp16) with
+    every other float parameter and buffer rounded to fp16 too: ``compress_to_fp16`` stores biases,
+    norm scales and embedding tables as fp16 as well (measured on MobileNetV2: with float32 biases in
+    the reference the IR was 2.2e-3 of the output scale from it, rounding them too gives 2.3e-5).
+    -> (the simulated module, the reference file name)."""
+    import torch
+
+    from edgekit.quant.reference import reference_name, save_quantized_reference
+    from edgekit.quant.weight_only import fp16_weight, simulate
+
+    sim = simulate(model, "fp16", example_inputs, recipe)
+    count = 0
+    with torch.no_grad():
+        for t in (*sim.parameters(), *sim.buffers()):
+            if t.dtype == torch.float32:
+                t.copy_(fp16_weight(t))
+                count += t.numel()
+    sim.fp16_constants = count  # every float element the IR stores as fp16 (weight_only_*: conv/linear weights)
+    name = reference_name(spec_name, TARGET, "fp16")
+    example = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x) for x in example_inputs)
+    save_quantized_reference(sim, example, Path(out_dir) / name)
+    return sim, name
+
+
+def _check_int8_inputs(spec, example_inputs, calibration) -> None:
+    if calibration is None or len(calibration) == 0:
+        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {TARGET} got no calibration samples",
+                        "pass --data with samples of the model's inputs")
+    if any(not t.is_floating_point() for t in example_inputs):
+        raise UserError("E-TARGET-PRECISION", f"{TARGET} INT8 quantizes float inputs only; {spec.name} takes "
+                        f"{[str(t.dtype) for t in example_inputs]}", f"export {TARGET} in fp32 or fp16 for this model")
+
+
+def _onnx(model, spec, recipe, scratch: Path, example_inputs: tuple, calibration):
+    """The onnx target's artifact (written into scratch); its errors are re-issued for this target."""
+    from edgekit.converters import get
+
+    extra = {"calibration": calibration} if recipe is not None else {}
+    try:
+        return get("onnx").export(model, spec, recipe, scratch, tuple(example_inputs), **extra)
+    except UnsupportedOpError as exc:
+        raise UnsupportedOpError(TARGET, exc.op, exc.node, f"{TARGET} reads the model as ONNX: {exc.fix}") from exc
+    except UserError as exc:
+        raise UserError(exc.code, f"{TARGET} exports through ONNX, which failed: {exc.what}", exc.fix) from exc
+
+
+def _convert(ov, onnx_path: Path):
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as exc:  # the frontend raises OpConversionFailure / GeneralFailure / RuntimeError
+        text = str(exc)
+        found = re.search(r"OpenVINO does not support the following ONNX operations: ([^\n]+)", text)
+        if found:
+            raise UnsupportedOpError(TARGET, found.group(1).strip(), None,
+                                     "replace the op in the model, or drop the target openvino") from exc
+        raise UserError("E-EXPORT-FAILED", f"openvino.convert_model failed on the ONNX file: {message(exc)}",
+                        "report it with the model; other targets are unaffected") from exc
+
+
+def _int8_meta(ov, onnx_meta: dict, spec, scratch: Path, xml: str, weights: str) -> dict:
+    """The onnx path's quantization meta with the reference renamed to this target's, and the
+    evidence that the CPU plugin runs the IR on integer kernels (on the exporting host)."""
+    from edgekit.quant.reference import reference_name
+
+    from .runner import compile_model, integer_summary, runtime_layers
+
+    ref = reference_name(spec.name, TARGET)
+    os.replace(scratch / onnx_meta["reference"], scratch / ref)
+    notes = [n for n in onnx_meta.get("quant_notes", []) if not n.startswith("model I/O is float")]
+    notes.append("model I/O is float: the IR quantizes its inputs and dequantizes its outputs itself "
+                 "(FakeQuantize at its edges; the recipe's io does not apply to openvino)")
+    core = ov.Core()
+    try:
+        compiled = compile_model(core, core.read_model(str(scratch / xml), str(scratch / weights)))
+        summary = integer_summary(runtime_layers(compiled))
+    except (RuntimeError, UserError) as exc:  # evidence only: the runner reports a model that cannot compile
+        summary = {"error": str(exc)[:300]}
+    if "error" not in summary:
+        n_int, n_all = sum(summary["integer"].values()), sum(summary["integer"].values()) + sum(summary["float"].values())
+        notes.append(f"OpenVINO's CPU plugin runs {n_int} of {n_all} conv/matmul layers on integer (u8/i8) kernels "
+                     f"(runtime graph on the exporting host: {summary})")
+    meta = {k: v for k, v in onnx_meta.items() if k not in ("inputs", "input_dtypes", "outputs", "opset")}
+    meta.update({"reference": ref, "quant_notes": notes, "runtime_kernels": summary})
+    return meta
