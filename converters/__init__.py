@@ -36,10 +36,24 @@ def registry() -> dict[str, str]:
         _registry = {}
         for ep in own + [ep for ep in eps if ep not in own]:  # edgekit's own win a name clash
             _registry.setdefault(ep.name, ep.value)
-        if not own:
-            raise UserError("E-DEP-MISSING", "edgekit's targets are not registered (its entry points are missing)",
-                            "install edgekit with `bash install.sh` (or pip install -e .), not by putting the source on PYTHONPATH")
+        if not own:  # edgekit run from its sources (e.g. the aarch64 runner under qemu): its own modules
+            for mod in _source_modules():
+                _registry.setdefault(mod, f"{__name__}.{mod}:CONVERTER")
     return _registry
+
+
+def _source_modules() -> list[str]:
+    """The target modules/packages of this folder, for an edgekit whose entry points are not
+    installed: every module that defines CONVERTER at top level (read, not imported)."""
+    import pkgutil
+    from pathlib import Path
+
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        path = Path(__path__[0]) / (f"{info.name}/__init__.py" if info.ispkg else f"{info.name}.py")
+        if path.is_file() and "\nCONVERTER = " in path.read_text(encoding="utf-8"):
+            found.append(info.name)
+    return found
 
 
 def refresh() -> None:

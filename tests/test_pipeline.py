@@ -121,8 +121,8 @@ def test_text_model_passes_on_real_sentences(tmp_path):
 
 def test_cli_entry_point_exit_codes(tmp_path):
     run = lambda *a: subprocess.run(["edgekit", *a], capture_output=True, text=True)
-    r = run("export", "tiny_cnn", "--targets", "tflite,coreml", "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and "E-TARGET-UNKNOWN" in r.stderr and "coreml" in r.stderr and "ncnn" in r.stderr
+    r = run("export", "tiny_cnn", "--targets", "tflite,nosuchtarget", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "E-TARGET-UNKNOWN" in r.stderr and "nosuchtarget" in r.stderr and "ncnn" in r.stderr
     r = run("verify", str(tmp_path))
     assert r.returncode == 2 and "E-BUNDLE-INVALID" in r.stderr
     r = run("export")

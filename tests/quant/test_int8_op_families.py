@@ -14,7 +14,7 @@ from torch import nn
 import edgekit
 from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec
 
-INT8_TARGETS = ["tflite", "executorch", "onnx", "ptl", "ncnn"]
+INT8_TARGETS = ["tflite", "executorch", "onnx", "ptl", "ncnn", "mnn", "openvino"]
 
 
 class MobileOps(nn.Module):
