@@ -167,6 +167,10 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
     caps = _caps(prepared, groups)
     collector = TensorStatsCollector(recipe.bins)
     originals = {}
+    fixed = {gid for gid, names in groups.items()
+             if getattr(prepared.get_submodule(names[0]), "qscheme", None) not in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+             or "FixedQParams" in type(prepared.get_submodule(names[0])).__name__}
+    groups = {gid: names for gid, names in groups.items() if gid not in fixed}  # fixed-qparams ops keep PyTorch's
     for gid, names in groups.items():
         originals[gid] = prepared.get_submodule(names[0])
         site = RangeProbe(names[0], collector, caps.get(gid))
@@ -270,7 +274,9 @@ def _float_op(prepared, node_name):
     whose node names the converted graph keeps."""
     for node in prepared.graph.nodes:
         if node.name == node_name or (node.op == "call_module" and node.target == node_name):
-            return node.target if node.op in ("call_function", "call_module") else None
+            if node.op == "call_module":  # by type: every instance (e.g. each SE block's gate) at once
+                return type(prepared.get_submodule(node.target))
+            return node.target if node.op == "call_function" else None
     return None
 
 
@@ -301,6 +307,38 @@ class SimLinear(nn.Module):
             y = F.linear(x, self.weight, self.bias)
         if self.relu:
             y = F.relu(y)
+        return fake_quant(y, self.scale, self.zero_point)
+
+
+class SimQActivation(nn.Module):
+    """A quantized elementwise/normalisation module (Hardswish, LeakyReLU, ELU, LayerNorm, GroupNorm,
+    InstanceNorm) in float: its float op, then fake-quant to the module's own scale and zero point."""
+
+    KINDS = ("Hardswish", "LeakyReLU", "ELU", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d")
+
+    def __init__(self, qmod):
+        super().__init__()
+        self.kind, self.scale, self.zero_point = type(qmod).__name__, float(qmod.scale), int(qmod.zero_point)
+        for attr in ("negative_slope", "alpha", "normalized_shape", "num_groups", "eps"):
+            if hasattr(qmod, attr):
+                setattr(self, attr, getattr(qmod, attr))
+        for attr in ("weight", "bias"):
+            value = getattr(qmod, attr, None)
+            self.register_buffer(attr, value.detach().clone() if isinstance(value, torch.Tensor) else None)
+
+    def forward(self, x):
+        if self.kind == "Hardswish":
+            y = F.hardswish(x)
+        elif self.kind == "LeakyReLU":
+            y = F.leaky_relu(x, self.negative_slope)
+        elif self.kind == "ELU":
+            y = F.elu(x, self.alpha)
+        elif self.kind == "LayerNorm":
+            y = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        elif self.kind == "GroupNorm":
+            y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        else:
+            y = F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         return fake_quant(y, self.scale, self.zero_point)
 
 
@@ -338,6 +376,9 @@ _UNARY = {"quantized.hardswish": lambda x: F.hardswish(x), "quantized.sigmoid": 
 # float ops that qnnpack runs on a quantized tensor with FIXED output qparams (quint8): (scale, zero point)
 _FIXED_QPARAMS = {F.hardsigmoid: (1.0 / 256, 0), torch.sigmoid: (1.0 / 256, 0), F.sigmoid: (1.0 / 256, 0),
                   torch.tanh: (2.0 / 256, 128), F.tanh: (2.0 / 256, 128)}
+
+
+_FIXED_QPARAMS_MODULES = {nn.Hardsigmoid: (1.0 / 256, 0), nn.Sigmoid: (1.0 / 256, 0), nn.Tanh: (2.0 / 256, 128)}
 
 
 def _sim_unary(op: str, x, *rest):
@@ -402,6 +443,11 @@ def simulate(qgm: torch.fx.GraphModule):
             args = (*arg(node.args), *arg(node.kwargs).values())  # FX passes the output qparams either way
             env[node] = g.call_function(_sim_unary, (_op_name(node.target), *args))
             qp[env[node]] = (float(args[-2]), int(args[-1]))
+        elif node.op == "call_module" and type(qgm.get_submodule(node.target)) in _FIXED_QPARAMS_MODULES and src_qp(node) is not None:
+            fixed = _FIXED_QPARAMS_MODULES[type(qgm.get_submodule(node.target))]
+            _put(root, node.target, copy.deepcopy(qgm.get_submodule(node.target)))
+            env[node] = g.call_function(fake_quant, (g.call_module(node.target, arg(node.args), arg(node.kwargs)), *fixed))
+            qp[env[node]] = fixed
         elif node.op == "call_function" and node.target in _FIXED_QPARAMS and src_qp(node) is not None:
             fixed = _FIXED_QPARAMS[node.target]
             env[node] = g.call_function(fake_quant, (g.call_function(node.target, arg(node.args), arg(node.kwargs)), *fixed))
@@ -412,6 +458,10 @@ def simulate(qgm: torch.fx.GraphModule):
             q_in = src_qp(node)
             if isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU, nnq.Conv2d, nnq.Linear)):
                 _put(root, name, SimLinear(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
+                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
+                qp[env[node]] = (float(mod.scale), int(mod.zero_point))
+            elif q_in is not None and type(mod).__name__ in SimQActivation.KINDS and hasattr(mod, "scale"):
+                _put(root, name, SimQActivation(mod))
                 env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
                 qp[env[node]] = (float(mod.scale), int(mod.zero_point))
             elif q_in is None or isinstance(mod, _SAME_QPARAMS_MODULES):
