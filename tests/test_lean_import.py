@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-HEAVY = ("tensorflow", "litert_torch", "ai_edge_litert", "executorch", "ncnn", "pnnx", "onnxruntime", "onnx",
+HEAVY = ("tensorflow", "litert_torch", "ai_edge_litert", "executorch", "ncnn", "pnnx", "onnxruntime", "onnx", "MNN", "openvino", "coremltools",
          "transformers", "matplotlib")
 
 
