@@ -311,34 +311,26 @@ class SimLinear(nn.Module):
 
 
 class SimQActivation(nn.Module):
-    """A quantized elementwise/normalisation module (Hardswish, LeakyReLU, ELU, LayerNorm, GroupNorm,
-    InstanceNorm) in float: its float op, then fake-quant to the module's own scale and zero point."""
+    """A quantized elementwise activation module (Hardswish, LeakyReLU, ELU) in float: its float op,
+    then fake-quant to the module's own scale and zero point. (Quantized LayerNorm/GroupNorm/
+    InstanceNorm modules are not simulated: their .ptl failed the export's trace check on an
+    attention block, measured; they are reported unsupported, naming the layer.)"""
 
-    KINDS = ("Hardswish", "LeakyReLU", "ELU", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d")
+    KINDS = ("Hardswish", "LeakyReLU", "ELU")
 
     def __init__(self, qmod):
         super().__init__()
         self.kind, self.scale, self.zero_point = type(qmod).__name__, float(qmod.scale), int(qmod.zero_point)
-        for attr in ("negative_slope", "alpha", "normalized_shape", "num_groups", "eps"):
-            if hasattr(qmod, attr):
-                setattr(self, attr, getattr(qmod, attr))
-        for attr in ("weight", "bias"):
-            value = getattr(qmod, attr, None)
-            self.register_buffer(attr, value.detach().clone() if isinstance(value, torch.Tensor) else None)
+        self.negative_slope = float(getattr(qmod, "negative_slope", 0.01))
+        self.alpha = float(getattr(qmod, "alpha", 1.0))
 
     def forward(self, x):
         if self.kind == "Hardswish":
             y = F.hardswish(x)
         elif self.kind == "LeakyReLU":
             y = F.leaky_relu(x, self.negative_slope)
-        elif self.kind == "ELU":
-            y = F.elu(x, self.alpha)
-        elif self.kind == "LayerNorm":
-            y = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        elif self.kind == "GroupNorm":
-            y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         else:
-            y = F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+            y = F.elu(x, self.alpha)
         return fake_quant(y, self.scale, self.zero_point)
 
 
