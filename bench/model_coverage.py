@@ -273,7 +273,7 @@ def build(name: str):
             noise = fp32_noise(model, images[:4])
             if noise > NOISE_LIMIT:  # gains of 1 made this random model ill-conditioned: keep the library's init
                 info["notes"].append(f"residual gains of 1 gave a reference whose own float32 noise is {noise:.1e} of "
-                                     f"max|out| (> {NOISE_LIMIT:g}): kept timm's init (zero/tiny gains)")
+                                     f"the output's max abs (> {NOISE_LIMIT:g}): kept timm's init (zero/tiny gains)")
                 torch.manual_seed(0)
                 model = timm.create_model(name, pretrained=False).eval()
                 zbn = zls = 0
@@ -392,7 +392,20 @@ def target_row(key: str, t: dict, seconds: float | None) -> dict:
     return row
 
 
-def worker(name: str, precision: str, out_json: Path, keep: str | None = None) -> None:
+def edgekit_source() -> str | None:
+    """The edgekit checkout a row was measured with: commit, plus "+dirty" when edgekit/ or
+    converters/ differ from it (edgekit moves while a long bench runs)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "edgekit", "converters"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def worker(name: str, precision: str, out_json: Path, keep: str | None = None, only: list[str] | None = None) -> None:
     import torch
 
     import edgekit
@@ -400,7 +413,8 @@ def worker(name: str, precision: str, out_json: Path, keep: str | None = None) -
 
     torch.set_num_threads(1)
     t0 = time.time()
-    row: dict = {"precision": precision, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+    row: dict = {"precision": precision, "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                 "edgekit_source": edgekit_source()}
     try:
         model, data, example, info = build(name)
     except BaseException as exc:  # noqa: BLE001 - a model that cannot be built is a row too
@@ -417,7 +431,7 @@ def worker(name: str, precision: str, out_json: Path, keep: str | None = None) -
     with tempfile.TemporaryDirectory(prefix=f"coverage-{name}-") as tmp:
         dest = Path(keep) / f"{name}-{precision}" if keep else Path(tmp) / "bundle"
         try:
-            bundle = edgekit.export(model, example, targets=TARGETS[precision], data=data, out=str(dest),
+            bundle = edgekit.export(model, example, targets=only or TARGETS[precision], data=data, out=str(dest),
                                     quant=precision, samples=VERIFY_SAMPLES, timeout_s=TIMEOUT_S, progress=progress)
             report = bundle.report
         except UserError as exc:
@@ -486,11 +500,13 @@ def load_results(path: Path) -> dict:
             "models": {}, "runs": []}
 
 
-def run_one(name: str, precision: str, tmp: Path, keep: str | None = None) -> dict:
+def run_one(name: str, precision: str, tmp: Path, keep: str | None = None, only: list[str] | None = None) -> dict:
     out = tmp / f"{name}-{precision}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--precision", precision, "--worker-out", str(out)]
     if keep:
         cmd += ["--keep", str(Path(keep).resolve())]
+    if only:
+        cmd += ["--targets", ",".join(only)]
     log = tmp / f"{name}-{precision}.log"
     t0 = time.time()
     with open(log, "w") as f:
@@ -512,15 +528,22 @@ def run_one(name: str, precision: str, tmp: Path, keep: str | None = None) -> di
     return got
 
 
-def merge(results: dict, name: str, got: dict) -> None:
+def merge(results: dict, name: str, got: dict, only: list[str] | None = None) -> None:
     entry = results["models"].setdefault(name, {})
     info = got.get("info")
-    if info:
-        entry["info"] = info
     row = got["row"]
     env = row.pop("environment", None)
     if env:
         results.setdefault("edgekit_environment", {}).update(env)
+    old = entry.get(row["precision"])
+    if only and old and old.get("targets") and row.get("targets"):
+        # a re-run of some targets: replace those cells only, and say when and with which edgekit
+        for t in only:
+            if t in row["targets"]:
+                old["targets"][t] = {**row["targets"][t], "rerun": {"date": row["date"], "edgekit_source": row.get("edgekit_source")}}
+        return
+    if info:
+        entry["info"] = info
     entry[row["precision"]] = row
 
 
@@ -531,12 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--report", action="store_true", help="only rebuild the .md from the .json")
     ap.add_argument("--list", action="store_true", help="print the model names and exit")
+    ap.add_argument("--targets", default="", help="re-run only these targets and replace just their cells in existing rows")
     ap.add_argument("--keep", help="keep each bundle in KEEP/<model>-<precision> (default: deleted after the row is read)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.precision, Path(args.worker_out), args.keep)
+        worker(args.worker, args.precision, Path(args.worker_out), args.keep,
+               [t for t in args.targets.split(",") if t] or None)
         return 0
     if args.list:
         print("\n".join(MODELS))
@@ -563,10 +588,11 @@ def main(argv: list[str] | None = None) -> int:
         for precision in precisions:
             for name in names:
                 t0 = time.time()
-                got = run_one(name, precision, Path(tmp), args.keep)
+                only = [t for t in args.targets.split(",") if t] or None
+                got = run_one(name, precision, Path(tmp), args.keep, only)
                 results = load_results(path)  # another run may have written meanwhile: merge into the latest
                 results["environment"] = environment()
-                merge(results, name, got)
+                merge(results, name, got, only)
                 results["updated"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
                 path.write_text(json.dumps(results, indent=1, default=str) + "\n")
                 write_markdown(results, out / "model_coverage.md")
@@ -646,13 +672,22 @@ def pass_rates(models: dict, precision: str, targets: list[str]) -> dict:
     return rates
 
 
+def _short_paths(text: str) -> str:
+    """Site-specific prefixes out of messages: bench/.vendor/timm/x.py -> timm/x.py."""
+    import sysconfig
+
+    for prefix in (str(VENDOR) + os.sep, sysconfig.get_paths()["purelib"] + os.sep, str(ROOT) + os.sep):
+        text = text.replace(prefix, "")
+    return text
+
+
 def _reason(r: dict) -> str:
     err = r.get("error") or {}
     if err:
         msg = " ".join((err.get("message") or "").split())
         where = f" (from {err['source']})" if err.get("source") and err["source"] not in msg else ""
-        return f"{err.get('code')}: {msg[:300]}{where}"
-    return "; ".join(" ".join(f.split()) for f in r.get("failures") or [])[:400]
+        return _short_paths(f"{err.get('code')}: {msg[:300]}{where}")
+    return _short_paths("; ".join(" ".join(f.split()) for f in r.get("failures") or [])[:400])
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -737,7 +772,7 @@ def write_markdown(results: dict, path: Path) -> None:
         L.append(f"| {n} | {info.get('source', '-')} | {info.get('input', '-')} | "
                  f"{', '.join('x'.join(map(str, s)) for s in info.get('outputs', []))} | "
                  f"{'-' if spread is None else f'{spread:.3f}'} | {'-' if noise is None else f'{noise:.1e}'} | "
-                 f"{'; '.join(info.get('notes', []))} |")
+                 f"{'; '.join(info.get('notes', [])).replace('|', '/')} |")
     L += ["", "Output spread: std over 16 samples / mean |output| of the first output (0 = the output ignores the input). "
           "fp32 noise: the PyTorch model's own float32 error, max |fp32 - fp64| / max |fp64| on 4 photos (image models; "
           "edgekit's FP32 criterion is 1e-4).",
