@@ -3,6 +3,8 @@
     python bench/model_coverage.py                                  # FP32, every model
     python bench/model_coverage.py --precision int8 --models resnet18,efficientnet_lite0
     python bench/model_coverage.py --precision both --models bert_mini --out bench/results
+    python bench/model_coverage.py --precision int8 --models int8-priority --keep /tmp/b  # keep the bundles
+    python bench/model_coverage.py --targets ptl-nnapi --models resnet18   # re-run some cells of a row
     python bench/model_coverage.py --report                         # only regenerate the .md from the .json
 
 Needs, beyond edgekit[all] (transformers comes with it), timm and torchvision in bench/.vendor
@@ -16,12 +18,13 @@ here, built with random weights after ``torch.manual_seed(0)`` (no download). In
 48 photos of calibration_data/images preprocessed at 224 (ImageNet normalisation) and the first 48
 sentences of calibration_data/text tokenized to 128 tokens with the MiniLM tokenizer edgekit ships.
 Random BatchNorm statistics are re-estimated on photos 1-32 (the INT8 calibration part; the held-out
-photos 33-48 stay unseen) so outputs depend on the input; re-parameterizable blocks (RepVGG,
-MobileOne, FastViT) are fused as they ship. Each model is exported with the public API, one call per
+photos 33-48 stay unseen) so outputs depend on the input; zero/tiny residual gains (zero-init BN
+gammas, 1e-6 layer scales) are set to 1 unless that makes the model's own float32 noise exceed
+1e-5 of its output; re-parameterizable blocks (RepVGG, MobileOne, FastViT) are fused as they ship. Each model is exported with the public API, one call per
 precision: ``edgekit.export(module, example, targets=[...], data=samples, quant=..., samples=16)``,
 in its own subprocess (a crash or a hang costs one row, not the bench). Results are merged into
 ``<out>/model_coverage.json`` (partial runs accumulate) and ``<out>/model_coverage.md`` is rebuilt
-from it every time.
+from it every time (for bench/results, also the tables in docs/model-coverage.md). See that page.
 """
 from __future__ import annotations
 
@@ -358,9 +361,8 @@ def build(name: str):
             o = model(*(torch.from_numpy(a) for a in args))
             ys.append((list(o.values())[0] if isinstance(o, dict) else o).flatten().numpy())
     ys = np.stack(ys)
-    if True:
-        # how much the output depends on the input: std over photos / mean |output| (near 0 = near-constant)
-        info["output_spread"] = float(ys.std(axis=0).mean() / max(np.abs(ys).mean(), 1e-12))
+    # how much the output depends on the input: std over samples / mean |output| (near 0 = near-constant)
+    info["output_spread"] = float(ys.std(axis=0).mean() / max(np.abs(ys).mean(), 1e-12))
     return model, data, example, info
 
 
