@@ -65,6 +65,11 @@ class PtlTaps:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
+            from edgekit.safe_load import check_torchscript
+
+            # torch.jit.load compiles the file's TorchScript source and runs its __setstate__: screened
+            # against the operator allow-list first, as verify's parent does (this runs confined anyway)
+            check_torchscript(Path(path), what=f"the per-layer view of {Path(path).name}")
             try:
                 module = torch.jit.load(str(path))
             except RuntimeError as exc:
