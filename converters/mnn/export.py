@@ -54,7 +54,7 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{spec.name}-{precision}{SUFFIX}"
-    scratch = Path(tempfile.mkdtemp(prefix=".mnn-export-", dir=out_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=".mnn-export-", dir=out_dir)).resolve()  # argv paths: the child runs in scratch
     placed: list[Path] = []
     try:
         onnx_model, onnx_meta = _onnx(model, spec, recipe if precision == "int8" else None, scratch,

@@ -39,13 +39,17 @@ BASE_OPTIONS = ("--bizCode", BIZ_CODE, "--useGeluApproximation", "0")
 
 
 def convert_onnx(src: Path, dst: Path, options: tuple[str, ...] = ()) -> list[str]:
-    """argv of one ONNX -> .mnn call."""
-    return ["MNNConvert", "-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(dst), *BASE_OPTIONS, *options]
+    """argv of one ONNX -> .mnn call (absolute paths: the child runs in its scratch folder)."""
+    return ["MNNConvert", "-f", "ONNX", "--modelFile", _abs(src), "--MNNModel", _abs(dst), *BASE_OPTIONS, *options]
 
 
 def convert_mnn(src: Path, dst: Path, options: tuple[str, ...] = ()) -> list[str]:
     """argv of one .mnn -> .mnn call (applies a compression params file to an MNN model)."""
-    return ["MNNConvert", "-f", "MNN", "--modelFile", str(src), "--MNNModel", str(dst), "--bizCode", BIZ_CODE, *options]
+    return ["MNNConvert", "-f", "MNN", "--modelFile", _abs(src), "--MNNModel", _abs(dst), "--bizCode", BIZ_CODE, *options]
+
+
+def _abs(path: Path) -> str:
+    return str(Path(path).resolve())
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Shared by the converter tests: each (target, tiny model) is exported once per test session."""
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
 
 from edgekit.converters import get
@@ -16,7 +19,10 @@ def tiny_export(tmp_path_factory):
         if (target, name) not in cache:
             loaded = BUILTIN[name]()
             out = tmp_path_factory.mktemp(f"{target}-{name}")
-            artifact = get(target).export(loaded.module, loaded.spec, None, out, loaded.example_inputs)
+            # a relative folder, as `--out bundles/x` gives: a converter must not resolve its paths
+            # against the working directory of a child process (MNN's converter did)
+            with contextlib.chdir(out.parent):
+                artifact = get(target).export(loaded.module, loaded.spec, None, Path(out.name), loaded.example_inputs)
             cache[target, name] = (loaded, artifact, out)
         return cache[target, name]
 
