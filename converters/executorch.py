@@ -26,6 +26,13 @@ Facts this module is built on (measured with executorch 1.5.1 on torch 2.13.0):
 - fp16 accuracy: the fp16 program computes in fp16 (XNNPACK f16 kernels), activations included, so it
   sits ~3 dB below the weight-only fp16 of tflite/ncnn (fp16 storage, fp32 compute): 40.3 vs 43.6 dB
   on MobileNetV2. That is the precision's cost, not a conversion fault.
+- Softmax after a convolution: ExecuTorch 1.5.1's XNNPACK layout pass (``ChannelsLastTaggedReshapePass``)
+  keeps a conv's output channels-last through every op it does not list as layout-sensitive, and
+  softmax is not listed, so ``conv -> softmax(dim=-1)`` ran over the channels: max error 0.56 on
+  ``Conv2d(8, 8, 1)`` then ``.softmax(-1)`` over 1x8x49x49, cosine 0.71 on timm's EfficientFormerV2.
+  ``_softmax_in_nchw`` lists softmax among the ops that need NCHW input while lowering, so the pass
+  converts back first (exact, 3e-8). Only a 4-D channels-last input is affected: attention
+  softmax after a matmul is not.
 - Threads: the XNNPACK delegate runs on ExecuTorch's process-wide threadpool (default: one thread
   per performant core). The python bindings expose ``_unsafe_reset_threadpool(n)`` (experimental,
   "unsafe" only while a method executes); the runner calls it before loading. It applies to every
@@ -235,6 +242,28 @@ def _fp16_conv_constants(enabled: bool):
         visitor.define_tensor = original
 
 
+@contextmanager
+def _softmax_in_nchw():
+    """While lowering, make XNNPACK's layout pass give softmax NCHW input (see the module doc).
+    Restored on exit; a no-op when the installed ExecuTorch has no such pass or set."""
+    try:
+        from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import (
+            ChannelsLastTaggedReshapePass as layout_pass)
+        from executorch.exir.dialects._ops import ops as exir_ops
+    except ImportError:
+        yield
+        return
+    original = getattr(layout_pass, "memory_sensitive_ops_nchw", None)
+    if not isinstance(original, set):
+        yield
+        return
+    layout_pass.memory_sensitive_ops_nchw = original | {exir_ops.edge.aten._softmax.default}
+    try:
+        yield
+    finally:
+        layout_pass.memory_sensitive_ops_nchw = original
+
+
 class _Half(torch.nn.Module):
     """fp16 program with the spec's float32 I/O: inputs cast to half, outputs back to float."""
 
@@ -331,7 +360,7 @@ class ExecuTorchConverter(Converter):
             ep, quant_meta = self._quantize(model, spec, recipe, Path(out_dir), example_inputs, calibration)
             extra_files = (quant_meta["reference"],)
         try:
-            with _fp16_conv_constants(precision == "fp16"):
+            with _fp16_conv_constants(precision == "fp16"), _softmax_in_nchw():
                 edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
             delegation = _delegation(edge.exported_program())
             program = edge.to_executorch()

@@ -186,6 +186,28 @@ def test_example_inputs_with_zero_strides(tmp_path):
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=0, atol=1e-5)
 
 
+class _TalkingHead(nn.Module):
+    """EfficientFormerV2's attention pattern: a 1x1 conv over the heads, then softmax over the keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.mix(x).softmax(dim=-1)
+
+
+def test_softmax_after_conv_runs_over_the_right_axis(tmp_path):
+    """ExecuTorch 1.5.1's XNNPACK layout pass left the conv output channels-last, so the softmax ran
+    over the channels (max error 0.56 on this block); the converter makes the pass convert back."""
+    torch.manual_seed(0)
+    model, x = _TalkingHead().eval(), torch.randn(1, 8, 49, 49)
+    art = CONVERTER.export(model, _spec((1, 8, 49, 49)), None, tmp_path, (x,))
+    assert art.meta["delegation"]["subgraphs"] >= 1  # softmax still runs in XNNPACK, in NCHW
+    out = CONVERTER.runner(art, tmp_path)([x.numpy()])[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
 class _DataDependent(nn.Module):
     def forward(self, x):
         return x * 2 if x.sum() > 0 else x - 1
