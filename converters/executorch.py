@@ -429,10 +429,17 @@ class ExecuTorchConverter(Converter):
         Runtime, portable_lib = _runtime()
         portable_lib._unsafe_reset_threadpool(threads)
         try:
-            method = Runtime.get().load_program(path).load_method(artifact.meta.get("method", METHOD))
+            program = Runtime.get().load_program(path)
         except (RuntimeError, ValueError) as exc:  # the bindings raise RuntimeError('Failed to load ...')
             raise UserError("E-ARTIFACT-CORRUPT", f"the ExecuTorch runtime cannot load {path.name}: {_first_line(exc)}",
                             "re-export the bundle; the file is truncated or corrupt (the runtime's reason is in the log)") from exc
+        try:  # the program parsed: a failure now is a delegate or kernel refusing it (XNNPACK's init)
+            method = program.load_method(artifact.meta.get("method", METHOD))
+        except (RuntimeError, ValueError) as exc:
+            raise UserError("E-RUNTIME-FAILED", f"the ExecuTorch runtime read {path.name} but could not prepare its "
+                            f"method (a delegate or kernel refused it): {_first_line(exc)}",
+                            "the runtime's reason is in the log (e.g. an XNNCompiler message); report it with the "
+                            "model, or drop the target executorch") from exc
         in_specs, out_specs = artifact.meta["inputs"], artifact.meta["outputs"]
         dtypes = [getattr(torch, t["dtype"]) for t in in_specs]
 

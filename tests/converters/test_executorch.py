@@ -123,6 +123,20 @@ def test_corrupt_artifact_is_a_coded_error(exported, tmp_path, damage):
     assert outcome.outputs is None and outcome.error["code"] == "E-ARTIFACT-CORRUPT"
 
 
+def test_a_delegate_that_refuses_the_program_is_not_called_corrupt(exported, tmp_path):
+    """The program parses but XNNPACK's init rejects its payload (as it rejected an int8 max-pool
+    with differing input/output scales): E-RUNTIME-FAILED, not 'the file is truncated'."""
+    lm, art, root = exported("tiny_cnn")
+    data = bytearray((root / art.path).read_bytes())
+    at = data.find(b"XN01")  # the XNNPACK payload's flatbuffer identifier
+    assert at > 0
+    data[at:at + 4] = b"ZZ99"
+    (tmp_path / art.path).write_bytes(bytes(data))
+    with pytest.raises(UserError) as err:
+        CONVERTER.runner(art, tmp_path)
+    assert err.value.code == "E-RUNTIME-FAILED" and "prepare its method" in err.value.what
+
+
 def test_an_object_that_is_not_a_quant_recipe_is_refused(tmp_path):
     lm = BUILTIN["tiny_cnn"]()
     with pytest.raises(UserError) as err:
