@@ -228,7 +228,7 @@ class KeepFloat:
         return None
 
     def transform_for_annotation(self, model):
-        return self.inner.transform_for_annotation(model)
+        return _integer_scalars_stay_integer(self.inner.transform_for_annotation(model))
 
     def annotate(self, model):
         model = self.inner.annotate(model)
@@ -266,6 +266,27 @@ class KeepFloat:
 
     def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
         return self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+
+def _integer_scalars_stay_integer(gm):
+    """Undo one step of ExecuTorch's XNNPACK quantizer where it is wrong: its transform turns every
+    scalar operand of add/mul into a float32 constant, integer arithmetic included, so index math
+    (transformers' attention-mask code adds an int offset to an arange) became float and the
+    calibration run failed with "tensors used as indices must be long, int, byte or bool". A
+    constant feeding an add/mul whose result is not floating point gets the result's dtype back."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor):
+            continue
+        if not isinstance(val, torch.Tensor) or val.is_floating_point():
+            continue
+        for arg in node.args:
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg.target.startswith("_tensor_constant_"):
+                const = getattr(gm, arg.target)
+                if const.is_floating_point() and const.dim() == 0 and float(const) == int(const):
+                    setattr(gm, arg.target, const.to(val.dtype))
+                    arg.meta["val"] = arg.meta["val"].to(val.dtype)
+    return gm
 
 
 def _edge_nodes(edge_or_node) -> set:
