@@ -27,6 +27,7 @@ import copy
 import os
 import struct
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,15 +179,90 @@ def _torch_layers(folded, sample) -> list[tuple[str, object, np.ndarray]]:
 
 
 def fold(model):
-    """The model as a torch.fx GraphModule with BatchNorm folded into the preceding conv."""
+    """The model as a torch.fx GraphModule with BatchNorm folded into the preceding conv, as pnnx
+    folds it: ``nn.BatchNorm2d`` modules (torch.fx's ``fuse``) and batch norms that tracing turned
+    into ``F.batch_norm`` calls (a BatchNorm subclass with its own forward, such as timm's
+    ``BatchNormAct2d``, which fuse does not know: those layers stayed float, 1 of 53 int8)."""
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(copy.deepcopy(model).eval())
+        gm = fuse(copy.deepcopy(model).eval())
     except Exception as exc:  # noqa: BLE001 - symbolic tracing of a user model can raise anything
         raise UserError("E-TARGET-PRECISION", f"ncnn INT8 needs a torch.fx-traceable model to build its quantized "
                         f"reference: {type(exc).__name__}: {str(exc)[:200]}",
                         "keep the ncnn target FP32 for this model") from exc
+    if _fold_functional_batch_norms(gm):
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
+def _fold_functional_batch_norms(gm) -> int:
+    """Fold every eval-mode ``F.batch_norm`` call on the output of a Conv2d module called once (its
+    other uses read the shape only) into a folded copy of that conv. -> how many were folded."""
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not F.batch_norm:
+            continue
+        conv_node = node.args[0]
+        if not (getattr(conv_node, "op", None) == "call_module" and calls[conv_node.target] == 1
+                and type(gm.get_submodule(conv_node.target)) is nn.Conv2d and all(u is node or _reads_shape_only(u) for u in conv_node.users)):
+            continue
+        bn = _batch_norm_tensors(gm, node)
+        if bn is None:
+            continue
+        conv = copy.deepcopy(gm.get_submodule(conv_node.target))
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn["running_mean"], bn["running_var"],
+                                                      bn["eps"], bn["weight"], bn["bias"])
+        gm.add_submodule(conv_node.target, conv)
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+        folded += 1
+    return folded
+
+
+def _reads_shape_only(node) -> bool:
+    """A use of a tensor that reads its shape only (timm asserts ``x.ndim``), the same before and
+    after a batch norm."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("ndim", "shape")
+    return node.op == "call_method" and node.target in ("dim", "size")
+
+
+def _attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _batch_norm_tensors(gm, node) -> dict | None:
+    """The statistics and affine tensors of an ``F.batch_norm`` node when it is an eval-mode batch
+    norm over constants (get_attr), else None."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    if bound.get("training", False) is not False:
+        return None
+    out = {"eps": float(bound.get("eps", 1e-5))}
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        arg = bound.get(key)
+        if arg is None and key in ("weight", "bias"):
+            out[key] = None
+            continue
+        if getattr(arg, "op", None) != "get_attr":
+            return None
+        out[key] = _attr(gm, arg.target).detach()
+    if out["weight"] is None:  # fuse_conv_bn_weights needs both affine tensors
+        out["weight"] = out["running_mean"].new_ones(out["running_mean"].shape)
+    if out["bias"] is None:
+        out["bias"] = out["running_mean"].new_zeros(out["running_mean"].shape)
+    return out
 
 
 def match_layers(layers, bin_bytes: bytes, layout, folded, blobs0: dict[str, np.ndarray], sample

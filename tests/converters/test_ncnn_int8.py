@@ -114,3 +114,40 @@ def test_keep_float_by_class_name(setup, tmp_path):
     ip = next(r for r in _records(art, tmp_path) if r[0] == "InnerProduct")
     assert "8=1" not in ip
     assert [q["module"] for q in art.meta["int8_layers"]][-1] == "head.0"
+
+
+class _NormAct(torch.nn.BatchNorm2d):
+    """A BatchNorm subclass with its own forward (timm's BatchNormAct2d): torch.fx traces through it
+    to an ``F.batch_norm`` call, which torch.fx's ``fuse`` does not fold."""
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, "NCHW")  # a shape read of the conv output, as timm's _assert
+        x = torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                           False, 0.0, self.eps)
+        return torch.nn.functional.relu6(x)
+
+
+class _NormActNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False), _NormAct(8)
+        self.c2, self.n2 = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), _NormAct(8)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.n2(self.c2(self.n1(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_functional_batch_norm_is_folded_so_its_conv_is_int8(setup, tmp_path):
+    lm, calib, held, example = setup
+    torch.manual_seed(0)
+    model = _NormActNet().eval()
+    for n in (model.n1, model.n2):
+        n.running_mean.uniform_(-0.5, 0.5), n.running_var.uniform_(0.5, 2.0), n.weight.data.uniform_(0.5, 1.5)
+    art = CONVERTER.export(model, lm.spec, QuantRecipe(), tmp_path, example, calibration=calib)
+    assert [q["module"] for q in art.meta["int8_layers"]] == ["c1", "c2", "fc"]  # none left float
+    ref = run_program(load_quantized_reference(tmp_path / art.meta["reference"]).module(), held[:8])[0]
+    run = CONVERTER.runner(art, tmp_path)
+    got = np.stack([run(s)[0] for s in held[:8]])
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()  # and the int8 layers compute their reference
