@@ -132,21 +132,23 @@ class _NormActNet(torch.nn.Module):
         super().__init__()
         self.c1, self.n1 = torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False), _NormAct(8)
         self.c2, self.n2 = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), _NormAct(8)
-        self.fc = torch.nn.Linear(8, 10)
+        self.c3 = torch.nn.Conv2d(8, 16, 3, 1, 1, groups=2)  # grouped, not depthwise: stays float
+        self.fc = torch.nn.Linear(16, 10)
 
     def forward(self, x):
-        x = self.n2(self.c2(self.n1(self.c1(x))))
+        x = self.c3(self.n2(self.c2(self.n1(self.c1(x)))))
         return self.fc(x.mean((2, 3)))
 
 
-def test_functional_batch_norm_is_folded_so_its_conv_is_int8(setup, tmp_path):
+def test_batch_norm_subclass_folds_and_grouped_conv_stays_float(setup, tmp_path):
     lm, calib, held, example = setup
     torch.manual_seed(0)
     model = _NormActNet().eval()
     for n in (model.n1, model.n2):
         n.running_mean.uniform_(-0.5, 0.5), n.running_var.uniform_(0.5, 2.0), n.weight.data.uniform_(0.5, 1.5)
     art = CONVERTER.export(model, lm.spec, QuantRecipe(), tmp_path, example, calibration=calib)
-    assert [q["module"] for q in art.meta["int8_layers"]] == ["c1", "c2", "fc"]  # none left float
+    assert [q["module"] for q in art.meta["int8_layers"]] == ["c1", "c2", "fc"]  # the batch-normed convs are int8
+    assert any("grouped convolution" in n for n in art.meta["quant_notes"])  # c3 float, and said so
     ref = run_program(load_quantized_reference(tmp_path / art.meta["reference"]).module(), held[:8])[0]
     run = CONVERTER.runner(art, tmp_path)
     got = np.stack([run(s)[0] for s in held[:8]])
