@@ -1,4 +1,4 @@
-"""Float model I/O for INT8 .tflite files (converters/tflite_float_io.py), checked in the real
+"""Float model I/O for INT8 .tflite files (converters/tflite/float_io.py), checked in the real
 ai-edge-litert interpreter: the rewritten file takes and returns float32, and computes exactly
 dequantize(int8 file(quantize(x))) because the int8 graph inside is untouched.
 
@@ -17,7 +17,7 @@ pytest.importorskip("ai_edge_litert")
 from ai_edge_litert import schema_py_generated as S  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from edgekit.converters.tflite_float_io import add_float_io  # noqa: E402
+from edgekit.converters.tflite.float_io import add_float_io  # noqa: E402
 from edgekit.errors import UserError  # noqa: E402
 
 X_Q, C_Q, Y_Q = (0.05, -3), (0.02, 5), (0.1, 2)  # (scale, zero point) of x, the constant c, y = x + c

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.converters.tflite_names import compact_tensor_names, short_name
+from edgekit.converters.tflite.names import compact_tensor_names, short_name
 
 pytest.importorskip("ai_edge_litert")
 

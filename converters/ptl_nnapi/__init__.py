@@ -25,7 +25,7 @@ import torch
 
 from edgekit.errors import UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
+from ..base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo
 
 NAME = "ptl-nnapi"
 HOST_RUNNABLE = False

@@ -54,7 +54,7 @@ import torch
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from ..base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "executorch"
 EXTRA = "executorch"  # the pip extra in pyproject.toml

@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from .tflite_float_io import _load, _pack, _schema, _text, _write
+from .float_io import _load, _pack, _schema, _text, _write
 
 
 def short_name(name: str) -> str:

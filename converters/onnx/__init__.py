@@ -1,7 +1,7 @@
 """ONNX target: ``torch.onnx.export`` with the dynamo exporter (``torch.export`` + onnxscript), run
 in onnxruntime's CPU execution provider.
 
-INT8 (a QuantRecipe): a QDQ model with edgekit's calibrated ranges (``onnx_int8.py``), saved as
+INT8 (a QuantRecipe): a QDQ model with edgekit's calibrated ranges (``int8.py``), saved as
 ``<name>-int8.onnx`` with its quantized reference next to it; onnxruntime fuses the pairs into its
 integer kernels.
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from ..base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 
 # dynamic (onnxruntime.quantization.quantize_dynamic: MatMulInteger/ConvInteger with int8 per-channel
@@ -65,7 +65,7 @@ class OnnxConverter(Converter):
         out_dir.mkdir(parents=True, exist_ok=True)
         int8_meta = {}
         if precision == "int8":  # the reference is written first: a failure below removes it again
-            from .onnx_int8 import quantize_for_onnx
+            from .int8 import quantize_for_onnx
 
             model, _, int8_meta = quantize_for_onnx(model, spec, recipe, out_dir, tuple(example_inputs), calibration)
         try:

@@ -25,7 +25,7 @@ import numpy as np
 
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
-from .base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from ..base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 NAME = "tflite"
 SIGNATURE = "serving_default"
@@ -273,10 +273,10 @@ class TFLiteConverter(Converter):
             _convert(q.module, example_inputs, tmp, spec.name, QuantConfig(pt2e_quantizer=quantizer))
             float_io = None
             if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
-                from .tflite_float_io import add_float_io
+                from .float_io import add_float_io
 
                 float_io = add_float_io(tmp, tmp)
-            from .tflite_names import compact_tensor_names
+            from .names import compact_tensor_names
 
             names = compact_tensor_names(tmp, tmp)  # litert-torch's class-path names: ~1.7 % of an INT8 file
             meta = _io_meta(tmp, spec)
