@@ -8,7 +8,7 @@ That node's argument is the reference ``quantize_per_tensor`` node; the pair is 
 FakeQuantize has 256 levels and output range ((-128 - zp) * scale, (127 - zp) * scale) of exactly
 that node's scale and zero point.
 
-Then (as the tflite view, edgekit.quant.per_layer):
+Then (as the tflite view, edgekit.converters.tflite.per_layer):
 1. every matched FakeQuantize output becomes an extra output of the model (``add_outputs`` on the read
    model before compiling, strict f32, 1 thread); the plugin must still run every conv/matmul layer
    of the shipped compile, by name, on the same kind of kernel (integer or float), else the view
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quant.per_layer import FLAG_STEPS, _module_of, _producer, _run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injected
 
 from .no_telemetry import import_openvino
 from .runner import INTEGER, compile_model, read_model, runtime_layers
@@ -69,7 +69,7 @@ def openvino_per_layer(artifact, root: Path, samples: list) -> list[dict]:
         result = request.infer({n: np.ascontiguousarray(a, dtype=dt) for n, a, dt in zip(names, sample, dtypes)})
         got = {q.name: _to_int8(np.asarray(result[p]), q) for p, (_, q) in zip(probes, pairs)}
         args = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=dt)) for a, dt in zip(sample, dtypes))
-        computed = _run_injected(gm, args, {k: torch.from_numpy(v) for k, v in got.items()})
+        computed = run_injected(gm, args, {k: torch.from_numpy(v) for k, v in got.items()})
         for name, ref in computed.items():
             diff = np.abs(ref.numpy().astype(np.int32) - got[name].astype(np.int32))
             per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
@@ -79,10 +79,10 @@ def openvino_per_layer(artifact, root: Path, samples: list) -> list[dict]:
             s[1] += diff.size
     rows = []
     for fq, q in pairs:
-        w, p = worst.get(q.name), _producer(q)
+        w, p = worst.get(q.name), producer(q)
         if w is None or p.op == "placeholder":
             continue  # the graph input: nothing computes it
-        rows.append({"layer": p.name, "op": _layer_type(fq), "module": _module_of(p),
+        rows.append({"layer": p.name, "op": _layer_type(fq), "module": module_of(p),
                      "max_steps": float(w.max()), "mean_steps": round(sums[q.name][0] / max(sums[q.name][1], 1), 4),
                      "worst_channel": int(w.argmax()), "sqnr_db": None, "flagged": bool(w.max() > FLAG_STEPS)})
     return rows

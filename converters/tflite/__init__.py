@@ -327,7 +327,7 @@ class TFLiteConverter(Converter):
         """Each int8 tensor of the file against the reference op fed the runtime's own input."""
         if artifact.precision != "int8" or not artifact.meta.get("reference"):
             return None
-        from edgekit.quant.per_layer import tflite_per_layer
+        from .per_layer import tflite_per_layer
 
         return tflite_per_layer(Path(root) / artifact.path, Path(root) / artifact.meta["reference"], samples)
 

@@ -15,7 +15,7 @@ process on a few held-out samples.
 """
 from __future__ import annotations
 
-from .per_layer import _float_sqnr, _module_of
+from .per_layer import float_sqnr, module_of
 
 _PASS_THROUGH = ("quantize", "dequantize", "relu", "hardtanh", "clamp", "view", "reshape", "flatten",
                  "permute", "transpose", "mean", "avg_pool", "max_pool", "adaptive", "gelu", "tanh",
@@ -49,7 +49,7 @@ def localise(reference_gm, float_model, samples) -> list[dict]:
     if not samples:
         return []
     layers = _layers(reference_gm)
-    sq = _float_sqnr(reference_gm, float_model, samples, [n.name for n in layers])
+    sq = float_sqnr(reference_gm, float_model, samples, [n.name for n in layers])
     named = set(sq)
     rows = []
     for n in layers:
@@ -58,7 +58,7 @@ def localise(reference_gm, float_model, samples) -> list[dict]:
         ups = [sq[u] for u in _inputs(n, named)]
         upstream = min(ups) if ups else None
         drop = None if upstream is None else round(upstream - sq[n.name], 2)
-        rows.append({"layer": n.name, "module": _module_of(n), "sqnr_db": sq[n.name], "drop_db": drop})
+        rows.append({"layer": n.name, "module": module_of(n), "sqnr_db": sq[n.name], "drop_db": drop})
     return rows
 
 

@@ -270,7 +270,7 @@ def test_edgekit_runner_takes_the_float_file_as_it_is(tiny_int8):
 
 @pytest.mark.slow
 def test_per_layer_fidelity_check_reads_the_float_file_alike(tiny_int8):
-    from edgekit.quant.per_layer import tflite_per_layer
+    from edgekit.converters.tflite.per_layer import tflite_per_layer
 
     lm, data, src, dst, _ = tiny_int8
     ref = next(src.parent.glob("*.reference.pt2"))

@@ -15,7 +15,8 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 from edgekit.converters.tflite import CONVERTER  # noqa: E402
-from edgekit.quant.per_layer import keep_float_suggestions, tflite_per_layer  # noqa: E402
+from edgekit.converters.tflite.per_layer import tflite_per_layer  # noqa: E402
+from edgekit.quant.per_layer import keep_float_suggestions  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one litert-torch INT8 conversion (~15 s)
 
