@@ -141,6 +141,13 @@ class Converter(ABC):
         target has no per-layer view. Runs in the runner's subprocess."""
         return None
 
+    def coverage(self, path: Path, meta: dict):
+        """Delegate coverage of one artifact file of this target (``edgekit inspect`` and the report's
+        coverage section): an ``edgekit.inspect.InspectResult``, or None where the target has nothing
+        to inspect. ``meta`` is the artifact's meta from the manifest ({} for a bare file). Runs in a
+        subprocess of the pipeline (it may load the file in a native interpreter)."""
+        return None
+
     @abstractmethod
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         """Load the artifact from the bundle folder ``root`` in the host runtime.

@@ -419,6 +419,14 @@ class ExecuTorchConverter(Converter):
                             "report this: the convert_pt2e program of the model should export") from exc
         return ep, quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, q.notes)
 
+    def coverage(self, path: Path, meta: dict):
+        from edgekit.inspect.report import InspectResult
+
+        from .coverage import analyse
+
+        details = analyse(meta)
+        return InspectResult(str(path), NAME, details=details, warnings=list(details["warnings"]))
+
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         if threads < 1:
             raise UserError("E-ARGS", f"threads must be at least 1, got {threads}", "pass --threads 1 or more")

@@ -101,6 +101,15 @@ class PtlNnapiConverter(Converter):
                 "not_runnable_reason": NOT_RUNNABLE_REASON, "nnapi": True}
         return Artifact(NAME, "fp32", final.name, (final.name,), meta)
 
+    def coverage(self, path: Path, meta: dict):
+        from edgekit.inspect.report import InspectResult
+
+        res = InspectResult(str(path), NAME, details={"summary": "PyTorch Mobile model converted for NNAPI: "
+                                                      "every op runs through NNAPI on the device."})
+        res.notes.append("not runnable on host: the NNAPI runtime (libneuralnetworks.so) exists only on Android")
+        res.notes.append(f"Deprecated: {self.info.deprecated}")
+        return res
+
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         raise UserError("E-HOST-UNRUNNABLE", f"{artifact.path} is not runnable on host: {NOT_RUNNABLE_REASON}",
                         "run it in an Android app (API 27+); on a host, verify the tflite/ptl targets instead")

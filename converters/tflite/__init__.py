@@ -323,6 +323,11 @@ class TFLiteConverter(Converter):
         meta.update(weight_only_meta(recipe, spec.name, NAME, sim))
         return Artifact(NAME, recipe.scheme, final.name, (final.name, ref), meta)
 
+    def coverage(self, path: Path, meta: dict):
+        from .coverage import inspect_tflite
+
+        return inspect_tflite(Path(path))
+
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         """Each int8 tensor of the file against the reference op fed the runtime's own input."""
         if artifact.precision != "int8" or not artifact.meta.get("reference"):

@@ -11,8 +11,8 @@ from torch import nn
 from edgekit.converters import get
 from edgekit.errors import UserError
 from edgekit.inspect import inspect_artifact
-from edgekit.inspect import gpu, nnapi, rules, xnnpack
-from edgekit.inspect.tflite_model import read_tflite
+from edgekit.converters.tflite.coverage import gpu, nnapi, rules, xnnpack
+from edgekit.converters.tflite.coverage.model import read_tflite
 from edgekit.models import BUILTIN
 from edgekit.spec import ModelSpec, TensorSpec
 
@@ -159,7 +159,7 @@ def test_gpu_takes_a_real_int8_file(tiny_int8):
 
 def test_gpu_version_type_and_constant_limits():
     """The per-op limits read from the delegate source, on the reader's own records."""
-    from edgekit.inspect.tflite_model import OpInfo, SubgraphInfo, TensorInfo
+    from edgekit.converters.tflite.coverage.model import OpInfo, SubgraphInfo, TensorInfo
 
     table = rules.load("gpu")["ops"]
 
@@ -188,7 +188,7 @@ def test_gpu_version_type_and_constant_limits():
 def test_quantization_rules_on_int8_tensors():
     """int8 activations and per-channel weights: the rule engine on the reader's own records (a real
     INT8 .tflite is built elsewhere; this checks the API-level constraints themselves)."""
-    from edgekit.inspect.tflite_model import OpInfo, SubgraphInfo, TensorInfo
+    from edgekit.converters.tflite.coverage.model import OpInfo, SubgraphInfo, TensorInfo
 
     def conv(dtype, scales):
         tensors = (TensorInfo(0, "x", dtype, (1, 8, 8, 3), False, 1, (0,), 0.1),

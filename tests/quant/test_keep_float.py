@@ -63,7 +63,7 @@ def test_keep_float_by_class_name_keeps_every_conv_float(setup):
 @pytest.mark.slow
 def test_tflite_keeps_the_layer_float_in_the_file(setup, tmp_path):
     from edgekit.converters.tflite import CONVERTER
-    from edgekit.inspect.tflite_model import read_tflite
+    from edgekit.converters.tflite.coverage.model import read_tflite
 
     lm, data, example = setup
     art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(keep_float=("classifier",)), tmp_path, example,

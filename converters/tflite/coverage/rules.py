@@ -1,6 +1,6 @@
 """The rule engine shared by the NNAPI and GPU analysers: edgekit's own JSON rule files
-(``edgekit/inspect/data/*.json``, one entry per op with its source note) applied to the ops of a
-.tflite read by ``tflite_model``."""
+(``data/*.json`` beside this module, one entry per op with its source note) applied to the ops of a
+.tflite read by ``model``."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgekit.errors import InternalError
 
-from .tflite_model import OpInfo, SubgraphInfo
+from .model import OpInfo, SubgraphInfo
 
 DATA = Path(__file__).parent / "data"
 

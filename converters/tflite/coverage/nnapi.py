@@ -6,9 +6,10 @@ deprecated from Android 15: ``deprecation()`` gives the text and the alternative
 """
 from __future__ import annotations
 
+from edgekit.inspect.partitions import Coverage, coverage
+
 from . import rules
-from .partitions import Coverage, coverage
-from .tflite_model import SubgraphInfo
+from .model import SubgraphInfo
 
 
 def levels() -> list[int]:

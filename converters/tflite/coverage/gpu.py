@@ -6,9 +6,10 @@ INT8 files are accepted (quantized ops are allowed by default) but the delegate 
 ``quantized_note()`` gives the sentence a report shows next to an INT8 file's GPU row."""
 from __future__ import annotations
 
+from edgekit.inspect.partitions import Coverage, coverage
+
 from . import rules
-from .partitions import Coverage, coverage
-from .tflite_model import SubgraphInfo
+from .model import SubgraphInfo
 
 
 def verdicts(sg: SubgraphInfo) -> list[str | None]:
