@@ -51,6 +51,9 @@ class QuantRecipe:
     minmax_output: bool = False  # model outputs (logits) ranged by min/max, never clipped by the calibrator
     rounding: str = "nearest"  # a name in ROUNDINGS; "adaround": learned weight rounding before any target quantizes
 
+    def __post_init__(self):
+        check(self)  # a recipe that exists is valid: coded E-ARGS at construction, never later in a target
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
@@ -65,10 +68,10 @@ class QuantRecipe:
         d = dict(d)
         if "keep_float" in d:
             d["keep_float"] = tuple(d["keep_float"])
-        return check(cls(**d))
+        return cls(**d)
 
     def with_(self, **changes) -> "QuantRecipe":
-        return check(replace(self, **changes))
+        return replace(self, **changes)
 
     def describe(self) -> str:
         if self.scheme == "fp16":
@@ -87,7 +90,8 @@ class QuantRecipe:
 
 
 def check(recipe: QuantRecipe) -> QuantRecipe:
-    """Validate a recipe (values a user typed): coded errors that name the valid choices."""
+    """Validate a recipe (values a user typed): coded errors that name the valid choices. Runs when a
+    QuantRecipe is built; a target calls it on what it is handed to refuse anything else (E-TARGET-PRECISION)."""
     from .calibrators import CALIBRATORS
 
     if not isinstance(recipe, QuantRecipe):
