@@ -440,9 +440,13 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     if calibration is None or len(calibration) == 0:
         raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ncnn got no calibration samples",
                         "pass calibration data (--data DIR)")
+    if recipe.bias_correction:
+        raise UserError("E-TARGET-PRECISION", "ncnn's INT8 path does not implement bias correction",
+                        "drop --bias-correction for ncnn (tflite, executorch, onnx, mnn and openvino implement it)")
     from edgekit.quant.adaround import describe, round_weights
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
+    model, levers = _equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     kept = keep_float_modules(model, recipe)
     out_dir = Path(out_dir)
@@ -482,11 +486,22 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         "kept_float": kept_layers,
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(8=1: weights per output channel, input symmetric per tensor, scale 127/threshold); "
-                        "every other layer float"] + unmatched + ([describe(learned)] if learned else []),
+                        "every other layer float"] + levers + unmatched + ([describe(learned)] if learned else []),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
     })
     return Artifact("ncnn", "int8", names[0], names, meta)
+
+
+def _equalized(model, recipe) -> tuple[object, list[str]]:
+    """The model after cross-layer equalization when the recipe asks for it (a copy; pnnx then
+    exports the equalized weights, and the reference is built from the same model), and its note."""
+    if not recipe.equalize:
+        return model, []
+    from edgekit.quant.equalize import equalize
+
+    model = copy.deepcopy(model).eval()
+    return model, [f"cross-layer equalization on {equalize(model)} conv pairs"]
 
 
 def _conv_linear():

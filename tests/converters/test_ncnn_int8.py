@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgekit.data import load_samples
+from edgekit.errors import UserError
 from edgekit.models import BUILTIN
 from edgekit.quant import QuantRecipe
 from edgekit.quant.reference import load_quantized_reference, run_program
@@ -153,3 +154,21 @@ def test_batch_norm_subclass_folds_and_grouped_conv_stays_float(setup, tmp_path)
     run = CONVERTER.runner(art, tmp_path)
     got = np.stack([run(s)[0] for s in held[:8]])
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()  # and the int8 layers compute their reference
+
+
+def test_equalize_applies_and_bias_correction_is_refused(setup, tmp_path):
+    """Recipe levers are implemented or refused with a coded error, never ignored."""
+    lm, calib, held, example = setup
+    plain = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), tmp_path / "plain", example, calibration=calib.head(8))
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(equalize=True), tmp_path / "cle", example,
+                           calibration=calib.head(8))
+    assert any(n.startswith("cross-layer equalization on") for n in art.meta["quant_notes"])
+    assert (tmp_path / "cle" / art.files[1]).read_bytes() != (tmp_path / "plain" / plain.files[1]).read_bytes()
+    ref = run_program(load_quantized_reference(tmp_path / "cle" / art.meta["reference"]).module(), held[:8])[0]
+    run = CONVERTER.runner(art, tmp_path / "cle")
+    got = np.stack([run(s)[0] for s in held[:8]])
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()  # the file computes its (equalized) reference
+    with pytest.raises(UserError) as err:
+        CONVERTER.export(lm.module, lm.spec, QuantRecipe(bias_correction=True), tmp_path / "bc", example,
+                         calibration=calib.head(8))
+    assert err.value.code == "E-TARGET-PRECISION" and "bias correction" in err.value.what
