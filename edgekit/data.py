@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,16 +309,19 @@ def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Pa
 
 def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> CalibrationSet:
     """Samples given in memory (the Python API's ``data=``): a numpy array or tensor (first axis =
-    samples, single-input models), a list of arrays or of tuples of arrays (one per input), or any
-    iterable such as a torch DataLoader. A batch whose shape is (B, *sample) is split into B samples;
+    samples, single-input models), a list of arrays, of tuples of arrays (one per input) or of dicts
+    keyed by input name (keyword inputs; other keys such as labels are ignored), or any iterable
+    such as a torch DataLoader. A batch whose shape is (B, *sample) is split into B samples;
     items beyond the model's inputs (e.g. labels) are ignored. Each sample is checked against the
     ModelSpec (E-DATA-SHAPE), never cast silently."""
-    if isinstance(data, dict) or isinstance(data, (str, bytes)):
+    if isinstance(data, (str, bytes)):
         raise UserError("E-DATA-UNREADABLE", f"data is a {type(data).__name__}", "pass a folder path, arrays, or an iterable of arrays")
-    items = [data] if _is_array(data) else data
+    items = [data] if _is_array(data) or isinstance(data, Mapping) else data  # one dict: a batch keyed by input
     samples: list[tuple[np.ndarray, ...]] = []
     try:
         for n, item in enumerate(items):
+            if isinstance(item, Mapping):  # keyword inputs, e.g. a tokenizer's encoding or a DataLoader batch dict
+                item = _by_name(item, spec, n)
             arrays = (item,) if _is_array(item) else tuple(item)[: len(spec.inputs)] if isinstance(item, (tuple, list)) else None
             if arrays is None or len(arrays) < len(spec.inputs) or not all(_is_array(a) for a in arrays):
                 raise UserError("E-DATA-SHAPE", f"data item {n} is a {type(item).__name__}, not {len(spec.inputs)} array(s)",
@@ -334,6 +338,14 @@ def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> Calibration
     for sample, src in zip(samples, sources):
         check_finite(sample, src, spec)
     return CalibrationSet(tuple(samples), sources, "tensor", "(arrays passed in memory)")
+
+
+def _by_name(item: Mapping, spec: ModelSpec, n: int) -> tuple:
+    missing = [name for name in spec.input_names if name not in item]
+    if missing:
+        raise UserError("E-DATA-SHAPE", f"data item {n} has no {', '.join(map(repr, missing))} (keys: "
+                        f"{', '.join(map(str, list(item)[:8]))})", f"key each sample by the model's inputs: {', '.join(spec.input_names)}")
+    return tuple(item[name] for name in spec.input_names)
 
 
 def _is_array(x) -> bool:

@@ -64,11 +64,23 @@ def _examples(example, where: str) -> tuple[torch.Tensor, ...]:
         raise UserError("E-ARGS", f"{where} needs example inputs", "pass example_inputs: a tensor or a tuple of tensors")
     example = (example,) if isinstance(example, torch.Tensor) else tuple(example) if isinstance(example, (tuple, list)) else None
     if not example or not all(isinstance(t, torch.Tensor) for t in example):
-        raise UserError("E-ARGS", f"{where}: example_inputs must be a tensor or a tuple of tensors", "pass (tensor, ...)")
+        raise UserError("E-ARGS", f"{where}: example_inputs must be a tensor, a tuple of tensors or a dict of "
+                        "keyword tensors", "pass (tensor, ...) or {'input_ids': tensor, ...}")
     return example
 
 
+def _keyword_inputs(model: nn.Module, example, where: str) -> tuple[nn.Module, tuple]:
+    """A model called with keyword inputs (example_inputs a dict: name -> tensor, e.g. a transformers
+    model's input_ids and attention_mask) as one taking them positionally, in the dict's order."""
+    if not isinstance(example, dict):
+        return model, example
+    if not example or not all(isinstance(k, str) and k.isidentifier() for k in example):
+        raise UserError("E-ARGS", f"{where}: keyword example_inputs need identifier names", "pass {'input_ids': tensor, ...}")
+    return KeywordInputs(model, tuple(example)), tuple(example.values())
+
+
 def _from_module(model: nn.Module, example, name: str, source: str, spec: ModelSpec | None = None) -> LoadedModel:
+    model, example = _keyword_inputs(model, example, f"model {source}")
     example = _examples(example, f"model {source}")
     model = flat_outputs(model.eval(), example)
     spec = spec if spec is not None else derive_spec(model, example, name)
@@ -98,6 +110,23 @@ class ProgramModule(nn.Module):
 
     def train(self, mode: bool = True):
         self.training = mode
+        return self
+
+
+class KeywordInputs(nn.Module):
+    """Calls the wrapped model with its inputs by keyword: ``forward(*args)`` is
+    ``model(**dict(zip(names, args)))``, so every target sees positional inputs named as the user's."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args)))
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.train(mode)
         return self
 
 
@@ -207,9 +236,12 @@ def _derive_spec(model: nn.Module, example: tuple[torch.Tensor, ...], name: str)
         inner = model
         while isinstance(inner, (FlatOutputs, ProgramModule)):  # the user's own forward names the inputs
             inner = inner.model if isinstance(inner, FlatOutputs) else inner.program
-        params = [p for p in inspect.signature(inner.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        names = [p.name for p in params][: len(example)]
+        if isinstance(inner, KeywordInputs):
+            names = list(inner.names)
+        else:
+            params = [p for p in inspect.signature(inner.forward).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            names = [p.name for p in params][: len(example)]
     except (TypeError, ValueError):
         names = []
     if len(names) != len(example) or len(set(names)) != len(names):

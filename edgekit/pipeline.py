@@ -67,10 +67,11 @@ class ExportJob:
         if self.compress is not None and type(self.compress).__name__ != "CompressConfig":
             raise UserError("E-ARGS", f"compress is a {type(self.compress).__name__}, not an edgekit.compress.CompressConfig",
                             "pass compress=CompressConfig(steps=(...), ...)")
-        if self.data is not None and (isinstance(self.data, (dict, bool, int, float)) or not (
+        if self.data is not None and (isinstance(self.data, (bool, int, float)) or not (
                 isinstance(self.data, (str, os.PathLike)) or hasattr(self.data, "__iter__") or hasattr(self.data, "__array__"))):
             raise UserError("E-ARGS", f"data = {self.data!r:.80} is a {type(self.data).__name__}, not a folder, arrays or an iterable",
-                            "pass a folder path, a numpy array (first axis = samples), a list of arrays, or a DataLoader")
+                            "pass a folder path, a numpy array (first axis = samples), a list of arrays, a dict of "
+                            "arrays keyed by input name, or a DataLoader")
         if isinstance(self.targets, tuple) and not all(isinstance(t, str) for t in self.targets):
             raise UserError("E-ARGS", f"targets {self.targets!r:.80} must be names (strings)", "e.g. targets = [\"tflite\", \"onnx\"]")
         if not all(isinstance(k, str) for k in self.keep_float):
