@@ -14,7 +14,8 @@ PyTorch Mobile is deprecated upstream in favour of ExecuTorch. Every torch.jit s
 export silences those warnings and issues edgekit's own message (TargetInfo.deprecated) once.
 
 INT8 (a QuantRecipe): FX static PTQ for the qnnpack engine with edgekit's calibrated ranges
-(``ptl_quant.py``), saved as ``<name>-int8.ptl`` the same way; the quantized reference next to it is a
+(``ptl_quant.py``, ``ptl_fx.py``; integer inputs such as token ids stay integers, so a text
+encoder's embeddings run in float and its linears in int8), saved as ``<name>-int8.ptl`` the same way; the quantized reference next to it is a
 float simulation with exactly the module's scales and zero points (independent of the qnnpack
 kernels), saved with torch.export. The runner sets the quantized engine to qnnpack.
 """
@@ -205,9 +206,8 @@ def _quantize(model, spec, recipe, example_inputs: tuple, calibration):
     if calibration is None or len(calibration) == 0:
         raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ptl got no calibration samples",
                         "pass --data with samples of the model's inputs")
-    if any(not t.is_floating_point() for t in example_inputs):
-        raise UserError("E-TARGET-PRECISION", f"ptl INT8 quantizes float inputs only; {spec.name} takes "
-                        f"{[str(t.dtype) for t in example_inputs]}", "export ptl in fp32 for this model")
+    # integer inputs (token ids, masks) stay integers: FX quantizes only the float tensors that feed a
+    # quantized op, so a text encoder's embeddings run in float and its linears in int8
     return quantize(model, example_inputs, calibration.samples, recipe)
 
 

@@ -11,7 +11,9 @@ the quantized reference: a float simulation built from the converted module's ow
    handles correctly;
 2. ``prepare_fx`` with the qnnpack backend config: weights int8 symmetric per output channel
    (-127..127, the recipe's scheme), activations quint8 per tensor; layers the recipe keeps float
-   get no qconfig;
+   get no qconfig and a float boundary after them; integer tensors (token ids, masks) and numbers
+   computed from shapes are not observed (``ptl_fx.py``); a model torch.fx cannot trace is
+   ``unsupported``, named at its own source line;
 3. every activation observer is replaced by an edgekit site (two passes, 1 thread: min/max, then
    histogram, ``TensorStatsCollector``); the recipe's calibrator turns each site's statistics into
    a range, and the observer becomes a MinMaxObserver holding exactly that range (PyTorch does not
@@ -21,11 +23,15 @@ the quantized reference: a float simulation built from the converted module's ow
 5. ``simulate``: the independent reference. Each quantized op becomes its float op followed by
    fake-quantization with the scale and zero point read from the converted module itself (weights
    are the dequantized int8 weights), so the reference shares the artifact's numbers but none of
-   its integer kernels.
+   its integer kernels. Modules, functional ops (``F.linear`` on prepacked weights) and tensor
+   methods (``x.sigmoid()``, fixed output qparams) are simulated. An op it cannot simulate is kept
+   float automatically (by object type, then by module path; ``ptl_fx.float_op_candidates``) and
+   steps 2-5 are run again, said in the notes.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +45,9 @@ from edgekit.errors import UnsupportedOpError
 from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrator
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
+
+from .ptl_fx import (FloatOp, check_traceable, fixed_arity, graph_origins, guard_float, unobserve_non_float,
+                     float_op_candidates)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -205,12 +214,12 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
 
 def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_ops: tuple = ()):
     """-> (prepared FX module with PyTorch's observers, kept-float matches, notes). ``float_ops``:
-    functions or module names kept float because their quantized kernel has no simulation."""
+    FloatOps (or functions / module names) kept float because their quantized kernel has no simulation."""
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.backend_config import get_qnnpack_backend_config
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    model = copy.deepcopy(model).eval()
+    model = fixed_arity(copy.deepcopy(model).eval(), len(example_inputs))
     _drop_sequential_identities(model)
     fused, contiguous = rewrite_relu6(model, recipe.fuse_relu6)
     model.eval()  # the new modules too (FX fusion wants conv, bn and relu in one mode)
@@ -224,11 +233,17 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
     for name in matched:
         mapping.set_module_name(name, None)
     for op in float_ops:
-        if isinstance(op, str):
+        if isinstance(op, FloatOp):
+            op.apply(mapping)
+        elif isinstance(op, str):
             mapping.set_module_name(op, None)
         else:
             mapping.set_object_type(op, None)
+    check_traceable(model)
     prepared = prepare_fx(model, mapping, tuple(example_inputs), backend_config=get_qnnpack_backend_config())
+    guard_float(prepared, matched, float_ops)
+    if unobserve_non_float(prepared, tuple(example_inputs)):
+        notes.append("integer tensors (token ids, masks) and numbers computed from shapes stay unquantized")
     return prepared, matched, notes
 
 
@@ -240,44 +255,33 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     samples = tuple(samples)[: recipe.max_samples]
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
-    float_ops: list = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
+    float_ops: list[FloatOp] = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
     while True:
         with qnnpack_engine():
             prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
             ranges = calibrate(prepared, samples, recipe)
+            origins = graph_origins(prepared)  # before convert_fx, which rewrites the prepared graph in place
             converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
         try:
-            sim, out_qp, in_qp = simulate(converted)
+            sim, out_qp, in_qp = simulate(converted, {n: o.scope for n, o in origins.items()})
             break
         except UnsupportedOpError as gap:
-            op = _float_op(prepared, gap.node)
-            if op is None or op in float_ops or len(float_ops) >= MAX_FLOAT_FALLBACKS:
+            op = next((c for c in float_op_candidates(origins, gap.node) if c not in float_ops), None)
+            if op is None or len(float_ops) >= MAX_FLOAT_FALLBACKS:
                 raise
             float_ops.append(op)
     kept = dict(matched)
     for op in float_ops:
-        label = op if isinstance(op, str) else getattr(op, "__name__", str(op))
-        kept[label] = "auto"
-        notes.append(f"{label} kept in float automatically: edgekit has no simulation of qnnpack's quantized "
+        kept[op.label] = "auto"
+        notes.append(f"{op.label} kept in float automatically: edgekit has no simulation of qnnpack's quantized "
                      f"kernel for it, so its INT8 output could not be verified (mixed precision)")
     if learned:
         notes.insert(0, describe(learned))
+    in_qp = in_qp[: len(example_inputs)]  # optional arguments (attn_mask=None) are not model inputs
     return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, kept, notes)
 
 
 MAX_FLOAT_FALLBACKS = 16
-
-
-def _float_op(prepared, node_name):
-    """What to keep float for the converted graph's node ``node_name``: its float function (for a
-    functional op: ``F.hardswish``) or its module path (for a module), read from the prepared graph,
-    whose node names the converted graph keeps."""
-    for node in prepared.graph.nodes:
-        if node.name == node_name or (node.op == "call_module" and node.target == node_name):
-            if node.op == "call_module":  # by type: every instance (e.g. each SE block's gate) at once
-                return type(prepared.get_submodule(node.target))
-            return node.target if node.op == "call_function" else None
-    return None
 
 
 # ---- the float simulation ------------------------------------------------------------------------
@@ -290,15 +294,31 @@ class SimLinear(nn.Module):
     """A quantized Conv2d/Linear (optionally with fused ReLU) in float: dequantized int8 weights,
     float bias, output fake-quantized to the module's own scale and zero point."""
 
-    def __init__(self, qmod, relu: bool):
+    def __init__(self, qweight, bias, conv: tuple | None, relu: bool, scale: float, zero_point: int):
         super().__init__()
-        self.register_buffer("weight", qmod.weight().dequantize())
-        bias = qmod.bias()
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.conv = qmod.weight().dim() == 4
+        self.register_buffer("weight", qweight.dequantize())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
+        self.conv = conv is not None
         if self.conv:
-            self.stride, self.padding, self.dilation, self.groups = qmod.stride, qmod.padding, qmod.dilation, qmod.groups
-        self.relu, self.scale, self.zero_point = relu, float(qmod.scale), int(qmod.zero_point)
+            self.stride, self.padding, self.dilation, self.groups = conv
+        self.relu, self.scale, self.zero_point = relu, float(scale), int(zero_point)
+
+    @classmethod
+    def of_module(cls, qmod, relu: bool) -> "SimLinear":
+        conv = (qmod.stride, qmod.padding, qmod.dilation, qmod.groups) if qmod.weight().dim() == 4 else None
+        return cls(qmod.weight(), qmod.bias(), conv, relu, qmod.scale, qmod.zero_point)
+
+    @classmethod
+    def of_packed(cls, op: str, packed, scale, zero_point) -> "SimLinear":
+        """From a functional quantized op (``F.linear``/``F.conv2d`` in a model's forward, e.g. timm's
+        Linear): ``op`` is "quantized.linear", "quantized.conv2d_relu", ...; ``packed`` its weights."""
+        relu = op.endswith("_relu")
+        if op.startswith("quantized.conv2d"):
+            w, b = packed.unpack()
+            conv = (tuple(packed.stride()), tuple(packed.padding()), tuple(packed.dilation()), int(packed.groups()))
+        else:
+            (w, b), conv = torch.ops.quantized.linear_unpack(packed), None
+        return cls(w, b, conv, relu, scale, zero_point)
 
     def forward(self, x):
         if self.conv:
@@ -331,6 +351,32 @@ class SimQActivation(nn.Module):
             y = F.leaky_relu(x, self.negative_slope)
         else:
             y = F.elu(x, self.alpha)
+        return fake_quant(y, self.scale, self.zero_point)
+
+
+class SimQNorm(nn.Module):
+    """A quantized LayerNorm/GroupNorm module in float: its float op on the dequantized input with the
+    module's float weight and bias, then fake-quant to the module's own scale and zero point. Kept
+    float by the fallback, such a norm still comes out quantized: FX lowers dequantize -> LayerNorm ->
+    quantize (the quantize is the next layer's input) to the quantized module."""
+
+    KINDS = ("LayerNorm", "GroupNorm")
+
+    def __init__(self, qmod):
+        super().__init__()
+        self.kind, self.scale, self.zero_point = type(qmod).__name__, float(qmod.scale), int(qmod.zero_point)
+        self.eps = float(qmod.eps)
+        self.shape = tuple(getattr(qmod, "normalized_shape", ()))
+        self.groups = int(getattr(qmod, "num_groups", 1))
+        for attr in ("weight", "bias"):
+            value = getattr(qmod, attr, None)
+            self.register_buffer(attr, value.detach().clone() if isinstance(value, torch.Tensor) else None)
+
+    def forward(self, x):
+        if self.kind == "LayerNorm":
+            y = F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+        else:
+            y = F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
         return fake_quant(y, self.scale, self.zero_point)
 
 
@@ -370,6 +416,12 @@ _FIXED_QPARAMS = {F.hardsigmoid: (1.0 / 256, 0), torch.sigmoid: (1.0 / 256, 0), 
                   torch.tanh: (2.0 / 256, 128), F.tanh: (2.0 / 256, 128)}
 
 
+# the same as tensor methods (timm's Sigmoid module calls x.sigmoid())
+_FIXED_QPARAMS_METHODS = {"sigmoid": (1.0 / 256, 0), "tanh": (2.0 / 256, 128)}
+# functional conv/linear (F.linear in a model's forward): quantized ops on prepacked weights
+_PACKED = {"quantized.linear", "quantized.linear_relu", "quantized.conv2d", "quantized.conv2d_relu"}
+
+
 _FIXED_QPARAMS_MODULES = {nn.Hardsigmoid: (1.0 / 256, 0), nn.Sigmoid: (1.0 / 256, 0), nn.Tanh: (2.0 / 256, 128)}
 
 
@@ -386,6 +438,8 @@ _SAME_QPARAMS_FUNCS = {F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.
 _NON_TENSOR = {getattr, "size", "dim", "numel"}
 _SAME_QPARAMS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d,
                          nn.Flatten, nn.Identity, nn.Dropout, ContiguousReLU6)
+# modules that return their input in eval mode: no op in the traced, frozen .ptl, so no activation in the reference
+_PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout)
 _SHAPE_METHODS = {"contiguous", "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
                   "size", "dim", "mean", "clamp", "relu", "hardtanh"}
 
@@ -394,9 +448,11 @@ def _op_name(target) -> str:
     return str(target).removeprefix("torch.ops.").removesuffix(".default")
 
 
-def simulate(qgm: torch.fx.GraphModule):
+def simulate(qgm: torch.fx.GraphModule, scopes: dict | None = None):
     """-> (float simulation GraphModule, [(scale, zp) of each output or None], [(scale, zp) of each
-    input's quantize or None]). Raises UnsupportedOpError on a quantized op it cannot simulate."""
+    input's quantize or None]). Raises UnsupportedOpError on a quantized op it cannot simulate.
+    ``scopes``: node name -> the model's module path that made it (prepare_fx's record), to name the
+    simulation of a functional conv/linear after its module."""
     import torch.ao.nn.intrinsic.quantized as nniq
     import torch.ao.nn.quantized as nnq
 
@@ -415,8 +471,9 @@ def simulate(qgm: torch.fx.GraphModule):
         return qp[env[ins[0]]] if ins else None
 
     for node in qgm.graph.nodes:
-        if node.op == "placeholder":
-            env[node] = g.placeholder(node.target)
+        if node.op == "placeholder":  # an optional argument (timm's attn_mask=None) keeps its default
+            default = node.args[0] if node.args else inspect.Signature.empty
+            env[node] = g.placeholder(node.target, default_value=default)
             inputs.append(node)
         elif node.op == "get_attr":
             value = qgm
@@ -431,6 +488,16 @@ def simulate(qgm: torch.fx.GraphModule):
             a, b, s, zp = arg(node.args)
             env[node] = g.call_function(_BINARY[_op_name(node.target)], (a, b, float(s), int(zp)))
             qp[env[node]] = (float(s), int(zp))
+        elif node.op == "call_function" and _op_name(node.target) in _PACKED:
+            x, packed, s, zp = arg(node.args)
+            name = _free_path(root, (scopes or {}).get(node.name) or node.name, node.name)
+            _put(root, name, SimLinear.of_packed(_op_name(node.target), packed, s, zp))
+            env[node] = g.call_module(name, (x,))
+            qp[env[node]] = (float(s), int(zp))
+        elif node.op == "call_method" and node.target in _FIXED_QPARAMS_METHODS and src_qp(node) is not None:
+            fixed = _FIXED_QPARAMS_METHODS[node.target]
+            env[node] = g.call_function(fake_quant, (g.call_method(node.target, arg(node.args), arg(node.kwargs)), *fixed))
+            qp[env[node]] = fixed
         elif node.op == "call_function" and _op_name(node.target) in _UNARY:
             args = (*arg(node.args), *arg(node.kwargs).values())  # FX passes the output qparams either way
             env[node] = g.call_function(_sim_unary, (_op_name(node.target), *args))
@@ -448,8 +515,15 @@ def simulate(qgm: torch.fx.GraphModule):
             mod = qgm.get_submodule(node.target)
             name = node.target  # the model's own module path: reports and --keep-float suggestions name it
             q_in = src_qp(node)
+            if isinstance(mod, _PASS_THROUGH_MODULES):  # the trace records nothing for them: no tensor of its own
+                env[node] = arg(node.args[0])
+                continue
             if isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU, nnq.Conv2d, nnq.Linear)):
-                _put(root, name, SimLinear(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
+                _put(root, name, SimLinear.of_module(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
+                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
+                qp[env[node]] = (float(mod.scale), int(mod.zero_point))
+            elif q_in is not None and type(mod).__name__ in SimQNorm.KINDS and hasattr(mod, "scale"):
+                _put(root, name, SimQNorm(mod))
                 env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
                 qp[env[node]] = (float(mod.scale), int(mod.zero_point))
             elif q_in is not None and type(mod).__name__ in SimQActivation.KINDS and hasattr(mod, "scale"):
@@ -489,6 +563,16 @@ def simulate(qgm: torch.fx.GraphModule):
         users = [u for u in ph.users if u.op == "call_function" and u.target is torch.quantize_per_tensor]
         in_qp.append((float(qp[env[users[0]]][0]), int(qp[env[users[0]]][1])) if users else None)
     return torch.fx.GraphModule(root, g, "PtlInt8Simulation"), out_qp, in_qp
+
+
+def _free_path(root: nn.Module, dotted: str, suffix: str) -> str:
+    """``dotted`` if nothing is there yet in ``root``, else ``dotted.suffix`` (a module calling
+    F.linear twice)."""
+    try:
+        root.get_submodule(dotted)
+    except AttributeError:
+        return dotted
+    return f"{dotted}.{suffix}"
 
 
 def _put(root: nn.Module, dotted: str, mod: nn.Module) -> None:

@@ -5,8 +5,11 @@ saves next to the artifact).
 ``ptl_per_layer(artifact, reference, samples)``:
 1. the artifact's own graph: a .ptl written by ``_save_for_lite_interpreter`` also holds the
    TorchScript code, so ``torch.jit.load`` reads the same frozen graph the lite interpreter runs.
-   A copy of its forward graph returns, besides the model's result, the output of every top-level
-   node (``PtlTaps``); it runs under the qnnpack engine. On every sample its final result must equal
+   A copy of its forward graph returns, besides the model's result, a copy of the output of every
+   top-level node taken as soon as the node wrote it (``PtlTaps``; an in-place op further on, such
+   as the ``aten::relu_`` of a ``ReLU(inplace=True)`` after a conv, would otherwise change the
+   conv's exposed output); eval-mode dropout, which computes nothing, is not a layer. It runs under
+   the qnnpack engine. On every sample its final result must equal
    the lite interpreter's bit for bit (else InternalError: the view would not be the artifact's);
 2. each quantized tensor an op writes is matched, in execution order, to a fake-quantize node of the
    reference with equal scale, zero point and shape (the first one not yet taken);
@@ -45,6 +48,8 @@ from .per_layer import FLAG_STEPS, _module_of, _producer, _run_injected
 
 _FAKE_QUANT = "aten.fake_quantize_per_tensor_affine"
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
+# nodes that compute nothing of their own (eval-mode dropout returns its input): no reference activation
+_NOT_A_LAYER = {"prim::Constant", "aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::detach"}
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,13 @@ class PtlTaps:
             else:
                 graph.eraseInput(0)
         exposed, self.taps = [], []
-        for node in graph.nodes():
-            if node.kind() == "prim::Constant":
+        for node in list(graph.nodes()):
+            if node.kind() in _NOT_A_LAYER:
                 continue
             for value in node.outputs():
                 if value.type().kind() == "TensorType":
                     self.taps.append(Tap(len(exposed), node.kind()))
-                    exposed.append(value)
+                    exposed.append(_snapshot(graph, node, value))
         final = list(graph.outputs())
         pack = graph.create("prim::TupleConstruct", final + exposed)
         pack.insertBefore(graph.return_node())
@@ -106,6 +111,22 @@ class PtlTaps:
         out = self._fn(*args) if self._self is None else self._fn(self._self, *args)
         result = out[0] if self._n_final == 1 else tuple(out[: self._n_final])
         return result, list(out[self._n_final:])
+
+
+def _snapshot(graph, node, value):
+    """A copy of ``value`` taken right after ``node``: an in-place op further on (a traced
+    ``ReLU(inplace=True)`` is ``aten::relu_`` on the conv's own output) would otherwise change the
+    exposed tensor, and the conv would be compared after the ReLU (measured: timm ResNet conv1
+    layers flagged 97-137 steps off while their file was right)."""
+    import torch
+
+    none = graph.create("prim::Constant")
+    none.output().setType(torch._C.NoneType.get())
+    none.insertAfter(node)
+    clone = graph.create("aten::clone", [value, none.output()])
+    clone.output().setType(value.type())
+    clone.insertAfter(none)
+    return clone.output()
 
 
 def _reference_nodes(gm) -> list:

@@ -1,0 +1,209 @@
+"""PyTorch Mobile INT8, the FX graph around ``prepare_fx``/``convert_fx``: what edgekit changes so
+that models written for eager PyTorch (timm, transformers) quantize, and the automatic keep-float
+fallback (``converters/ptl_quant.py`` drives both).
+
+Before tracing: a ``forward(self, *args)`` wrapper gets a fixed number of arguments (torch.fx cannot
+unpack ``*args``); a model torch.fx cannot trace is reported ``unsupported`` at the model's own line.
+After ``prepare_fx``: every node of a layer kept float gets a ``float_boundary`` after it (else
+``convert_fx`` lowers dequantize -> LayerNorm / F.elu -> quantize to the quantized op whatever its
+qconfig); observers on values that are not float tensors are dropped (FX observes int64 token ids
+and Python numbers computed from shapes). The fallback: an op whose quantized kernel edgekit cannot
+simulate is kept float by object type (module class, function, tensor method), then by module path,
+read from the prepared graph as it was before ``convert_fx`` rewrote it in place.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgekit.errors import UnsupportedOpError
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    """One thing the automatic fallback keeps float: every instance of a module type, function or
+    tensor method ("type"), or one module by its path, with everything it calls ("name")."""
+
+    kind: str  # "type" or "name"
+    key: object  # a module class, a function, a method name ("sigmoid"), or a module path
+    label: str
+
+    def apply(self, mapping) -> None:
+        if self.kind == "name":
+            mapping.set_module_name(self.key, None)
+        else:
+            mapping.set_object_type(self.key, None)
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """A node of the prepared (float, observed) graph: what the model computed there."""
+
+    op: str
+    target: object  # a module class for call_module, else the function or method name
+    path: str  # the module path for call_module
+    scope: str  # the module whose forward made the node
+
+
+def graph_origins(prepared) -> dict[str, _Origin]:
+    """Node name -> _Origin, read before convert_fx turns F.elu into quantized.elu and nn.LayerNorm
+    into its quantized class in the same graph (keeping those float would be a no-op)."""
+    attrs = getattr(prepared, "meta", {}).get("_observed_graph_module_attrs")
+    scopes = getattr(attrs, "node_name_to_scope", None) or {}
+    out = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_module":
+            out[node.name] = _Origin(node.op, type(prepared.get_submodule(node.target)), node.target, node.target)
+        elif node.op in ("call_function", "call_method"):
+            out[node.name] = _Origin(node.op, node.target, "", scopes.get(node.name, ("", None))[0])
+    return out
+
+
+def float_op_candidates(origins: dict[str, _Origin], node_name: str) -> list[FloatOp]:
+    """What to keep float for the converted graph's node ``node_name`` (a module path for a module),
+    widest first: a module by type (every instance, e.g. each SE block's gate, at once), then by
+    path; a function (``F.hardswish``) or tensor method ("sigmoid") by object type, then the module
+    that calls it by path. A node lowering re-made ("elu_1" for "elu") is found by its stem."""
+    by_path = {o.path: o for o in origins.values() if o.path}
+    stem = re.sub(r"_\d+$", "", node_name)
+    o = by_path.get(node_name) or origins.get(node_name) or origins.get(stem)
+    if o is None:
+        return []
+    if o.op == "call_module":
+        return [FloatOp("type", o.target, o.target.__name__), FloatOp("name", o.path, o.path)]
+    label = o.target if isinstance(o.target, str) else getattr(o.target, "__name__", str(o.target))
+    out = [FloatOp("type", o.target, label if o.op == "call_function" else f"Tensor.{label}")]
+    if o.scope:
+        out.append(FloatOp("name", o.scope, o.scope))
+    return out
+
+
+_FIXED_ARITY = {  # forward(self, *args) with a fixed number of arguments (torch.fx cannot unpack *args)
+    1: lambda self, a: self._edgekit_varargs_forward(a),
+    2: lambda self, a, b: self._edgekit_varargs_forward(a, b),
+    3: lambda self, a, b, c: self._edgekit_varargs_forward(a, b, c),
+    4: lambda self, a, b, c, d: self._edgekit_varargs_forward(a, b, c, d),
+}
+
+
+def fixed_arity(model: nn.Module, n: int) -> nn.Module:
+    """In place: a model whose forward takes ``*args`` (edgekit's own FlatOutputs wrapper of a model
+    returning a dict) gets a forward of ``n`` named arguments, so that torch.fx can trace it; its
+    module names are unchanged."""
+    params = inspect.signature(type(model).forward).parameters.values()
+    if n not in _FIXED_ARITY or not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return model
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (cls,), {"forward": _FIXED_ARITY[n], "_edgekit_varargs_forward": cls.forward})
+    return model
+
+
+def check_traceable(model: nn.Module) -> None:
+    """Trace ``model`` the way prepare_fx does (its tracer); what torch.fx cannot follow is raised as
+    UnsupportedOpError at the model's own line, before prepare_fx (whose other errors stay errors)."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    try:
+        QuantizationTracer([], []).trace(model)
+    except (torch.fx.proxy.TraceError, TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
+        raise untraceable(exc) from exc
+
+
+def untraceable(exc: Exception) -> UnsupportedOpError:
+    """FX graph mode quantization starts with torch.fx symbolic tracing, which cannot follow Python
+    control flow or shape arithmetic on traced values (HF BERT's ``position_ids[:, :seq_length]``,
+    a loop over a traced shape): the model is unsupported by ptl INT8, named at the model's own line."""
+    import traceback
+
+    frames, inner = [], exc
+    while inner is not None and not frames:  # the model's deepest line; else that of the exception it re-raised
+        frames = [f for f in traceback.extract_tb(inner.__traceback__) if f.filename and f.filename != __file__
+                  and not any(part in f.filename for part in ("/torch/", "/typing_extensions"))]
+        inner = inner.__cause__
+    where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno} {(frames[-1].line or '').strip()}" \
+        if frames else None
+    first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+    return UnsupportedOpError(
+        "ptl", f"torch.fx symbolic tracing ({type(exc).__name__}: {first[:160]})", where,
+        "ptl INT8 (FX graph mode) needs a model torch.fx can trace; export ptl with --quant dynamic "
+        "(Linear weights int8, embeddings float) or in fp32, or use an INT8 target that exports with torch.export")
+
+
+def float_boundary(x):
+    """Identity. Placed after a layer kept float, it stands between that layer and the quantize of
+    the next layer's input: convert_fx lowers every dequantize -> LayerNorm (F.elu, ...) -> quantize
+    to the quantized op whatever its qconfig, so a LayerNorm the recipe keeps float would otherwise
+    run quantized. torch.jit.trace records nothing for it."""
+    return x
+
+
+def _kept(node, scopes: dict, prepared, matched, float_ops) -> bool:
+    def under(path: str, prefix: str) -> bool:
+        return path == prefix or path.startswith(prefix + ".")
+
+    if node.op == "call_module":
+        path, cls = node.target, type(prepared.get_submodule(node.target))
+        return any(under(path, m) for m in matched) or any(
+            (op.kind == "type" and op.key is cls) or (op.kind == "name" and under(path, op.key)) for op in float_ops)
+    if node.op in ("call_function", "call_method"):
+        scope = scopes.get(node.name, ("", None))[0]
+        return any(scope and under(scope, m) for m in matched) or any(
+            (op.kind == "type" and op.key is node.target) or (op.kind == "name" and scope and under(scope, op.key))
+            for op in float_ops)
+    return False
+
+
+def guard_float(prepared, matched, float_ops) -> None:
+    """In place: a float_boundary after every node of a layer kept float (by the recipe or the fallback)."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    attrs = getattr(prepared, "meta", {}).get("_observed_graph_module_attrs")
+    scopes = getattr(attrs, "node_name_to_scope", None) or {}
+    ops = [op for op in float_ops if isinstance(op, FloatOp)]
+    changed = False
+    for node in list(prepared.graph.nodes):
+        if node.op == "call_module" and isinstance(prepared.get_submodule(node.target), ObserverBase):
+            continue
+        if not node.users or not _kept(node, scopes, prepared, matched, ops):
+            continue
+        with prepared.graph.inserting_after(node):
+            guard = prepared.graph.call_function(float_boundary, (node,))
+        node.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
+        changed = True
+    if changed:
+        prepared.recompile()
+
+
+def unobserve_non_float(prepared, example_inputs: tuple) -> int:
+    """In place: drop every activation observer whose input, on the example inputs, is not a float
+    tensor; -> how many. FX's own test is static and inexact: it observes integer tensors (token ids,
+    an attention mask) and Python numbers computed from shapes (an attention scale ``d ** -0.5``,
+    since it counts a float argument as a tensor), then the converted module quantizes them
+    (``quantize_per_tensor`` of an int64 mask; of a Python float, which only the tracer accepts)."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    observers = {n for n in prepared.graph.nodes
+                 if n.op == "call_module" and isinstance(prepared.get_submodule(n.target), ObserverBase)}
+    not_float = set()
+
+    class _Probe(torch.fx.Interpreter):
+        def run_node(self, n):
+            if n in observers:
+                value = self.env.get(n.args[0]) if isinstance(n.args[0], torch.fx.Node) else n.args[0]
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                    not_float.add(n)
+                    return value
+            return super().run_node(n)
+
+    with torch.no_grad():
+        _Probe(prepared).run(*example_inputs)
+    for node in not_float:
+        node.replace_all_uses_with(node.args[0])
+        prepared.graph.erase_node(node)
+    if not_float:
+        prepared.recompile()
+    return len(not_float)

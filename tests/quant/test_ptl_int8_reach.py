@@ -1,0 +1,229 @@
+"""INT8 on any model, target ptl (issue 13): the code patterns that kept the model-coverage bench's
+timm/transformers models from a verified INT8 .ptl, each in a small hand-made module, exported for
+real (FX PTQ, TorchScript, lite interpreter under qnnpack) and verified on the shipped photos or
+sentences against the quantized reference, end to end and layer by layer.
+
+- functional ``F.linear`` inside an nn.Linear subclass (timm's Linear) and ``x.sigmoid()`` in a
+  module's forward (timm's Sigmoid gate): simulated, quantized, within 1 step per layer;
+- a ViT block: ``forward(x, attn_mask=None, is_causal=False)`` that hands the optional mask on to
+  ``F.scaled_dot_product_attention`` by keyword, LayerNorm, and a scale computed from a shape;
+- a text encoder (int64 token ids and mask): embeddings in float, LayerNorm and linears in INT8;
+- ``keep_float`` of a LayerNorm really runs it in float (convert_fx used to lower it anyway);
+- a function with no simulation (``F.elu``) is kept float automatically, said in the notes;
+- a model torch.fx cannot trace is ``unsupported`` naming the model's own line and the way out.
+"""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import edgekit
+from edgekit.data import load_samples
+from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec, TextPreprocess
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def photos(calib_root):
+    spec = ModelSpec("photos", (TensorSpec("image", (1, 3, SIZE, SIZE), "float32", "NCHW"),), (TensorSpec("out", (1,)),),
+                     ImagePreprocess(SIZE + 4, SIZE))
+    return np.concatenate([s[0] for s in load_samples(calib_root / "images", spec, limit=24).samples])
+
+
+def _ptl_int8(model, example, data, out, **kwargs):
+    torch.manual_seed(0)
+    bundle = edgekit.export(model.eval(), example, targets=["ptl"], data=data, quant="int8", samples=8, out=out, **kwargs)
+    return bundle.results["ptl"]
+
+
+def _assert_verified(r, max_layer_steps=1.0):
+    """Passed end to end, and every layer computes its quantized reference (no false alarm)."""
+    assert r.status == "pass", (r.status, r.error, r.failures)
+    rows = r.raw.get("per_layer") or []
+    assert rows and not [row for row in rows if row["flagged"]], rows
+    assert all(row["max_steps"] <= max_layer_steps for row in rows), rows
+    assert r.raw["compression"][next(iter(r.raw["compression"]))]["sqnr_db"] > 8  # INT8, not noise
+    return rows
+
+
+def _ops_in_ptl(bundle_dir, r) -> str:
+    """The TorchScript code stored in the .ptl (what the lite interpreter runs)."""
+    with zipfile.ZipFile(bundle_dir / r.file) as z:
+        return "\n".join(z.read(n).decode(errors="replace") for n in z.namelist() if n.endswith(".py"))
+
+
+class TimmLinear(nn.Linear):
+    """timm.layers.Linear: an nn.Linear whose forward calls F.linear (FX traces through it)."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class TimmSigmoid(nn.Module):
+    """timm.layers.activations.Sigmoid: a tensor method call, not torch.sigmoid."""
+
+    def forward(self, x):
+        return x.sigmoid()
+
+
+class GatedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 2, 1)
+        self.se = nn.Conv2d(16, 16, 1)
+        self.gate = TimmSigmoid()
+        self.fc = TimmLinear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        x = x * self.gate(self.se(x.mean((2, 3), keepdim=True)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_functional_linear_and_sigmoid_method_quantize(photos, tmp_path):
+    r = _ptl_int8(GatedNet(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
+    rows = _assert_verified(r)
+    by_op = {row["op"]: row for row in rows}
+    assert by_op["quantized::linear"]["module"] == "fc"  # the functional linear runs the int8 kernel
+    assert "aten::sigmoid" in by_op and "quantized::mul" in by_op  # the gate on quantized tensors
+    assert not any("kept in float automatically" in n for n in r.notes), r.notes
+
+
+class Attention(nn.Module):
+    """timm's Attention (fused path): qkv linear, SDPA called with keyword arguments."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.qkv, self.proj, self.heads = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads
+
+    def forward(self, x, attn_mask=None):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q = q * (c // self.heads) ** -0.5  # a scale computed from a shape: a Python number, not a tensor
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TinyViT(nn.Module):
+    """timm's VisionTransformer.forward(x, attn_mask=None, is_causal=False)."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 8, 8)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim)
+        self.fc1, self.fc2, self.head = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), nn.Linear(dim, 10)
+
+    def forward(self, x, attn_mask=None, is_causal: bool = False):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        if attn_mask is not None or is_causal:
+            x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
+        else:
+            x = x + self.attn(self.norm1(x))
+        x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return self.head(x.mean(1))
+
+
+def test_vit_block_with_optional_mask_and_sdpa_keywords(photos, tmp_path):
+    r = _ptl_int8(TinyViT(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
+    rows = _assert_verified(r)
+    ops = [row["op"] for row in rows]
+    assert ops.count("quantized::layer_norm") == 2 and ops.count("quantized::linear") == 5, ops
+
+
+def test_keep_float_layernorm_runs_in_float(photos, tmp_path):
+    """convert_fx lowers dequantize -> LayerNorm -> quantize to the quantized module whatever the
+    qconfig: a LayerNorm the recipe keeps float must not be quantized in the file."""
+    r = _ptl_int8(TinyViT(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", keep_float=["norm1", "norm2"])
+    rows = _assert_verified(r)
+    assert "quantized::layer_norm" not in {row["op"] for row in rows}
+    assert "quantized.layer_norm" not in _ops_in_ptl(tmp_path / "b", r)
+    assert "quantized.linear" in _ops_in_ptl(tmp_path / "b", r)
+
+
+class EluNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 16, 3, 2, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = F.elu(self.conv(x))
+        return self.fc((y + y.tanh()).mean((2, 3)))
+
+
+def test_function_without_simulation_is_kept_float_automatically(photos, tmp_path):
+    r = _ptl_int8(EluNet(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
+    _assert_verified(r)
+    assert any(n.startswith("quantization: elu kept in float automatically") for n in r.notes), r.notes
+    code = _ops_in_ptl(tmp_path / "b", r)
+    assert "quantized.elu" not in code and "elu(" in code and "quantized.conv2d" in code
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocab=30522, dim=32, length=32):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
+        self.register_buffer("positions", torch.arange(length)[None])
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 64), nn.Linear(64, dim)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.norm(self.tok(input_ids) + self.pos(self.positions))
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        mask = attention_mask.unsqueeze(-1).float()
+        return (x * mask).sum(1) / mask.sum(1)
+
+
+def test_text_encoder_with_int64_inputs(calib_root, tmp_path):
+    from edgekit.models.minilm import model_dir
+
+    spec = ModelSpec("sentences", (TensorSpec("input_ids", (1, 32), "int64"), TensorSpec("attention_mask", (1, 32), "int64")),
+                     (TensorSpec("out", (1,)),), TextPreprocess(str(model_dir()), 32), "embedding")
+    samples = [tuple(s) for s in load_samples(calib_root / "text", spec, limit=24).samples]
+    r = _ptl_int8(TextEncoder(), tuple(torch.from_numpy(a) for a in samples[0]), samples, tmp_path / "b", task="embedding")
+    rows = _assert_verified(r)
+    assert [row["op"] for row in rows].count("quantized::linear") == 2
+    code = _ops_in_ptl(tmp_path / "b", r)
+    assert "embedding(" in code and "quantized.layer_norm" in code  # embeddings float, the rest INT8
+
+
+class SlicesABuffer(nn.Module):
+    """HF BERT's embeddings: a buffer sliced by a traced size, which torch.fx cannot follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offsets", torch.linspace(0, 1, 64))
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x + self.offsets[: x.size(-1)])
+
+
+def test_untraceable_model_is_unsupported_naming_its_line(photos, tmp_path):
+    r = _ptl_int8(SlicesABuffer(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
+    assert r.status == "unsupported", (r.status, r.error)
+    assert "torch.fx symbolic tracing" in r.error["op"]
+    assert "test_ptl_int8_reach.py" in r.error["message"] and "self.offsets[: x.size(-1)]" in r.error["message"]
+    assert "--quant dynamic" in r.error["fix"]
+
+
+class DictOutputs(GatedNet):
+    """A model returning a dict (as transformers models do): edgekit wraps it in FlatOutputs, whose
+    forward(*args) torch.fx cannot unpack; ptl INT8 gives the wrapper a fixed number of arguments."""
+
+    def forward(self, x):
+        feat = F.relu(self.conv(x)).mean((2, 3))
+        return {"logits": self.fc(feat), "features": feat}
+
+
+def test_model_returning_a_dict_quantizes(photos, tmp_path):
+    r = _ptl_int8(DictOutputs(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="regression")
+    assert r.status == "pass", (r.status, r.error, r.failures)
+    rows = r.raw.get("per_layer") or []
+    assert rows and all(row["max_steps"] <= 1.0 and not row["flagged"] for row in rows), rows
+    assert {row["op"] for row in rows} >= {"quantized::conv2d_relu", "quantized::linear"}
