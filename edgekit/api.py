@@ -144,7 +144,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None, compress=None,
-           progress: bool | Callable = False, command: str = "") -> Bundle:
+           task=None, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
 
@@ -153,6 +153,9 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     data: a folder of samples, a numpy array (first axis = samples), a list of arrays or of tuples of
     arrays (one per input), or an iterable such as a torch DataLoader (batches are split into samples;
     extra items such as labels are ignored). Default: the built-in model's calibration_data/ folder.
+    task: what the outputs mean, so how parity judges them (edgekit.tasks): "classification",
+    "segmentation", "detection" (or "detection:boxes=NAME,scores=NAME[,format=cxcywh][,min_score=X]"),
+    "regression", "embedding", or an edgekit.tasks.Task. Default: inferred from the outputs.
     progress: True prints progress lines on stderr; a callable receives (stage, target).
     Wrong types and values raise edgekit.errors.UserError with the same codes as the CLI.
     """
@@ -165,7 +168,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
                     timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, quant=quant, calibrator=calibrator,
                     percentile=percentile, keep_float=_names(keep_float, "keep_float", split=True), equalize=equalize,
                     bias_correction=bias_correction, float_io=float_io, rounding=rounding, minmax_output=minmax_output,
-                    compress=compress)
+                    compress=compress, task=_task(task))
     outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 
@@ -198,6 +201,13 @@ def _names(value, what: str, split: bool = False) -> str | tuple[str, ...]:
                     f"pass {what} as a string (comma-separated) or a list of strings")
 
 
+def _task(task) -> str | None:
+    """A Task as its string (what ExportJob and a run config hold); anything else as given (ExportJob checks it)."""
+    from edgekit.tasks import Task
+
+    return str(task) if isinstance(task, Task) else task
+
+
 def _progress(progress):
     from edgekit.progress import QUIET, Progress
 
@@ -210,11 +220,16 @@ def _progress(progress):
     raise UserError("E-ARGS", f"progress is a {type(progress).__name__}", "pass True, False or a callable(stage, target)")
 
 
-def run(config: str | Path | None = None, *, progress: bool | Callable = False, command: str = "") -> Bundle:
+def run(config: str | Path | None = None, *, task=None, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Run the job of a TOML run config ([export] table, optional [compress]); None: the shipped
-    default (MobileNetV2 on every target). -> the Bundle."""
+    default (MobileNetV2 on every target). task: as in ``export``, replacing the config's. -> the Bundle."""
+    import dataclasses
+
     from edgekit.config import load_config
     from edgekit.pipeline import export_bundle
 
-    outcome = export_bundle(load_config(config), _progress(progress), command)
+    job = load_config(config)
+    if task is not None:
+        job = dataclasses.replace(job, task=_task(task))
+    outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)

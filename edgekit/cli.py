@@ -44,6 +44,12 @@ def _schemes() -> list[str]:
     return list(SCHEMES)
 
 
+TASK_HELP = ("what the outputs mean, so how parity judges them: classification (top-1), segmentation (per-pixel "
+             "argmax of (B, C, H, W) logits), detection (boxes and scores after IoU matching; name the outputs with "
+             "detection:boxes=NAME,scores=NAME[,format=xyxy|xywh|cxcywh][,min_score=X]), regression, embedding "
+             "(relative error, cosine). Default: inferred from the outputs (README: Tasks)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit.data import DEFAULT_SAMPLES
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
+    e.add_argument("--task", metavar="TASK", help=TASK_HELP)
     e.add_argument("--json", help="also write report.json to this file")
     e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the pipeline from a TOML config (default: the shipped MobileNetV2 example)")
     r.add_argument("config", nargs="?", help="a .toml file with an [export] table")
+    r.add_argument("--task", metavar="TASK", help="replaces the config's task; " + TASK_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
     t = sub.add_parser("targets", help="print the capability table")
@@ -228,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                                     timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
                                     percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                                     bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
-                                    minmax_output=args.minmax_output, progress=progress, command=command)
+                                    minmax_output=args.minmax_output, task=args.task, progress=progress, command=command)
             return _print_outcome(bundle, args.json, args.quiet)
         if args.command == "run":
-            return _print_outcome(edgekit.run(args.config, progress=progress, command=command), None, args.quiet)
+            return _print_outcome(edgekit.run(args.config, task=args.task, progress=progress, command=command), None, args.quiet)
         if args.command == "verify":
             outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
                                      total_timeout_s=args.total_timeout, arm=args.arm, progress=progress, command=command)

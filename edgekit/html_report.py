@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.report import _fmt, reproduce_commands
+from edgekit.report import _fmt, has_task_metrics, reproduce_commands, task_cell
 
 COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#9a6700"}
 INK, MUTED, GRID = "#1f2328", "#656d76", "#d0d7de"
@@ -213,8 +213,9 @@ def _steps(t: dict) -> float | None:
 
 def _table(targets: dict) -> str:
     with_steps = any(_steps(t) is not None for t in targets.values())
+    with_task = has_task_metrics(t.get("metrics") for t in targets.values())
     head = ["target", "precision", "status", "size", "latency ms", "max abs err", "max abs / limit",
-            "cosine min", "SQNR dB", "top-1 agree"] + (["error (q-steps)"] if with_steps else [])
+            "cosine min", "SQNR dB", "top-1 agree"] + (["error (q-steps)"] if with_steps else []) + (["task metrics"] if with_task else [])
     rows = []
     for key, t in targets.items():
         m, tol = t.get("metrics") or {}, t.get("tolerance") or {}
@@ -233,6 +234,10 @@ def _table(targets: dict) -> str:
         if with_steps:
             s = _steps(t)
             cells.append(f"<td{cls('step')}>{'-' if s is None else f'{s:.2g}'}</td>")
+        if with_task:
+            task_bad = any(w in failed_text for w in ("per-pixel", "matched", "IoU", "score error", "class agreement", "relative error"))
+            mark = ' class="bad"' if bad and task_bad else ""
+            cells.append(f"<td{mark}>{escape(task_cell(m))}</td>")
         rows.append(f'<tr class="{escape(t["status"])}">{"".join(cells)}</tr>')
     ths = "".join(f"<th>{escape(h)}</th>" for h in head)
     return f'<table id="targets"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -243,10 +248,13 @@ def _cost_table(targets: dict) -> str:
     rows = [(k, out, c) for k, t in targets.items() for out, c in (t.get("compression") or {}).items()]
     if not rows:
         return ""
-    head = ["target", "output", "SQNR dB vs FP32", "cosine min", "top-1 agree with FP32", "max abs"]
+    with_task = has_task_metrics(c for *_, c in rows)
+    head = ["target", "output", "SQNR dB vs FP32", "cosine min", "top-1 agree with FP32", "max abs"] + (
+        ["task metrics vs FP32"] if with_task else [])
     body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(out)}</td><td>{_fmt(c.get('sqnr_db'), 'db')}</td>"
                    f"<td>{_fmt(c.get('cosine_min'), 'cos')}</td><td>{_fmt(c.get('top1_agreement'), 'pct')}</td>"
-                   f"<td>{_fmt(c.get('max_abs'), 'e')}</td></tr>" for k, out, c in rows)
+                   f"<td>{_fmt(c.get('max_abs'), 'e')}</td>" + (f"<td>{escape(task_cell(c))}</td>" if with_task else "")
+                   + "</tr>" for k, out, c in rows)
     ths = "".join(f"<th>{escape(h)}</th>" for h in head)
     return f'<table id="compression"><thead><tr>{ths}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -269,9 +277,11 @@ def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> st
     data = report.get("data") or {}
     model = report.get("model") or {}
     title = f"edgekit {report['kind']} report: {model.get('name', '?')}"
+    task = f' &middot; task <code>{escape(str(model["task"]))}</code>' if model.get("task") else ""
     parts = [f'<header><h1>{escape(title)}</h1><span class="badge" style="background:{COLORS.get(status, MUTED)}">'
              f"{escape(status.upper())}</span></header>",
              f'<p class="sub">Created {escape(str(report.get("created")))} &middot; source <code>{escape(str(model.get("source")))}</code>'
+             f'{task}'
              f' &middot; {escape(str(data.get("count")))} {escape(str(data.get("kind")))} samples from '
              f'<code>{escape(str(data.get("root")))}</code>'
              + (f' (sha256 <code>{escape(str(data["sha256"])[:16])}</code>)' if data.get("sha256") else "") + "</p>"]
@@ -284,7 +294,9 @@ def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> st
                  '<p class="note">Each artifact is compared with its PyTorch reference on the samples above: the FP32 '
                  "model, or for a quantized file the float simulation of exactly its quantization (error also in output "
                  "quantization steps). max abs / limit: the largest error as a fraction of what the tolerance allows "
-                 "(above 1 fails). Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
+                 "(above 1 fails" + ("; a detection's boxes and scores are judged after IoU matching instead"
+                                     if any(t.get("detection") for t in targets.values()) else "") +
+                 "). Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
     cost = _cost_table(targets)
     if cost:
         parts.append('<h2>Compression cost</h2><div class="panel">' + cost +

@@ -1,6 +1,7 @@
 """The export and verify pipelines: model -> reference -> every target -> parity -> bundle + report."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from edgekit.reference import export_program, load_reference, run_reference, sav
 from edgekit.html_report import write_html
 from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
+from edgekit.tasks import parse as parse_task
+from edgekit.tasks import resolve as resolve_task
 
 if TYPE_CHECKING:
     from edgekit.compress.stage import CompressConfig
@@ -54,6 +57,7 @@ class ExportJob:
     minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
     example_inputs: Any = None  # a tensor or a tuple of tensors, for a model given as an nn.Module
+    task: str | None = None  # edgekit.tasks: classification, segmentation, detection[:...], regression, embedding; None: inferred
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -80,13 +84,15 @@ class ExportJob:
             raise UserError("E-ARGS", f"percentile {self.percentile} is outside (0, 100]", "pass e.g. --percentile 99.99")
         _check_samples(self.samples)
         check_timeout(self.timeout_s)
+        if self.task is not None:
+            parse_task(self.task)  # E-ARGS: an unknown task or option, before any work
 
 
 _JOB_TYPES: dict[str, tuple[type, ...]] = {
     "targets": (str, tuple), "out": (str, type(None)),
     "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
     "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
-    "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
+    "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)), "task": (str, type(None)),
 }
 
 
@@ -191,14 +197,14 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
                            info.tolerances.get(art.precision), error=outcome.error, notes=notes, log=outcome.log)
         res.extra["confinement"] = {"confined": outcome.confined, "note": outcome.confinement_note}
         return Checked(res, None, reference)
-    classification = spec.task == "classification"
+    task = spec.task_spec
     if not outcome.confined:  # never silent: the report and the console say the runtime ran unconfined
         notes.append(f"security: the runtime ran {outcome.confinement_note}")
     res = compare(info.name, art.precision, reference, outcome.outputs, spec.output_names, info.tolerances[art.precision],
-                  classification, art.meta.get("output_scales"), file=art.path, size_bytes=size,
+                  task, art.meta.get("output_scales"), file=art.path, size_bytes=size,
                   latency_ms=outcome.latency_ms, notes=notes)
     if reference is not fp32_reference:
-        res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, classification)
+        res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, task)
         if float_model is not None:
             res.extra["localisation"] = localisation(art, root, vset, float_model)
     res.extra["confinement"] = {"confined": outcome.confined, "note": outcome.confinement_note}
@@ -261,7 +267,7 @@ def _bundle_spec(spec: ModelSpec, stage: Path) -> ModelSpec:
         for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             if (Path(pre.tokenizer) / name).is_file():
                 shutil.copy2(Path(pre.tokenizer) / name, dest / name)
-        return ModelSpec(spec.name, spec.inputs, spec.outputs, TextPreprocess("tokenizer", pre.max_length), spec.task, spec.labels)
+        return dataclasses.replace(spec, preprocess=TextPreprocess("tokenizer", pre.max_length))
     return spec
 
 
@@ -286,6 +292,13 @@ def coverage(root: Path, rel: str, meta: dict, timeout_s: float = 300) -> dict:
             return {"error": {"code": "E-RUNTIME-CRASH", "message": f"coverage analysis failed: {proc.stderr.strip()[-500:]}",
                               "fix": "run `edgekit inspect` on the file for the full message"}}
         return json.loads(out.read_text())
+
+
+def _with_task(spec: ModelSpec, given: str | None) -> tuple[ModelSpec, list[str]]:
+    """The spec with the job's task (fitted to the outputs, E-ARGS when it does not fit) or the inferred one."""
+    task, note = resolve_task(given, spec.task, [(t.name, t.shape) for t in spec.outputs])
+    spec = dataclasses.replace(spec, task=task.name, task_options=tuple(task.options().items()))
+    return spec, [note] if note else []
 
 
 def _recipe(job: ExportJob):
@@ -423,7 +436,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         D.check_replaceable(Path(job.out))  # before any heavy work; checked again under the lock
     progress(f"loading model {describe_model(job.model)}")
     loaded = load_model(job.model, job.example_inputs)
-    spec = loaded.spec
+    spec, task_notes = _with_task(loaded.spec, job.task)
     recipe, default_notes = _model_defaults(job, recipe, loaded)
     if recipe is not None and recipe.keep_float:
         from edgekit.quant.recipe import keep_float_modules
@@ -433,7 +446,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
         data = _load_data(job.data, loaded)
         cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
-        split_notes = all_notes + default_notes + split_notes
+        split_notes = all_notes + default_notes + task_notes + split_notes
         example = tuple(torch.from_numpy(a) for a in data.samples[0])
         compression = None
         if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
@@ -486,7 +499,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 "compression": None if compression is None else compression.to_dict(),
             }
             B.write_json(stage / B.MANIFEST, manifest)
-            report = build_report("export", {"name": spec.name, "source": loaded.source}, vset.describe(), results,
+            model_info = {"name": spec.name, "source": loaded.source, "task": str(spec.task_spec)}
+            report = build_report("export", model_info, vset.describe(), results,
                                   env, command or f"edgekit export {describe_model(job.model)}", manifest["created"], split_notes,
                                   optional=_optional(job.targets, convs))
             if compression is not None:
@@ -544,9 +558,10 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
 
             progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
             results.extend(arm_results(arm_env, list(arm), conv, art, root, calib.stacked(), checked.reference,
-                                       checked.outputs, spec.output_names, spec.task == "classification"))
+                                       checked.outputs, spec.output_names, spec.task_spec))
     env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})
-    report = build_report("verify", {"name": spec.name, "source": m.raw["model"].get("source")}, calib.describe(),
+    model_info = {"name": spec.name, "source": m.raw["model"].get("source"), "task": str(spec.task_spec)}
+    report = build_report("verify", model_info, calib.describe(),
                           results, env, command or f"edgekit verify {root}", B.now())
     return Outcome(root, report, results, errors)
 

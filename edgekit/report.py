@@ -86,13 +86,44 @@ def _fmt(v, kind: str) -> str:
         return "exact" if math.isinf(v) else f"{v:.1f}"
     if kind == "pct":
         return f"{v:.1%}"
+    if kind == "pct3":
+        return f"{v:.3%}"
+    if kind == "iou":
+        return f"{v:.4f}"
     if kind == "cos":
         return f"{v:.6f}"
     return f"{v:.2e}"
 
 
+TASK_KEYS = ("pixel_agreement", "matched_fraction", "mean_iou", "score_err_rel", "label_agreement", "rel_error")
+
+
+def has_task_metrics(rows) -> bool:
+    """Whether any metrics dict of ``rows`` holds a task figure (segmentation, detection, regression, embedding)."""
+    return any(isinstance(m, dict) and any(m.get(k) is not None for k in TASK_KEYS) for m in rows)
+
+
+def task_cell(m: dict) -> str:
+    """A task's own figures as one short table cell: pixels, matched boxes / IoU / score error, relative error."""
+    parts = []
+    if m.get("pixel_agreement") is not None:
+        parts.append(f"pixels {_fmt(m['pixel_agreement'], 'pct3')}")
+    if m.get("matched_fraction") is not None:
+        gaps = [f"{m[k]} {w}" for k, w in (("missing_boxes", "missing"), ("extra_boxes", "extra")) if m.get(k)]
+        parts.append(f"boxes {_fmt(m['matched_fraction'], 'pct')} matched" + (f" ({', '.join(gaps)})" if gaps else ""))
+        parts.append(f"IoU {_fmt(m.get('mean_iou'), 'iou')}")
+        parts.append(f"score err {_fmt(m.get('score_err_rel'), 'e')}")
+    if m.get("label_agreement") is not None:
+        parts.append(f"classes {_fmt(m['label_agreement'], 'pct')}")
+    if m.get("rel_error") is not None:
+        parts.append(f"rel err {_fmt(m['rel_error'], 'e')}")
+    return ", ".join(parts) or "-"
+
+
 def markdown(report: dict) -> str:
     s = report["summary"]
+    with_task = has_task_metrics(t.get("metrics") for t in report["targets"].values())
+    task = report["model"].get("task")
     lines = [
         f"# edgekit {report['kind']} report: {report['model']['name']}",
         "",
@@ -106,10 +137,12 @@ def markdown(report: dict) -> str:
         "## Conversion fidelity: does each file compute what its PyTorch reference computes?",
         "",
         "FP32 files against the FP32 model (`reference.pt2`); quantized files against the PyTorch simulation "
-        "of exactly their quantization (`*.reference.pt2`), with the error in output quantization steps.",
+        "of exactly their quantization (`*.reference.pt2`), with the error in output quantization steps."
+        + (f" Task: `{task}`." if task else ""),
         "",
-        "| target | precision | status | size | latency ms | max abs | max steps | mean abs | cosine min | SQNR dB | top-1 agree |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | precision | status | size | latency ms | max abs | max steps | mean abs | cosine min | SQNR dB | top-1 agree |"
+        + (" task metrics |" if with_task else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if with_task else ""),
     ]
     for name, t in report["targets"].items():
         m = t.get("metrics") or {}
@@ -117,16 +150,20 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {t['precision']} | {t['status']} | {_fmt(t.get('size_bytes'), 'bytes')} | "
             f"{_fmt(t.get('latency_ms'), 'ms')} | {_fmt(m.get('max_abs'), 'e')} | {steps} | {_fmt(m.get('mean_abs'), 'e')} | "
-            f"{_fmt(m.get('cosine_min'), 'cos')} | {_fmt(m.get('sqnr_db'), 'db')} | {_fmt(m.get('top1_agreement'), 'pct')} |")
+            f"{_fmt(m.get('cosine_min'), 'cos')} | {_fmt(m.get('sqnr_db'), 'db')} | {_fmt(m.get('top1_agreement'), 'pct')} |"
+            + (f" {task_cell(m)} |" if with_task else ""))
     cost = [(n, t, o, c) for n, t in report["targets"].items() for o, c in (t.get("compression") or {}).items()]
     if cost:
+        cost_task = has_task_metrics(c for *_, c in cost)
         lines += ["", "## Compression cost: how far is the deployed file from the FP32 original?", "",
                   "A recipe question, not a converter one (same verification samples).", "",
-                  "| target | output | SQNR dB vs FP32 | cosine min | top-1 agree with FP32 | max abs |",
-                  "|---|---|---|---|---|---|"]
+                  "| target | output | SQNR dB vs FP32 | cosine min | top-1 agree with FP32 | max abs |"
+                  + (" task metrics vs FP32 |" if cost_task else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if cost_task else "")]
         for name, t, out, c in cost:
             lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
-                         f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |")
+                         f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |"
+                         + (f" {task_cell(c)} |" if cost_task else ""))
     if report.get("compression_stage"):
         lines += ["", "## Compression stage (before export)", "",
                   "The model every target exported is the compressed one; the stage compares it with the original.", "",

@@ -88,8 +88,9 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     preprocess: Preprocess | None = None
-    task: str = "classification"  # "classification" (top-1 is meaningful) or "embedding"
+    task: str = "classification"  # one of edgekit.tasks.TASKS: what the outputs mean, so how parity judges them
     labels: tuple[str, ...] | None = field(default=None, repr=False)
+    task_options: tuple[tuple[str, str | float], ...] = ()  # detection: (("boxes", NAME), ("scores", NAME), ...)
 
     def __post_init__(self):
         _require(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"model name {self.name!r} is not a short string")
@@ -101,8 +102,31 @@ class ModelSpec:
         _require(self.preprocess is None or isinstance(self.preprocess, (ImagePreprocess, TextPreprocess)),
                  "preprocess must be an ImagePreprocess, a TextPreprocess or None")
         _require(isinstance(self.task, str), "task must be a string")
+        _require(isinstance(self.task_options, tuple) and all(isinstance(o, tuple) and len(o) == 2 for o in self.task_options),
+                 "task_options must be a tuple of (key, value) pairs")
+        problem = self._task_problem()
+        _require(problem is None, f"task {self.task!r:.80}: {problem}")
         _require(self.labels is None or (isinstance(self.labels, tuple) and all(isinstance(x, str) for x in self.labels)),
                  "labels must be a tuple of strings")
+
+    def _task_problem(self) -> str | None:
+        from edgekit.errors import UserError
+        from edgekit.tasks import misfit
+
+        try:
+            task = self.task_spec
+        except UserError as exc:
+            return f"{exc.what} ({exc.fix})"
+        except TypeError:
+            return f"unknown task option(s) {', '.join(k for k, _ in self.task_options)}"
+        return misfit(task, [(t.name, t.shape) for t in self.outputs])
+
+    @property
+    def task_spec(self):
+        """The edgekit.tasks.Task of this spec (its name and options)."""
+        from edgekit.tasks import Task
+
+        return Task(self.task, **dict(self.task_options))
 
     @property
     def input_names(self) -> list[str]:
@@ -116,6 +140,7 @@ class ModelSpec:
         d = asdict(self)
         d["inputs"] = [asdict(t) for t in self.inputs]
         d["outputs"] = [asdict(t) for t in self.outputs]
+        d["task_options"] = dict(self.task_options)
         return d
 
     @classmethod
@@ -147,4 +172,14 @@ class ModelSpec:
             preprocess=pre,
             task=d.get("task", "classification"),
             labels=tuple(d["labels"]) if d.get("labels") else None,
+            task_options=_task_options(d.get("task_options")),
         )
+
+
+def _task_options(opts) -> tuple:
+    """The manifest's {"boxes": NAME, ...} as ModelSpec.task_options (keys checked by Task itself)."""
+    if opts is None:
+        return ()
+    if not isinstance(opts, dict) or len(opts) > 8 or not all(isinstance(k, str) for k in opts):
+        raise ValueError("task_options must be an object of at most 8 options")
+    return tuple(opts.items())

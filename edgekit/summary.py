@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.report import _fmt, reproduce_commands
+from edgekit.report import _fmt, has_task_metrics, reproduce_commands, task_cell
 
 ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "not runnable on host": "➖"}
 
@@ -14,18 +14,19 @@ ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "not runnable on host":
 def summary_markdown(report: dict) -> str:
     s, targets = report["summary"], report["targets"]
     verdict = "all targets match their reference" if s["status"] == "pass" else "parity check failed"
+    with_task = has_task_metrics(t.get("metrics") for t in targets.values())
     lines = [f"### {ICON.get(s['status'], '')} edgekit {report['kind']} `{report['model'].get('name')}`: {verdict}", "",
              f"{s['passed']} passed, {s['failed']} failed, {s['errors']} errors on "
              f"{report['data'].get('count')} {report['data'].get('kind')} samples.", "",
-             "| target | status | size | latency ms | max abs / limit | SQNR dB | top-1 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| target | status | size | latency ms | max abs / limit | SQNR dB | top-1 |" + (" task |" if with_task else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---|" if with_task else "")]
     for key, t in targets.items():
         m, tol = t.get("metrics") or {}, t.get("tolerance") or {}
         rel, lim = m.get("max_abs_rel"), tol.get("max_abs_rel")
         ratio = f"{rel / lim:.2g}" if isinstance(rel, float) and lim else "-"
         lines.append(f"| {key} | {ICON.get(t['status'], '')} {t['status']} | {_fmt(t.get('size_bytes'), 'bytes')} | "
                      f"{_fmt(t.get('latency_ms'), 'ms')} | {ratio} | {_fmt(m.get('sqnr_db'), 'db')} | "
-                     f"{_fmt(m.get('top1_agreement'), 'pct')} |")
+                     f"{_fmt(m.get('top1_agreement'), 'pct')} |" + (f" {task_cell(m)} |" if with_task else ""))
     problems = []
     for key, t in targets.items():
         if t.get("error"):
