@@ -92,15 +92,23 @@ def _is_weight_site(gm, node) -> bool:
     return isinstance(arg, torch.fx.Node) and arg.op == "get_attr"
 
 
+# Observers whose qparams are not the calibrator's to set: derived ones (a bias's scale), and fixed
+# ones the quantizer sets for ops whose kernel requires them (TFLite's LOGISTIC refuses any output
+# scale but 1/256: a calibrated sigmoid range made the file fail to load on the reference kernels
+# and compute wrong boxes under XNNPACK).
+_NOT_CALIBRATED = ("DerivedObserverOrFakeQuantize", "FixedQParamsObserver", "FixedQParamsFakeQuantize")
+
+
 def _activation_sites(gm) -> dict[str, torch.fx.Node]:
-    """Observer module name -> its call node, for every observer of an activation (not a weight)."""
+    """Observer module name -> its call node, for every observer of an activation (not a weight)
+    whose range the calibrator sets."""
     from torchao.quantization.pt2e.observer import ObserverBase
 
     out = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ObserverBase):
             obs = gm.get_submodule(node.target)
-            if type(obs).__name__ == "DerivedObserverOrFakeQuantize" or _is_weight_site(gm, node):
+            if type(obs).__name__ in _NOT_CALIBRATED or _is_weight_site(gm, node):
                 continue
             out[node.target] = node
     return out
@@ -228,7 +236,7 @@ class KeepFloat:
         return None
 
     def transform_for_annotation(self, model):
-        return _integer_scalars_stay_integer(self.inner.transform_for_annotation(model))
+        return _scalar_constants_match_result(self.inner.transform_for_annotation(model))
 
     def annotate(self, model):
         model = self.inner.annotate(model)
@@ -268,23 +276,27 @@ class KeepFloat:
         return self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
 
 
-def _integer_scalars_stay_integer(gm):
-    """Undo one step of ExecuTorch's XNNPACK quantizer where it is wrong: its transform turns every
-    scalar operand of add/mul into a float32 constant, integer arithmetic included, so index math
-    (transformers' attention-mask code adds an int offset to an arange) became float and the
-    calibration run failed with "tensors used as indices must be long, int, byte or bool". A
-    constant feeding an add/mul whose result is not floating point gets the result's dtype back."""
+def _scalar_constants_match_result(gm):
+    """Quantizers turn scalar operands of add/mul into 0-d tensor constants, with a dtype of their own:
+    ExecuTorch's XNNPACK quantizer always float32 (integer index math, such as transformers'
+    attention-mask code adding an int offset to an arange, became float and calibration failed with
+    "tensors used as indices must be long"), litert-torch's the Python type (``x * 24`` got an int64
+    constant, which its observer could not histogram: "histogram_cpu not implemented for 'Long'").
+    Each such constant gets the dtype of the op's result: integer math stays integer, float math
+    gets a float constant."""
     for node in gm.graph.nodes:
         val = node.meta.get("val")
         if node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor):
             continue
-        if not isinstance(val, torch.Tensor) or val.is_floating_point():
+        if not isinstance(val, torch.Tensor):
             continue
         for arg in node.args:
-            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg.target.startswith("_tensor_constant_"):
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg.target.startswith("_tensor_constant"):
                 const = getattr(gm, arg.target)
-                if const.is_floating_point() and const.dim() == 0 and float(const) == int(const):
-                    setattr(gm, arg.target, const.to(val.dtype))
+                if const.dim() != 0 or const.dtype == val.dtype or (not val.is_floating_point() and float(const) != int(const)):
+                    continue
+                setattr(gm, arg.target, const.to(val.dtype))
+                if isinstance(arg.meta.get("val"), torch.Tensor):
                     arg.meta["val"] = arg.meta["val"].to(val.dtype)
     return gm
 

@@ -38,3 +38,32 @@ def test_integer_add_of_a_scalar_stays_integer_in_executorch_int8(tmp_path):
     r = bundle.results["executorch"]
     assert r.status == "pass", (r.status, r.error, r.failures)
     assert r.raw["compression"]["output"]["sqnr_db"] > 20
+
+
+class ScaledGate(nn.Module):
+    """A sigmoid gate times a Python int (box-regression style): the quantizer makes the 24 an int64
+    constant, and TFLite's LOGISTIC only takes its fixed output scale 1/256."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8, 6)
+
+    def forward(self, image):
+        h = torch.relu(self.conv(image)).mean((2, 3))
+        return torch.sigmoid(self.head(h)) * 24
+
+
+def test_float_scalar_constants_and_fixed_sigmoid_range_in_tflite_int8(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgekit.inspect import inspect_artifact
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(16)]
+    bundle = edgekit.export(ScaledGate().eval(), (torch.from_numpy(data[0]),), targets=["tflite"], data=data,
+                            quant="int8", out=tmp_path / "b")  # was: "histogram_cpu" not implemented for 'Long'
+    r = bundle.results["tflite"]
+    assert r.status == "pass", (r.status, r.error, r.failures)
+    # the reference kernels refuse a LOGISTIC whose output scale is not 1/256 (a calibrated range was)
+    res = inspect_artifact(tmp_path / "b" / r.raw["file"])
+    assert "LOGISTIC" in [op["op"] for op in res.ops]
