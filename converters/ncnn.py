@@ -6,13 +6,21 @@ The export has three steps, each fixing one gap between what PyTorch records and
    fused ``_transformer_encoder_layer_fwd`` lands in the file). Advanced indexing with indices that
    are constants of the traced shapes and that select every element in order (how transformers
    builds its padding mask: ``mask[batch_idx, kv_idx]``) is replaced by ``aten::reshape``: ncnn has
-   no gather, and pnnx would print the index unusably.
+   no gather, and pnnx would print the index unusably. Ops pnnx converts wrongly without an error
+   (F.normalize off the channel dim, uneven chunks, BatchNorm1d on (N, C) rows, pads of outer dims
+   by zero) are rewritten into equal ones it converts exactly (converters/ncnn_pnnx_fixes.py).
 2. pnnx, run as a subprocess in a scratch folder (its exit code and log are ours to read).
 3. Legalise the ncnn graph. pnnx leaves ops it cannot map to ncnn under their torch names. Some
    have an exact ncnn form, given that every ncnn blob holds float32 values: casts of integer/bool
    data, boolean and/or, ``torch.where`` on a boolean condition, and ``unbind(0)`` of a 5-D
-   (batch-in-the-middle) tensor. Those are rewritten; any layer type ncnn does not register after
-   that is reported as E-OP-UNSUPPORTED with the op and the layer name, never shipped.
+   (batch-in-the-middle) tensor. Those are rewritten, as is a bool mask of ``SDPA`` (ncnn adds its
+   mask to the scores: a masked key gets SDPA_MASKED, not 0).
+4. If ncnn still cannot take a layer, and the trace has layout chains ncnn cannot express (tensors
+   of more than 4 dims: MobileViT's patch unfolding, a 5-D qkv permute + unbind; strided slices:
+   LeViT's ``x[:, ::2, ::2]``), the model is traced again with those chains rewritten as exact
+   chains of at most 4-D reshapes, narrows and permutes (converters/ncnn_layout.py), and steps 2-3
+   run again. Any layer type ncnn does not register after that is reported as E-OP-UNSUPPORTED
+   with the op and the layer name, never shipped.
 
 ncnn drops the batch dimension: the runner feeds each input without its leading 1 and adds it back
 to the outputs. Token ids that feed an ``Embed`` layer are read by ncnn as int32 bit patterns, so
@@ -32,6 +40,8 @@ import numpy as np
 from edgekit.errors import InternalError, UnsupportedOpError, UserError
 
 from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
+from .ncnn_layout import rewrite_module
+from .ncnn_pnnx_fixes import apply as fix_for_pnnx
 
 PNNX_TIMEOUT_S = 1800
 # INT8 conversion fidelity vs the quantized reference (float simulation of ncnn's int8 scheme with the
@@ -51,6 +61,12 @@ _PNNX_TYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int64": "i
 # Layer types ncnn reads its input as int32 (indices); every other consumer reads float32.
 _INT_CONSUMERS = {"Embed"}
 _PASS_THROUGH = {"Split", "Noop"}
+# Layers that only move values: their output holds a bool tensor (as 0/1) when their inputs do.
+_MOVES_VALUES = {"Split", "Noop", "Tile", "Reshape", "Permute", "Crop", "Slice", "ExpandDims", "Squeeze",
+                 "Flatten", "Concat"}
+# What a masked-out score gets in ncnn's SDPA (which adds its float mask to the scores): exp() of it is 0
+# in float32 next to any real score, and it stays finite in fp16 (an app's ncnn may compute in fp16).
+SDPA_MASKED = -3.0e4
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +168,7 @@ def _trace(model, example_inputs):
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     _rewrite_identity_index(traced, example_inputs)
+    traced.edgekit_rewrites = fix_for_pnnx(traced)  # ops pnnx would convert wrongly without an error
     return traced
 
 
@@ -275,6 +292,7 @@ class _Legaliser:
     def __init__(self, layers: list[_Layer], ir: dict[str, _IrOp]):
         self.layers, self.ir, self.count = layers, ir, 0
         self.producer: dict[str, _Layer] = {}  # blob -> the layer writing it, as rewritten so far
+        self.bools: set[str] = set()  # blobs holding a bool tensor as 0/1
 
     def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> _Layer:
         """A new layer named after the one it replaces; its output blob is ``output`` or its own name."""
@@ -285,11 +303,13 @@ class _Legaliser:
     def run(self) -> list[str]:
         """Rewrite self.layers in place; returns "type name" of each layer rewritten."""
         rules = {"MemoryData": self.int8_constant, "Tensor.to": self.cast, "pnnx.Expression": self.logic,
-                 "torch.where": self.where, "torch.unbind": self.unbind}
+                 "torch.where": self.where, "torch.unbind": self.unbind, "SDPA": self.sdpa_mask}
         out, rewritten = [], []
         for layer in self.layers:
             rule, op = rules.get(layer.type), self.ir.get(layer.name)
-            replacement = rule(layer, op) if rule and (op or layer.type == "MemoryData") else None
+            replacement = rule(layer, op) if rule and (op or layer.type in ("MemoryData", "SDPA")) else None
+            if self.holds_bool(layer, op):
+                self.bools.update(layer.outputs)
             if replacement is not None:
                 rewritten.append(f"{layer.type} {layer.name}")
             for new in replacement if replacement is not None else [layer]:
@@ -297,6 +317,23 @@ class _Legaliser:
                 self.producer.update((b, new) for b in new.outputs)
         self.layers[:] = out
         return rewritten
+
+    def holds_bool(self, layer, op) -> bool:
+        """True if the layer's outputs hold bool tensors: pnnx typed them bool, or the layer only moves
+        the values of bool inputs (ncnn layers pnnx made have names of their own, not in the IR)."""
+        if op is not None and op.outputs and all(_kind(t) == "bool" for _, t in op.outputs):
+            return True
+        return layer.type in _MOVES_VALUES and bool(layer.inputs) and all(b in self.bools for b in layer.inputs)
+
+    def sdpa_mask(self, layer, _op):
+        """ncnn's SDPA (5=1: a 4th input, the mask) adds its mask to the scores; torch's bool mask keeps
+        the True positions. A bool mask (0/1 here) becomes the additive one: (m - 1) * -SDPA_MASKED."""
+        if "5=1" not in layer.params or len(layer.inputs) != 4 or layer.inputs[3] not in self.bools:
+            return None
+        minus = self.new("BinaryOp", layer.name, layer.inputs[3:], ["0=1", "1=1", "2=1.0"])
+        additive = self.new("BinaryOp", layer.name, minus.outputs, ["0=2", "1=1", f"2={_scalar(-SDPA_MASKED)}"])
+        return [minus, additive, _Layer(layer.type, layer.name, [*layer.inputs[:3], *additive.outputs],
+                                        layer.outputs, layer.params)]
 
     def int8_constant(self, layer, _op):
         """pnnx stores bool/int8 constants as int8 (MemoryData 21=3), which ncnn's float layers would
@@ -352,7 +389,7 @@ class _Legaliser:
         """unbind(0) of an (N, 1, *rest) tensor (batch second: q, k, v out of a fused qkv projection).
         pnnx keeps the ncnn blob as (N, *rest) and puts an unconvertible reshape to (N, 1, *rest),
         named ``<unbind>_ncnnbatch2dim_<k>``, in front: make that a Noop, Slice on axis 0 and
-        reshape each piece to rest."""
+        reshape each piece to (1, *rest)."""
         shape, rest = op.inputs[0][0], op.inputs[0][0][2:]
         before = self.producer.get(layer.inputs[0])
         if op.params.get("dim") != "0" or len(shape) < 3 or shape[1] != 1 or not 1 <= len(rest) <= 3 \
@@ -363,8 +400,10 @@ class _Legaliser:
         n = shape[0]
         piece = self.new("Slice", layer.name, layer.inputs, ["-23300=" + ",".join([str(n)] + ["-233"] * n), "1=0"])
         piece.outputs = [f"{piece.name}_{k}" for k in range(n)]
-        dims = list(reversed(rest))  # ncnn order: w, h, c
-        keys = ["0", "1", "2"][:len(dims)]
+        # Each piece is (1, *rest) with that 1 kept as a real axis (no batch): how pnnx wrote the layers
+        # reading the pieces (a Reduction over axis 3 of a 3-D rest, say). ncnn order: w, h, d, c.
+        dims = list(reversed([1, *rest]))
+        keys = {2: ["0", "1"], 3: ["0", "1", "2"], 4: ["0", "1", "11", "2"]}[len(dims)]
         params = [f"{k}={d}" for k, d in zip(keys, dims)]
         return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
 
@@ -408,6 +447,33 @@ def _input_feeds(layers: list[_Layer], names: list[str]) -> list[str]:
                                      "arithmetic; ncnn stores it one way: pass a separate input for each use")
         feeds.append(kinds.pop() if kinds else "float32")
     return feeds
+
+
+def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool) -> tuple[list[_Layer], list[str]]:
+    """pnnx on ``traced``, then the legaliser: (ncnn layers, "type name" of each layer rewritten), or
+    UnsupportedOpError for what is left that ncnn has no layer for."""
+    traced.save(str(scratch / "model.pt"))
+    log = _run_pnnx(scratch, example_inputs, fp16=fp16)
+    layers = _parse_layers((scratch / "model.ncnn.param").read_text())
+    fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
+    _check_supported(layers, log)
+    return layers, fixed
+
+
+def _convert(scratch: Path, model, example_inputs, fp16: bool) -> tuple[list[_Layer], list[str], list[str]]:
+    """(ncnn layers, layers the legaliser rewrote, rewrites of the traced graph). Converts as traced;
+    if ncnn cannot take the result, traces again with the layout chains ncnn cannot take (over 4 dims,
+    strided slices) rewritten as at most 4-D ops (converters/ncnn_layout.py) and converts that; if
+    that fails too, its error is the one reported. Models that convert as traced stay as they were."""
+    traced = _trace(model, example_inputs)
+    try:
+        return (*_pnnx_pass(scratch, traced, example_inputs, fp16), traced.edgekit_rewrites)
+    except UnsupportedOpError:
+        traced = _trace(model, example_inputs)
+        chains = rewrite_module(traced)
+        if not chains:
+            raise
+    return (*_pnnx_pass(scratch, traced, example_inputs, fp16), [f"layout-chain x{chains}", *traced.edgekit_rewrites])
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,11 +520,7 @@ class NcnnConverter(Converter):
         stem = f"{spec.name}-{precision}"
         with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
             scratch = Path(tmp)
-            _trace(model, example_inputs).save(str(scratch / "model.pt"))
-            log = _run_pnnx(scratch, example_inputs, fp16=precision == "fp16")
-            layers = _parse_layers((scratch / "model.ncnn.param").read_text())
-            fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
-            _check_supported(layers, log)
+            layers, fixed, rewrites = _convert(scratch, model, example_inputs, fp16=precision == "fp16")
             inputs = [layer.name for layer in layers if layer.type == "Input"]
             produced = {b for layer in layers for b in layer.outputs}
             outputs = [f"out{k}" for k in range(len(spec.outputs))]
@@ -485,6 +547,7 @@ class NcnnConverter(Converter):
             "output_shapes": [list(t.shape) for t in spec.outputs],  # batch included
             "file_bytes": sizes,  # .param, .bin: ncnn does not notice a .bin with bytes to spare
             "legalised_layers": fixed,
+            "traced_rewrites": rewrites,  # what was rewritten before pnnx: "<what> x<count>"
         }
         files = (stem + ".param", stem + ".bin")
         if precision == "fp16":
