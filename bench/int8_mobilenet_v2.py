@@ -131,7 +131,7 @@ class Bench:
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
         from torch.jit.mobile import _load_for_lite_interpreter
 
-        from edgekit.converters.ptl_quant import qnnpack_engine, simulate
+        from edgekit.converters.ptl.quant import qnnpack_engine, simulate
 
         path = d / "pytorch_default.ptl"
         with Timer() as t, qnnpack_engine(), warnings.catch_warnings(), torch.no_grad():

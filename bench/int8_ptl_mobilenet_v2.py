@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgekit.converters.ptl import CONVERTER
-from edgekit.converters.ptl_quant import qnnpack_engine, simulate
+from edgekit.converters.ptl.quant import qnnpack_engine, simulate
 from edgekit.data import load_samples
 from edgekit.models import BUILTIN
 from edgekit.quant import QuantRecipe

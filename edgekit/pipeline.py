@@ -251,9 +251,9 @@ def _export_target(conv: Converter, module, spec: ModelSpec, recipe, stage: Path
 
 
 def _coverage(result: ParityResult, stage: Path, art: Artifact) -> None:
-    from edgekit.inspect import INSPECTABLE
+    from edgekit.converters import Converter, get
 
-    if Path(art.path).suffix in INSPECTABLE:
+    if type(get(art.target)).coverage is not Converter.coverage:  # the target analyses its files
         meta = {**art.meta, "target": art.target, "precision": art.precision}
         result.extra["coverage"] = coverage(stage, art.path, meta)
 

@@ -108,6 +108,3 @@ def keep_float_suggestions(rows: list[dict], n: int = 3) -> list[str]:
     with_sq = [r for r in rows if r.get("sqnr_db") is not None and r.get("module")]
     return [r["module"] for r in sorted(with_sq, key=lambda r: r["sqnr_db"])[:n]]
 
-
-# the private names the ptl view still imports (edgekit/quant/per_layer_ptl.py moves into its package next)
-_module_of, _producer, _run_injected, _float_sqnr = module_of, producer, run_injected, float_sqnr

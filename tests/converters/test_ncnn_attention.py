@@ -28,7 +28,7 @@ pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
 from edgekit.converters.ncnn import CONVERTER  # noqa: E402
-from edgekit.converters.ncnn_layout import MAX_DIMS, apply, plan, strided_factors  # noqa: E402
+from edgekit.converters.ncnn.layout import MAX_DIMS, apply, plan, strided_factors  # noqa: E402
 
 N_SAMPLES = 3
 

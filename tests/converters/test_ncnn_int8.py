@@ -21,7 +21,7 @@ pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
 from edgekit.converters.ncnn import CONVERTER  # noqa: E402
-from edgekit.converters.ncnn_int8 import TAG_INT8, compare_blobs  # noqa: E402
+from edgekit.converters.ncnn.int8 import TAG_INT8, compare_blobs  # noqa: E402
 
 
 @pytest.fixture(scope="module")

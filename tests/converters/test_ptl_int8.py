@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edgekit.converters.ptl import CONVERTER, INT8_TOLERANCE
-from edgekit.converters.ptl_quant import qnnpack_engine, simulate
+from edgekit.converters.ptl.quant import qnnpack_engine, simulate
 from edgekit.data import load_samples
 from edgekit.isolate import run_artifact
 from edgekit.models import BUILTIN
@@ -115,7 +115,7 @@ def test_artifact_layout_and_meta(exported):
 @pytest.mark.slow
 def test_scales_come_from_edgekits_calibrator(data):
     """Every activation observer holds edgekit's range; its qparams are edgekit's qparams on quint8."""
-    from edgekit.converters.ptl_quant import _caps, _observer_groups, calibrate, prepare
+    from edgekit.converters.ptl.quant import _caps, _observer_groups, calibrate, prepare
 
     lm, calib, _ = data
     recipe = QuantRecipe(calibrator="minmax")

@@ -108,7 +108,7 @@ def test_recipe_rounding_is_checked():
 
 def test_ptl_quantized_module_stores_the_learned_integers(tiny):
     """The ptl target (FX qnnpack, its own per-channel observers) gets the same integers."""
-    from edgekit.converters.ptl_quant import quantize
+    from edgekit.converters.ptl.quant import quantize
 
     lm, samples, model, _ = tiny
     q = quantize(model, lm.example_inputs, samples[:8], QuantRecipe())
@@ -138,7 +138,7 @@ def test_every_target_recipe_path_learns_once_per_job(tiny):
 
 def test_ncnn_writer_stores_the_learned_integers(tiny):
     """ncnn's weight writer (scale 127/max|w|, capped by the recipe's floor) gets the same integers."""
-    from edgekit.converters.ncnn_int8 import quantize_weights
+    from edgekit.converters.ncnn.int8 import quantize_weights
 
     _, _, model, _ = tiny
     for name, m in _layers(model).items():

@@ -1,4 +1,4 @@
-"""Per-layer fidelity of an INT8 .ptl (edgekit.quant.per_layer_ptl): the artifact's own graph, tapped
+"""Per-layer fidelity of an INT8 .ptl (edgekit.converters.ptl.per_layer): the artifact's own graph, tapped
 at every quantized tensor, against the independent float simulation fed the runtime's own inputs.
 
 (a) the tapped graph computes what the lite interpreter computes, bit for bit;
@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.converters import ptl_quant
+from edgekit.converters.ptl import quant as ptl_quant
 from edgekit.converters.ptl import CONVERTER
-from edgekit.converters.ptl_quant import qnnpack_engine, simulate
+from edgekit.converters.ptl.quant import qnnpack_engine, simulate
 from edgekit.data import load_samples
 from edgekit.models import BUILTIN
 from edgekit.quant import QuantRecipe
-from edgekit.quant.per_layer_ptl import PtlTaps, ptl_per_layer
+from edgekit.converters.ptl.per_layer import PtlTaps, ptl_per_layer
 from edgekit.quant.reference import run_program, save_quantized_reference
 
 

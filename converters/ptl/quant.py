@@ -12,7 +12,7 @@ the quantized reference: a float simulation built from the converted module's ow
 2. ``prepare_fx`` with the qnnpack backend config: weights int8 symmetric per output channel
    (-127..127, the recipe's scheme), activations quint8 per tensor; layers the recipe keeps float
    get no qconfig and a float boundary after them; integer tensors (token ids, masks) and numbers
-   computed from shapes are not observed (``ptl_fx.py``); a model torch.fx cannot trace is
+   computed from shapes are not observed (``fx.py``); a model torch.fx cannot trace is
    ``unsupported``, named at its own source line;
 3. every activation observer is replaced by an edgekit site (two passes, 1 thread: min/max, then
    histogram, ``TensorStatsCollector``); the recipe's calibrator turns each site's statistics into
@@ -25,7 +25,7 @@ the quantized reference: a float simulation built from the converted module's ow
    are the dequantized int8 weights), so the reference shares the artifact's numbers but none of
    its integer kernels. Modules, functional ops (``F.linear`` on prepacked weights) and tensor
    methods (``x.sigmoid()``, fixed output qparams) are simulated. An op it cannot simulate is kept
-   float automatically (by object type, then by module path; ``ptl_fx.float_op_candidates``) and
+   float automatically (by object type, then by module path; ``fx.float_op_candidates``) and
    steps 2-5 are run again, said in the notes.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrato
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
-from .ptl_fx import (FloatOp, check_traceable, fixed_arity, graph_origins, guard_float, unobserve_non_float,
+from .fx import (FloatOp, check_traceable, fixed_arity, graph_origins, guard_float, unobserve_non_float,
                      float_op_candidates)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)

@@ -1,6 +1,6 @@
 """PyTorch Mobile INT8, the FX graph around ``prepare_fx``/``convert_fx``: what edgekit changes so
 that models written for eager PyTorch (timm, transformers) quantize, and the automatic keep-float
-fallback (``converters/ptl_quant.py`` drives both).
+fallback (``quant.py`` drives both).
 
 Before tracing: a ``forward(self, *args)`` wrapper gets a fixed number of arguments (torch.fx cannot
 unpack ``*args``); a model torch.fx cannot trace is reported ``unsupported`` at the model's own line.

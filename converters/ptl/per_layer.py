@@ -1,5 +1,5 @@
 """Per-layer conversion fidelity of an INT8 .ptl (PyTorch Mobile, qnnpack) against its quantized
-reference (the float simulation ``converters/ptl_quant.simulate`` builds and ``converters/ptl.py``
+reference (the float simulation ``quant.simulate`` builds and the ptl converter
 saves next to the artifact).
 
 ``ptl_per_layer(artifact, reference, samples)``:
@@ -44,7 +44,7 @@ import numpy as np
 
 from edgekit.errors import InternalError, UserError
 
-from .per_layer import FLAG_STEPS, _module_of, _producer, _run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injected
 
 _FAKE_QUANT = "aten.fake_quantize_per_tensor_affine"
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
@@ -207,9 +207,9 @@ def ptl_per_layer(artifact_path, reference_program_path, samples) -> list[dict]:
     """Per-layer error of an INT8 .ptl vs its quantized reference (see the module docstring)."""
     import torch
 
-    from edgekit.converters.ptl_quant import qnnpack_engine
+    from .quant import qnnpack_engine
 
-    from .reference import load_quantized_reference
+    from edgekit.quant.reference import load_quantized_reference
 
     samples = list(samples)
     if not samples:
@@ -237,7 +237,7 @@ def ptl_per_layer(artifact_path, reference_program_path, samples) -> list[dict]:
                 pairs = match(taps.taps, tensors, ref_nodes)
             got = {n.name: tensors[t.index] for t, n, _ in pairs if n is not None}
             inject = {k: v.dequantize().contiguous() for k, v in got.items()}
-            computed = _run_injected(gm, args, inject)
+            computed = run_injected(gm, args, inject)
             for t, n, exact in pairs:
                 if n is None:
                     continue
@@ -264,8 +264,8 @@ def _rows(pairs, worst, sums, tensors) -> list[dict]:
                          "note": f"no reference activation of shape {list(tensors[tap.index].shape)} is left for this "
                                  f"tensor (scale {scale:.6g}, zero point {zp})"})
             continue
-        w, p = worst[node.name], _producer(node)
-        row = {"layer": p.name, "op": tap.op, "module": _module_of(p),
+        w, p = worst[node.name], producer(node)
+        row = {"layer": p.name, "op": tap.op, "module": module_of(p),
                "max_steps": round(float(w.max()), 3), "mean_steps": round(sums[node.name][0] / max(sums[node.name][1], 1), 4),
                "worst_channel": int(w.argmax()), "sqnr_db": None, "flagged": bool(w.max() > FLAG_STEPS) or not exact}
         if not exact:

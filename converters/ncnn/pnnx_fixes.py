@@ -21,7 +21,7 @@ pnnx still sees the modules).
 """
 from __future__ import annotations
 
-from .ncnn_torchscript import NotConstant, attribute, const, graphs, shape_of
+from .torchscript import NotConstant, attribute, const, graphs, shape_of
 
 
 def _replace(graph, node, kind: str, inputs) -> None:

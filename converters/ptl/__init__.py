@@ -14,7 +14,7 @@ PyTorch Mobile is deprecated upstream in favour of ExecuTorch. Every torch.jit s
 export silences those warnings and issues edgekit's own message (TargetInfo.deprecated) once.
 
 INT8 (a QuantRecipe): FX static PTQ for the qnnpack engine with edgekit's calibrated ranges
-(``ptl_quant.py``, ``ptl_fx.py``; integer inputs such as token ids stay integers, so a text
+(``quant.py``, ``fx.py``; integer inputs such as token ids stay integers, so a text
 encoder's embeddings run in float and its linears in int8), saved as ``<name>-int8.ptl`` the same way; the quantized reference next to it is a
 float simulation with exactly the module's scales and zero points (independent of the qnnpack
 kernels), saved with torch.export. The runner sets the quantized engine to qnnpack.
@@ -32,7 +32,7 @@ import torch
 
 from edgekit.errors import UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
+from ..base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
 
 # The deprecation warnings torch.jit and the lite interpreter issue at every step.
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
@@ -123,12 +123,17 @@ class PtlConverter(Converter):
 
         check_torchscript(Path(root) / artifact.path, what=f"the {self.info.name} artifact {artifact.path}")
 
+    def coverage(self, path: Path, meta: dict):
+        from edgekit.inspect.report import InspectResult
+
+        return InspectResult(str(path), self.info.name, notes=["PyTorch Mobile runs on its CPU kernels: no delegate to inspect."])
+
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         """Each quantized tensor of the .ptl's own graph (qnnpack) against the reference op fed the
-        runtime's own input (edgekit.quant.per_layer_ptl); None for fp32 and dynamic artifacts."""
+        runtime's own input (per_layer.py); None for fp32 and dynamic artifacts."""
         if artifact.precision != "int8" or not artifact.meta.get("reference"):
             return None
-        from edgekit.quant.per_layer_ptl import ptl_per_layer
+        from .per_layer import ptl_per_layer
 
         return ptl_per_layer(Path(root) / artifact.path, Path(root) / artifact.meta["reference"], samples)
 
@@ -178,7 +183,7 @@ def _quantize_dynamic(model, recipe):
     kept = keep_float_modules(model, recipe)
     spec = {name: qconfig for name, mod in model.named_modules()
             if isinstance(mod, torch.nn.Linear) and name not in kept}
-    from .ptl_quant import qnnpack_engine
+    from .quant import qnnpack_engine
 
     # Packed under qnnpack, the engine the .ptl runs on: packed under the default x86 engine (fbgemm)
     # the lite-interpreter saver wrote every quantized Linear twice (tiny_transformer: 25.8 kB
@@ -194,14 +199,14 @@ def _engine(precision: str):
     if precision not in ("int8", "dynamic"):
         yield
         return
-    from .ptl_quant import qnnpack_engine
+    from .quant import qnnpack_engine
 
     with qnnpack_engine():
         yield
 
 
 def _quantize(model, spec, recipe, example_inputs: tuple, calibration):
-    from .ptl_quant import quantize
+    from .quant import quantize
 
     if calibration is None or len(calibration) == 0:
         raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ptl got no calibration samples",

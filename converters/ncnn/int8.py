@@ -433,8 +433,8 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     from edgekit.quant.recipe import check, keep_float_modules
     from edgekit.quant.reference import reference_name, save_quantized_reference
 
-    from .base import Artifact
-    from .ncnn import _format_layers, _load_net, _parse_layers
+    from ..base import Artifact
+    from .param import format_layers, load_net, parse_layers
 
     check(recipe)
     if calibration is None or len(calibration) == 0:
@@ -455,10 +455,10 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         tmp = Path(tmp)
         fp = conv.export(model, spec, None, tmp, example_inputs)
         param, weights = tmp / fp.files[0], tmp / fp.files[1]
-        layers = _parse_layers(param.read_text())
+        layers = parse_layers(param.read_text())
         bin_bytes = weights.read_bytes()
         layout = _bin_layout(layers, len(bin_bytes))
-        net = _load_net(param, weights, threads=1)
+        net = load_net(param, weights, threads=1)
         folded = fold(model)
         first = _ncnn_blobs(net, fp.meta["inputs"], fp.meta["input_feed"], samples[0],
                             sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
@@ -472,7 +472,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         out_dir.mkdir(parents=True, exist_ok=True)
         names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
         write_atomic(out_dir / names[1], int8_bin)
-        write_atomic(out_dir / names[0], _format_layers(layers).encode())
+        write_atomic(out_dir / names[0], format_layers(layers).encode())
         save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])
     meta = {k: v for k, v in fp.meta.items() if k != "file_bytes"}
     kept_layers = sorted({m for m in kept if isinstance(folded.get_submodule(m), _conv_linear())})
@@ -569,12 +569,12 @@ def compare_blobs(artifact, root: Path, samples, threads: int = 1) -> list[dict]
 
     from edgekit.quant.reference import load_quantized_reference
 
-    from .ncnn import _load_net
+    from .param import load_net
 
     root = Path(root)
     meta = artifact.meta
     qlayers = meta["int8_layers"]
-    net = _load_net(root / artifact.files[0], root / artifact.files[1], threads)
+    net = load_net(root / artifact.files[0], root / artifact.files[1], threads)
     gm, n_out = _reference_taps(load_quantized_reference(root / meta["reference"]), [q["module"] for q in qlayers])
     acc = {q["layer"]: ([], []) for q in qlayers}
     loc = {q["layer"]: ([], []) for q in qlayers}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ncnn_torchscript import NotConstant, attribute, const, graphs, shape_of
+from .torchscript import NotConstant, attribute, const, graphs, shape_of
 
 MAX_DIMS = 4
 # ops that only move elements; their first input is the one tensor they read

@@ -1,5 +1,5 @@
 """Reading a traced TorchScript module, for the rewrites edgekit makes before pnnx sees it
-(converters/ncnn_layout.py, converters/ncnn_pnnx_fixes.py)."""
+(layout.py, pnnx_fixes.py)."""
 from __future__ import annotations
 
 

@@ -8,7 +8,7 @@ The export has three steps, each fixing one gap between what PyTorch records and
    builds its padding mask: ``mask[batch_idx, kv_idx]``) is replaced by ``aten::reshape``: ncnn has
    no gather, and pnnx would print the index unusably. Ops pnnx converts wrongly without an error
    (F.normalize off the channel dim, uneven chunks, BatchNorm1d on (N, C) rows, pads of outer dims
-   by zero) are rewritten into equal ones it converts exactly (converters/ncnn_pnnx_fixes.py).
+   by zero) are rewritten into equal ones it converts exactly (pnnx_fixes.py).
 2. pnnx, run as a subprocess in a scratch folder (its exit code and log are ours to read).
 3. Legalise the ncnn graph. pnnx leaves ops it cannot map to ncnn under their torch names. Some
    have an exact ncnn form, given that every ncnn blob holds float32 values: casts of integer/bool
@@ -18,7 +18,7 @@ The export has three steps, each fixing one gap between what PyTorch records and
 4. If ncnn still cannot take a layer, and the trace has layout chains ncnn cannot express (tensors
    of more than 4 dims: MobileViT's patch unfolding, a 5-D qkv permute + unbind; strided slices:
    LeViT's ``x[:, ::2, ::2]``), the model is traced again with those chains rewritten as exact
-   chains of at most 4-D reshapes, narrows and permutes (converters/ncnn_layout.py), and steps 2-3
+   chains of at most 4-D reshapes, narrows and permutes (layout.py), and steps 2-3
    run again. Any layer type ncnn does not register after that is reported as E-OP-UNSUPPORTED
    with the op and the layer name, never shipped.
 
@@ -32,23 +32,24 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InternalError, UnsupportedOpError, UserError
+from edgekit.errors import UnsupportedOpError, UserError
 
-from .base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
-from .ncnn_layout import rewrite_module
-from .ncnn_pnnx_fixes import apply as fix_for_pnnx
+from ..base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
+from .layout import rewrite_module
+from .param import Layer, format_layers, load_net, parse_layers
+from .pnnx_fixes import apply as fix_for_pnnx
 
 PNNX_TIMEOUT_S = 1800
 # INT8 conversion fidelity vs the quantized reference (float simulation of ncnn's int8 scheme with the
 # artifact's scales). tiny_cnn: exact. MobileNetV2, 16 held-out photos (bench/int8_ncnn_mobilenet_v2.py):
 # max_abs_rel 0.067-0.131, min cosine 0.954-0.990, top-1 0.75-0.875 over the four calibrators: ncnn's
 # x86 depthwise int8 kernel differs from the simulation by ~1e-4 relative (local SQNR ~80 dB), which
-# flips int8 roundings downstream. The per-layer check (converters/ncnn_int8.compare_blobs) is the tight one.
+# flips int8 roundings downstream. The per-layer check (int8.compare_blobs) is the tight one.
 INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.95, min_top1=0.75)
 # fp16 weights (pnnx fp16=1) run in FP32 by the strict runner, vs the fp16-weight simulation (48
 # samples): MobileNetV2 max_abs_rel 1.8e-4, tiny_cnn 3.8e-6, tiny_transformer 3.7e-4 (pnnx keeps some constants FP32 that
@@ -212,35 +213,6 @@ def _run_pnnx(scratch: Path, example_inputs, fp16: bool = False) -> str:
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class _Layer:
-    type: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    params: list[str] = field(default_factory=list)  # "key=value" tokens, kept verbatim
-
-    def line(self) -> str:
-        return " ".join([f"{self.type:<24} {self.name:<24} {len(self.inputs)} {len(self.outputs)}",
-                         *self.inputs, *self.outputs, *self.params])
-
-
-def _parse_layers(text: str) -> list[_Layer]:
-    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
-    if len(lines) < 2 or lines[0] != ["7767517"]:
-        raise InternalError("pnnx wrote an ncnn .param without the 7767517 magic")
-    layers = []
-    for tok in lines[2:]:
-        nin, nout = int(tok[2]), int(tok[3])
-        layers.append(_Layer(tok[0], tok[1], tok[4:4 + nin], tok[4 + nin:4 + nin + nout], tok[4 + nin + nout:]))
-    return layers
-
-
-def _format_layers(layers: list[_Layer]) -> str:
-    blobs = {b for layer in layers for b in layer.inputs + layer.outputs}
-    return "\n".join(["7767517", f"{len(layers)} {len(blobs)}", *(layer.line() for layer in layers)]) + "\n"
-
-
-@dataclass
 class _IrOp:
     """One op of pnnx's own IR (.pnnx.param): params and the (shape, dtype) of each operand."""
 
@@ -289,16 +261,16 @@ class _Legaliser:
     """Rewrites pnnx leftovers that have an exact ncnn form; each rule returns replacement layers
     or None (then the layer stays, and is reported as unsupported)."""
 
-    def __init__(self, layers: list[_Layer], ir: dict[str, _IrOp]):
+    def __init__(self, layers: list[Layer], ir: dict[str, _IrOp]):
         self.layers, self.ir, self.count = layers, ir, 0
-        self.producer: dict[str, _Layer] = {}  # blob -> the layer writing it, as rewritten so far
+        self.producer: dict[str, Layer] = {}  # blob -> the layer writing it, as rewritten so far
         self.bools: set[str] = set()  # blobs holding a bool tensor as 0/1
 
-    def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> _Layer:
+    def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> Layer:
         """A new layer named after the one it replaces; its output blob is ``output`` or its own name."""
         self.count += 1
         name = f"{base}_lg{self.count}"
-        return _Layer(type_, name, inputs, [output or name], params)
+        return Layer(type_, name, inputs, [output or name], params)
 
     def run(self) -> list[str]:
         """Rewrite self.layers in place; returns "type name" of each layer rewritten."""
@@ -332,7 +304,7 @@ class _Legaliser:
             return None
         minus = self.new("BinaryOp", layer.name, layer.inputs[3:], ["0=1", "1=1", "2=1.0"])
         additive = self.new("BinaryOp", layer.name, minus.outputs, ["0=2", "1=1", f"2={_scalar(-SDPA_MASKED)}"])
-        return [minus, additive, _Layer(layer.type, layer.name, [*layer.inputs[:3], *additive.outputs],
+        return [minus, additive, Layer(layer.type, layer.name, [*layer.inputs[:3], *additive.outputs],
                                         layer.outputs, layer.params)]
 
     def int8_constant(self, layer, _op):
@@ -340,7 +312,7 @@ class _Legaliser:
         read as float bits: add a Cast int8 -> float32 behind it."""
         if "21=3" not in layer.params:
             return None
-        data = _Layer(layer.type, layer.name, [], [layer.name + "_int8"], layer.params)
+        data = Layer(layer.type, layer.name, [], [layer.name + "_int8"], layer.params)
         return [data, self.new("Cast", layer.name, data.outputs, ["0=3", "1=1"], layer.outputs[0])]
 
     def cast(self, layer, op):
@@ -351,7 +323,7 @@ class _Legaliser:
         if src == "float":
             return None
         if dst != "bool" or src == "bool":
-            return [_Layer("Noop", layer.name, layer.inputs, layer.outputs)]
+            return [Layer("Noop", layer.name, layer.inputs, layer.outputs)]
         # int -> bool: min(|x|, 1), exact for integer values
         absval = self.new("UnaryOp", layer.name, layer.inputs, ["0=0"])
         return [absval, self.new("BinaryOp", layer.name, absval.outputs, ["0=5", "1=1", "2=1.0"], layer.outputs[0])]
@@ -361,7 +333,7 @@ class _Legaliser:
         kind = {"and(@0,@1)": "0=2", "or(@0,@1)": "0=4"}.get(op.params.get("expr", ""))
         if kind is None or len(layer.inputs) != 2 or any(_kind(t) != "bool" for _, t in op.inputs):
             return None
-        return [_Layer("BinaryOp", layer.name, layer.inputs, layer.outputs, [kind])]
+        return [Layer("BinaryOp", layer.name, layer.inputs, layer.outputs, [kind])]
 
     def where(self, layer, op):
         """where(c, x, y) with c in {0, 1} as c*x + (1-c)*y: exact for finite x, y."""
@@ -408,7 +380,7 @@ class _Legaliser:
         return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
 
 
-def _check_supported(layers: list[_Layer], log: str) -> None:
+def _check_supported(layers: list[Layer], log: str) -> None:
     import ncnn
 
     # pnnx.* leftovers are often helpers of the real culprit (the constants an aten::sort takes): name that first
@@ -427,9 +399,9 @@ def _check_supported(layers: list[_Layer], log: str) -> None:
         "(float arithmetic instead of bool masks and casts, at most 4-D tensors), or drop the ncnn target")
 
 
-def _input_feeds(layers: list[_Layer], names: list[str]) -> list[str]:
+def _input_feeds(layers: list[Layer], names: list[str]) -> list[str]:
     """How each input must be stored in its ncnn Mat: "int32" if only Embed reads it, else "float32"."""
-    consumers: dict[str, list[_Layer]] = {}
+    consumers: dict[str, list[Layer]] = {}
     for layer in layers:
         for b in layer.inputs:
             consumers.setdefault(b, []).append(layer)
@@ -449,21 +421,21 @@ def _input_feeds(layers: list[_Layer], names: list[str]) -> list[str]:
     return feeds
 
 
-def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool) -> tuple[list[_Layer], list[str]]:
+def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool) -> tuple[list[Layer], list[str]]:
     """pnnx on ``traced``, then the legaliser: (ncnn layers, "type name" of each layer rewritten), or
     UnsupportedOpError for what is left that ncnn has no layer for."""
     traced.save(str(scratch / "model.pt"))
     log = _run_pnnx(scratch, example_inputs, fp16=fp16)
-    layers = _parse_layers((scratch / "model.ncnn.param").read_text())
+    layers = parse_layers((scratch / "model.ncnn.param").read_text())
     fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
     _check_supported(layers, log)
     return layers, fixed
 
 
-def _convert(scratch: Path, model, example_inputs, fp16: bool) -> tuple[list[_Layer], list[str], list[str]]:
+def _convert(scratch: Path, model, example_inputs, fp16: bool) -> tuple[list[Layer], list[str], list[str]]:
     """(ncnn layers, layers the legaliser rewrote, rewrites of the traced graph). Converts as traced;
     if ncnn cannot take the result, traces again with the layout chains ncnn cannot take (over 4 dims,
-    strided slices) rewritten as at most 4-D ops (converters/ncnn_layout.py) and converts that; if
+    strided slices) rewritten as at most 4-D ops (layout.py) and converts that; if
     that fails too, its error is the one reported. Models that convert as traced stay as they were."""
     traced = _trace(model, example_inputs)
     try:
@@ -510,7 +482,7 @@ class NcnnConverter(Converter):
             check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
         precision = "fp32" if recipe is None else recipe.scheme
         if precision == "int8":
-            from .ncnn_int8 import export_int8
+            from .int8 import export_int8
 
             return export_int8(self, model, spec, recipe, Path(out_dir), example_inputs, calibration)
         if precision not in self.info.precisions:
@@ -530,10 +502,10 @@ class NcnnConverter(Converter):
                                 f"{sorted(b for b in produced if b.startswith('out'))}, which do not match the spec's "
                                 f"{len(spec.inputs)} inputs and {len(spec.outputs)} outputs",
                                 "make forward() take the spec's inputs in order and return a tensor per output")
-            (scratch / "model.ncnn.param").write_text(_format_layers(layers))
+            (scratch / "model.ncnn.param").write_text(format_layers(layers))
             files = {".bin": scratch / "model.ncnn.bin", ".param": scratch / "model.ncnn.param"}
             try:
-                _load_net(files[".param"], files[".bin"], threads=1)
+                load_net(files[".param"], files[".bin"], threads=1)
             except UserError as exc:
                 raise UserError("E-EXPORT-FAILED", f"ncnn cannot load what pnnx wrote: {exc.what}",
                                 "report it with the model; drop the ncnn target meanwhile") from exc
@@ -563,9 +535,23 @@ class NcnnConverter(Converter):
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         if not artifact.meta.get("int8_layers"):
             return None
-        from .ncnn_int8 import compare_blobs
+        from .int8 import compare_blobs
 
         return compare_blobs(artifact, root, samples)
+
+    def coverage(self, path: Path, meta: dict):
+        from edgekit.inspect.report import InspectResult
+
+        from .coverage import analyse
+
+        details = analyse(Path(path), meta.get("precision"))
+        res = InspectResult(str(path), self.info.name, details=details)
+        res.details["summary"] = (f"{details['layers']} layers, {details['weighted_layers']} weighted "
+                                  f"({details['int8_layers']} int8)")
+        if details.get("fully_int8") is False:
+            res.warnings.append(f"int8 was requested but {len(details['float_layers'])} weighted layer(s) stay float: "
+                                + ", ".join(details["float_layers"][:10]))
+        return res
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True):
         import ncnn
@@ -579,7 +565,7 @@ class NcnnConverter(Converter):
             if size is not None and f.stat().st_size != size:
                 raise UserError("E-ARTIFACT-CORRUPT", f"ncnn file {f.name} has {f.stat().st_size} bytes, the export "
                                 f"wrote {size}", "re-export the bundle")
-        net = _load_net(param, weights, threads, strict)
+        net = load_net(param, weights, threads, strict)
         names, feeds = meta["inputs"], meta["input_feed"]
         outputs, shapes = meta["outputs"], [tuple(s) for s in meta["output_shapes"]]
 
@@ -608,30 +594,6 @@ class NcnnConverter(Converter):
 
         run.net = net  # keep the network alive as long as the runner
         return run
-
-
-def _load_net(param: Path, weights: Path, threads: int, strict: bool = True):
-    """An ncnn.Net with strict FP32 settings (or, strict=False, ncnn's own defaults: what a phone
-    app gets, fp16 storage and arithmetic where the CPU has them) and ``threads`` threads, or
-    E-ARTIFACT-CORRUPT.
-
-    load_param/load_model return non-zero instead of raising: their codes are checked here."""
-    import ncnn
-
-    net = ncnn.Net()
-    opt = net.opt
-    opt.use_vulkan_compute = False
-    # Strict FP32: with the defaults ncnn silently stores and computes in fp16 (or bf16) on CPUs that have it.
-    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed"):
-        if strict and hasattr(opt, flag):
-            setattr(opt, flag, False)
-    opt.num_threads = int(threads)
-    if net.load_param(str(param)) != 0:
-        raise UserError("E-ARTIFACT-CORRUPT", f"ncnn cannot parse {param.name}", "re-export the bundle")
-    if net.load_model(str(weights)) != 0:
-        raise UserError("E-ARTIFACT-CORRUPT", f"ncnn cannot load the weights {weights.name} (truncated or not "
-                        f"matching {param.name})", "re-export the bundle")
-    return net
 
 
 def _install(files: dict[str, Path], out_dir: Path, stem: str) -> None:
