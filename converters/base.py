@@ -66,6 +66,9 @@ class TargetInfo:
     runtime: str  # how the file is run on the host
     deprecated: str | None = None  # why and in favour of what, shown in docs and reports
     arm: bool = False  # the runner also works on aarch64 under qemu-user (needs only runtime_modules)
+    # with arm: the "dist==version" wheels its runner needs in the emulated aarch64 user space
+    # (edgekit.arm installs the host's version of each, this pin when the host has none)
+    arm_wheels: tuple[str, ...] = ()
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
     not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
     app_platforms: tuple[str, ...] = ()  # apps that load this file (`edgekit bundle --android/--ios`)

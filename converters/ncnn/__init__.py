@@ -466,6 +466,7 @@ class NcnnConverter(Converter):
         modules=("pnnx",),
         runtime_modules=("ncnn",),
         arm=True,
+        arm_wheels=("ncnn==1.0.20261020",),
         app_platforms=("android", "ios"),
         relaxed_defaults=True,
         packages=("pnnx", "ncnn"),

@@ -224,6 +224,7 @@ class TFLiteConverter(Converter):
         modules=("litert_torch",),
         runtime_modules=("ai_edge_litert|tflite_runtime",),
         arm=True,
+        arm_wheels=("ai-edge-litert==2.3.0",),
         app_platforms=("android", "ios"),
         packages=("litert-torch", "ai-edge-litert", "torchao"),
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer); fp16: AI Edge Quantizer "

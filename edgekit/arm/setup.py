@@ -3,7 +3,8 @@
 Layout of one environment (a folder under the cache, named after a hash of the recipe):
 
     root/                 Debian bookworm arm64: debootstrap's first stage plus python3.11 and its libs
-    root/opt/site/        aarch64 wheels of ai-edge-litert, ncnn and numpy (the host's versions)
+    root/opt/site/        aarch64 wheels of numpy and of each ARM-capable target's runtime
+                          (TargetInfo.arm_wheels: ai-edge-litert, ncnn; the host's versions)
     views/<cpu>/          what qemu's -L points at for one emulated CPU: relative symlinks into root/
                           and a fake ARM proc/cpuinfo for that CPU (qemu 7.2 does not emulate one;
                           with the host's x86 file the TFLite interpreter segfaulted here, and
@@ -41,7 +42,8 @@ DEBS = ("python3.11-minimal", "libpython3.11-stdlib")
 # The runtimes' wheels, pinned to the versions the host runs (these when it has none), so ARM and
 # host runs differ only by the machine; a host upgrade changes the recipe, hence a new environment.
 # numpy 2.x has cp311 manylinux_2_27/2_28 aarch64 wheels that run on Debian's Python 3.11.2.
-DEFAULT_WHEELS = {"ai-edge-litert": "2.3.0", "ncnn": "1.0.20261020", "numpy": "2.4.6"}
+# The targets' runtimes come from their TargetInfo.arm_wheels; numpy is every runner's.
+BASE_WHEELS = {"numpy": "2.4.6"}
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64")
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 # What a view takes from root/. qemu -L looks every absolute path up in the view first and uses the
@@ -114,14 +116,32 @@ def default_cache() -> Path:
     return Path(base) / "arm" if base else Path.home() / ".cache" / "edgekit" / "arm"
 
 
+def _arm_targets() -> list:
+    from edgekit.converters import all_converters
+
+    return [c for c in all_converters() if c.info.arm]
+
+
 def wheels() -> dict[str, str]:
+    """dist -> version of every wheel the emulated user space gets: numpy and each ARM-capable
+    target's runtime, at the host's version (so ARM and host runs differ only by the machine)."""
+    pins = dict(BASE_WHEELS)
+    for conv in _arm_targets():
+        for req in conv.info.arm_wheels:
+            dist, _, version = req.partition("==")
+            pins[dist] = version
     out = {}
-    for dist, version in DEFAULT_WHEELS.items():
+    for dist, version in pins.items():
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = version
     return out
+
+
+def _runtime_imports() -> list[str]:
+    """The module each ARM-capable runner imports (the first of its alternatives), for the check."""
+    return sorted({m.split("|")[0] for c in _arm_targets() for m in c.info.runtime_modules})
 
 
 def recipe() -> dict:
@@ -231,7 +251,7 @@ def _build(home: Path, progress) -> None:
         for cpu in sorted(CPUS):
             features[cpu] = _make_view(tmp, cpu, qemu)
         progress("probed the CPU features of " + ", ".join(sorted(CPUS)))
-        check = ("import importlib.metadata as m, numpy, ncnn, ai_edge_litert.interpreter, json, sys;"
+        check = (f"import importlib.metadata as m, numpy, {', '.join(_runtime_imports())}, json, sys;"
                  f"print(json.dumps({{d: m.version(d) for d in {sorted(pins)!r}}} | {{'python': sys.version.split()[0]}}))")
         seen = json.loads(_guest(qemu, tmp / "views" / DEFAULT_CPU, tmp / "root" / "opt" / "site", DEFAULT_CPU, check))
         size = sum(p.lstat().st_size for p in tmp.rglob("*"))
