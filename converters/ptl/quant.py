@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.errors import UnsupportedOpError
+from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrator
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
@@ -253,7 +253,11 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     from edgekit.quant.adaround import describe, round_weights
 
+    if recipe.bias_correction:
+        raise UserError("E-TARGET-PRECISION", "ptl's INT8 path does not implement bias correction",
+                        "drop --bias-correction for ptl (tflite, executorch, onnx, mnn and openvino implement it)")
     samples = tuple(samples)[: recipe.max_samples]
+    model, levers = _equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     float_ops: list[FloatOp] = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
     while True:
@@ -277,11 +281,22 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
                      f"kernel for it, so its INT8 output could not be verified (mixed precision)")
     if learned:
         notes.insert(0, describe(learned))
+    notes[:0] = levers
     in_qp = in_qp[: len(example_inputs)]  # optional arguments (attn_mask=None) are not model inputs
     return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, kept, notes)
 
 
 MAX_FLOAT_FALLBACKS = 16
+
+
+def _equalized(model: nn.Module, recipe: QuantRecipe) -> tuple[nn.Module, list[str]]:
+    """The model after cross-layer equalization when the recipe asks for it (a copy), and its note."""
+    if not recipe.equalize:
+        return model, []
+    from edgekit.quant.equalize import equalize
+
+    model = copy.deepcopy(model).eval()
+    return model, [f"cross-layer equalization on {equalize(model)} conv pairs"]
 
 
 # ---- the float simulation ------------------------------------------------------------------------

@@ -227,3 +227,24 @@ def test_model_returning_a_dict_quantizes(photos, tmp_path):
     rows = r.raw.get("per_layer") or []
     assert rows and all(row["max_steps"] <= 1.0 and not row["flagged"] for row in rows), rows
     assert {row["op"] for row in rows} >= {"quantized::conv2d_relu", "quantized::linear"}
+
+
+class ConvPair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, image):
+        return self.head(self.body(image).mean((2, 3)))
+
+
+def test_recipe_levers_are_applied_or_refused_never_ignored(photos, tmp_path):
+    """--equalize is applied on ptl (said in the notes, the file verified); --bias-correction, which
+    the ptl path does not implement, is a coded error instead of a silent no-op."""
+    example = (torch.from_numpy(photos[:1]),)
+    r = _ptl_int8(ConvPair(), example, photos, tmp_path / "cle", equalize=True)
+    assert r.status == "pass", (r.status, r.error, r.failures)
+    assert any("cross-layer equalization on 1 conv pairs" in n for n in r.raw["notes"]), r.raw["notes"]
+    r = _ptl_int8(ConvPair(), example, photos, tmp_path / "bc", bias_correction=True)
+    assert r.status == "error" and r.error["code"] == "E-TARGET-PRECISION" and "bias correction" in r.error["message"]
