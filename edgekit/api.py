@@ -86,16 +86,17 @@ class Bundle:
 
         return B.read_manifest(self.path)
 
-    def run(self, target: str, *inputs, timeout_s: float | None = None) -> list[np.ndarray]:
+    def run(self, target: str, *inputs, timeout_s: float | None = None, **named) -> list[np.ndarray]:
         """Run the bundle's artifact for ``target`` (a name or a report key) on ``inputs`` (one array or
         tensor per model input, with the ModelSpec's shape, or N samples stacked along the batch
-        axis) in its runtime, in a confined subprocess; -> one numpy array per output."""
+        axis; or by input name: ``run("onnx", input_ids=ids, attention_mask=mask)``) in its runtime,
+        in a confined subprocess; -> one numpy array per output."""
         from edgekit import manifest as M
         from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
 
         m = M.read(self.path)
         entry = _artifact(m, target)
-        stacked = _stack_inputs(m.spec, inputs)
+        stacked = _stack_inputs(m.spec, _positional(m.spec, inputs, named))
         outcome = run_artifact(entry["target"], {**entry, "files": [f["path"] for f in entry["files"]]}, self.path,
                                stacked, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, warmup=0)
         if outcome.error:
@@ -113,6 +114,17 @@ def _artifact(m, target: str) -> dict:
         return hits[0]
     raise UserError("E-TARGET-UNKNOWN", f"the bundle has no single artifact for {target!r}",
                     f"pass one of {', '.join(keys) or '(none)'}")
+
+
+def _positional(spec, inputs: tuple, named: dict) -> tuple:
+    """The inputs in the spec's order, given positionally or by name (not both)."""
+    if not named:
+        return inputs
+    unknown = sorted(set(named) - set(spec.input_names))
+    if inputs or unknown or len(named) != len(spec.inputs):
+        raise UserError("E-ARGS", f"inputs by name must be exactly the model's ({', '.join(spec.input_names)}); got "
+                        f"{len(inputs)} positional and {', '.join(sorted(named))}", "pass every input by name, or all positionally")
+    return tuple(named[n] for n in spec.input_names)
 
 
 def _stack_inputs(spec, inputs) -> list[np.ndarray]:

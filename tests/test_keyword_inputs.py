@@ -39,6 +39,10 @@ def test_keyword_inputs_name_the_spec_and_verify(tmp_path):
     assert bundle.passed, {k: (r.status, r.failures, r.error) for k, r in bundle.results.items()}
     x = _batch(3, seed=1)
     (got,) = bundle.run("onnx", x["input_ids"], x["attention_mask"])
+    (by_name,) = bundle.run("onnx", attention_mask=x["attention_mask"], input_ids=x["input_ids"])
+    assert np.array_equal(got, by_name)
+    with pytest.raises(UserError):
+        bundle.run("onnx", x["input_ids"], attention_mask=x["attention_mask"])
     with torch.no_grad():
         want = model(**{k: torch.from_numpy(v) for k, v in x.items()})["pooled"].numpy()
     assert np.abs(got - want).max() < 1e-5
