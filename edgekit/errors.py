@@ -22,6 +22,7 @@ CODES: dict[str, str] = {
     "E-OUT-BUSY": "another edgekit export is writing the same output folder",
     "E-BUNDLE-INVALID": "the bundle folder is missing files, its manifest is malformed, or a path leaves the bundle",
     "E-BUNDLE-UNSAFE": "a bundle file that only loads by running code (pickle beyond weights, a file or process operator)",
+    "E-ARTIFACT-CLASH": "a target wrote a file whose name another target or the bundle already uses",
     "E-ARTIFACT-CHANGED": "an artifact's sha256 differs from the one its manifest records",
     "E-ARTIFACT-CORRUPT": "an artifact is missing, truncated or cannot be loaded by its runtime",
     "E-OP-UNSUPPORTED": "an operator that the target's converter or runtime cannot handle",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,17 +238,49 @@ def _error_result(conv: Converter, precision: str, exc: Exception, program=None)
     return ParityResult(conv.info.name, precision, "error", error=err, notes=notes)
 
 
-def _export_target(conv: Converter, module, spec: ModelSpec, recipe, stage: Path, example: tuple, extra: dict, program):
+# Files the pipeline itself writes into a bundle: no target may write one of these names.
+BUNDLE_FILES = ("manifest.json", "report.json", "report.md", "report.html")
+
+
+def _export_target(conv: Converter, module, spec: ModelSpec, recipe, stage: Path, example: tuple, extra: dict,
+                   program, owned: dict[str, str]):
     """Export one target with its toolchain's console output captured (edgekit.capture, kept in the
-    report for that target): -> (the unsupported/error result or None, the Artifact or None, log)."""
-    with captured() as log:
-        try:
-            art, failed = conv.export(module, spec, recipe, stage, example, **extra), None
-        except Exception as exc:  # one target's toolchain failing must not stop the others
-            art, failed = None, exc
+    report for that target) into a folder of its own, then move the files its Artifact lists into
+    the bundle (``_place``: a file another target or the bundle owns is refused, never overwritten,
+    and nothing unlisted ships). -> (the unsupported/error result or None, the Artifact or None, log)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{conv.info.name}-", dir=stage))
+    try:
+        with captured() as log:
+            try:
+                art = conv.export(module, spec, recipe, scratch, example, **extra)
+                failed = _place(art, scratch, stage, owned)
+            except Exception as exc:  # one target's toolchain failing must not stop the others
+                art, failed = None, exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if failed is None:
         return None, art, log.text
     return _error_result(conv, "fp32" if recipe is None else recipe.scheme, failed, program), None, log.text
+
+
+def _place(art: Artifact, scratch: Path, stage: Path, owned: dict[str, str]) -> UserError | None:
+    """Move an artifact's files from its export folder into the bundle and record their owner."""
+    for f in art.files:
+        if f in owned:
+            return UserError("E-ARTIFACT-CLASH", f"target {art.target} wrote {f}, a file that {owned[f]} owns in the "
+                             "bundle", f"give {art.target}'s files names of their own (e.g. a target-specific suffix)")
+        try:
+            written = M.inside(scratch, f, f"{art.target}'s file").is_file()
+        except UserError:
+            written = False
+        if not written:
+            return UserError("E-EXPORT-FAILED", f"target {art.target} lists {f} among its files but did not write it "
+                             "in its folder", f"report it: {art.target}'s export must write every file it lists")
+    for f in art.files:
+        (stage / f).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(scratch / f, stage / f)
+        owned[f] = f"target {art.target}"
+    return None
 
 
 def _coverage(result: ParityResult, stage: Path, art: Artifact) -> None:
@@ -467,9 +500,11 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             progress(f"reference outputs on {len(vset)} samples")
             reference = run_reference(program.module(), vset.samples)
             extra = {} if cal is None else {"calibration": cal}
+            owned = {str(p.relative_to(stage)): "edgekit" for p in stage.rglob("*") if p.is_file()}
+            owned.update({name: "edgekit" for name in BUNDLE_FILES})
             for conv in convs:
                 progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", conv.info.name)
-                res, art, export_log = _export_target(conv, loaded.module, spec, recipe, stage, example, extra, program)
+                res, art, export_log = _export_target(conv, loaded.module, spec, recipe, stage, example, extra, program, owned)
                 if art is not None:
                     progress("running in the host runtime (subprocess)", conv.info.name)
                     with captured() as log:
