@@ -468,116 +468,132 @@ def simulate(qgm: torch.fx.GraphModule, scopes: dict | None = None):
     input's quantize or None]). Raises UnsupportedOpError on a quantized op it cannot simulate.
     ``scopes``: node name -> the model's module path that made it (prepare_fx's record), to name the
     simulation of a functional conv/linear after its module."""
-    import torch.ao.nn.intrinsic.quantized as nniq
-    import torch.ao.nn.quantized as nnq
-
-    root = nn.Module()
-    g = torch.fx.Graph()
-    env: dict = {}
-    qp: dict = {}  # simulated node -> (scale, zp) of the quantized tensor it stands for
-    consts: dict = {}
-    inputs = []
-
-    def arg(a):
-        return torch.fx.node.map_arg(a, lambda n: consts[n] if n in consts else env[n])
-
-    def src_qp(node):
-        ins = [a for a in node.all_input_nodes if a in env and env[a] in qp]
-        return qp[env[ins[0]]] if ins else None
-
+    sim = _Simulation(qgm, scopes or {})
     for node in qgm.graph.nodes:
-        if node.op == "placeholder":  # an optional argument (timm's attn_mask=None) keeps its default
+        sim.add(node)
+    in_qp = []
+    for ph in sim.inputs:
+        users = [u for u in ph.users if u.op == "call_function" and u.target is torch.quantize_per_tensor]
+        in_qp.append((float(sim.qp[sim.env[users[0]]][0]), int(sim.qp[sim.env[users[0]]][1])) if users else None)
+    return torch.fx.GraphModule(sim.root, sim.g, "PtlInt8Simulation"), sim.out_qp, in_qp
+
+
+class _Simulation:
+    """Builds the float simulation node by node: ``env`` maps each node of the converted graph to its
+    simulated value, ``qp`` each simulated value that stands for a quantized tensor to its (scale, zp)."""
+
+    def __init__(self, qgm, scopes: dict):
+        self.qgm, self.scopes = qgm, scopes
+        self.root, self.g = nn.Module(), torch.fx.Graph()
+        self.env: dict = {}
+        self.qp: dict = {}
+        self.consts: dict = {}
+        self.inputs: list = []
+        self.out_qp: list = []
+
+    def arg(self, a):
+        return torch.fx.node.map_arg(a, lambda n: self.consts[n] if n in self.consts else self.env[n])
+
+    def src_qp(self, node):
+        ins = [a for a in node.all_input_nodes if a in self.env and self.env[a] in self.qp]
+        return self.qp[self.env[ins[0]]] if ins else None
+
+    def put(self, node, value, qparams=None) -> None:
+        """Record a node's simulated value (fake-quantized to ``qparams`` when it is quantized)."""
+        self.env[node] = value
+        if qparams is not None:
+            self.qp[value] = (float(qparams[0]), int(qparams[1]))
+
+    def fixed(self, node, value, qparams) -> None:
+        self.put(node, self.g.call_function(fake_quant, (value, *qparams)), qparams)
+
+    def add(self, node) -> None:
+        op, name = node.op, _op_name(node.target) if node.op == "call_function" else None
+        if op == "placeholder":  # an optional argument (timm's attn_mask=None) keeps its default
             default = node.args[0] if node.args else inspect.Signature.empty
-            env[node] = g.placeholder(node.target, default_value=default)
-            inputs.append(node)
-        elif node.op == "get_attr":
-            value = qgm
+            self.put(node, self.g.placeholder(node.target, default_value=default))
+            self.inputs.append(node)
+        elif op == "get_attr":
+            value = self.qgm
             for part in node.target.split("."):
                 value = getattr(value, part)
-            consts[node] = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-        elif node.op == "call_function" and node.target is torch.quantize_per_tensor:
-            x, s, zp, _ = arg(node.args)
-            env[node] = g.call_function(fake_quant, (x, float(s), int(zp)))
-            qp[env[node]] = (float(s), int(zp))
-        elif node.op == "call_function" and _op_name(node.target) in _BINARY:
-            a, b, s, zp = arg(node.args)
-            env[node] = g.call_function(_BINARY[_op_name(node.target)], (a, b, float(s), int(zp)))
-            qp[env[node]] = (float(s), int(zp))
-        elif node.op == "call_function" and _op_name(node.target) in _PACKED:
-            x, packed, s, zp = arg(node.args)
-            name = _free_path(root, (scopes or {}).get(node.name) or node.name, node.name)
-            _put(root, name, SimLinear.of_packed(_op_name(node.target), packed, s, zp))
-            env[node] = g.call_module(name, (x,))
-            qp[env[node]] = (float(s), int(zp))
-        elif node.op == "call_method" and node.target in _FIXED_QPARAMS_METHODS and src_qp(node) is not None:
-            fixed = _FIXED_QPARAMS_METHODS[node.target]
-            env[node] = g.call_function(fake_quant, (g.call_method(node.target, arg(node.args), arg(node.kwargs)), *fixed))
-            qp[env[node]] = fixed
-        elif node.op == "call_function" and _op_name(node.target) in _UNARY:
-            args = (*arg(node.args), *arg(node.kwargs).values())  # FX passes the output qparams either way
-            env[node] = g.call_function(_sim_unary, (_op_name(node.target), *args))
-            qp[env[node]] = (float(args[-2]), int(args[-1]))
-        elif node.op == "call_module" and type(qgm.get_submodule(node.target)) in _FIXED_QPARAMS_MODULES and src_qp(node) is not None:
-            fixed = _FIXED_QPARAMS_MODULES[type(qgm.get_submodule(node.target))]
-            _put(root, node.target, copy.deepcopy(qgm.get_submodule(node.target)))
-            env[node] = g.call_function(fake_quant, (g.call_module(node.target, arg(node.args), arg(node.kwargs)), *fixed))
-            qp[env[node]] = fixed
-        elif node.op == "call_function" and node.target in _FIXED_QPARAMS and src_qp(node) is not None:
-            fixed = _FIXED_QPARAMS[node.target]
-            env[node] = g.call_function(fake_quant, (g.call_function(node.target, arg(node.args), arg(node.kwargs)), *fixed))
-            qp[env[node]] = fixed
-        elif node.op == "call_module":
-            mod = qgm.get_submodule(node.target)
-            name = node.target  # the model's own module path: reports and --keep-float suggestions name it
-            q_in = src_qp(node)
-            if isinstance(mod, _PASS_THROUGH_MODULES):  # the trace records nothing for them: no tensor of its own
-                env[node] = arg(node.args[0])
-                continue
-            if isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU, nnq.Conv2d, nnq.Linear)):
-                _put(root, name, SimLinear.of_module(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
-                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
-                qp[env[node]] = (float(mod.scale), int(mod.zero_point))
-            elif q_in is not None and type(mod).__name__ in SimQNorm.KINDS and hasattr(mod, "scale"):
-                _put(root, name, SimQNorm(mod))
-                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
-                qp[env[node]] = (float(mod.scale), int(mod.zero_point))
-            elif q_in is not None and type(mod).__name__ in SimQActivation.KINDS and hasattr(mod, "scale"):
-                _put(root, name, SimQActivation(mod))
-                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
-                qp[env[node]] = (float(mod.scale), int(mod.zero_point))
-            elif q_in is None or isinstance(mod, _SAME_QPARAMS_MODULES):
-                _put(root, name, copy.deepcopy(mod))
-                env[node] = g.call_module(name, arg(node.args), arg(node.kwargs))
-                if q_in is not None:
-                    env[node] = g.call_function(fake_quant, (env[node], *q_in))
-                    qp[env[node]] = q_in
-            else:
-                raise UnsupportedOpError("ptl", f"quantized {type(mod).__name__}", node.target,
-                                         "keep this layer in float (--keep-float) or export ptl in fp32")
-        elif node.op == "call_method" and node.target == "dequantize":
-            env[node] = g.call_function(_dequantized, (arg(node.args)[0],))  # a float value from here on (no qparams)
-        elif node.op in ("call_function", "call_method"):
-            q_in = src_qp(node)
-            known = (node.target in _SAME_QPARAMS_FUNCS or node.target in _NON_TENSOR
-                     or (node.op == "call_method" and node.target in _SHAPE_METHODS))
-            if q_in is not None and not known:
-                raise UnsupportedOpError("ptl", f"quantized {_op_name(node.target)}", node.name,
-                                         "keep the layer that computes it in float (--keep-float) or export ptl in fp32")
-            make = g.call_function if node.op == "call_function" else g.call_method
-            env[node] = make(node.target, arg(node.args), arg(node.kwargs))
-            if q_in is not None and node.target not in _NON_TENSOR:
-                env[node] = g.call_function(fake_quant, (env[node], *q_in))
-                qp[env[node]] = q_in
-        elif node.op == "output":
+            self.consts[node] = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        elif op == "call_function" and node.target is torch.quantize_per_tensor:
+            x, s, zp, _ = self.arg(node.args)
+            self.put(node, self.g.call_function(fake_quant, (x, float(s), int(zp))), (s, zp))
+        elif name in _BINARY:
+            a, b, s, zp = self.arg(node.args)
+            self.put(node, self.g.call_function(_BINARY[name], (a, b, float(s), int(zp))), (s, zp))
+        elif name in _PACKED:
+            x, packed, s, zp = self.arg(node.args)
+            path = _free_path(self.root, self.scopes.get(node.name) or node.name, node.name)
+            _put(self.root, path, SimLinear.of_packed(name, packed, s, zp))
+            self.put(node, self.g.call_module(path, (x,)), (s, zp))
+        elif op == "call_method" and node.target in _FIXED_QPARAMS_METHODS and self.src_qp(node) is not None:
+            value = self.g.call_method(node.target, self.arg(node.args), self.arg(node.kwargs))
+            self.fixed(node, value, _FIXED_QPARAMS_METHODS[node.target])
+        elif name in _UNARY:
+            args = (*self.arg(node.args), *self.arg(node.kwargs).values())  # FX passes the output qparams either way
+            self.put(node, self.g.call_function(_sim_unary, (name, *args)), args[-2:])
+        elif op == "call_module":
+            self.module(node)
+        elif op == "call_function" and node.target in _FIXED_QPARAMS and self.src_qp(node) is not None:
+            value = self.g.call_function(node.target, self.arg(node.args), self.arg(node.kwargs))
+            self.fixed(node, value, _FIXED_QPARAMS[node.target])
+        elif op == "call_method" and node.target == "dequantize":
+            self.put(node, self.g.call_function(_dequantized, (self.arg(node.args)[0],)))  # float from here on
+        elif op in ("call_function", "call_method"):
+            self.other(node)
+        elif op == "output":
             out = node.args[0]
-            flat = out if isinstance(out, (tuple, list)) else (out,)
-            out_qp = [_dequantized_qp(n, env, qp) for n in flat]
-            g.output(arg(out))
-    in_qp = []
-    for ph in inputs:
-        users = [u for u in ph.users if u.op == "call_function" and u.target is torch.quantize_per_tensor]
-        in_qp.append((float(qp[env[users[0]]][0]), int(qp[env[users[0]]][1])) if users else None)
-    return torch.fx.GraphModule(root, g, "PtlInt8Simulation"), out_qp, in_qp
+            self.out_qp = [_dequantized_qp(n, self.env, self.qp) for n in (out if isinstance(out, (tuple, list)) else (out,))]
+            self.g.output(self.arg(out))
+
+    def module(self, node) -> None:
+        """A call_module node: simulated quantized modules, float modules (fake-quantized to their
+        input's qparams when they only pass quantized values on), else UnsupportedOpError."""
+        import torch.ao.nn.intrinsic.quantized as nniq
+        import torch.ao.nn.quantized as nnq
+
+        mod, name, q_in = self.qgm.get_submodule(node.target), node.target, self.src_qp(node)
+
+        def call():
+            return self.g.call_module(name, self.arg(node.args), self.arg(node.kwargs))
+
+        if type(mod) in _FIXED_QPARAMS_MODULES and q_in is not None:
+            _put(self.root, name, copy.deepcopy(mod))
+            self.fixed(node, call(), _FIXED_QPARAMS_MODULES[type(mod)])
+        elif isinstance(mod, _PASS_THROUGH_MODULES):  # the trace records nothing for them: no tensor of its own
+            self.env[node] = self.arg(node.args[0])
+        elif isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU, nnq.Conv2d, nnq.Linear)):
+            _put(self.root, name, SimLinear.of_module(mod, relu=isinstance(mod, (nniq.ConvReLU2d, nniq.LinearReLU))))
+            self.put(node, call(), (mod.scale, mod.zero_point))
+        elif q_in is not None and hasattr(mod, "scale") and type(mod).__name__ in SimQNorm.KINDS + SimQActivation.KINDS:
+            sim = SimQNorm(mod) if type(mod).__name__ in SimQNorm.KINDS else SimQActivation(mod)
+            _put(self.root, name, sim)
+            self.put(node, call(), (mod.scale, mod.zero_point))
+        elif q_in is None or isinstance(mod, _SAME_QPARAMS_MODULES):
+            _put(self.root, name, copy.deepcopy(mod))
+            self.put(node, call())
+            if q_in is not None:
+                self.fixed(node, self.env[node], q_in)
+        else:
+            raise UnsupportedOpError("ptl", f"quantized {type(mod).__name__}", node.target,
+                                     "keep this layer in float (--keep-float) or export ptl in fp32")
+
+    def other(self, node) -> None:
+        """Any other function or method: float ops as they are; a quantized value only through ops
+        that keep its qparams (or read its shape), else UnsupportedOpError."""
+        q_in = self.src_qp(node)
+        known = (node.target in _SAME_QPARAMS_FUNCS or node.target in _NON_TENSOR
+                 or (node.op == "call_method" and node.target in _SHAPE_METHODS))
+        if q_in is not None and not known:
+            raise UnsupportedOpError("ptl", f"quantized {_op_name(node.target)}", node.name,
+                                     "keep the layer that computes it in float (--keep-float) or export ptl in fp32")
+        make = self.g.call_function if node.op == "call_function" else self.g.call_method
+        self.put(node, make(node.target, self.arg(node.args), self.arg(node.kwargs)))
+        if q_in is not None and node.target not in _NON_TENSOR:
+            self.fixed(node, self.env[node], q_in)
 
 
 def _free_path(root: nn.Module, dotted: str, suffix: str) -> str:
