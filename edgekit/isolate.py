@@ -96,7 +96,7 @@ def _run(target: str, artifact: dict, root: Path, inputs: list[np.ndarray], tmp:
         # The bundle and whatever the launcher runs stay readable when they lie below a folder the
         # sandbox masks (/tmp): an ARM environment there is a tree of relative symlinks, so its
         # whole top folder is bound (read-only), not only the paths named on the command line.
-        tools = [p for p in (*launcher, *env.get("PYTHONPATH", "").split(os.pathsep)) if os.path.isabs(p)]
+        tools = [p for p in (*launcher, *env.get("PYTHONPATH", "").split(os.pathsep), *_own_code()) if os.path.isabs(p)]
         needed = (root, *(_top_below_mask(q) for p in tools for q in (Path(p).absolute(), Path(p).resolve())))
         cmd = confine.wrap(cmd, confine.Confinement(tmp, needed, confine.default_hidden(root, Path.cwd())), bwrap)
     t0 = time.perf_counter()
@@ -145,6 +145,15 @@ def _open_regular(path: Path):
         os.close(fd)
         raise ValueError(f"{path.name} is not a regular file")
     return os.fdopen(fd, "rb")
+
+
+def _own_code() -> list[str]:
+    """Where the child imports edgekit and its targets from (a checkout or virtual environment below
+    /tmp is masked in the sandbox otherwise: the child failed with "No module named 'edgekit'")."""
+    import edgekit
+    import edgekit.converters
+
+    return [str(Path(edgekit.__file__).parent), str(Path(edgekit.converters.__file__).parent), sys.prefix, sys.base_prefix]
 
 
 def _top_below_mask(path: Path) -> Path:
