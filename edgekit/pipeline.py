@@ -490,7 +490,6 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
         progress("capturing the FP32 reference with torch.export")
         program = export_program(loaded.module, example, spec.name)
-        results, artifacts, errors = [], [], {}
         with B.staging(out) as stage:
             bspec = _bundle_spec(spec, stage)
             save_reference(program, bspec, stage / B.REFERENCE)
@@ -499,24 +498,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
             progress(f"reference outputs on {len(vset)} samples")
             reference = run_reference(program.module(), vset.samples)
-            extra = {} if cal is None else {"calibration": cal}
-            owned = {str(p.relative_to(stage)): "edgekit" for p in stage.rglob("*") if p.is_file()}
-            owned.update({name: "edgekit" for name in BUNDLE_FILES})
-            for conv in convs:
-                progress("exporting" if cal is None else f"calibrating on {len(cal)} samples and exporting {precision}", conv.info.name)
-                res, art, export_log = _export_target(conv, loaded.module, spec, recipe, stage, example, extra, program, owned)
-                if art is not None:
-                    progress("running in the host runtime (subprocess)", conv.info.name)
-                    with captured() as log:
-                        checked = verify_artifact(conv, art, stage, vset, reference, spec, job.timeout_s, loaded.module)
-                        _coverage(checked.result, stage, art)
-                    res, export_log = checked.result, export_log + log.text
-                    artifacts.append((conv, art))
-                    if checked.outputs is not None:
-                        errors[report_key(res)] = abs_errors(checked.reference, checked.outputs)
-                res.extra["export_log"] = export_log
-                results.append(res)
-                progress(res.status if art is not None else f"{res.status}: {res.error['code']}", conv.info.name)
+            run = _TargetRun(job, loaded.module, spec, recipe, stage, example, cal, vset, reference, program, progress)
+            results, artifacts, errors = run.all(convs, precision)
             env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
             manifest = {
                 "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
@@ -527,9 +510,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 "data": data.describe(),
                 "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
                                                              "notes": split_notes},
-                "artifacts": [{**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
-                               "exporter": conv.info.exporter, "delegates": list(conv.info.delegates),
-                               "deprecated": conv.info.deprecated} for conv, art in artifacts],
+                "artifacts": [_manifest_entry(stage, conv, art) for conv, art in artifacts],
                 "versions": env,
                 "compression": None if compression is None else compression.to_dict(),
             }
@@ -538,12 +519,73 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             report = build_report("export", model_info, vset.describe(), results,
                                   env, command or f"edgekit export {describe_model(job.model)}", manifest["created"], split_notes,
                                   optional=_optional(job.targets, convs))
-            if compression is not None:
-                report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
-            B.write_json(stage / "report.json", report)
-            B.write_text(stage / "report.md", markdown(report))
-            write_html(stage / "report.html", report, errors)
+            _write_reports(stage, report, errors, compression)
         return Outcome(out, report, results, errors)
+
+
+@dataclass
+class _TargetRun:
+    """The target loop of an export: each target exported into its own folder, its files placed in
+    the bundle, then verified in its runtime and its coverage analysed."""
+
+    job: ExportJob
+    module: Any
+    spec: ModelSpec
+    recipe: Any
+    stage: Path
+    example: tuple
+    cal: CalibrationSet | None
+    vset: CalibrationSet
+    reference: list
+    program: Any
+    progress: Progress
+
+    def all(self, convs, precision: str) -> tuple[list, list, dict]:
+        owned = {str(p.relative_to(self.stage)): "edgekit" for p in self.stage.rglob("*") if p.is_file()}
+        owned.update({name: "edgekit" for name in BUNDLE_FILES})
+        results, artifacts, errors = [], [], {}
+        for conv in convs:
+            self.progress("exporting" if self.cal is None else f"calibrating on {len(self.cal)} samples and exporting "
+                          f"{precision}", conv.info.name)
+            res, art, outputs = self.one(conv, owned)
+            if art is not None:
+                artifacts.append((conv, art))
+            if outputs is not None:
+                errors[report_key(res)] = outputs
+            results.append(res)
+            self.progress(res.status if art is not None else f"{res.status}: {res.error['code']}", conv.info.name)
+        return results, artifacts, errors
+
+    def one(self, conv: Converter, owned: dict):
+        """-> (its result, its Artifact or None, its absolute errors for the report or None)."""
+        extra = {} if self.cal is None else {"calibration": self.cal}
+        res, art, export_log = _export_target(conv, self.module, self.spec, self.recipe, self.stage, self.example, extra,
+                                              self.program, owned)
+        errors = None
+        if art is not None:
+            self.progress("running in the host runtime (subprocess)", conv.info.name)
+            with captured() as log:
+                checked = verify_artifact(conv, art, self.stage, self.vset, self.reference, self.spec,
+                                          self.job.timeout_s, self.module)
+                _coverage(checked.result, self.stage, art)
+            res, export_log = checked.result, export_log + log.text
+            if checked.outputs is not None:
+                errors = abs_errors(checked.reference, checked.outputs)
+        res.extra["export_log"] = export_log
+        return res, art, errors
+
+
+def _manifest_entry(stage: Path, conv: Converter, art: Artifact) -> dict:
+    return {**art.to_dict(), "files": B.file_entries(stage, art.files), "runtime": conv.info.runtime,
+            "exporter": conv.info.exporter, "delegates": list(conv.info.delegates), "deprecated": conv.info.deprecated}
+
+
+def _write_reports(stage: Path, report: dict, errors: dict, compression) -> None:
+    if compression is not None:
+        report["compression_stage"] = {**compression.to_dict(), "markdown": compression.markdown()}
+    B.write_json(stage / "report.json", report)
+    B.write_text(stage / "report.md", markdown(report))
+    write_html(stage / "report.html", report, errors)
 
 
 def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
