@@ -62,9 +62,12 @@ class UserError(EdgekitError):
 class UnsupportedOpError(UserError):
     """An operator the target cannot take; names the op, the node and the target."""
 
-    def __init__(self, target: str, op: str, node: str | None = None, fix: str | None = None):
+    def __init__(self, target: str, op: str, node: str | None = None, fix: str | None = None,
+                 source: str | None = None):
+        """source: the model's source line when the toolchain names it itself (the pipeline looks it
+        up in the exported program otherwise)."""
         where = f" (node {node})" if node else ""
-        self.target, self.op, self.node = target, op, node
+        self.target, self.op, self.node, self.source = target, op, node, source
         super().__init__(
             "E-OP-UNSUPPORTED",
             f"target {target} cannot handle operator {op}{where}",

@@ -227,7 +227,7 @@ def _error_result(conv: Converter, precision: str, exc: Exception, program=None)
     if isinstance(exc, UnsupportedOpError):
         from edgekit.source_line import locate
 
-        where = locate(program, exc.op, exc.node)
+        where = locate(program, exc.op, exc.node) or exc.source
         err = {**exc.to_dict(), "op": exc.op, "node": exc.node, "source": where}
         if where:
             err["message"] += f", from {where}"

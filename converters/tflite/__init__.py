@@ -46,6 +46,9 @@ DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.2, min_cosine=0.95, min_top1=0.75)
 # Messages the toolchain and the runtime use for an operator they cannot take.
 _NO_LOWERING = re.compile(r"Lowering not found: (\S+)")
 _FAILED_NODE = re.compile(r"While executing %(\S+) : .*?call_function\[target=([^\]]+)\]")
+# The TFLite converter (MLIR) refusing an op it legalised, located at the model's own line:
+# "timm/models/mobilevit.py:400:0: error: 'tfl.mul' op operands don't have broadcast-compatible shapes"
+_MLIR_OP_ERROR = re.compile(r"([\w./\-]+\.py):(\d+):\d+: error: '([\w.]+)' op ([^\n]+)")
 _RUNTIME_OP = (
     re.compile(r"unresolved custom op: ([\w.\-]+)"),
     re.compile(r"Didn't find op for builtin opcode '(\w+)'"),
@@ -97,6 +100,13 @@ def _conversion_error(exc: Exception, model_name: str) -> UserError:
         return UnsupportedOpError(NAME, op, node.group(1),
                                   fix=f"litert-torch could not lower {op} ({_first_line(str(exc), 160)}); "
                                       f"rewrite it with static-shape ops or drop the target {NAME}")
+    mlir = _MLIR_OP_ERROR.search(text)
+    if mlir:
+        file, line, op, why = mlir.groups()
+        return UnsupportedOpError(NAME, op, None, source=f"{file}:{line}",
+                                  fix=f"the TFLite converter refused {op} ({why.strip()[:160]}); rewrite that line "
+                                      "(an explicit expand/expand_as feeding the op is a known cause: let broadcasting "
+                                      f"do it) or drop the target {NAME}")
     return UserError("E-EXPORT-FAILED", f"litert-torch could not convert {model_name}: {_first_line(text)}",
                      "make torch.export.export(model, example_inputs) succeed on the model (e.g. no "
                      "data-dependent control flow); the toolchain's full error is chained to this one")

@@ -227,3 +227,32 @@ def test_real_model_parity(name, tmp_path):
     assert res.error is None, res.error
     assert "XNNPACK" in res.log  # the default delegate ran, as on a phone's CPU
     assert_close(res.outputs[0], torch_outputs(loaded.module, samples))
+
+
+class _LinearAttention(torch.nn.Module):
+    """MobileViTv2's linear self-attention: an expand_as before the multiply, which the TFLite
+    converter refuses ('tfl.mul' op operands don't have broadcast-compatible shapes)."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.d, self.qkv, self.out = d, torch.nn.Conv2d(d, 1 + 2 * d, 1), torch.nn.Conv2d(d, d, 1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split([1, self.d, self.d], dim=1)
+        ctx = (k * torch.softmax(q, dim=-1)).sum(dim=-1, keepdim=True)
+        return self.out(torch.relu(v) * ctx.expand_as(v))  # MULTIPLY
+
+
+def test_a_converter_refusal_is_unsupported_at_the_models_line(tmp_path):
+    import inspect
+
+    from edgekit.errors import UnsupportedOpError
+    from edgekit.spec import ModelSpec, TensorSpec
+
+    spec = ModelSpec("lin", (TensorSpec("x", (1, 8, 4, 16)),), (TensorSpec("y", (1, 8, 4, 16)),))
+    with pytest.raises(UnsupportedOpError) as err:
+        CONVERTER.export(_LinearAttention().eval(), spec, None, tmp_path, (torch.randn(1, 8, 4, 16),))
+    lines, first = inspect.getsourcelines(_LinearAttention.forward)
+    line = first + next(i for i, text in enumerate(lines) if "# MULTIPLY" in text)
+    assert err.value.op == "tfl.mul" and err.value.source.endswith(f"test_tflite.py:{line}")
+    assert "expand" in err.value.fix and list(tmp_path.iterdir()) == []
