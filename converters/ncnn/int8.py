@@ -44,7 +44,8 @@ _NO_WEIGHTS = {"Input", "Split", "BinaryOp", "Pooling", "ReLU", "Clip", "Flatten
                "Softmax", "Sigmoid", "HardSwish", "HardSigmoid", "Swish", "Permute", "Eltwise", "Crop",
                "Interp", "Noop", "Dropout", "Padding", "Slice", "GELU", "Reduction", "Squeeze",
                "ExpandDims", "UnaryOp", "TanH", "ELU", "Mish", "ShuffleChannel", "Cast", "Tile", "MatMul", "Slice",
-               "Flip", "Diag", "CumulativeSum", "CopyTo", "Dequantize", "Quantize", "Requantize"}
+               "Flip", "Diag", "CumulativeSum", "CopyTo", "Dequantize", "Quantize", "Requantize",
+               "SDPA"}  # SDPA: attention over given q, k, v blobs; ncnn loads no weights for it
 
 
 def _params(layer) -> dict[int, str]:

@@ -172,3 +172,35 @@ def test_equalize_applies_and_bias_correction_is_refused(setup, tmp_path):
         CONVERTER.export(lm.module, lm.spec, QuantRecipe(bias_correction=True), tmp_path / "bc", example,
                          calibration=calib.head(8))
     assert err.value.code == "E-TARGET-PRECISION" and "bias correction" in err.value.what
+
+
+class _Attention(torch.nn.Module):
+    """A ViT attention block whose SDPA pnnx keeps as ncnn's SDPA layer (no weights of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(32, 96), torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(1, 16, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 16, 32)
+        return self.out(y).mean(1)
+
+
+def test_an_sdpa_layer_does_not_stop_the_int8_writer(tmp_path):
+    """The writer sized every layer's .bin record and refused SDPA as unknown (DeiT, MobileViT:
+    E-OP-UNSUPPORTED 'INT8 layer SDPA'); ncnn's SDPA has no record, so the file is written and runs."""
+    from edgekit.data import samples_from
+    from edgekit.model_source import load_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((1, 16, 32)).astype(np.float32) for _ in range(16)]
+    lm = load_model(_Attention().eval(), (torch.from_numpy(data[0]),))
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), tmp_path, lm.example_inputs, calibration=samples_from(data, lm.spec))
+    assert any(r[0] == "SDPA" for r in _records(art, tmp_path))
+    samples = [(d,) for d in data[:4]]
+    ref = run_program(load_quantized_reference(tmp_path / art.meta["reference"]).module(), samples)[0]
+    run = CONVERTER.runner(art, tmp_path)
+    got = np.stack([run(list(s))[0] for s in samples])
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
