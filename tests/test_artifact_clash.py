@@ -4,11 +4,10 @@ target did not list ships in the bundle."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 import textwrap
 
 import pytest
+from plugin_site import installed
 
 PLUGIN = textwrap.dedent('''
     from pathlib import Path
@@ -56,21 +55,9 @@ PLUGIN = textwrap.dedent('''
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    (site / "clash_targets").mkdir(parents=True)
-    (site / "clash_targets" / "__init__.py").write_text(PLUGIN)
-    dist = site / "clash_targets-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clash-targets\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[edgekit.targets]\nclash_a = clash_targets:FIRST\nclash_b = clash_targets:SECOND\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    from edgekit.converters import refresh
-
-    refresh()
-    yield site
-    sys.modules.pop("clash_targets", None)
-    refresh()
+    with installed(tmp_path / "site", monkeypatch, "clash_targets", {"__init__.py": PLUGIN},
+                   {"clash_a": "clash_targets:FIRST", "clash_b": "clash_targets:SECOND"}) as site:
+        yield site
 
 
 def test_a_file_two_targets_write_is_refused_for_the_second(plugin, tmp_path):

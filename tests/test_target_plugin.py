@@ -4,11 +4,10 @@ its own runtime (TorchScript's interpreter) in the confined subprocess like ever
 from __future__ import annotations
 
 import json
-import os
-import sys
 import textwrap
 
 import pytest
+from plugin_site import installed
 
 PLUGIN = textwrap.dedent('''
     """A tiny real target: TorchScript (torch.jit.trace + freeze) run by torch.jit.load."""
@@ -48,22 +47,9 @@ PLUGIN = textwrap.dedent('''
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    (site / "mynpu_edgekit").mkdir(parents=True)
-    (site / "mynpu_edgekit" / "__init__.py").write_text("")
-    (site / "mynpu_edgekit" / "target.py").write_text(PLUGIN)
-    dist = site / "mynpu_edgekit-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mynpu-edgekit\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[edgekit.targets]\ntorchscript_demo = mynpu_edgekit.target:CONVERTER\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    from edgekit.converters import refresh
-
-    refresh()
-    yield site
-    sys.modules.pop("mynpu_edgekit.target", None)
-    refresh()
+    with installed(tmp_path / "site", monkeypatch, "mynpu_edgekit", {"__init__.py": "", "target.py": PLUGIN},
+                   {"torchscript_demo": "mynpu_edgekit.target:CONVERTER"}) as site:
+        yield site
 
 
 def test_plugin_target_is_listed_exported_and_verified(plugin, tmp_path, capsys):
