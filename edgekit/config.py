@@ -75,6 +75,9 @@ def _export_job(doc: dict, path: Path) -> ExportJob:
                         f"use only {', '.join(fields)}")
     if "model" not in table:
         raise UserError("E-CONFIG", f"{path}: [export] has no model", "add model = \"mobilenet_v2\" (or file.py:factory, or a .pt2 path)")
+    if "data" in table and not isinstance(table["data"], str):  # arrays and dicts come only through the API
+        raise UserError("E-CONFIG", f"{path}: [export] data = {table['data']!r:.80} is a {type(table['data']).__name__}, "
+                        "not a path", "give data as a folder or file path, e.g. data = \"calibration_data/images\"")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     try:
         return ExportJob(**values)
