@@ -2,8 +2,8 @@
 node computes a quantized tensor, which module it belongs to, running the quantized reference with
 some tensors replaced by the runtime's own), the FP32 cost per layer, and keep-float suggestions.
 
-Each target's own view lives in its package and follows one method (the tflite one,
-``edgekit.converters.tflite.per_layer``, documents it in full): run the artifact keeping its
+Each target's own view lives in its package (``per_layer.py``; tflite's documents the method in
+full) and follows one method: run the artifact keeping its
 intermediate tensors, match them to the reference's activation quantize nodes, re-run the reference
 with the runtime's tensors injected so each reference op computes from exactly the runtime's input,
 and compare each op's result in quantization steps. A layer more than FLAG_STEPS steps off is flagged.
