@@ -72,6 +72,9 @@ class TargetInfo:
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
     not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
     app_platforms: tuple[str, ...] = ()  # apps that load this file (`edgekit bundle --android/--ios`)
+    # how the target takes dynamic shapes (edgekit.dynamic; shown in docs and `edgekit targets`);
+    # None: fixed shapes only, and --dynamic refuses the target with E-DYNAMIC-UNSUPPORTED
+    dynamic: str | None = None
     rank: int = 100  # position in the capability table (edgekit's own: 10, 20, ...; then by name)
 
     def to_dict(self) -> dict:

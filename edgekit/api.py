@@ -156,7 +156,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None, compress=None,
-           task=None, progress: bool | Callable = False, command: str = "") -> Bundle:
+           task=None, dynamic_shapes=None, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
 
@@ -168,6 +168,9 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     task: what the outputs mean, so how parity judges them (edgekit.tasks): "classification",
     "segmentation", "detection" (or "detection:boxes=NAME,scores=NAME[,format=cxcywh][,min_score=X]"),
     "regression", "embedding", or an edgekit.tasks.Task. Default: inferred from the outputs.
+    dynamic_shapes: axes whose size varies (edgekit.dynamic), in torch.export's notation
+    ({"x": {0: Dim("batch", min=1, max=8)}}) or as --dynamic strings ("batch=1..8", "x.2=160..320/32");
+    the manifest records the ranges and every target is verified at their bounds and middle.
     progress: True prints progress lines on stderr; a callable receives (stage, target).
     Wrong types and values raise edgekit.errors.UserError with the same codes as the CLI.
     """
@@ -180,7 +183,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
                     timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, quant=quant, calibrator=calibrator,
                     percentile=percentile, keep_float=_names(keep_float, "keep_float", split=True), equalize=equalize,
                     bias_correction=bias_correction, float_io=float_io, rounding=rounding, minmax_output=minmax_output,
-                    compress=compress, task=_task(task))
+                    compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes)
     outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 

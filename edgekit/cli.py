@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
     e.add_argument("--task", metavar="TASK", help=TASK_HELP)
+    e.add_argument("--dynamic", action="append", default=[], metavar="DIM",
+                   help="an input axis whose size varies (repeatable): batch=1..8 (axis 0 of every input), x.2=160..320/32 "
+                        "(input x, axis 2, multiples of 32), seq:input_ids.1,attention_mask.1=8..128 (one shared size); "
+                        "fp32, targets listed by `edgekit targets`; verified at the bounds and the middle")
     e.add_argument("--json", help="also write report.json to this file")
     e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                                     timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
                                     percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                                     bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
-                                    minmax_output=args.minmax_output, task=args.task, progress=progress, command=command)
+                                    minmax_output=args.minmax_output, task=args.task,
+                                    dynamic_shapes=tuple(args.dynamic) or None, progress=progress, command=command)
             return _print_outcome(bundle, args.json, args.quiet)
         if args.command == "run":
             return _print_outcome(edgekit.run(args.config, task=args.task, progress=progress, command=command), None, args.quiet)

@@ -18,6 +18,8 @@ from edgekit import destination as D
 from edgekit import manifest as M
 from edgekit.converters import Artifact, Converter, all_converters, get, resolve_targets
 from edgekit.data import DEFAULT_SAMPLES, CalibrationSet, load_samples
+from edgekit.dynamic import export_example, torch_shapes
+from edgekit.dynamic import resolve as resolve_dynamic
 from edgekit.capture import captured
 from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
@@ -26,6 +28,7 @@ from edgekit.parity import NOT_RUNNABLE, UNSUPPORTED, ParityResult, compare, cos
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, load_reference, run_reference, save_reference
 from edgekit.html_report import write_html
+from edgekit.size_probes import check_sizes, size_probes
 from edgekit.report import abs_errors, build_report, markdown, report_key
 from edgekit.spec import ModelSpec, TextPreprocess
 from edgekit.tasks import parse as parse_task
@@ -59,6 +62,8 @@ class ExportJob:
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
     example_inputs: Any = None  # a tensor or a tuple of tensors, for a model given as an nn.Module
     task: str | None = None  # edgekit.tasks: classification, segmentation, detection[:...], regression, embedding; None: inferred
+    # edgekit.dynamic: "--dynamic" strings (e.g. ("batch=1..8",)) or torch.export's {input: {axis: Dim}}; None: fixed shapes
+    dynamic_shapes: Any = None
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -87,6 +92,9 @@ class ExportJob:
         check_timeout(self.timeout_s)
         if self.task is not None:
             parse_task(self.task)  # E-ARGS: an unknown task or option, before any work
+        if self.dynamic_shapes is not None and not isinstance(self.dynamic_shapes, (str, tuple, list, dict)):
+            raise UserError("E-ARGS", f"dynamic_shapes is a {type(self.dynamic_shapes).__name__}, not --dynamic strings "
+                            "or torch.export's dynamic_shapes", "pass e.g. ('batch=1..8',) or {'x': {0: Dim('batch', min=1, max=8)}}")
 
 
 _JOB_TYPES: dict[str, tuple[type, ...]] = {
@@ -174,10 +182,12 @@ def localisation(art: Artifact, root: Path, vset: CalibrationSet, float_model) -
 
 
 def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: CalibrationSet,
-                    fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float, float_model=None) -> Checked:
+                    fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float, float_model=None,
+                    probes: list = ()) -> Checked:
     """Run one artifact in its runtime subprocess; judge conversion fidelity against its reference
     and, for a quantized artifact, report compression cost against the FP32 original apart (with
-    ``float_model``, also layer by layer: where the precision is lost)."""
+    ``float_model``, also layer by layer: where the precision is lost). ``probes``: a model with
+    dynamic shapes is also judged at those sizes (edgekit.size_probes)."""
     info = conv.info
     shipped = [f for f in art.files if f != art.meta.get("reference")]  # the reference is edgekit's, not the app's
     size = sum((root / f).stat().st_size for f in shipped if (root / f).is_file())
@@ -212,12 +222,34 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     for key in ("per_layer", "per_layer_error"):
         if key in outcome.extra:
             res.extra[key] = outcome.extra[key]
+    if probes:
+        _judge_sizes(res, info, art, root, probes, spec, timeout_s)
     flagged = [layer["layer"] for layer in outcome.extra.get("per_layer", []) if layer.get("flagged")]
     if flagged:
         res.status = "fail"
         res.failures.append(f"per-layer fidelity: layer(s) {', '.join(flagged)} do not compute their quantized "
                             "reference (a conversion or runtime fault localised to them)")
     return Checked(res, outcome.outputs, reference)
+
+
+def _judge_sizes(res: ParityResult, info, art: Artifact, root: Path, probes: list, spec: ModelSpec, timeout_s: float) -> None:
+    """The artifact at the other sizes of its dynamic dimensions: wrong numbers fail it, a crash is an error."""
+    sizes = check_sizes(info.name, art.to_dict(), root, probes, spec, info.tolerances[art.precision], timeout_s)
+    res.extra["dynamic"] = sizes
+    res.failures.extend(sizes["failures"])
+    if sizes["errors"] and res.status == "pass":
+        res.status = "error"
+        res.error = {"code": "E-DYNAMIC-SIZE", "message": "the runtime failed at sizes inside the declared range: "
+                     + "; ".join(sizes["errors"])[:1500], "fix": "export a narrower --dynamic range, or a fixed shape"}
+    elif sizes["failures"] and res.status == "pass":
+        res.status = "fail"
+
+
+def _with_dynamic(spec: ModelSpec, given, example: tuple) -> ModelSpec:
+    """The spec with the job's dynamic dimensions (edgekit.dynamic), checked against the model's inputs."""
+    if not given:
+        return spec
+    return dataclasses.replace(spec, dynamic=resolve_dynamic(given, spec.input_names, example))
 
 
 def _error_result(conv: Converter, precision: str, exc: Exception, program=None) -> ParityResult:
@@ -450,19 +482,43 @@ def _load_data(data, loaded) -> CalibrationSet:
     return samples_from(data, loaded.spec)
 
 
-def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str]]:
+def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str], list[ParityResult]]:
     """Everything about a job that can be refused before any work: -> (converters, recipe or None,
-    precision, notes). Raises only coded UserErrors."""
+    precision, notes, results of the targets `--targets all` cannot take). Raises only coded UserErrors."""
     convs = resolve_targets(job.targets)
     recipe = _recipe(job)
     precision = "fp32" if recipe is None else recipe.scheme
     convs, all_notes = _all_with_precision(job.targets, convs, precision)
     _check_precision(convs, precision)
-    return convs, recipe, precision, all_notes
+    convs, fixed = _dynamic_targets(job, convs, precision)
+    return convs, recipe, precision, all_notes, fixed
+
+
+def _dynamic_targets(job: ExportJob, convs: list[Converter], precision: str) -> tuple[list[Converter], list[ParityResult]]:
+    """With dynamic shapes: the targets that export them. A target the user named that cannot is
+    refused before any work (E-DYNAMIC-UNSUPPORTED); `--targets all` reports it as unsupported."""
+    if not job.dynamic_shapes:
+        return convs, []
+    able = [c.info.name for c in all_converters() if c.info.dynamic]
+    if precision != "fp32":
+        raise UserError("E-DYNAMIC-UNSUPPORTED", f"dynamic shapes with --quant {precision}: edgekit exports dynamic "
+                        "shapes in fp32 only (its quantized references are captured at one shape)",
+                        "export the quantized model at a fixed shape, or the fp32 model with --dynamic")
+    fixed = [c for c in convs if not c.info.dynamic]
+    if not fixed:
+        return convs, []
+    err = lambda names: UserError("E-DYNAMIC-UNSUPPORTED", f"{names} export(s) fixed shapes only",
+                                  f"targets with dynamic shapes: {', '.join(able)}; export a fixed shape for the others")
+    if not _optional(job.targets, convs):
+        raise err(", ".join(c.info.name for c in fixed))
+    results = [ParityResult(c.info.name, precision, UNSUPPORTED, error={**err(c.info.name).to_dict(), "op": "dynamic shapes"},
+                            notes=[f"deprecated: {c.info.deprecated}"] if c.info.deprecated else [])
+               for c in fixed]
+    return [c for c in convs if c.info.dynamic], results
 
 
 def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "") -> Outcome:
-    convs, recipe, precision, all_notes = plan(job)
+    convs, recipe, precision, all_notes, fixed = plan(job)
     for conv in convs:
         conv.check_available()
     if job.out:
@@ -470,6 +526,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     progress(f"loading model {describe_model(job.model)}")
     loaded = load_model(job.model, job.example_inputs)
     spec, task_notes = _with_task(loaded.spec, job.task)
+    spec = _with_dynamic(spec, job.dynamic_shapes, loaded.example_inputs)
     recipe, default_notes = _model_defaults(job, recipe, loaded)
     if recipe is not None and recipe.keep_float:
         from edgekit.quant.recipe import keep_float_modules
@@ -480,7 +537,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         data = _load_data(job.data, loaded)
         cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
         split_notes = all_notes + default_notes + task_notes + split_notes
-        example = tuple(torch.from_numpy(a) for a in data.samples[0])
+        example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
+                                                      if spec.dynamic else data.samples[0]))
         compression = None
         if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
             from edgekit.compress.stage import compress, from_calibration
@@ -489,7 +547,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
             loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
         progress("capturing the FP32 reference with torch.export")
-        program = export_program(loaded.module, example, spec.name)
+        program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
         with B.staging(out) as stage:
             bspec = _bundle_spec(spec, stage)
             save_reference(program, bspec, stage / B.REFERENCE)
@@ -498,8 +556,10 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 B.write_text(stage / "labels.txt", "\n".join(spec.labels) + "\n")
             progress(f"reference outputs on {len(vset)} samples")
             reference = run_reference(program.module(), vset.samples)
-            run = _TargetRun(job, loaded.module, spec, recipe, stage, example, cal, vset, reference, program, progress)
+            probes = size_probes(spec, vset, program.module())
+            run = _TargetRun(job, loaded.module, spec, recipe, stage, example, cal, vset, reference, program, progress, probes)
             results, artifacts, errors = run.all(convs, precision)
+            results += fixed
             env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
             manifest = {
                 "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
@@ -539,6 +599,7 @@ class _TargetRun:
     reference: list
     program: Any
     progress: Progress
+    probes: list  # edgekit.size_probes.SizeProbe: the other sizes a model with dynamic shapes is verified at
 
     def all(self, convs, precision: str) -> tuple[list, list, dict]:
         owned = {str(p.relative_to(self.stage)): "edgekit" for p in self.stage.rglob("*") if p.is_file()}
@@ -566,7 +627,7 @@ class _TargetRun:
             self.progress("running in the host runtime (subprocess)", conv.info.name)
             with captured() as log:
                 checked = verify_artifact(conv, art, self.stage, self.vset, self.reference, self.spec,
-                                          self.job.timeout_s, self.module)
+                                          self.job.timeout_s, self.module, self.probes)
                 _coverage(checked.result, self.stage, art)
             res, export_log = checked.result, export_log + log.text
             if checked.outputs is not None:
@@ -623,10 +684,11 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
         calib = calib.head(samples)
     progress(f"reference outputs on {len(calib)} samples")
     reference = run_reference(program.module(), calib.samples)
+    probes = size_probes(spec, calib, program.module())
     results, errors = [], {}
     for entry, files in m.artifacts:
         left = deadline - time.monotonic()
-        checked, conv, art = check_entry(m, entry, files, calib, reference, min(timeout_s, left), progress)
+        checked, conv, art = check_entry(m, entry, files, calib, reference, min(timeout_s, left), progress, probes)
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
@@ -654,7 +716,7 @@ def _check_unchanged(m: "M.Manifest", entry: "M.FileEntry", what: str) -> None:
 
 
 def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet, reference: list[np.ndarray],
-                timeout_s: float, progress: Progress = QUIET):
+                timeout_s: float, progress: Progress = QUIET, probes: list = ()):
     """Judge one manifest artifact of a checked bundle: an unknown target or a missing file is an error,
     a file whose sha256 differs from the manifest fails without being opened, then the converter's
     static screen (e.g. TorchScript operators) and the confined run. -> (Checked, converter, Artifact)."""
@@ -687,7 +749,7 @@ def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet
     except UserError as exc:
         return fail("error", exc.to_dict())
     progress("running in the host runtime (subprocess)", art.target)
-    checked = verify_artifact(conv, art, m.root, vset, reference, m.spec, timeout_s)
+    checked = verify_artifact(conv, art, m.root, vset, reference, m.spec, timeout_s, probes=probes)
     progress(checked.result.status, art.target)
     return checked, conv, art
 

@@ -197,6 +197,7 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     from edgekit.pipeline import check_entry
     from edgekit.reference import run_reference
     from edgekit.report import abs_errors, build_report, report_key
+    from edgekit.size_probes import size_probes
 
     root, artifact_name = _bundle_and_filter(bundle_or_artifact)
     m = M.read(root)
@@ -208,12 +209,13 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
         reference = run_reference(module, samples_)
     vset = CalibrationSet(tuple(tuple(s) for s in samples_), tuple(str(i) for i in range(len(samples_))), "tensor",
                           str(describe.get("root")))
+    probes = size_probes(spec, vset, module)  # a bundle with dynamic shapes: checked at its other sizes too
     results, errors = [], {}
     for entry, files in m.artifacts:
         if not any(entry is a for a in arts):
             continue
         # the same check as `edgekit verify`, with the user's model as the FP32 reference
-        checked = check_entry(m, entry, files, vset, reference, timeout_s or DEFAULT_TIMEOUT_S)[0]
+        checked = check_entry(m, entry, files, vset, reference, timeout_s or DEFAULT_TIMEOUT_S, probes=probes)[0]
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)

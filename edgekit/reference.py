@@ -17,9 +17,10 @@ from edgekit.spec import ModelSpec
 SPEC_KEY = "edgekit/spec.json"
 
 
-def export_program(module: torch.nn.Module, example_inputs: tuple, name: str):
+def export_program(module: torch.nn.Module, example_inputs: tuple, name: str, dynamic_shapes=None):
+    """torch.export of the model; ``dynamic_shapes`` (edgekit.dynamic.torch_shapes) keeps those axes symbolic."""
     try:
-        return torch.export.export(module, tuple(example_inputs), strict=False)
+        return torch.export.export(module, tuple(example_inputs), strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # torch.export raises many types; the user needs the message
         raise UserError("E-MODEL-EXPORT", f"torch.export cannot capture model {name}: {type(exc).__name__}: {str(exc)[:500]}",
                         "make the model export-friendly (no data-dependent control flow), see torch.export docs") from exc

@@ -38,6 +38,7 @@ The checked bytes are the loaded bytes (the file is read once, into memory).
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import io
 import json
@@ -192,20 +193,54 @@ def _check_payload_config(config, name: str, pattern: re.Pattern, what: str) -> 
 
 
 # Names sympy.sympify may see in an expr_str: shape symbols (s0, u3) and the functions torch's
-# deserializer and printer use. No quotes, brackets, attribute dots or other names: nothing to eval.
+# deserializer and printer use. No brackets, attributes or other names: nothing to eval (see _expr_problem).
 _SYMPY_NAMES = {"FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
                 "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
                 "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
                 "ToFloat", "Identity", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
                 "oo", "zoo", "nan", "True", "False", "floor", "ceiling", "sqrt"}
-_EXPR_CHARS = re.compile(r"[A-Za-z0-9_ +\-*/%(),<>=!.]{0,4096}")  # ASCII only: Python NFKC-folds identifiers
+_EXPR_CHARS = re.compile(r"[A-Za-z0-9_ +\-*/%(),<>=!.']{0,4096}")  # ASCII only: Python NFKC-folds identifiers
 _SYMBOL = re.compile(r"[a-z]+\d+")
+# torch 2.13 writes dynamic sizes in sympy's srepr form: Mul(Integer(32), Symbol('s39', positive=True, integer=True))
+_SREPR_NAMES = {"Symbol", "Integer", "Rational", "Float", "Mul", "Add", "Pow"}
+_SYMBOL_FLAGS = {"positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero", "nonzero"}
+_EXPR_NODES = (ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.keyword, ast.BinOp, ast.UnaryOp,
+               ast.Compare, ast.BoolOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub,
+               ast.UAdd, ast.Not, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.And, ast.Or)
+
+
+def _expr_problem(expr) -> str | None:
+    """What makes a serialized shape expression more than sympy arithmetic on shape symbols, or None.
+    sympify eval-s it, so only calls of sympy's arithmetic by name, numbers, and symbol names (as
+    names or as Symbol('s0', flag=True)) may appear: no attributes, subscripts, lambdas or other names."""
+    if not isinstance(expr, str) or not _EXPR_CHARS.fullmatch(expr):
+        return "characters outside a shape expression"
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return "not an expression"
+    for node in ast.walk(tree):
+        if not isinstance(node, _EXPR_NODES):
+            return f"a {type(node).__name__}"
+        if isinstance(node, ast.Name) and node.id not in _SYMPY_NAMES | _SREPR_NAMES and not _SYMBOL.fullmatch(node.id):
+            return f"the name {node.id}"
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_NAMES | _SREPR_NAMES):
+            return "a call of something other than sympy arithmetic"
+        if isinstance(node, ast.keyword) and (node.arg not in _SYMBOL_FLAGS or not isinstance(node.value, ast.Constant)
+                                              or node.value.value not in (True, False)):
+            return f"the keyword {node.arg}"
+        if isinstance(node, ast.Constant) and not (type(node.value) in (int, float, bool) or (
+                isinstance(node.value, str) and _SYMBOL.fullmatch(node.value))):
+            return f"the constant {str(node.value)[:20]!r}"
+    strings = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    symbol_args = [c.args[0] for c in ast.walk(tree) if isinstance(c, ast.Call) and c.func.id == "Symbol" and c.args]
+    if any(s not in symbol_args for s in strings):
+        return "a string outside Symbol('name')"
+    return None
 
 
 def _check_sym_expr(expr, what: str) -> None:
-    ok = isinstance(expr, str) and _EXPR_CHARS.fullmatch(expr) and not re.search(r"(?<!\d)\.|\.(?!\d)", expr)
-    names = re.findall(r"[A-Za-z_]\w*", expr) if ok else []
-    if not ok or any(n not in _SYMPY_NAMES and not _SYMBOL.fullmatch(n) for n in names):
+    if _expr_problem(expr) is not None:
         raise _unsafe(what, f"needs code execution to load (shape expression {str(expr)[:80]!r} would be eval-ed)")
 
 

@@ -91,6 +91,7 @@ class ModelSpec:
     task: str = "classification"  # one of edgekit.tasks.TASKS: what the outputs mean, so how parity judges them
     labels: tuple[str, ...] | None = field(default=None, repr=False)
     task_options: tuple[tuple[str, str | float], ...] = ()  # detection: (("boxes", NAME), ("scores", NAME), ...)
+    dynamic: tuple = ()  # edgekit.dynamic.DynamicDim: input axes whose size varies in a range (inputs' shapes: the example's)
 
     def __post_init__(self):
         _require(isinstance(self.name, str) and 0 < len(self.name) <= 256, f"model name {self.name!r} is not a short string")
@@ -106,6 +107,7 @@ class ModelSpec:
                  "task_options must be a tuple of (key, value) pairs")
         problem = self._task_problem()
         _require(problem is None, f"task {self.task!r:.80}: {problem}")
+        _require(self._dynamic_problem() is None, f"dynamic shapes: {self._dynamic_problem()}")
         _require(self.labels is None or (isinstance(self.labels, tuple) and all(isinstance(x, str) for x in self.labels)),
                  "labels must be a tuple of strings")
 
@@ -120,6 +122,18 @@ class ModelSpec:
         except TypeError:
             return f"unknown task option(s) {', '.join(k for k, _ in self.task_options)}"
         return misfit(task, [(t.name, t.shape) for t in self.outputs])
+
+    def _dynamic_problem(self) -> str | None:
+        from edgekit.dynamic import DynamicDim
+
+        if not isinstance(self.dynamic, tuple) or len(self.dynamic) > 8 or not all(isinstance(d, DynamicDim) for d in self.dynamic):
+            return "at most 8 DynamicDims"
+        shapes = {t.name: t.shape for t in self.inputs}
+        for d in self.dynamic:
+            for name, axis in d.axes:
+                if name not in shapes or axis >= len(shapes[name]) or not d.fits(shapes[name][axis]):
+                    return f"{d.describe()} does not fit the inputs {shapes}"
+        return None
 
     @property
     def task_spec(self):
@@ -141,6 +155,7 @@ class ModelSpec:
         d["inputs"] = [asdict(t) for t in self.inputs]
         d["outputs"] = [asdict(t) for t in self.outputs]
         d["task_options"] = dict(self.task_options)
+        d["dynamic"] = [x.to_dict() for x in self.dynamic]
         return d
 
     @classmethod
@@ -173,6 +188,7 @@ class ModelSpec:
             task=d.get("task", "classification"),
             labels=tuple(d["labels"]) if d.get("labels") else None,
             task_options=_task_options(d.get("task_options")),
+            dynamic=_dynamic(d.get("dynamic")),
         )
 
 
@@ -183,3 +199,14 @@ def _task_options(opts) -> tuple:
     if not isinstance(opts, dict) or len(opts) > 8 or not all(isinstance(k, str) for k in opts):
         raise ValueError("task_options must be an object of at most 8 options")
     return tuple(opts.items())
+
+
+def _dynamic(dims) -> tuple:
+    """The manifest's dynamic dimensions (a list of at most 8) as DynamicDims."""
+    from edgekit.dynamic import DynamicDim
+
+    if not dims:
+        return ()
+    if not isinstance(dims, list) or len(dims) > 8:
+        raise ValueError("dynamic must be a list of at most 8 dimensions")
+    return tuple(DynamicDim.from_dict(x) for x in dims)

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
 from ..base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
@@ -178,14 +179,15 @@ def _io_meta(ep, spec, example_inputs) -> dict:
         raise UserError("E-EXPORT-FAILED", f"the model returns {len(out_shapes)} tensors, the spec {spec.name} "
                         f"names {len(spec.outputs)} outputs", "make forward() return the spec's outputs (a tensor or a tuple)")
     for t, shape in zip(spec.outputs, out_shapes):
-        if int(np.prod(shape)) != int(np.prod(t.shape)):
+        if not spec.dynamic and int(np.prod(shape)) != int(np.prod(t.shape)):  # dynamic: symbolic sizes
             raise UserError("E-EXPORT-FAILED", f"output {t.name!r} is {shape} in the program, {list(t.shape)} in the spec",
                             "make the spec's output shapes match what the model returns")
     return {
         "method": METHOD,
-        "inputs": [{"name": t.name, "shape": [int(s) for s in x.shape], "dtype": str(x.dtype).removeprefix("torch.")}
+        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                    for t, x in zip(spec.inputs, example_inputs)],
         "outputs": [{"name": t.name, "shape": list(t.shape)} for t in spec.outputs],
+        **dynamic.meta(spec.dynamic),
     }
 
 
@@ -328,6 +330,7 @@ class ExecuTorchConverter(Converter):
         packages=("executorch", "torchao"),
         exporter="torch.export -> executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner) -> to_executorch",
         runtime="executorch.runtime (C++ runtime via python bindings), XNNPACK delegate + portable kernels, FP32",
+        dynamic="bounded: torch.export Dims with min/max in the .pte; XNNPACK plans memory for the upper bounds",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
@@ -348,7 +351,8 @@ class ExecuTorchConverter(Converter):
         example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
                                for x in example_inputs)
         try:
-            ep = torch.export.export(model.eval(), example_inputs)
+            ep = torch.export.export(model.eval(), example_inputs,
+                                     dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
         except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
                             "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
@@ -458,15 +462,17 @@ class ExecuTorchConverter(Converter):
             tensors = []
             for t, dtype, a in zip(in_specs, dtypes, inputs):
                 a = np.asarray(a)
-                if list(a.shape) != t["shape"]:
-                    raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has shape {tuple(a.shape)}, the model takes "
-                                    f"{tuple(t['shape'])}", "feed samples with the batch dimension and the spec's shape")
+                problem = dynamic.shape_problem(artifact.meta, t["name"], t["shape"], a.shape)
+                if problem:
+                    raise UserError("E-DATA-SHAPE", problem, "feed samples with the batch dimension and the spec's shape")
                 kinds = {a.dtype.kind, np.dtype(t["dtype"]).kind}  # cast within floats or within integers only
                 if len(kinds) > 1 and kinds != {"i", "u"}:
                     raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has dtype {a.dtype}, the model takes {t['dtype']}",
                                     "feed the spec's dtypes")
                 tensors.append(torch.from_numpy(np.ascontiguousarray(a)).to(dtype))  # e.g. float64 -> float32
             outs = method.execute(tensors)
+            if artifact.meta.get("dynamic"):  # the outputs' sizes follow the inputs'
+                return [np.array(o.numpy(), dtype=np.float32) for o in outs]
             return [np.array(o.numpy(), dtype=np.float32).reshape(t["shape"]) for o, t in zip(outs, out_specs)]
 
         return run

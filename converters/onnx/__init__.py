@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from ..base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
@@ -57,6 +58,7 @@ class OnnxConverter(Converter):
                  "(ExecuTorch's XNNPACK quantizer places the pairs); dynamic: onnxruntime quantize_dynamic "
                  "(int8 per-channel weights)",
         runtime="onnxruntime InferenceSession, CPUExecutionProvider",
+        dynamic="symbolic dims in the graph inputs (torch.onnx dynamic_shapes); onnxruntime takes any size in the range",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
@@ -88,6 +90,7 @@ class OnnxConverter(Converter):
                 try:
                     program = torch.onnx.export(
                         model, tuple(example_inputs), None, dynamo=True, input_names=spec.input_names,
+                        dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names),
                         output_names=spec.output_names, external_data=False, verbose=False,
                         artifacts_dir=scratch)
                 except Exception as exc:  # the exporter raises torch.export, dispatch and onnxscript errors
@@ -112,7 +115,7 @@ class OnnxConverter(Converter):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
-                "outputs": spec.output_names, "opset": program.model.opset_imports.get("", None)}
+                "outputs": spec.output_names, "opset": program.model.opset_imports.get("", None), **dynamic.meta(spec.dynamic)}
         if precision == "dynamic":
             from edgekit.quant.weight_only import weight_only_meta
 
