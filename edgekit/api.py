@@ -131,9 +131,15 @@ def _stack_inputs(spec, inputs) -> list[np.ndarray]:
     if len(inputs) != len(spec.inputs):
         raise UserError("E-ARGS", f"the model takes {len(spec.inputs)} input(s) ({', '.join(spec.input_names)}), "
                         f"{len(inputs)} given", "pass one array per model input")
+    arrays = [_as_array(x, t.name) for t, x in zip(spec.inputs, inputs)]
+    if spec.dynamic:  # one sample at another size of the model's ranges (e.g. a batch of 3)
+        from edgekit.dynamic import meta, shape_problem
+
+        if not any(shape_problem(meta(spec.dynamic), t.name, t.shape, a.shape) or np.dtype(a.dtype) != np.dtype(t.dtype)
+                   for t, a in zip(spec.inputs, arrays)):
+            return [a[None] for a in arrays]
     out = []
-    for t, x in zip(spec.inputs, inputs):
-        a = _as_array(x, t.name)
+    for t, a in zip(spec.inputs, arrays):
         sample = tuple(t.shape[1:])
         if a.shape[1:] != sample or np.dtype(a.dtype) != np.dtype(t.dtype):
             raise UserError("E-DATA-SHAPE", f"input {t.name!r} has shape {a.shape} and dtype {a.dtype}; the model "

@@ -16,13 +16,13 @@ def rows() -> list[dict]:
 
 
 def markdown_table() -> str:
-    lines = ["| target | file | precisions | exporter | host runtime | delegates | extra | status |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | file | precisions | exporter | host runtime | delegates | dynamic shapes | extra | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in all_converters():
         i = c.info
         status = f"deprecated: {i.deprecated}" if i.deprecated else "supported"
         lines.append(f"| `{i.name}` ({i.title}) | `{i.suffix}` | {', '.join(i.precisions)} | {i.exporter} | "
-                     f"{i.runtime} | {', '.join(i.delegates)} | `edgekit[{i.extra}]` | {status} |")
+                     f"{i.runtime} | {', '.join(i.delegates)} | {i.dynamic or 'fixed shapes only'} | `edgekit[{i.extra}]` | {status} |")
     return "\n".join(lines)
 
 
@@ -35,6 +35,7 @@ def text_table() -> str:
         out.append(f"{i.name:<11} {i.title}  (*{i.suffix})\n"
                    f"    precisions: {', '.join(i.precisions)}   delegates: {', '.join(i.delegates)}\n"
                    f"    exporter:   {i.exporter}\n    runtime:    {i.runtime}\n    pass if:    {tol}\n"
+                   f"    dynamic:    {i.dynamic or 'fixed shapes only (--dynamic refuses it)'}\n"
                    f"    install:    pip install -c constraints.txt 'edgekit[{i.extra}]'"
                    + (f"\n    DEPRECATED: {i.deprecated}" if i.deprecated else ""))
     return "\n".join(out)

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The report's sections printed on the console (each under its heading); --quiet keeps the first ones.
-_CONSOLE_SECTIONS = ("Conversion fidelity:", "Compression cost:", "Failures and errors")
+_CONSOLE_SECTIONS = ("Conversion fidelity:", "Compression cost:", "Dynamic shapes:", "Failures and errors")
 _VERBOSE_SECTIONS = ("Delegate coverage", "Notes")
 
 

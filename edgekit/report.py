@@ -168,6 +168,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Compression stage (before export)", "",
                   "The model every target exported is the compressed one; the stage compares it with the original.", "",
                   report["compression_stage"]["markdown"]]
+    lines += _dynamic_sizes(report)
     lines += _per_layer(report)
     lines += _localisation(report)
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
@@ -190,6 +191,23 @@ def markdown(report: dict) -> str:
         lines += ["", "## Notes", ""] + notes
     lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def _dynamic_sizes(report: dict) -> list[str]:
+    """Files with dynamic shapes: each one judged again at the bounds and middle of its ranges."""
+    rows = [(n, t["dynamic"]) for n, t in report["targets"].items() if t.get("dynamic")]
+    if not rows:
+        return []
+    lines = ["", "## Dynamic shapes: each file at other sizes of its declared ranges", "",
+             f"Ranges: {', '.join(f'`{d}`' for d in rows[0][1]['dims'])}. Samples rebuilt from the verification data "
+             "(batches of consecutive samples, images resampled, token ids cut or padded).", "",
+             "| target | sizes | status | max abs | cosine min |", "|---|---|---|---|---|"]
+    for name, d in rows:
+        for row in d["sizes"]:
+            sizes = ", ".join(f"{k}={v}" for k, v in row["sizes"].items())
+            lines.append(f"| {name} | {sizes} | {row['status']} | {_fmt(row.get('max_abs'), 'e')} | "
+                         f"{_fmt(row.get('cosine_min'), 'cos')} |")
+    return lines
 
 
 def _per_layer(report: dict, top: int = 5) -> list[str]:
