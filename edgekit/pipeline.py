@@ -20,7 +20,7 @@ from edgekit.converters import Artifact, Converter, all_converters, get, resolve
 from edgekit.data import DEFAULT_SAMPLES, CalibrationSet, load_samples
 from edgekit.dynamic import export_example, torch_shapes
 from edgekit.dynamic import resolve as resolve_dynamic
-from edgekit.capture import captured
+from edgekit.capture import MAX_LOG_CHARS, captured
 from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.isolate import DEFAULT_TIMEOUT_S, run_artifact
 from edgekit.model_source import check_model_arg, load_model
@@ -524,7 +524,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     if job.out:
         D.check_replaceable(Path(job.out))  # before any heavy work; checked again under the lock
     progress(f"loading model {describe_model(job.model)}")
-    loaded = load_model(job.model, job.example_inputs)
+    with captured() as model_log:  # a model package's import-time logs and download bars: into the report
+        loaded = load_model(job.model, job.example_inputs)
     spec, task_notes = _with_task(loaded.spec, job.task)
     spec = _with_dynamic(spec, job.dynamic_shapes, loaded.example_inputs)
     recipe, default_notes = _model_defaults(job, recipe, loaded)
@@ -547,7 +548,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
             loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
         progress("capturing the FP32 reference with torch.export")
-        program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
+        with captured() as reference_log:
+            program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
         with B.staging(out) as stage:
             bspec = _bundle_spec(spec, stage)
             save_reference(program, bspec, stage / B.REFERENCE)
@@ -579,6 +581,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             report = build_report("export", model_info, vset.describe(), results,
                                   env, command or f"edgekit export {describe_model(job.model)}", manifest["created"], split_notes,
                                   optional=_optional(job.targets, convs))
+            report["model_log"] = (model_log.text + reference_log.text)[-MAX_LOG_CHARS:]
             _write_reports(stage, report, errors, compression)
         return Outcome(out, report, results, errors)
 
