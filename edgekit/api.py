@@ -182,7 +182,8 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     """
     from edgekit.data import DEFAULT_SAMPLES
     from edgekit.isolate import DEFAULT_TIMEOUT_S
-    from edgekit.pipeline import ExportJob, export_bundle
+    from edgekit.job import ExportJob
+    from edgekit.pipeline import export_bundle
 
     job = ExportJob(model=model, example_inputs=example_inputs, targets=_names(targets, "targets"), data=data,
                     out=None if out is None else str(out), samples=DEFAULT_SAMPLES if samples is None else samples,
@@ -201,7 +202,7 @@ def verify(bundle: str | Path | Bundle, *, data: Any = None, samples: int | None
     or on ``data``) without writing into it; -> the Bundle with this run's verdict. The bundle is
     treated as untrusted input (README: Security model)."""
     from edgekit.isolate import DEFAULT_TIMEOUT_S
-    from edgekit.pipeline import DEFAULT_TOTAL_TIMEOUT_S, verify_bundle
+    from edgekit.verification import DEFAULT_TOTAL_TIMEOUT_S, verify_bundle
 
     path = bundle.path if isinstance(bundle, Bundle) else bundle
     if not isinstance(path, (str, Path)):

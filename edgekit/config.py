@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgekit.errors import UserError
-from edgekit.pipeline import ExportJob
+from edgekit.job import ExportJob
 
 DEFAULT_CONFIG = "default.toml"
 TABLES = ("export", "compress")

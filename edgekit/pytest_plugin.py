@@ -194,7 +194,7 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     from edgekit.data import CalibrationSet
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit import manifest as M
-    from edgekit.pipeline import check_entry
+    from edgekit.verification import check_entry
     from edgekit.reference import run_reference
     from edgekit.report import abs_errors, build_report, report_key
     from edgekit.size_probes import size_probes

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edgekit.data import CalibrationSet
 from edgekit.dynamic import PROBE_SAMPLES, probe, probe_sizes

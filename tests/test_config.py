@@ -4,7 +4,7 @@ import pytest
 
 from edgekit.config import default_config_path, load_config
 from edgekit.errors import UserError
-from edgekit.pipeline import ExportJob
+from edgekit.job import ExportJob
 
 
 def test_shipped_default_is_mobilenet_v2_on_all_targets():

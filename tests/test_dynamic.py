@@ -180,7 +180,8 @@ def test_a_file_that_honours_only_the_example_size_is_caught(dyn_bundle, tmp_pat
 
 
 def test_targets_with_fixed_shapes_are_refused_or_reported(tmp_path, capsys):
-    from edgekit.pipeline import ExportJob, plan
+    from edgekit.job import ExportJob
+    from edgekit.plan import plan
 
     args = ["export", "tiny_cnn", "--out", str(tmp_path / "b"), "--quiet", "--dynamic", "batch=1..2"]
     assert main([*args, "--targets", "coreml"]) == 2

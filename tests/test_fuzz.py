@@ -204,7 +204,7 @@ TOML_VALUES = st.one_of(
 @given(data=st.data())
 def test_fuzzed_run_config_is_a_job_or_a_coded_error(tmp_path_factory, data):
     from edgekit.config import load_config
-    from edgekit.pipeline import plan
+    from edgekit.plan import plan
 
     lines = TOML_BASE.splitlines()
     kind = data.draw(st.sampled_from(["value", "drop", "bytes", "key"]))

@@ -136,7 +136,8 @@ def test_unwritable_output_and_foreign_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     from edgekit.errors import UserError
-    from edgekit.pipeline import ExportJob, export_bundle
+    from edgekit.job import ExportJob
+    from edgekit.pipeline import export_bundle
 
     with pytest.raises(UserError) as e:
         export_bundle(ExportJob("tiny_cnn", "onnx", out=str(blocker / "sub")))
@@ -151,7 +152,8 @@ def test_unwritable_output_and_foreign_folder(tmp_path):
 
 def test_failed_run_leaves_previous_bundle_intact(cnn_bundle, tmp_path):
     from edgekit.errors import UserError
-    from edgekit.pipeline import ExportJob, export_bundle
+    from edgekit.job import ExportJob
+    from edgekit.pipeline import export_bundle
 
     copy = tmp_path / "b"
     shutil.copytree(cnn_bundle, copy)
@@ -165,7 +167,8 @@ def test_failed_run_leaves_previous_bundle_intact(cnn_bundle, tmp_path):
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path):
     from edgekit.errors import UserError
-    from edgekit.pipeline import ExportJob, export_bundle
+    from edgekit.job import ExportJob
+    from edgekit.pipeline import export_bundle
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what find_spec sees when it is not installed
     with pytest.raises(UserError) as e:
@@ -175,7 +178,8 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path):
 
 def test_wrong_input_shape_in_data(tmp_path):
     from edgekit.errors import UserError
-    from edgekit.pipeline import ExportJob, export_bundle
+    from edgekit.job import ExportJob
+    from edgekit.pipeline import export_bundle
 
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 64, 64), np.float32))
     with pytest.raises(UserError) as e:

@@ -96,7 +96,9 @@ def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
     """MobileNetV2's measured settings (learned rounding, min/max logits) apply unless the user set them."""
     from types import SimpleNamespace
 
-    from edgekit.pipeline import ExportJob, _model_defaults, _recipe
+    from edgekit.job import ExportJob
+    from edgekit.plan import model_defaults as _model_defaults
+    from edgekit.plan import quant_recipe as _recipe
 
     loaded = SimpleNamespace(int8_defaults={"rounding": "adaround", "minmax_output": True},
                              spec=SimpleNamespace(name="mobilenet_v2"))

@@ -15,7 +15,9 @@ from edgekit.converters import all_converters, get
 from edgekit.data import load_samples
 from edgekit.errors import UserError
 from edgekit.models import BUILTIN
-from edgekit.pipeline import ExportJob, export_bundle, verify_artifact
+from edgekit.job import ExportJob
+from edgekit.pipeline import export_bundle
+from edgekit.verification import verify_artifact
 from edgekit.quant import QuantRecipe
 from edgekit.reference import run_reference
 

@@ -1,0 +1,115 @@
+"""What a job asks, decided before any work: its targets, its QuantRecipe, the built-in model's
+measured settings, and what `--targets all` leaves out (precisions, dynamic shapes). Every refusal is
+a coded UserError."""
+from __future__ import annotations
+
+from edgekit.converters import Converter, all_converters, resolve_targets
+from edgekit.errors import UserError
+from edgekit.job import ExportJob
+from edgekit.parity import UNSUPPORTED, ParityResult
+
+
+def quant_recipe(job: ExportJob):
+    """The job's QuantRecipe (None for FP32); options that do not apply to the precision are refused."""
+    from edgekit.quant.recipe import SCHEMES, WEIGHT_ONLY_SCHEMES
+
+    calibration_only = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
+                                       ("--equalize", job.equalize), ("--bias-correction", job.bias_correction),
+                                       ("--float-io", job.float_io), ("--rounding", job.rounding),
+                                       ("--minmax-output", job.minmax_output is not None)) if v]
+    if job.quant == "fp32":
+        given = calibration_only + (["--keep-float"] if job.keep_float else [])
+        if given:
+            raise UserError("E-ARGS", f"{', '.join(given)} only apply to a quantized export", "add --quant int8, or drop them")
+        return None
+    if job.quant not in SCHEMES:
+        raise UserError("E-TARGET-PRECISION", f"unknown precision {job.quant!r}",
+                        f"pass --quant with one of fp32, {', '.join(SCHEMES)}")
+    from edgekit.quant import QuantRecipe, check
+
+    if job.quant in WEIGHT_ONLY_SCHEMES:
+        given = calibration_only + (["--keep-float"] if job.keep_float and job.quant == "fp16" else [])
+        if given:
+            raise UserError("E-ARGS", f"{', '.join(given)} do(es) not apply to --quant {job.quant} (weights only, no calibration)",
+                            "drop them, or use --quant int8")
+        return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float)))
+    chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile),
+                                ("rounding", job.rounding), ("minmax_output", job.minmax_output)) if v is not None}
+    return check(QuantRecipe(keep_float=tuple(job.keep_float), equalize=job.equalize,
+                             bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
+
+
+def model_defaults(job: ExportJob, recipe, loaded):
+    """A built-in model's measured int8 settings fill in what the user left unset (never what they set)."""
+    defaults = loaded.int8_defaults
+    if recipe is None or recipe.scheme != "int8" or not defaults:
+        return recipe, []
+    unset = {k: v for k, v in defaults.items()
+             if (k == "calibrator" and job.calibrator is None and job.percentile is None)
+             or (k == "keep_float" and not job.keep_float)
+             or (k in ("rounding", "minmax_output") and getattr(job, k) is None)}
+    if not unset:
+        return recipe, []
+    said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())
+    return recipe.with_(**unset), [f"int8 settings measured best for {loaded.spec.name} (the user set none of them): {said}"]
+
+
+def _all_with_precision(targets, convs: list[Converter], precision: str) -> tuple[list[Converter], list[str]]:
+    """``--targets all`` means every target that exports this precision (the report names the others);
+    a target the user named explicitly is never dropped (``_check_precision`` refuses it instead)."""
+    named = targets if isinstance(targets, str) else ",".join(targets)
+    if named.strip() != "all" or precision == "fp32":
+        return convs, []
+    able = [c for c in convs if precision in c.info.precisions]
+    left = [c.info.name for c in convs if c not in able]
+    return able, [f"--targets all with {precision}: {', '.join(c.info.name for c in able)} "
+                  f"({', '.join(left)} export no {precision})"] if left else []
+
+
+def _check_precision(convs: list[Converter], precision: str) -> None:
+    lacking = [c.info.name for c in convs if precision not in c.info.precisions]
+    if lacking:
+        able = [c.info.name for c in all_converters() if precision in c.info.precisions]
+        raise UserError("E-TARGET-PRECISION", f"{', '.join(lacking)} cannot export {precision}",
+                        f"targets with {precision}: {', '.join(able) or 'none'} (see `edgekit targets`)")
+
+
+def optional_targets(targets, convs: list[Converter]) -> frozenset[str]:
+    """The targets `--targets all` chose by itself (none when the user named them)."""
+    named = targets if isinstance(targets, str) else ",".join(targets)
+    return frozenset(c.info.name for c in convs) if named.strip() == "all" else frozenset()
+
+
+def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str], list[ParityResult]]:
+    """Everything about a job that can be refused before any work: -> (converters, recipe or None,
+    precision, notes, results of the targets `--targets all` cannot take). Raises only coded UserErrors."""
+    convs = resolve_targets(job.targets)
+    recipe = quant_recipe(job)
+    precision = "fp32" if recipe is None else recipe.scheme
+    convs, all_notes = _all_with_precision(job.targets, convs, precision)
+    _check_precision(convs, precision)
+    convs, fixed = _dynamic_targets(job, convs, precision)
+    return convs, recipe, precision, all_notes, fixed
+
+
+def _dynamic_targets(job: ExportJob, convs: list[Converter], precision: str) -> tuple[list[Converter], list[ParityResult]]:
+    """With dynamic shapes: the targets that export them. A target the user named that cannot is
+    refused before any work (E-DYNAMIC-UNSUPPORTED); `--targets all` reports it as unsupported."""
+    if not job.dynamic_shapes:
+        return convs, []
+    able = [c.info.name for c in all_converters() if c.info.dynamic]
+    if precision != "fp32":
+        raise UserError("E-DYNAMIC-UNSUPPORTED", f"dynamic shapes with --quant {precision}: edgekit exports dynamic "
+                        "shapes in fp32 only (its quantized references are captured at one shape)",
+                        "export the quantized model at a fixed shape, or the fp32 model with --dynamic")
+    fixed = [c for c in convs if not c.info.dynamic]
+    if not fixed:
+        return convs, []
+    err = lambda names: UserError("E-DYNAMIC-UNSUPPORTED", f"{names} export(s) fixed shapes only",
+                                  f"targets with dynamic shapes: {', '.join(able)}; export a fixed shape for the others")
+    if not optional_targets(job.targets, convs):
+        raise err(", ".join(c.info.name for c in fixed))
+    results = [ParityResult(c.info.name, precision, UNSUPPORTED, error={**err(c.info.name).to_dict(), "op": "dynamic shapes"},
+                            notes=[f"deprecated: {c.info.deprecated}"] if c.info.deprecated else [])
+               for c in fixed]
+    return [c for c in convs if c.info.dynamic], results
