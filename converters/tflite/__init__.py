@@ -10,6 +10,22 @@ Facts this module is built on (measured with litert-torch 0.10.0 / ai-edge-liter
 - int64 inputs (token ids, attention masks) become int32 in the file (``enable_x64=False``, what
   phones run); the runner casts, after checking the values fit.
 - Images stay NCHW: the converter inserts a TRANSPOSE, so an app feeds the same layout as torch.
+- Dynamic shapes (FP32 only): ``convert(..., dynamic_shapes=)`` hands torch.export's Dims through;
+  the file's ``shape_signature`` holds -1 on each dynamic axis and the interpreter first allocates
+  size 1 there (the image side too), so the runner resizes its inputs to each sample's shape
+  (``resize_tensor_input(strict=True)``: only the -1 axes may change). Measured on small models,
+  dynamic batch 1..4: conv, batch norm, relu/relu6/sigmoid/gelu/hardswish after a conv, add/mul,
+  max/avg pooling, nearest upsampling, torch.cat of computed tensors, mean over the image, nn.Linear
+  on 2-D input (max abs error <= 1.2e-7 at every size); a conv/relu/mean/linear CNN also with
+  dynamic image sides (16..64, multiples of 16). What does not, in litert-torch 0.10.0:
+  * ops it lowers through JAX meet a dynamic size they cannot take: a view/reshape to a size computed
+    from one ("Shapes must be 1D sequences of concrete values": flatten, nn.Linear on 3-D input,
+    nn.Embedding, attention) or such an op on a model input itself (relu(x), x * 2:
+    "AssertionError: float32[-9223372036854775808,3,16,16]"):
+    an unsupported op, named (_conversion_error);
+  * nn.LayerNorm: the file holds a fixed-size RESHAPE the interpreter cannot prepare: E-EXPORT-FAILED;
+  * torch.cat of a model input with a computed tensor: the file runs but drops the input's channels
+    (output (1, 8) for (1, 11)): parity fails it on the output's shape.
 - The runner process must not import TensorFlow: with TF loaded, Flex ops would run on the host and
   hide a model that fails on a phone. ai-edge-litert does not import it; neither does this module.
 """
@@ -23,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError, missing_dependency
 
 from ..base import FP32_TOLERANCE, INT8_END_TO_END_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
@@ -49,6 +66,10 @@ _FAILED_NODE = re.compile(r"While executing %(\S+) : .*?call_function\[target=([
 # The TFLite converter (MLIR) refusing an op it legalised, located at the model's own line:
 # "timm/models/mobilevit.py:400:0: error: 'tfl.mul' op operands don't have broadcast-compatible shapes"
 _MLIR_OP_ERROR = re.compile(r"([\w./\-]+\.py):(\d+):\d+: error: '([\w.]+)' op ([^\n]+)")
+# litert-torch's JAX-bridged lowerings meeting a dynamic dimension: a shape argument computed from
+# one ("Shapes must be 1D sequences of concrete values ...", aten.view) or an input tensor with one
+# (the bridge passes -2**63 for the size: "AssertionError: float32[-9223372036854775808,3,16,16]")
+_SYMBOLIC_SHAPE = re.compile(r"Shapes must be 1D sequences of concrete values|\[(?:\d+,)*-9223372036854775808[,\]]")
 _RUNTIME_OP = (
     re.compile(r"unresolved custom op: ([\w.\-]+)"),
     re.compile(r"Didn't find op for builtin opcode '(\w+)'"),
@@ -88,13 +109,20 @@ def _short_op(target: str) -> str:
     return target.strip().removeprefix("torch.ops.")
 
 
-def _conversion_error(exc: Exception, model_name: str) -> UserError:
+def _conversion_error(exc: Exception, model_name: str, dynamic_shapes: bool = False) -> UserError:
     """Map a litert-torch failure to UnsupportedOpError (naming the op) or E-EXPORT-FAILED."""
     text = _chain_text(exc)
     node = _FAILED_NODE.search(text)
     missing = _NO_LOWERING.search(text)
     if missing:
         return UnsupportedOpError(NAME, _short_op(missing.group(1)), node.group(1) if node else None)
+    if node and dynamic_shapes and _SYMBOLIC_SHAPE.search(text):
+        op = _short_op(node.group(2))
+        return UnsupportedOpError(NAME, op, node.group(1),
+                                  fix=f"litert-torch lowers {op} through JAX, which takes no dynamic dimension here (a "
+                                      "reshape to a size computed from one: flatten, nn.Linear on 3-D input, "
+                                      "nn.Embedding, attention; or the op applied to a model input directly); export "
+                                      f"{NAME} at a fixed shape, or drop the target {NAME}")
     if node:  # the lowering of one known op failed (e.g. a data-dependent output shape)
         op = _short_op(node.group(2))
         return UnsupportedOpError(NAME, op, node.group(1),
@@ -155,17 +183,21 @@ def _io_meta(path: Path, spec) -> dict:
                         f"the file's signature has inputs {sorted(sig_in)} and outputs {sorted(sig_out)}, the spec "
                         f"{spec.name} has {len(spec.inputs)} inputs and {len(spec.outputs)} outputs",
                         "make forward() take exactly the spec's inputs and return its outputs (a tensor or a tuple)")
+    free = {(n, axis) for d in spec.dynamic for n, axis in d.axes}
     inputs = []
     for t, rt_name in zip(spec.inputs, in_names):
         d = _describe(sig_in[rt_name])
-        if d["shape"] != list(t.shape):
+        if free:
+            d.update(_dynamic_input(sig_in[rt_name], t, free))
+        elif d["shape"] != list(t.shape):
             raise UserError("E-EXPORT-FAILED", f"input {t.name!r} is {d['shape']} in the file, {list(t.shape)} in the spec",
                             "give example inputs of the spec's shapes")
         inputs.append({"name": t.name, "runtime_name": rt_name, "spec_dtype": t.dtype, **d})
     outputs = []
     for t, rt_name in zip(spec.outputs, out_names):
         d = _describe(sig_out[rt_name])
-        if int(np.prod(d["shape"])) != int(np.prod(t.shape)):
+        # dynamic: the outputs' sizes follow the inputs' (the file allocates size 1 on dynamic axes)
+        if not free and int(np.prod(d["shape"])) != int(np.prod(t.shape)):
             raise UserError("E-EXPORT-FAILED", f"output {t.name!r} is {d['shape']} in the file, {list(t.shape)} in the spec",
                             "make the spec's output shapes match what the model returns")
         outputs.append({"name": t.name, "runtime_name": rt_name, "spec_shape": list(t.shape), **d})
@@ -177,6 +209,19 @@ def _io_meta(path: Path, spec) -> dict:
         "runtime_input_order": [d["name"] for d in interp.get_input_details()],
         "int64_as_int32": True,
     }
+
+
+def _dynamic_input(details: dict, t, free: set) -> dict:
+    """An input of a file with dynamic shapes: -1 in its shape signature on exactly the spec's dynamic
+    axes (the interpreter allocates size 1 there), the spec's size on every other axis."""
+    sig = [int(s) for s in details.get("shape_signature", details["shape"])]
+    want = [-1 if (t.name, axis) in free else int(s) for axis, s in enumerate(t.shape)]
+    if sig != want:
+        raise UserError("E-EXPORT-FAILED", f"input {t.name!r} has shape signature {sig} in the file, {want} expected "
+                        "from the spec's dynamic axes (-1: dynamic)",
+                        "litert-torch fixed an axis declared dynamic (or the reverse): export a fixed shape for target "
+                        f"{NAME}, or report the model")
+    return {"shape": [int(s) for s in t.shape], "shape_signature": sig}
 
 
 @contextmanager
@@ -208,16 +253,19 @@ def _staged(final: Path):
         tmp.unlink(missing_ok=True)
 
 
-def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None) -> None:
-    """litert-torch convert + export to ``dst``; its torch, JAX and MLIR errors become coded ones."""
+def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None, dynamic_shapes=None) -> None:
+    """litert-torch convert + export to ``dst``; its torch, JAX and MLIR errors become coded ones.
+    ``dynamic_shapes``: torch.export's (edgekit.dynamic.torch_shapes), FP32 only."""
     import litert_torch
 
     extra = {} if quant_config is None else {"quant_config": quant_config}
+    if dynamic_shapes is not None:
+        extra["dynamic_shapes"] = dynamic_shapes
     try:
         with _quiet_progress():
             litert_torch.convert(module, tuple(example_inputs), **extra).export(str(dst))
     except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
-        raise _conversion_error(exc, spec_name) from exc
+        raise _conversion_error(exc, spec_name, dynamic_shapes is not None) from exc
 
 
 class TFLiteConverter(Converter):
@@ -240,6 +288,9 @@ class TFLiteConverter(Converter):
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer); fp16: AI Edge Quantizer "
                  "fp16 weights; dynamic: PT2E dynamic int8 weights",
         runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
+        dynamic="fp32, CNN-style graphs: batch and image sides via litert-torch dynamic_shapes (-1 in the file's "
+                "shape signature); the interpreter resizes its inputs per sample. litert-torch 0.10.0 converts no "
+                "reshape/flatten of a dynamic size (nn.Linear on 3-D input, nn.Embedding, attention) nor nn.LayerNorm",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
@@ -255,8 +306,18 @@ class TFLiteConverter(Converter):
         self.check_available()
         final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
         with _staged(final) as tmp:
-            _convert(model.eval(), example_inputs, tmp, spec.name)
-            meta = _io_meta(tmp, spec)
+            _convert(model.eval(), example_inputs, tmp, spec.name,
+                     dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
+            try:
+                meta = {**_io_meta(tmp, spec), **dynamic.meta(spec.dynamic)}
+            except UserError as exc:
+                if not spec.dynamic or exc.code != "E-ARTIFACT-CORRUPT":
+                    raise
+                why = _first_line(str(exc.__cause__ or exc.what))  # the runtime's words, not the scratch file's name
+                raise UserError("E-EXPORT-FAILED", f"litert-torch converted {spec.name} with dynamic shapes, but the "
+                                f"LiteRT interpreter cannot prepare the file: {why}",
+                                "litert-torch can write a fixed-size op (e.g. the RESHAPE inside nn.LayerNorm) into a "
+                                f"graph with a dynamic axis; export target {NAME} at a fixed shape") from exc
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
     def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
@@ -358,6 +419,7 @@ class TFLiteConverter(Converter):
         except (KeyError, ValueError) as exc:
             raise UserError("E-ARTIFACT-CORRUPT", f"{artifact.path} does not match its recorded inputs/outputs ({exc})",
                             "re-export the bundle; the file or manifest.json was changed") from exc
+        del sig  # it holds a reference to the interpreter's wrapper, which makes resize_tensor_input refuse
         primary = {d["index"] for d in interp.get_input_details()}
         if not set(in_idx) <= primary:  # one signature = the primary subgraph, as litert-torch writes it
             raise UserError("E-ARTIFACT-CORRUPT", f"{artifact.path}: signature {meta['signature']} is not the main graph",
@@ -366,18 +428,44 @@ class TFLiteConverter(Converter):
         # int8 model I/O: the file's own (scale, zero point), read from the file, not from the manifest
         in_q = [_qparams(interp, i) for i in in_idx]
         out_q = [_qparams(interp, i) for i in out_idx]
+        dynamic_meta = meta if meta.get("dynamic") else None
+        # dynamic shapes: the shape each input is allocated at now (the file's: size 1 on dynamic axes)
+        current = {d["index"]: tuple(int(s) for s in d["shape"]) for d in interp.get_input_details()}
 
         def run(inputs) -> list:
             if len(inputs) != len(in_specs):
                 raise UserError("E-DATA-SHAPE", f"got {len(inputs)} inputs, the model takes {len(in_specs)}",
                                 "pass one array per model input, in the spec's order")
-            for t, idx, qp, a in zip(in_specs, in_idx, in_q, inputs):
-                interp.set_tensor(idx, _to_runtime(np.asarray(a), t, qp))
+            arrays = [_to_runtime(np.asarray(a), t, qp, dynamic_meta) for t, qp, a in zip(in_specs, in_q, inputs)]
+            if dynamic_meta is not None:
+                _resize(interp, current, in_idx, arrays)
+            for idx, a in zip(in_idx, arrays):
+                interp.set_tensor(idx, a)
             interp.invoke()
-            return [_from_runtime(interp.get_tensor(idx), qp).reshape(t["spec_shape"])
-                    for t, idx, qp in zip(out_specs, out_idx, out_q)]
+            outs = [_from_runtime(interp.get_tensor(idx), qp) for idx, qp in zip(out_idx, out_q)]
+            if dynamic_meta is not None:  # the outputs' sizes follow the inputs'
+                return outs
+            return [o.reshape(t["spec_shape"]) for o, t in zip(outs, out_specs)]
 
         return run
+
+
+def _resize(interp, current: dict, in_idx: list, arrays: list) -> None:
+    """Resize the interpreter's inputs whose shape differs from the samples' (strict: only the file's
+    dynamic axes may change) and reallocate; the sizes were checked against the manifest's ranges."""
+    changed = [(idx, a.shape) for idx, a in zip(in_idx, arrays) if tuple(a.shape) != current[idx]]
+    if not changed:
+        return
+    try:
+        for idx, shape in changed:
+            interp.resize_tensor_input(idx, list(shape), strict=True)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        current.update({idx: () for idx in in_idx})  # unknown state: the next sample resizes every input
+        raise UserError("E-RUNTIME-FAILED", f"the LiteRT interpreter could not resize its inputs to "
+                        f"{[list(s) for _, s in changed]}: {_first_line(str(exc))}",
+                        "feed sizes inside the exported dynamic range; re-export the bundle if they are") from exc
+    current.update({idx: tuple(shape) for idx, shape in changed})
 
 
 def _qparams(interp, index: int):
@@ -397,10 +485,15 @@ def _from_runtime(a: np.ndarray, qp) -> np.ndarray:
     return ((np.asarray(a, dtype=np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
 
 
-def _to_runtime(a: np.ndarray, t: dict, qp=None) -> np.ndarray:
+def _to_runtime(a: np.ndarray, t: dict, qp=None, dynamic_meta: dict | None = None) -> np.ndarray:
     """Check one input against its spec and cast it to the file's dtype (int64 -> int32; float ->
-    int8 with the file's own scale and zero point when the file takes int8)."""
-    if list(a.shape) != t["shape"]:
+    int8 with the file's own scale and zero point when the file takes int8). ``dynamic_meta``: the
+    artifact meta of a file with dynamic shapes (a dynamic axis may take any size in its range)."""
+    if dynamic_meta is not None:
+        problem = dynamic.shape_problem(dynamic_meta, t["name"], t["shape"], a.shape)
+        if problem:
+            raise UserError("E-DATA-SHAPE", problem, "feed samples with the spec's shape, each dynamic axis in its range")
+    elif list(a.shape) != t["shape"]:
         raise UserError("E-DATA-SHAPE", f"input {t['name']!r} has shape {tuple(a.shape)}, the model takes {tuple(t['shape'])}",
                         "feed samples with the batch dimension and the spec's shape")
     if qp is not None and a.dtype.kind == "f":
