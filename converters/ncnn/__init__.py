@@ -25,6 +25,15 @@ The export has three steps, each fixing one gap between what PyTorch records and
 ncnn drops the batch dimension: the runner feeds each input without its leading 1 and adds it back
 to the outputs. Token ids that feed an ``Embed`` layer are read by ncnn as int32 bit patterns, so
 they go in as int32 data; every other input goes in as float32 values (a 0/1 mask included).
+
+Dynamic shapes (edgekit.dynamic), FP32 only: the non-batch axes of a --dynamic range (image height
+and width, sequence length) stay as traced (``aten::size``), and pnnx gets a second shape set
+(``inputshape2``: each dynamic axis at another size of its range), so the Reshape/Crop/Gemm params it
+writes are expressions of the input's sizes (``6="*(0h,0w),8"``, ``20="1w"``, Gemm ``7=0``), not the
+traced numbers; ncnn then takes any size. The output axes that follow the input sizes are found by
+running the model in torch at three sizes, and the runner reads their sizes off the Mats ncnn
+returns. Refused with E-DYNAMIC-UNSUPPORTED: a dynamic batch (an ncnn Mat has no batch axis: an app
+runs one sample per call), and a model that needs layout.py's chains (written at the traced size).
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from ..base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
@@ -62,6 +72,8 @@ _PNNX_TYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int64": "i
 # Layer types ncnn reads its input as int32 (indices); every other consumer reads float32.
 _INT_CONSUMERS = {"Embed"}
 _PASS_THROUGH = {"Split", "Noop"}
+# Layers whose inputs after the first are read for their shape only (crop/reshape/resize to that size)
+_SHAPE_REFERENCE = {"Crop", "Reshape", "Interp"}
 # Layers that only move values: their output holds a bool tensor (as 0/1) when their inputs do.
 _MOVES_VALUES = {"Split", "Noop", "Tile", "Reshape", "Permute", "Crop", "Slice", "ExpandDims", "Squeeze",
                  "Flatten", "Concat"}
@@ -177,19 +189,24 @@ def _trace(model, example_inputs):
 # Step 2: pnnx.
 # --------------------------------------------------------------------------------------------
 
-def _run_pnnx(scratch: Path, example_inputs, fp16: bool = False) -> str:
+def _run_pnnx(scratch: Path, example_inputs, fp16: bool = False, shapes2: list | None = None) -> str:
     """Run the pnnx binary on scratch/model.pt; returns its log (stdout + stderr). fp16: pnnx stores
-    the weights as float16 in the .bin (ncnn widens them to FP32 when it loads them)."""
+    the weights as float16 in the .bin (ncnn widens them to FP32 when it loads them). shapes2: a
+    second shape per input (dynamic shapes): pnnx traces at both and writes the sizes that differ
+    as expressions of the input's."""
     import pnnx
 
-    shapes = []
-    for t in example_inputs:
+    shapes, second = [], []
+    for k, t in enumerate(example_inputs):
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _PNNX_TYPES:
             raise UserError("E-EXPORT-FAILED", f"pnnx cannot take an input of dtype {dtype}",
                             "feed the model float32 images or int64 token ids")
         shapes.append("[" + ",".join(str(d) for d in t.shape) + "]" + _PNNX_TYPES[dtype])
-    cmd = [pnnx.EXEC_PATH, "model.pt", "inputshape=" + ",".join(shapes), f"fp16={int(fp16)}", "device=cpu",
+        if shapes2:
+            second.append("[" + ",".join(str(d) for d in shapes2[k]) + "]" + _PNNX_TYPES[dtype])
+    cmd = [pnnx.EXEC_PATH, "model.pt", "inputshape=" + ",".join(shapes),
+           *(["inputshape2=" + ",".join(second)] if second else []), f"fp16={int(fp16)}", "device=cpu",
            "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py",
            "pnnxonnx=model.pnnx.onnx", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
            "ncnnpy=model_ncnn.py"]
@@ -203,6 +220,11 @@ def _run_pnnx(scratch: Path, example_inputs, fp16: bool = False) -> str:
     if proc.returncode != 0 or missing:  # ops pnnx cannot map do not fail it: they are found in the .param
         how = f"exited with code {proc.returncode}" if proc.returncode else f"wrote no {', '.join(missing)}"
         tail = " | ".join(log.strip().splitlines()[-3:])[-600:]
+        if second:  # pnnx also ran the traced model at the second shapes: a size fixed in the trace fails there
+            raise UserError("E-EXPORT-FAILED",
+                            f"pnnx {how} (dynamic shapes: also traced at {','.join(second)}): {tail}",
+                            "a model that fixes a size while tracing (a reshape to numbers, a size read as a Python "
+                            "int) cannot be size-generic in ncnn: export ncnn at a fixed shape (no --dynamic)")
         raise UserError("E-EXPORT-FAILED", f"pnnx {how}: {tail}",
                         "see the pnnx message; drop the ncnn target if it persists")
     return log
@@ -233,9 +255,9 @@ def _parse_pnnx_ir(text: str) -> dict[str, _IrOp]:
         for t in tok[4 + nin + nout:]:
             key, _, val = t.partition("=")
             if key.startswith("#"):
-                m = re.fullmatch(r"\(([-\d,]*)\)(\w+)", val)
+                m = re.fullmatch(r"\(([-\d,?]*)\)(\w+)", val)  # "?": a size that follows the inputs
                 if m:
-                    types[key[1:]] = (tuple(int(d) for d in m.group(1).split(",") if d), m.group(2))
+                    types[key[1:]] = (tuple(-1 if d == "?" else int(d) for d in m.group(1).split(",") if d), m.group(2))
             else:
                 params[key] = val
         unknown = ((), "?")
@@ -377,6 +399,10 @@ class _Legaliser:
         dims = list(reversed([1, *rest]))
         keys = {2: ["0", "1"], 3: ["0", "1", "2"], 4: ["0", "1", "11", "2"]}[len(dims)]
         params = [f"{k}={d}" for k, d in zip(keys, dims)]
+        if any(d < 0 for d in rest):  # a size that follows the inputs': an expression of the piece's own axes
+            axes = {1: "w", 2: "wh", 3: "whd"}[len(rest)]  # the piece's (1, *rest) ncnn axes, innermost first
+            sizes = [f"0{a}" if d < 0 else str(d) for a, d in zip(axes, reversed(rest))]
+            params = ['6="' + ",".join([*sizes, "1"]) + '"']
         return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
 
 
@@ -403,7 +429,9 @@ def _input_feeds(layers: list[Layer], names: list[str]) -> list[str]:
     """How each input must be stored in its ncnn Mat: "int32" if only Embed reads it, else "float32"."""
     consumers: dict[str, list[Layer]] = {}
     for layer in layers:
-        for b in layer.inputs:
+        for k, b in enumerate(layer.inputs):
+            if k and layer.type in _SHAPE_REFERENCE:
+                continue  # only its shape is read (dynamic shapes: a Crop to the sequence length)
             consumers.setdefault(b, []).append(layer)
     feeds = []
     for name in names:
@@ -421,31 +449,144 @@ def _input_feeds(layers: list[Layer], names: list[str]) -> list[str]:
     return feeds
 
 
-def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool) -> tuple[list[Layer], list[str]]:
+def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool, shapes2=None) -> tuple[list[Layer], list[str]]:
     """pnnx on ``traced``, then the legaliser: (ncnn layers, "type name" of each layer rewritten), or
     UnsupportedOpError for what is left that ncnn has no layer for."""
     traced.save(str(scratch / "model.pt"))
-    log = _run_pnnx(scratch, example_inputs, fp16=fp16)
+    log = _run_pnnx(scratch, example_inputs, fp16=fp16, shapes2=shapes2)
     layers = parse_layers((scratch / "model.ncnn.param").read_text())
     fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
     _check_supported(layers, log)
     return layers, fixed
 
 
-def _convert(scratch: Path, model, example_inputs, fp16: bool) -> tuple[list[Layer], list[str], list[str]]:
+def _convert(scratch: Path, model, example_inputs, fp16: bool,
+             shapes2=None) -> tuple[list[Layer], list[str], list[str]]:
     """(ncnn layers, layers the legaliser rewrote, rewrites of the traced graph). Converts as traced;
     if ncnn cannot take the result, traces again with the layout chains ncnn cannot take (over 4 dims,
     strided slices) rewritten as at most 4-D ops (layout.py) and converts that; if
-    that fails too, its error is the one reported. Models that convert as traced stay as they were."""
+    that fails too, its error is the one reported. Models that convert as traced stay as they were.
+    shapes2: pnnx's second input shapes (dynamic shapes); layout.py's chains are written at the traced
+    shapes, so a model that needs them is refused then (E-DYNAMIC-UNSUPPORTED)."""
     traced = _trace(model, example_inputs)
     try:
-        return (*_pnnx_pass(scratch, traced, example_inputs, fp16), traced.edgekit_rewrites)
-    except UnsupportedOpError:
+        return (*_pnnx_pass(scratch, traced, example_inputs, fp16, shapes2), traced.edgekit_rewrites)
+    except UnsupportedOpError as exc:
         traced = _trace(model, example_inputs)
         chains = rewrite_module(traced)
         if not chains:
             raise
+        if shapes2:
+            raise DynamicUnsupported(
+                f"ncnn cannot take {exc.op} (layer {exc.node}) as traced, and the rewrite that fixes it ({chains} "
+                "layout chain(s) of over 4-D tensors or strided slices, as at most 4-D ops) is written at the traced "
+                "size, so the file would be wrong at other sizes",
+                "export ncnn at a fixed shape (no --dynamic), or use a target with dynamic shapes such as onnx",
+                exc.op, exc.node, exc.source) from exc
     return (*_pnnx_pass(scratch, traced, example_inputs, fp16), [f"layout-chain x{chains}", *traced.edgekit_rewrites])
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic shapes: what is refused, pnnx's second shape set, the output axes that vary.
+# --------------------------------------------------------------------------------------------
+
+class DynamicUnsupported(UnsupportedOpError):
+    """E-DYNAMIC-UNSUPPORTED, raised as an UnsupportedOpError so the pipeline reports it as it reports an
+    op ncnn cannot take: ``unsupported`` (which fails the run when the user named ncnn, and not when
+    ``--targets all`` chose it), with the model's source line when ``op``/``node`` name one."""
+
+    def __init__(self, what: str, fix: str, op: str = "dynamic shapes", node: str | None = None,
+                 source: str | None = None):
+        self.target, self.op, self.node, self.source = "ncnn", op, node, source
+        UserError.__init__(self, "E-DYNAMIC-UNSUPPORTED", what, fix)
+
+
+def _check_dynamic(spec, precision: str) -> None:
+    """E-DYNAMIC-UNSUPPORTED for what the ncnn target cannot export with dynamic shapes."""
+    batch = [d for d in spec.dynamic if any(axis == 0 for _, axis in d.axes)]
+    if batch:
+        which = ", ".join(d.describe() for d in batch)
+        raise DynamicUnsupported(
+            f"ncnn runs one sample at a time: a dynamic batch ({which}) has no axis in an ncnn Mat (it holds c, h, w "
+            "of one sample)",
+            "drop the batch range for ncnn and run the network once per sample; ncnn takes dynamic non-batch axes "
+            "(image height/width, sequence length), e.g. --dynamic x.2=160..320/32")
+    if precision != "fp32":
+        raise DynamicUnsupported(f"ncnn exports dynamic shapes in fp32 only, not {precision}",
+                                 "export the quantized model at a fixed shape, or fp32 with --dynamic")
+
+
+def _second_size(d, size: int) -> int:
+    """pnnx's second size of one dynamic dimension: another size in its range, far enough from the
+    traced one that shape arithmetic (a stride-2 pooling) does not map both to the same number."""
+    for cand in (min(d.max, max(2 * size, size + d.step)) // d.step * d.step, size - d.step, d.min):
+        if cand != size and d.fits(cand):
+            return cand
+    return size
+
+
+def _example_sizes(spec, example_inputs) -> dict[str, int]:
+    names = spec.input_names
+    return {d.name: int(example_inputs[names.index(d.axes[0][0])].shape[d.axes[0][1]]) for d in spec.dynamic}
+
+
+def _resized(spec, example_inputs, sizes: dict[str, int]) -> tuple:
+    """The example inputs rebuilt at other sizes of the dynamic dimensions (edgekit.dynamic.probe)."""
+    import torch
+
+    sample = tuple(x.detach().cpu().numpy() for x in example_inputs)
+    arrays = dynamic.probe(spec.dynamic, spec.input_names, [sample], sizes, 0)
+    return tuple(torch.from_numpy(a) for a in arrays)
+
+
+def _output_free_axes(model, spec, example_inputs, others: list[tuple]) -> list[list[int]]:
+    """Per output, the axes whose size changes with the inputs' (the model run in torch at the traced
+    size and at each of ``others``)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    def shapes(inputs):
+        with torch.no_grad():
+            out = model(*inputs)
+        return [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+    try:
+        base, rest = shapes(example_inputs), [shapes(o) for o in others]
+    except Exception as exc:  # noqa: BLE001 - the user's forward() at another in-range size
+        raise UserError("E-DYNAMIC-SHAPES", f"the model fails at another size inside the --dynamic range: "
+                        f"{_first_line(exc)}", "give a range the model takes at every size") from exc
+    if len(base) != len(spec.outputs) or any(len(r) != len(base) for r in rest):
+        raise UserError("E-EXPORT-FAILED", f"the model returns {len(base)} tensors, the spec {spec.name} names "
+                        f"{len(spec.outputs)} outputs",
+                        "make forward() return the spec's outputs (a tensor or a tuple)")
+    free = []
+    for k, shape in enumerate(base):
+        if any(len(r[k]) != len(shape) for r in rest):
+            raise UserError("E-DYNAMIC-UNSUPPORTED", f"output {spec.outputs[k].name!r} changes its number of axes with "
+                            "the input size", "give outputs whose rank does not depend on the input size")
+        free.append(sorted({a for r in rest for a, (x, y) in enumerate(zip(shape, r[k])) if x != y}))
+    return free
+
+
+def _output_shape(got: tuple, fixed: tuple, free: list[int]) -> tuple | None:
+    """The output's shape (batch included) from the shape of the Mat ncnn returned (no batch; axes of
+    size 1 sometimes dropped), the spec's shape and the axes that vary; None if they do not agree."""
+    size = int(np.prod(got))
+    if not free:
+        return fixed if size == int(np.prod(fixed)) else None
+    if fixed and len(got) == len(fixed) - 1 and all(g == f for k, (g, f) in enumerate(zip(got, fixed[1:]), 1)
+                                                     if k not in free):
+        return (fixed[0], *got)
+    known = int(np.prod([f for k, f in enumerate(fixed) if k not in free]))
+    if len(free) == 1 and known and size % known == 0:
+        return tuple(size // known if k in free else f for k, f in enumerate(fixed))
+    # several varying axes and a Mat of another rank: match its axes to the spec's, sizes of 1 left out
+    want = [(k, f) for k, f in enumerate(fixed) if k in free or f != 1]
+    have = [g for g in got if g != 1]
+    if len(want) != len(have) or any(k not in free and f != g for (k, f), g in zip(want, have)):
+        return None
+    sizes = {k: g for (k, _), g in zip(want, have)}
+    return tuple(sizes.get(k, f) for k, f in enumerate(fixed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +614,9 @@ class NcnnConverter(Converter):
         exporter="torch.jit.trace -> pnnx (fp16=0; fp16=1 for fp16 weights) -> ncnn .param/.bin; leftovers with an "
                  "exact ncnn form rewritten",
         runtime="ncnn python bindings, FP32 (fp16/bf16 storage and arithmetic off), Vulkan off",
+        dynamic="non-batch axes only (image height/width, sequence length), fp32: pnnx traces at two sizes "
+                "(inputshape2) and writes size expressions; ncnn takes any size. No dynamic batch: ncnn runs one "
+                "sample per call",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
@@ -482,6 +626,8 @@ class NcnnConverter(Converter):
 
             check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
         precision = "fp32" if recipe is None else recipe.scheme
+        if spec.dynamic:
+            _check_dynamic(spec, precision)
         if precision == "int8":
             from .int8 import export_int8
 
@@ -491,9 +637,17 @@ class NcnnConverter(Converter):
                             f"use one of {', '.join(self.info.precisions)} for ncnn")
         out_dir = Path(out_dir)
         stem = f"{spec.name}-{precision}"
+        shapes2, free = None, [[] for _ in spec.outputs]
+        if spec.dynamic:
+            traced_at = _example_sizes(spec, example_inputs)
+            second = _resized(spec, example_inputs, {d.name: _second_size(d, traced_at[d.name]) for d in spec.dynamic})
+            lowest = _resized(spec, example_inputs, {d.name: d.min for d in spec.dynamic})
+            shapes2 = [list(t.shape) for t in second]
+            free = _output_free_axes(model, spec, example_inputs, [second, lowest])
         with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
             scratch = Path(tmp)
-            layers, fixed, rewrites = _convert(scratch, model, example_inputs, fp16=precision == "fp16")
+            layers, fixed, rewrites = _convert(scratch, model, example_inputs, fp16=precision == "fp16",
+                                               shapes2=shapes2)
             inputs = [layer.name for layer in layers if layer.type == "Input"]
             produced = {b for layer in layers for b in layer.outputs}
             outputs = [f"out{k}" for k in range(len(spec.outputs))]
@@ -518,10 +672,16 @@ class NcnnConverter(Converter):
             "outputs": outputs,  # ncnn blob names, spec output order
             "input_feed": feeds,  # numpy dtype each input's ncnn Mat holds
             "output_shapes": [list(t.shape) for t in spec.outputs],  # batch included
+            "input_names": spec.input_names,  # the spec's, for edgekit.dynamic.shape_problem
+            "input_shapes": [list(t.shape) for t in spec.inputs],  # batch included (dynamic axes: in their range)
             "file_bytes": sizes,  # .param, .bin: ncnn does not notice a .bin with bytes to spare
             "legalised_layers": fixed,
             "traced_rewrites": rewrites,  # what was rewritten before pnnx: "<what> x<count>"
         }
+        if spec.dynamic:
+            meta.update(dynamic.meta(spec.dynamic))
+            meta["output_dynamic_axes"] = free  # per output: the axes whose size follows the inputs'
+            meta["pnnx_inputshape2"] = shapes2
         files = (stem + ".param", stem + ".bin")
         if precision == "fp16":
             from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
@@ -569,28 +729,41 @@ class NcnnConverter(Converter):
         net = load_net(param, weights, threads, strict)
         names, feeds = meta["inputs"], meta["input_feed"]
         outputs, shapes = meta["outputs"], [tuple(s) for s in meta["output_shapes"]]
+        spec_names, in_shapes = meta.get("input_names"), meta.get("input_shapes")  # absent from older bundles
+        free = meta.get("output_dynamic_axes") or [[] for _ in outputs]
 
         def run(arrays):
             if len(arrays) != len(names):
                 raise UserError("E-DATA-SHAPE", f"{len(arrays)} inputs given, the model takes {len(names)}",
                                 "pass one array per model input, in spec order")
             ex = net.create_extractor()
-            for name, feed, a in zip(names, feeds, arrays):
+            for k, (name, feed, a) in enumerate(zip(names, feeds, arrays)):
                 a = np.asarray(a)
                 if a.ndim == 0 or a.shape[0] != 1:
                     raise UserError("E-DATA-SHAPE", f"input {name} has shape {a.shape}; ncnn takes one sample "
                                     "with batch 1", "feed one sample at a time")
+                if spec_names and in_shapes:
+                    problem = dynamic.shape_problem(meta, spec_names[k], in_shapes[k], a.shape)
+                    if problem:
+                        raise UserError("E-DATA-SHAPE", problem, "feed samples with the batch dimension and the spec's "
+                                        "shape (a dynamic axis: a size in its range)")
                 # ncnn has no batch axis. clone(): ncnn computes in place on input Mats, and one that
-                # wraps numpy memory crashes the process then.
-                ex.input(name, ncnn.Mat(np.ascontiguousarray(a[0], dtype=np.dtype(feed))).clone())
+                # wraps numpy memory crashes the process then. ``data`` stays referenced until clone()
+                # has copied it: a converted array (int64 ids -> int32) is otherwise freed first.
+                data = np.ascontiguousarray(a[0], dtype=np.dtype(feed))
+                ex.input(name, ncnn.Mat(data).clone())
+                del data
             result = []
-            for name, shape in zip(outputs, shapes):
+            for name, shape, axes in zip(outputs, shapes, free):
                 ret, mat = ex.extract(name)
                 out = np.array(mat, dtype=np.float32)
-                if ret != 0 or out.size != int(np.prod(shape)):
-                    raise UserError("E-ARTIFACT-CORRUPT", f"ncnn returned {out.size} values for output {name}, "
-                                    f"expected shape {shape} (extract code {ret})", "re-export the bundle")
-                result.append(out.reshape(shape))
+                actual = _output_shape(out.shape, shape, axes) if ret == 0 else None
+                if actual is None:
+                    expected = tuple("?" if k in axes else s for k, s in enumerate(shape))
+                    raise UserError("E-ARTIFACT-CORRUPT", f"ncnn returned {out.size} values (shape {out.shape}) for "
+                                    f"output {name}, expected shape {expected} (extract code {ret})",
+                                    "re-export the bundle")
+                result.append(out.reshape(actual))
             return result
 
         run.net = net  # keep the network alive as long as the runner

@@ -322,7 +322,8 @@ def _ncnn_blobs(net, inputs: list[str], feeds: list[str], sample, blobs: list[st
     ex = net.create_extractor()
     ex.set_light_mode(False)
     for name, feed, a in zip(inputs, feeds, sample):
-        ex.input(name, ncnn.Mat(np.ascontiguousarray(np.asarray(a)[0], dtype=np.dtype(feed))).clone())
+        data = np.ascontiguousarray(np.asarray(a)[0], dtype=np.dtype(feed))  # alive until clone() copied it
+        ex.input(name, ncnn.Mat(data).clone())
     out = {}
     for b in blobs:
         ret, mat = ex.extract(b)
@@ -591,7 +592,8 @@ def compare_blobs(artifact, root: Path, samples, threads: int = 1) -> list[dict]
             acc[q["layer"]][1].append(blobs[q["output"]].reshape(-1) - y_ref)
             ex = net.create_extractor()
             mat = x_ref[0] if x_ref.shape[0] == 1 else x_ref
-            ex.input(q["input"], ncnn.Mat(np.ascontiguousarray(mat, dtype=np.float32)).clone())
+            data = np.ascontiguousarray(mat, dtype=np.float32)  # alive until clone() copied it
+            ex.input(q["input"], ncnn.Mat(data).clone())
             ret, out = ex.extract(q["output"])
             if ret != 0:
                 raise InternalError(f"ncnn could not run layer {q['layer']} alone (code {ret})")
