@@ -56,6 +56,8 @@ class MnnConverter(Converter):
         runtime="MNN Express Module (nn.load_module_from_file), CPU, 1 thread, precision high "
                 "(fp16 files: low)",
         arm=False,
+        dynamic="the onnx file's symbolic dims stay free in the .mnn; the Express Module (shape_mutable) "
+                "re-plans at each new input shape; edgekit checks the ranges",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:

@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from . import tool
@@ -62,6 +63,8 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
         meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
                 "outputs": spec.output_names, "output_shapes": [list(t.shape) for t in spec.outputs],
                 "onnx_opset": onnx_meta.get("opset"), "onnx_rewrites": {"gelu_to_erf": exact_gelu(onnx_model)}}
+        if spec.dynamic:  # the ONNX file's symbolic dims stay free in the .mnn; the runner checks the ranges
+            meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
         if precision == "int8":
             steps, extra = _int8_steps(onnx_model, scratch, name)
             done = tool.run(steps, scratch, probe=scratch / name, onnx_graph=onnx_model.graph)

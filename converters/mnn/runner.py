@@ -7,6 +7,11 @@ only concerns float ops. An fp16 file runs in ``low``, the mode it is made for (
 where the CPU has it; on x86 MNN computes in FP32 with the low-precision activation functions).
 ``strict=False`` gives MNN's default (``normal``) to fp32/int8 files.
 
+Dynamic shapes (fp32, ``meta["dynamic"]``): the file keeps the ONNX file's symbolic dims; the module
+is loaded with ``shape_mutable=True`` and re-plans its tensors when an input's shape changes (what
+resizeTensor + resizeSession do in the Session API). An input must lie in the ranges
+(edgekit.dynamic.shape_problem); outputs come back at their actual shapes.
+
 Inputs are fed in ModelSpec order under their names, cast to the dtype the file declares (MNN's
 ONNX converter turns int64 token ids into int32); outputs come back in ModelSpec order as float32.
 """
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import dynamic
 from edgekit.errors import UserError
 
 
@@ -39,10 +45,12 @@ def load(artifact, root: Path, threads: int = 1, strict: bool = True):
                         "re-export the bundle")
     names, outputs = list(artifact.meta["inputs"]), list(artifact.meta["outputs"])
     config = {"backend": "CPU", "numThread": int(threads), "precision": precision_mode(artifact.precision, strict)}
+    mutable = bool(artifact.meta.get("dynamic"))
+    in_shapes = artifact.meta.get("input_shapes") if mutable else None
     try:
         manager = MNN.nn.create_runtime_manager((config,))
         module = MNN.nn.load_module_from_file(str(path), names, outputs, runtime_manager=manager,
-                                              shape_mutable=False)
+                                              shape_mutable=mutable)
     except (SystemError, RuntimeError, ValueError) as exc:  # MNN: "Invalidate buffer to create MNN Module"
         raise UserError("E-ARTIFACT-CORRUPT", f"MNN cannot load {path.name}: {type(exc).__name__}: {exc}",
                         "re-export the bundle") from exc
@@ -57,6 +65,10 @@ def load(artifact, root: Path, threads: int = 1, strict: bool = True):
         if len(arrays) != len(names):
             raise UserError("E-DATA-SHAPE", f"{len(arrays)} inputs given, the model takes {len(names)}",
                             "pass one array per model input, in spec order")
+        for n, a, shape in zip(names, arrays, in_shapes or ()):
+            problem = dynamic.shape_problem(artifact.meta, n, shape, np.shape(a))
+            if problem:
+                raise UserError("E-DATA-SHAPE", problem, "feed sizes inside the model's dynamic ranges")
         args = []
         for a, (mnn_type, np_type) in zip(arrays, feeds):
             a = np.ascontiguousarray(a, dtype=np_type)
@@ -72,7 +84,9 @@ def load(artifact, root: Path, threads: int = 1, strict: bool = True):
             if out.data_format == F.NC4HW4:
                 out = F.convert(out, F.NCHW)
             y = np.array(out.read(), dtype=np.float32, copy=True)
-            if k < len(shapes) and y.size == int(np.prod(shapes[k])):
+            if mutable:  # the output's sizes follow the input's: its actual shape
+                y = y.reshape(out.shape) if y.size == int(np.prod(out.shape)) else y
+            elif k < len(shapes) and y.size == int(np.prod(shapes[k])):
                 y = y.reshape(shapes[k])
             result.append(y)
         return result

@@ -12,6 +12,10 @@ ncnn already writes ``<name>-<precision>.bin`` into the same bundle), run on Ope
   and MobileNetV2 has runtime precision u8 and an ``*_I8`` primitive). The reference is the onnx
   path's convert_pt2e program, stored under this target's own name.
 
+Dynamic shapes (fp32): the onnx file's symbolic dims, bounded in the IR by the spec's ranges
+(``model.reshape`` with ``ov.Dimension(min, max)``; a step such as "a multiple of 16" has no IR form and
+is checked by the runner); the runner accepts any in-range size and returns outputs at their actual shapes.
+
 The runner is strict by default: 1 thread, 1 stream, f32 inference precision (the CPU plugin's own
 default is bf16 on CPUs with AVX512_BF16/AMX, as on this host: ``relaxed_defaults``). OpenVINO is
 imported with its usage telemetry masked (``no_telemetry``). Per-layer view for int8: ``per_layer``.
@@ -57,6 +61,8 @@ class OpenVinoConverter(Converter):
         runtime="OpenVINO Core CPU plugin (1 thread, 1 stream, INFERENCE_PRECISION_HINT=f32)",
         relaxed_defaults=True,  # the CPU plugin defaults to bf16 inference on AVX512_BF16 / AMX CPUs
         arm=False,
+        dynamic="bounded: the onnx file's symbolic dims become IR dims with the ranges (ov.Dimension(min, max)); "
+                "the CPU plugin takes any size in them",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:

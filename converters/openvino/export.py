@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from .no_telemetry import import_openvino
@@ -54,6 +55,8 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
         onnx_art = _onnx(model, spec, recipe if precision == "int8" else None, scratch, example_inputs, calibration)
         converted = _convert(ov, scratch / onnx_art.path)
         converted.set_friendly_name(spec.name)
+        if spec.dynamic:
+            _bound(ov, converted, spec)
         if not same_names(converted, spec.input_names, spec.output_names):
             raise UserError("E-EXPORT-FAILED", f"openvino.convert_model lost the ModelSpec's input/output names "
                             f"{spec.input_names} / {spec.output_names}", "report it with the model; other targets are unaffected")
@@ -63,6 +66,8 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
                             "report it with the model; other targets are unaffected")
         meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
                 "outputs": spec.output_names, "onnx_opset": onnx_art.meta.get("opset")}
+        if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
+            meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
         files = [weights, xml]
         if precision == "int8":
             meta.update(_int8_meta(ov, onnx_art.meta, spec, scratch, xml, weights))
@@ -86,6 +91,22 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return xml, tuple(files), meta, precision
+
+
+def _bound(ov, converted, spec) -> None:
+    """Give the IR's dynamic input dims the spec's ranges (``ov.Dimension(min, max)``; the onnx file
+    has unbounded symbolic dims) and every other dim the spec's size. A step (a multiple of 16) has
+    no IR form: the runner checks it (edgekit.dynamic.shape_problem)."""
+    free = {(n, a): d for d in spec.dynamic for n, a in d.axes}
+    shapes = {t.name: ov.PartialShape([ov.Dimension(free[t.name, k].min, free[t.name, k].max) if (t.name, k) in free
+                                       else ov.Dimension(int(s)) for k, s in enumerate(t.shape)])
+              for t in spec.inputs}
+    try:
+        converted.reshape(shapes)
+    except RuntimeError as exc:  # shape inference refuses the ranges (e.g. a reshape to a fixed size)
+        raise UserError("E-EXPORT-FAILED", f"OpenVINO cannot give the inputs the ranges "
+                        f"{', '.join(d.describe() for d in spec.dynamic)}: {message(exc)}",
+                        "export openvino with a fixed shape, or a narrower --dynamic range") from exc
 
 
 def _fp16_reference(model, recipe, example_inputs: tuple, out_dir: Path, spec_name: str):

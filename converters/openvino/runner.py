@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from .no_telemetry import import_openvino
@@ -125,14 +126,21 @@ def make_runner(artifact, root: Path, threads: int = 1, strict: bool = True):
     names = list(artifact.meta["inputs"])
     dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
     outputs = [compiled.output(n) for n in artifact.meta["outputs"]]
+    # dynamic shapes: an input may take any size in its ranges (the IR's dims are bounded by them)
+    shapes = artifact.meta.get("input_shapes") if artifact.meta.get("dynamic") else None
 
     def run(inputs) -> list:
         if len(inputs) != len(names):
             raise UserError("E-DATA-SHAPE", f"got {len(inputs)} inputs, the model takes {len(names)}",
                             "pass one array per model input, in the spec's order")
+        for n, a, shape in zip(names, inputs, shapes or ()):
+            problem = dynamic.shape_problem(artifact.meta, n, shape, np.shape(a))
+            if problem:
+                raise UserError("E-DATA-SHAPE", problem, "feed sizes inside the model's dynamic ranges")
         feed = {n: np.ascontiguousarray(a, dtype=dt) for n, a, dt in zip(names, inputs, dtypes)}
         result = request.infer(feed)
-        # copy: the request reuses its output buffers on the next call
+        # copy: the request reuses its output buffers on the next call; each output has its actual
+        # shape (with dynamic shapes it follows the inputs')
         return [np.array(result[o], dtype=np.float32, copy=True) for o in outputs]
 
     return run

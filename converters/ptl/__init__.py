@@ -2,6 +2,9 @@
 
 Export: ``torch.jit.trace`` (checked on a second input with other values; ``torch.jit.script`` when
 the trace turns out to depend on input values), ``torch.jit.freeze``, ``_save_for_lite_interpreter``.
+Dynamic shapes (fp32): the trace is also checked at the other sizes verification probes (the
+ranges' bounds and middle); a traced graph that changes with the size (a size baked into a
+constant) is scripted instead. The lite interpreter itself takes any shape.
 Host runner: ``torch.jit.mobile._load_for_lite_interpreter``, the interpreter the Android/iOS
 runtime embeds.
 
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekit import dynamic as dyn
 from edgekit.errors import UnsupportedOpError, UserError
 
 from ..base import FP32_TOLERANCE, Artifact, Converter, Runner, TargetInfo, Tolerance
@@ -68,6 +72,8 @@ class PtlConverter(Converter):
         exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter; "
                  "INT8: torch.ao FX static PTQ (qnnpack) with edgekit's ranges; dynamic: torch.ao quantize_dynamic (Linear)",
         runtime="torch.jit.mobile._load_for_lite_interpreter (INT8: quantized engine qnnpack)",
+        dynamic="TorchScript: the trace is checked at the range's bounds and middle (torch.jit.script when the "
+                "traced graph changes with the size); verified at the probed sizes",
         deprecated="PyTorch Mobile (the TorchScript lite interpreter) is deprecated upstream in favour of "
                    "ExecuTorch, so prefer the executorch target for new apps.",
     )
@@ -88,7 +94,7 @@ class PtlConverter(Converter):
             with warnings.catch_warnings(), _engine(precision):
                 warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
                 with torch.no_grad():
-                    scripted, capture = _capture(model, tuple(example_inputs))
+                    scripted, capture = _capture(model, tuple(example_inputs), _other_sizes(spec, tuple(example_inputs)))
                     try:
                         frozen = torch.jit.freeze(scripted.eval())
                         frozen._save_for_lite_interpreter(str(partial))
@@ -99,6 +105,8 @@ class PtlConverter(Converter):
             files = (final.name,)
             meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
                     "outputs": spec.output_names, "capture": capture}
+            if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
+                meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dyn.meta(spec.dynamic)})
             if quantized is not None:
                 files, quant_meta = _write_reference(quantized, spec, recipe, Path(out_dir), tuple(example_inputs), calibration)
                 meta.update(quant_meta)
@@ -143,8 +151,14 @@ class PtlConverter(Converter):
         module = _load(Path(root) / artifact.path)
         dtypes = [np.dtype(d) for d in artifact.meta["input_dtypes"]]
         torch.set_num_threads(threads)  # process-wide: a runner process runs one artifact
+        names = artifact.meta.get("inputs") or []
+        shapes = artifact.meta.get("input_shapes") if artifact.meta.get("dynamic") else None
 
         def run(inputs) -> list:
+            for n, a, shape in zip(names, inputs, shapes or ()):
+                problem = dyn.shape_problem(artifact.meta, n, shape, np.shape(a))
+                if problem:
+                    raise UserError("E-DATA-SHAPE", problem, "feed sizes inside the model's dynamic ranges")
             args = [torch.from_numpy(np.ascontiguousarray(a, dtype=dt)) for a, dt in zip(inputs, dtypes)]
             with torch.no_grad():
                 return _as_arrays(module(*args))
@@ -230,24 +244,27 @@ def _write_reference(q, spec, recipe, out_dir: Path, example_inputs: tuple, cali
     return (f"{spec.name}-int8.ptl", ref.name), meta
 
 
-def _capture(model, example_inputs: tuple) -> tuple[torch.jit.ScriptModule, str]:
+def _capture(model, example_inputs: tuple, other_sizes: tuple = ()) -> tuple[torch.jit.ScriptModule, str]:
     """TorchScript of the model and how it was made ("trace" or "script").
 
     The trace is checked by torch on a second input with other values (same shapes and dtypes):
     if the retraced graph differs or the traced outputs differ from the module's, the trace baked in
     data-dependent Python control flow, and the model is scripted instead. Shape-derived constants
-    (TracerWarnings about converting tensors to Python numbers) are harmless here, since a spec
-    fixes every shape; the check decides, so the TracerWarnings themselves are not shown.
+    (TracerWarnings about converting tensors to Python numbers) are harmless with fixed shapes; with
+    dynamic shapes ``other_sizes`` (inputs at other sizes of the ranges) are checked as well, so a
+    size baked into the graph changes it and the model is scripted. The check decides, so the
+    TracerWarnings themselves are not shown.
     """
     variant = _value_variant(example_inputs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
         try:
-            traced = torch.jit.trace(model, example_inputs, check_inputs=[example_inputs, variant], strict=False)
+            traced = torch.jit.trace(model, example_inputs, check_inputs=[example_inputs, variant, *other_sizes],
+                                     strict=False)
             why = next((_first_line(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
                         and "does not match" in str(w.message)), None)
         except torch.jit.TracingCheckError:
-            traced, why = None, "the traced graph changes with the input values"
+            traced, why = None, "the traced graph changes with the input values" + (" or sizes" if other_sizes else "")
         except Exception as exc:  # the tracer raises RuntimeError, TypeError, ... on what it cannot record
             traced, why = None, _first_line(exc)
     for w in caught:  # pass on what is not the tracer's own commentary
@@ -264,6 +281,20 @@ def _capture(model, example_inputs: tuple) -> tuple[torch.jit.ScriptModule, str]
             f"({_first_line(exc)})",
             "make forward() free of data-dependent Python control flow, or scriptable",
         ) from exc
+
+
+def _other_sizes(spec, example_inputs: tuple) -> tuple:
+    """With dynamic shapes: the example rebuilt at each other size verification probes (the ranges'
+    bounds and middle, edgekit.dynamic), as trace check inputs; () for fixed shapes."""
+    if not spec.dynamic:
+        return ()
+    sample = tuple(t.detach().cpu().numpy() for t in example_inputs)
+    out = []
+    for sizes in dyn.probe_sizes(spec.dynamic):
+        arrays = dyn.probe(spec.dynamic, spec.input_names, [sample], sizes, 0)
+        if any(a.shape != s.shape for a, s in zip(arrays, sample)):
+            out.append(tuple(torch.from_numpy(a.copy()).to(t.dtype) for a, t in zip(arrays, example_inputs)))
+    return tuple(out)
 
 
 def _value_variant(inputs: tuple) -> tuple:
