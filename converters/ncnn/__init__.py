@@ -60,7 +60,12 @@ PNNX_TIMEOUT_S = 1800
 # max_abs_rel 0.067-0.131, min cosine 0.954-0.990, top-1 0.75-0.875 over the four calibrators: ncnn's
 # x86 depthwise int8 kernel differs from the simulation by ~1e-4 relative (local SQNR ~80 dB), which
 # flips int8 roundings downstream. The per-layer check (int8.compare_blobs) is the tight one.
-INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.95, min_top1=0.75)
+# End to end the bound is every INT8 target's (base.INT8_END_TO_END_TOLERANCE: 32 output steps), in
+# one int8 step of each output's calibrated range (int8.output_steps: ncnn's outputs are float).
+# Measured on random-init timm CNNs (bench/model_coverage.py), where 1-step roundings amplify most:
+# mobilenetv2_100 ncnn 14.8 dB vs its reference with every int8 layer exact on its own input (local
+# SQNR ~147 dB), tflite 15.2 dB and executorch/onnx 15.0 dB on the same model, passing within their steps.
+INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.95, min_top1=0.75, max_steps=32.0)
 # fp16 weights (pnnx fp16=1) run in FP32 by the strict runner, vs the fp16-weight simulation (48
 # samples): MobileNetV2 max_abs_rel 1.8e-4, tiny_cnn 3.8e-6, tiny_transformer 3.7e-4 (pnnx keeps some constants FP32 that
 # the simulation rounds); cosine 1.0, top-1 1.0.

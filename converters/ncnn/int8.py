@@ -16,7 +16,10 @@ Steps (``export_int8``):
 5. the quantized reference: the folded torch model whose quantized layers fake-quantize their input
    with exactly the artifact's input scale and use the int8 weights times 1/scale, computing in
    float; saved with torch.export next to the artifact. ncnn dequantizes every int8 layer's output
-   (float bias and activation in float), so the artifact's outputs are float: no output_scales.
+   (float bias and activation in float), so the artifact's outputs are float and carry no scale of
+   their own; ``output_scales`` holds the yardstick every other INT8 target's outputs carry, one
+   int8 step of each output's calibrated range ((max - min) / 255 of the reference's outputs on the
+   calibration samples), so fidelity is judged in the same units on every target.
 
 Layers kept in float: ``recipe.keep_float`` names torch modules (or classes); the matched ncnn layers
 keep their FP32 record.
@@ -419,6 +422,14 @@ def build_reference(folded, qlayers: list[QLayer]):
     return ref
 
 
+def output_steps(ref, samples) -> list[float]:
+    """One int8 step of each output's range on the calibration samples ((max - min) / 255, as an
+    affine int8 output of the PT2E targets would have): the unit ncnn's float outputs are judged in."""
+    from edgekit.reference import run_reference
+
+    return [float(o.max() - o.min()) / 255.0 for o in run_reference(ref, samples)]
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -471,6 +482,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
             q.w_scales = quantize_weights(q.weight)[1]
         layers, int8_bin = write_int8(layers, bin_bytes, layout, qlayers)
         ref = build_reference(folded, qlayers)
+        steps = output_steps(ref, samples)
         out_dir.mkdir(parents=True, exist_ok=True)
         names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
         write_atomic(out_dir / names[1], int8_bin)
@@ -481,7 +493,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     meta.update({
         "file_bytes": [(out_dir / names[0]).stat().st_size, (out_dir / names[1]).stat().st_size],
         "reference": names[2],
-        "output_scales": None,  # ncnn dequantizes every int8 layer: the outputs are float
+        "output_scales": steps,  # the outputs are float: one int8 step of their calibrated range (output_steps)
         "recipe": recipe.to_dict(),
         "recipe_summary": recipe.describe().replace("a: per-tensor", "a: per-tensor symmetric (ncnn)"),
         "calibration": {"count": len(samples), "sha256": calibration.head(recipe.max_samples).sha256},

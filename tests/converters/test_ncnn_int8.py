@@ -47,13 +47,16 @@ def _records(art, out):
     return [ln.split() for ln in (out / art.files[0]).read_text().splitlines()[2:]]
 
 
-def test_layout_meta_and_int8_records(exported):
+def test_layout_meta_and_int8_records(exported, setup):
     art, out, fp32, *_ = exported
     assert (art.target, art.precision, art.path) == ("ncnn", "int8", "tiny_cnn-int8.param")
     assert art.files == ("tiny_cnn-int8.param", "tiny_cnn-int8.bin", "tiny_cnn-int8.ncnn.reference.pt2")
     assert all((out / f).is_file() for f in art.files)
     assert json.loads(json.dumps(art.meta)) == art.meta
-    assert art.meta["output_scales"] is None and art.meta["reference"] == art.files[2]
+    assert art.meta["reference"] == art.files[2]
+    # float outputs judged in one int8 step of their calibrated range, the unit of every INT8 target
+    ref_out = run_program(load_quantized_reference(out / art.meta["reference"]).module(), list(setup[1].samples))[0]
+    assert art.meta["output_scales"] == pytest.approx([float(ref_out.max() - ref_out.min()) / 255], rel=1e-5)
     assert art.meta["recipe"]["calibrator"] == "percentile" and art.meta["kept_float"] == []
     quantized = [r for r in _records(art, out) if r[0] in ("Convolution", "ConvolutionDepthWise", "InnerProduct")]
     assert len(quantized) == 6 and all("8=1" in r for r in quantized)
