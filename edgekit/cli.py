@@ -51,23 +51,38 @@ TASK_HELP = ("what the outputs mean, so how parity judges them: classification (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgekit.isolate import DEFAULT_TIMEOUT_S
-    from edgekit.data import DEFAULT_SAMPLES
-
     from edgekit import __version__
 
     p = _Parser(prog="edgekit", description=__doc__.split(".")[0] + ".",
                 epilog="Exit codes: 0 pass, 1 parity failure, 2 usage/input error, 3 internal error.")
     p.add_argument("--version", action="version", version=f"edgekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (helptext, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=helptext))
+    return p
 
-    e = sub.add_parser("export", help="export a model to targets, verify each in its runtime, write a bundle")
+
+def _add_export(e) -> None:
+    from edgekit.data import DEFAULT_SAMPLES
+    from edgekit.isolate import DEFAULT_TIMEOUT_S
+
     e.add_argument("model", help="built-in name (mobilenet_v2, minilm, tiny_cnn, tiny_transformer), path/to/file.py:factory, or a .pt2 file")
     e.add_argument("--targets", default="all", help=_target_help())
     e.add_argument("--data", help="folder of images, .txt sentences, or .npy/.npz input tensors (default: the built-in model's calibration_data/)")
     e.add_argument("--out", help="bundle folder to write (default: bundles/<model>); an existing bundle there is replaced")
     e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="verification samples: the first N of the data (default %(default)s)")
     e.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
+    _add_quant(e)
+    e.add_argument("--task", metavar="TASK", help=TASK_HELP)
+    e.add_argument("--dynamic", action="append", default=[], metavar="DIM",
+                   help="an input axis whose size varies (repeatable): batch=1..8 (axis 0 of every input), x.2=160..320/32 "
+                        "(input x, axis 2, multiples of 32), seq:input_ids.1,attention_mask.1=8..128 (one shared size); "
+                        "fp32, targets listed by `edgekit targets`; verified at the bounds and the middle")
+    e.add_argument("--json", help="also write report.json to this file")
+    e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
+
+
+def _add_quant(e) -> None:
     e.add_argument("--quant", default="fp32", choices=["fp32", *_schemes()],
                    help="int8: static post-training quantization calibrated on --data (first two thirds; "
                         "verified on the held-out third); fp16: fp16 weights; dynamic: weight-only int8 "
@@ -86,15 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
-    e.add_argument("--task", metavar="TASK", help=TASK_HELP)
-    e.add_argument("--dynamic", action="append", default=[], metavar="DIM",
-                   help="an input axis whose size varies (repeatable): batch=1..8 (axis 0 of every input), x.2=160..320/32 "
-                        "(input x, axis 2, multiples of 32), seq:input_ids.1,attention_mask.1=8..128 (one shared size); "
-                        "fp32, targets listed by `edgekit targets`; verified at the bounds and the middle")
-    e.add_argument("--json", help="also write report.json to this file")
-    e.add_argument("--quiet", action="store_true", help="no progress lines (for CI logs)")
 
-    v = sub.add_parser("verify", help="re-run every artifact of a bundle against its reference (what CI runs)")
+
+def _add_verify(v) -> None:
+    from edgekit.converters import all_converters
+    from edgekit.isolate import DEFAULT_TIMEOUT_S
+
+    arm = ", ".join(c.info.name for c in all_converters() if c.info.arm)
     v.add_argument("bundle", help="a bundle folder written by `edgekit export`")
     v.add_argument("--data", help="verify on this folder instead of the inputs stored in the bundle")
     v.add_argument("--samples", type=int, help="use only the first N samples")
@@ -106,34 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     v.add_argument("--html", metavar="FILE", help="write a self-contained HTML report to this file")
     v.add_argument("--arm", default="", metavar="CPUS",
-                   help="also run the ARM-capable artifacts (tflite, ncnn) on these emulated CPUs, e.g. "
+                   help=f"also run the ARM-capable artifacts ({arm}) on these emulated CPUs, e.g. "
                         "cortex-a53,cortex-a76 (qemu-user; needs `edgekit arm setup` once)")
     v.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    i = sub.add_parser("inspect", help="delegate coverage of an artifact: ops, XNNPACK (measured), GPU, NNAPI by API level")
+
+def _add_inspect(i) -> None:
     i.add_argument("artifact", help="a .tflite, ncnn .param, .pte or .ptl file (inside a bundle, its manifest entry is used)")
     i.add_argument("--json", help="also write the result as JSON to this file")
 
-    b = sub.add_parser("bundle", help="copy a bundle's manifest, labels and app-loadable artifacts into an app's assets")
+
+def _add_bundle(b) -> None:
     b.add_argument("bundle", help="a bundle folder written by `edgekit export`")
     dest = b.add_mutually_exclusive_group(required=True)
     dest.add_argument("--android", metavar="DIR", help="e.g. android_demo/app/src/main/assets (copies the .tflite and ncnn files)")
     dest.add_argument("--ios", metavar="DIR", help="an Xcode project's resource folder (copies the artifacts iOS apps load: "
                                                    "see `edgekit targets`)")
 
-    a = sub.add_parser("arm", help="ARM emulation: build the aarch64 environment once (qemu-user, Debian arm64, runtime wheels)")
+
+def _add_arm(a) -> None:
     a.add_argument("action", choices=["setup"], help="setup: build it (about a minute, ~350 MB, cached)")
 
-    r = sub.add_parser("run", help="run the pipeline from a TOML config (default: the shipped MobileNetV2 example)")
+
+def _add_run(r) -> None:
     r.add_argument("config", nargs="?", help="a .toml file with an [export] table")
     r.add_argument("--task", metavar="TASK", help="replaces the config's task; " + TASK_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    t = sub.add_parser("targets", help="print the capability table")
+
+def _add_targets(t) -> None:
     fmt = t.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="as JSON")
     fmt.add_argument("--markdown", action="store_true", help="as the Markdown table the README carries")
-    return p
 
 
 # The report's sections printed on the console (each under its heading); --quiet keeps the first ones.
@@ -218,73 +235,102 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _run_targets(args, command: str) -> int:
+    from edgekit import capabilities
+
+    if args.json:
+        print(json.dumps(capabilities.rows(), indent=2))
+    else:
+        print(capabilities.markdown_table() if args.markdown else capabilities.text_table())
+    return EXIT_PASS
+
+
+def _run_export(args, command: str) -> int:
+    import edgekit
+
+    bundle = edgekit.export(args.model, targets=args.targets, data=args.data, out=args.out, samples=args.samples,
+                            timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
+                            percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
+                            bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
+                            minmax_output=args.minmax_output, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
+                            progress=not args.quiet, command=command)
+    return _print_outcome(bundle, args.json, args.quiet)
+
+
+def _run_run(args, command: str) -> int:
+    import edgekit
+
+    return _print_outcome(edgekit.run(args.config, task=args.task, progress=not args.quiet, command=command), None, args.quiet)
+
+
+def _run_verify(args, command: str) -> int:
+    import edgekit
+
+    outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
+                             total_timeout_s=args.total_timeout, arm=args.arm, progress=not args.quiet, command=command)
+    if args.junit:
+        from edgekit.junit import write_junit
+
+        write_junit(args.junit, outcome.report)
+    if args.summary:
+        from edgekit.summary import write_summary
+
+        write_summary(args.summary, outcome.report)
+    if args.html:
+        from edgekit.html_report import write_html
+
+        write_html(Path(args.html), outcome.report, outcome._errors)
+    return _print_outcome(outcome, args.json, args.quiet)
+
+
+def _run_inspect(args, command: str) -> int:
+    from edgekit.inspect import inspect_artifact
+
+    path = Path(args.artifact)
+    result = inspect_artifact(path, _manifest_meta(path))
+    if args.json:
+        from edgekit import bundle as B
+
+        B.write_json(Path(args.json), result.to_dict())
+    print(result.markdown())
+    return EXIT_PASS
+
+
+def _run_bundle(args, command: str) -> int:
+    from edgekit.deploy import copy_for_app
+
+    platform, dest = ("android", args.android) if args.android else ("ios", args.ios)
+    copied = copy_for_app(args.bundle, dest, platform)
+    print("\n".join(f"copied {f}" for f in copied) + f"\n{len(copied)} files -> {dest} ({platform})")
+    return EXIT_PASS
+
+
+def _run_arm(args, command: str) -> int:
+    from edgekit.arm import prepare
+
+    env = prepare(progress=lambda msg: print(msg, file=sys.stderr))
+    print(f"ARM environment ready: {env.home}")
+    return EXIT_PASS
+
+
+# subcommand -> (help, adds its arguments, runs it): the parser and main() both follow this table
+COMMANDS = {
+    "export": ("export a model to targets, verify each in its runtime, write a bundle", _add_export, _run_export),
+    "verify": ("re-run every artifact of a bundle against its reference (what CI runs)", _add_verify, _run_verify),
+    "inspect": ("delegate coverage of an artifact: ops, XNNPACK (measured), GPU, NNAPI by API level", _add_inspect, _run_inspect),
+    "bundle": ("copy a bundle's manifest, labels and app-loadable artifacts into an app's assets", _add_bundle, _run_bundle),
+    "arm": ("ARM emulation: build the aarch64 environment once (qemu-user, Debian arm64, runtime wheels)", _add_arm, _run_arm),
+    "run": ("run the pipeline from a TOML config (default: the shipped MobileNetV2 example)", _add_run, _run_run),
+    "targets": ("print the capability table", _add_targets, _run_targets),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _tame_toolchain_noise()
     args = build_parser().parse_args(argv)
-    command = "edgekit " + shlex.join(argv)
     try:
-        if args.command == "targets":
-            from edgekit import capabilities
-
-            if args.json:
-                print(json.dumps(capabilities.rows(), indent=2))
-            else:
-                print(capabilities.markdown_table() if args.markdown else capabilities.text_table())
-            return EXIT_PASS
-        import edgekit
-
-        progress = not getattr(args, "quiet", False)
-        if args.command == "export":
-            bundle = edgekit.export(args.model, targets=args.targets, data=args.data, out=args.out, samples=args.samples,
-                                    timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
-                                    percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
-                                    bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
-                                    minmax_output=args.minmax_output, task=args.task,
-                                    dynamic_shapes=tuple(args.dynamic) or None, progress=progress, command=command)
-            return _print_outcome(bundle, args.json, args.quiet)
-        if args.command == "run":
-            return _print_outcome(edgekit.run(args.config, task=args.task, progress=progress, command=command), None, args.quiet)
-        if args.command == "verify":
-            outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
-                                     total_timeout_s=args.total_timeout, arm=args.arm, progress=progress, command=command)
-            if args.junit:
-                from edgekit.junit import write_junit
-
-                write_junit(args.junit, outcome.report)
-            if args.summary:
-                from edgekit.summary import write_summary
-
-                write_summary(args.summary, outcome.report)
-            if args.html:
-                from edgekit.html_report import write_html
-
-                write_html(Path(args.html), outcome.report, outcome._errors)
-            return _print_outcome(outcome, args.json, args.quiet)
-        if args.command == "inspect":
-            from edgekit.inspect import inspect_artifact
-
-            path = Path(args.artifact)
-            result = inspect_artifact(path, _manifest_meta(path))
-            if args.json:
-                from edgekit import bundle as B
-
-                B.write_json(Path(args.json), result.to_dict())
-            print(result.markdown())
-            return EXIT_PASS
-        if args.command == "bundle":
-            from edgekit.deploy import copy_for_app
-
-            platform, dest = ("android", args.android) if args.android else ("ios", args.ios)
-            copied = copy_for_app(args.bundle, dest, platform)
-            print("\n".join(f"copied {f}" for f in copied) + f"\n{len(copied)} files -> {dest} ({platform})")
-            return EXIT_PASS
-        if args.command == "arm":
-            from edgekit.arm import prepare
-
-            env = prepare(progress=lambda msg: progress(msg))
-            print(f"ARM environment ready: {env.home}")
-            return EXIT_PASS
+        return COMMANDS[args.command][2](args, "edgekit " + shlex.join(argv))
     except UserError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -299,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
         return EXIT_INTERNAL
-    return EXIT_USAGE
 
 
 def entry() -> int:
