@@ -193,3 +193,13 @@ def test_targets_with_fixed_shapes_are_refused_or_reported(tmp_path, capsys):
     assert {c.info.name for c in convs} == {c.info.name for c in edgekit.converters.all_converters() if c.info.dynamic}
     assert fixed and all(r.status == "unsupported" and r.error["code"] == "E-DYNAMIC-UNSUPPORTED" for r in fixed)
     assert "coreml" in {r.target for r in fixed} and "ptl-nnapi" in {r.target for r in fixed}
+
+
+def test_a_run_config_takes_the_same_ranges(tmp_path):
+    from edgekit.config import load_config
+
+    cfg = tmp_path / "job.toml"
+    cfg.write_text('[export]\nmodel = "tiny_cnn"\ntargets = "onnx"\ndynamic_shapes = ["batch=1..2", "image.2=32..64/32"]\n')
+    assert load_config(cfg).dynamic_shapes == ("batch=1..2", "image.2=32..64/32")
+    cfg.write_text('[export]\nmodel = "tiny_cnn"\ndynamic_shapes = 3\n')
+    coded(lambda: load_config(cfg), "E-CONFIG")
