@@ -155,6 +155,30 @@ def _dim_range(dim, where: str) -> tuple[int, int, int, str]:
                "pass Dim('name', min=..., max=...) (Dim.AUTO and Dim.DYNAMIC have no range to verify)")
 
 
+def from_program(program, input_names: list[str]) -> tuple[tuple[DynamicDim, ...], list[str]]:
+    """The dynamic dimensions a torch.export program was captured with: each input axis whose size is
+    a symbol (or k * a symbol) with a finite range in ``program.range_constraints`` -> (DynamicDims,
+    the "input.axis" of dynamic axes left out because their range has no upper bound to verify)."""
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    found: dict[str, list] = {}
+    unbounded = []
+    for name, arg in zip(input_names, user):
+        val = placeholders[arg].meta.get("val") if arg in placeholders else None
+        for axis, size in enumerate(getattr(val, "shape", ())):
+            if isinstance(size, int):
+                continue
+            step, symbol = size.node.expr.as_coeff_Mul()
+            rng = program.range_constraints.get(symbol)
+            if rng is None or not symbol.is_Symbol or not step.is_Integer or not rng.upper.is_finite or rng.upper > MAX_SIZE:
+                unbounded.append(f"{name}.{axis}")
+                continue
+            entry = found.setdefault(str(symbol), [int(step), max(int(rng.lower), 1), int(rng.upper), []])
+            entry[3].append((name, axis))
+    dims = tuple(DynamicDim(f"{axes[0][0]}_{axes[0][1]}", lo * k, hi * k, tuple(axes), k) for k, lo, hi, axes in found.values())
+    return dims, unbounded
+
+
 def resolve(given, input_names: list[str], example: tuple) -> tuple[DynamicDim, ...]:
     """The job's dynamic shapes (strings, one string, or torch's notation) checked against the model."""
     if given is None or given == () or given == []:

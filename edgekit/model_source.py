@@ -84,7 +84,25 @@ def _from_module(model: nn.Module, example, name: str, source: str, spec: ModelS
     example = _examples(example, f"model {source}")
     model = flat_outputs(model.eval(), example)
     spec = spec if spec is not None else derive_spec(model, example, name)
-    return LoadedModel(model, spec, example, source)
+    return LoadedModel(_named_inputs(model, spec.input_names), spec, example, source)
+
+
+def _named_inputs(model: nn.Module, names: list[str]) -> nn.Module:
+    """An edgekit wrapper (forward(*args)) made to declare one parameter per model input: torch.export
+    binds the inputs, and their dynamic_shapes, by the forward signature, and names the graph's
+    inputs after it."""
+    if not isinstance(model, (ProgramModule, KeywordInputs, FlatOutputs)):
+        return model
+    names = names if all(n.isidentifier() and n != "self" for n in names) else [f"input{i}" for i in range(len(names))]
+    wrapper = type(model)
+
+    def forward(self, *args):
+        return wrapper.forward(self, *args)
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in ("self", *names)])
+    model.__class__ = type(wrapper.__name__, (wrapper,), {"forward": forward, "__module__": wrapper.__module__})
+    return model
 
 
 def _from_program(program, example, name: str, source: str, spec: ModelSpec | None = None) -> LoadedModel:
@@ -94,7 +112,24 @@ def _from_program(program, example, name: str, source: str, spec: ModelSpec | No
             raise UserError("E-MODEL-FACTORY", f"{source} takes keyword inputs ({', '.join(kwargs)})",
                             "export the program with positional inputs only")
         example = tuple(args)
-    return _from_module(ProgramModule(program.module()), example, name, source, spec)
+    loaded = _from_module(ProgramModule(program.module()), example, name, source, spec)
+    return _with_program_dims(loaded, program)
+
+
+def _with_program_dims(loaded: LoadedModel, program) -> LoadedModel:
+    """The program's own bounded dynamic dimensions, kept for a job that gives none (edgekit.dynamic)."""
+    from edgekit.dynamic import from_program
+
+    try:
+        dims, unbounded = from_program(program, loaded.spec.input_names)
+    except UserError:  # a range edgekit cannot verify (e.g. beyond its size limit): exported fixed, said so
+        dims, unbounded = (), ["(out of range)"]
+    loaded.dynamic = tuple(d for d in dims if all(d.fits(int(loaded.example_inputs[loaded.spec.input_names.index(n)].shape[a]))
+                                                  for n, a in d.axes))
+    if unbounded:
+        loaded.dynamic_note = (f"the program's dynamic axes {', '.join(unbounded)} have no upper bound: exported at the "
+                               "example's size (give Dim(..., max=N) or --dynamic to export and verify a range)")
+    return loaded
 
 
 class ProgramModule(nn.Module):

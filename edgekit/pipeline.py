@@ -35,11 +35,21 @@ from edgekit.tasks import resolve as resolve_task
 from edgekit.verification import Outcome, verify_artifact
 
 
-def _with_dynamic(spec: ModelSpec, given, example: tuple) -> ModelSpec:
-    """The spec with the job's dynamic dimensions (edgekit.dynamic), checked against the model's inputs."""
-    if not given:
-        return spec
-    return dataclasses.replace(spec, dynamic=resolve_dynamic(given, spec.input_names, example))
+def _with_dynamic(spec: ModelSpec, given, loaded, convs: list, precision: str) -> tuple[ModelSpec, list[str]]:
+    """The spec with the job's dynamic dimensions (edgekit.dynamic), checked against the model's
+    inputs; without any, those a torch.export program was captured with, when every target of the
+    job exports them (else the program is exported at its example's size, and the notes say why)."""
+    if given:
+        return dataclasses.replace(spec, dynamic=resolve_dynamic(given, spec.input_names, loaded.example_inputs)), []
+    notes = [loaded.dynamic_note] if loaded.dynamic_note else []
+    if not loaded.dynamic:
+        return spec, notes
+    ranges = ", ".join(d.describe() for d in loaded.dynamic)
+    fixed = [c.info.name for c in convs if not c.info.dynamic]
+    if precision != "fp32" or fixed:
+        why = f"--quant {precision}" if precision != "fp32" else f"{', '.join(fixed)} export(s) fixed shapes only"
+        return spec, notes + [f"the program's dynamic dimensions ({ranges}) were exported at the example's size: {why}"]
+    return dataclasses.replace(spec, dynamic=loaded.dynamic), notes + [f"dynamic dimensions from the program: {ranges}"]
 
 
 def _error_result(conv: Converter, precision: str, exc: Exception, program=None) -> ParityResult:
@@ -211,7 +221,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     with captured() as model_log:  # a model package's import-time logs and download bars: into the report
         loaded = load_model(job.model, job.example_inputs)
     spec, task_notes = _with_task(loaded.spec, job.task)
-    spec = _with_dynamic(spec, job.dynamic_shapes, loaded.example_inputs)
+    spec, dynamic_notes = _with_dynamic(spec, job.dynamic_shapes, loaded, convs, precision)
     recipe, default_notes = model_defaults(job, recipe, loaded)
     if recipe is not None and recipe.keep_float:
         from edgekit.quant.recipe import keep_float_modules
@@ -221,7 +231,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
         data = _load_data(job.data, loaded)
         cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
-        split_notes = all_notes + default_notes + task_notes + split_notes
+        split_notes = all_notes + default_notes + task_notes + dynamic_notes + split_notes
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))
         compression = None

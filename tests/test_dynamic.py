@@ -203,3 +203,21 @@ def test_a_run_config_takes_the_same_ranges(tmp_path):
     assert load_config(cfg).dynamic_shapes == ("batch=1..2", "image.2=32..64/32")
     cfg.write_text('[export]\nmodel = "tiny_cnn"\ndynamic_shapes = 3\n')
     coded(lambda: load_config(cfg), "E-CONFIG")
+
+
+def test_a_program_saved_with_dynamic_shapes_keeps_its_ranges(tmp_path, photos):
+    """A .pt2 captured with bounded Dims is exported with those ranges and verified at them; where a
+    target takes fixed shapes only, it is exported at its example's size and the report says why;
+    an axis without an upper bound cannot be verified, so it stays fixed, said too."""
+    program = torch.export.export(_model(), (torch.from_numpy(photos[:2]),),
+                                  dynamic_shapes=({0: Dim("batch", min=1, max=4), 3: Dim("w")},))
+    path = tmp_path / "net.pt2"
+    torch.export.save(program, str(path))
+    data = [photos[k:k + 2] for k in range(0, 12, 2)]
+    b = edgekit.export(str(path), targets="onnx", data=data, out=tmp_path / "b")
+    assert b.passed, b.report["targets"]
+    assert [r["sizes"] for r in b.report["targets"]["onnx"]["dynamic"]["sizes"]] == [{"image_0": n} for n in (1, 2, 4)]
+    assert any("image.3 have no upper bound" in n for n in b.report["notes"])
+    both = edgekit.export(str(path), targets=["onnx", "coreml"], data=data, out=tmp_path / "c")
+    assert "dynamic" not in both.report["targets"]["onnx"]
+    assert any("coreml export(s) fixed shapes only" in n for n in both.report["notes"])

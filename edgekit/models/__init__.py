@@ -26,6 +26,10 @@ class LoadedModel:
     assets: dict[str, Path] = field(default_factory=dict)  # copied into the bundle under their key
     # int8 recipe settings measured best for this model, used where the user set none (the report says so)
     int8_defaults: dict = field(default_factory=dict)
+    # a torch.export program's own bounded dynamic dimensions (edgekit.dynamic.DynamicDim), used when
+    # the job gives none, and a note on the ones it cannot verify (no upper bound)
+    dynamic: tuple = ()
+    dynamic_note: str | None = None
 
 
 def calibration_root() -> Path:
