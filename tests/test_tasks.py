@@ -82,6 +82,24 @@ def test_a_missing_box_fails_and_is_counted():
     assert res.status == "fail" and res.detection.missing == 2
 
 
+def test_quantized_boxes_within_their_steps_are_judged_in_steps():
+    """A random-init detector's boxes are near-tied: int8 noise of a few output steps reorders them so
+    IoU matching misses many, though every value is within the step bound (bench: yolos_tiny). As for
+    any quantized output, within the steps passes; beyond them the detection criteria apply again."""
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([np.full((4, 1, 25, 2), 0.5), np.full((4, 1, 25, 2), 0.52)], -1) + rng.normal(0, 0.003, (4, 1, 25, 4))
+    scores = rng.uniform(0.01, 0.03, (4, 1, 25))
+    step = 0.001
+    got_b = boxes + rng.integers(-8, 9, boxes.shape) * step
+    got_s = scores + rng.integers(-8, 9, scores.shape) * step
+    args = (["boxes", "scores"], INT8_END_TO_END_TOLERANCE, DET)
+    res = compare("t", "int8", [boxes, scores], [got_b, got_s], *args, output_scales=[step, step])
+    assert res.detection.matched_fraction < 0.9 and res.passed, res.failures  # 8 steps: within 32
+    far = compare("t", "int8", [boxes, scores], [got_b * 1.5, got_s], *args, output_scales=[step, step])
+    assert not far.passed and any("matched" in f for f in far.failures)
+    assert not compare("t", "int8", [boxes, scores], [got_b, got_s], *args).passed  # no steps known: IoU rules
+
+
 def test_nan_boxes_and_scores_fail_without_crashing():
     boxes, scores = _boxes()
     got_b, got_s = boxes.copy(), scores.copy()
