@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from edgekit import dynamic
-from edgekit.errors import UnsupportedOpError, UserError
+from edgekit.errors import UserError
 
 from . import tool
 from .int8_params import compression_params, qdq_to_float
@@ -118,21 +118,11 @@ def _onnx(model, spec, recipe, scratch: Path, example_inputs: tuple, calibration
     """The onnx target's file (QDQ with its quantized reference for a recipe), loaded."""
     import onnx
 
-    from edgekit.converters import get
+    from ..onnx.via import export_via_onnx
 
     folder = scratch / "onnx"
     folder.mkdir()
-    extra = {"calibration": calibration} if recipe is not None else {}
-    try:
-        art = get("onnx").export(model, spec, recipe, folder, tuple(example_inputs), **extra)
-    except UnsupportedOpError as exc:
-        raise UnsupportedOpError(TARGET, exc.op, exc.node, f"mnn converts edgekit's ONNX file, and torch.onnx.export "
-                                 f"has no translation for {exc.op}: replace it in the model, or drop the target mnn") from exc
-    except UserError as exc:
-        if exc.code == "E-DEP-MISSING":
-            raise
-        fix = "export mnn in fp32 or fp16 for this model" if exc.code == "E-TARGET-PRECISION" else exc.fix
-        raise UserError(exc.code, f"mnn exports through edgekit's ONNX file, which failed: {exc.what}", fix) from exc
+    art = export_via_onnx(TARGET, model, spec, recipe, folder, example_inputs, calibration)
     return onnx.load(str(folder / art.path)), art.meta
 
 

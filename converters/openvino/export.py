@@ -20,6 +20,7 @@ from pathlib import Path
 from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
+from ..onnx.via import export_via_onnx
 from .no_telemetry import import_openvino
 from .runner import message, same_names
 
@@ -52,7 +53,8 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
     scratch = Path(tempfile.mkdtemp(prefix=".openvino-export-", dir=out_dir))
     moved: list[str] = []
     try:
-        onnx_art = _onnx(model, spec, recipe if precision == "int8" else None, scratch, example_inputs, calibration)
+        onnx_art = export_via_onnx(TARGET, model, spec, recipe if precision == "int8" else None, scratch, example_inputs,
+                                   calibration)
         converted = _convert(ov, scratch / onnx_art.path)
         converted.set_friendly_name(spec.name)
         if spec.dynamic:
@@ -141,19 +143,6 @@ def _check_int8_inputs(spec, example_inputs, calibration) -> None:
     if any(not t.is_floating_point() for t in example_inputs):
         raise UserError("E-TARGET-PRECISION", f"{TARGET} INT8 quantizes float inputs only; {spec.name} takes "
                         f"{[str(t.dtype) for t in example_inputs]}", f"export {TARGET} in fp32 or fp16 for this model")
-
-
-def _onnx(model, spec, recipe, scratch: Path, example_inputs: tuple, calibration):
-    """The onnx target's artifact (written into scratch); its errors are re-issued for this target."""
-    from edgekit.converters import get
-
-    extra = {"calibration": calibration} if recipe is not None else {}
-    try:
-        return get("onnx").export(model, spec, recipe, scratch, tuple(example_inputs), **extra)
-    except UnsupportedOpError as exc:
-        raise UnsupportedOpError(TARGET, exc.op, exc.node, f"{TARGET} reads the model as ONNX: {exc.fix}") from exc
-    except UserError as exc:
-        raise UserError(exc.code, f"{TARGET} exports through ONNX, which failed: {exc.what}", exc.fix) from exc
 
 
 def _convert(ov, onnx_path: Path):
