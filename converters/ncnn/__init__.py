@@ -58,7 +58,8 @@ PNNX_TIMEOUT_S = 1800
 # INT8 conversion fidelity vs the quantized reference (float simulation of ncnn's int8 scheme with the
 # artifact's scales). tiny_cnn: exact. MobileNetV2, 16 held-out photos (bench/int8_ncnn_mobilenet_v2.py):
 # max_abs_rel 0.067-0.131, min cosine 0.954-0.990, top-1 0.75-0.875 over the four calibrators: ncnn's
-# x86 depthwise int8 kernel differs from the simulation by ~1e-4 relative (local SQNR ~80 dB), which
+# x86 depthwise int8 kernel differs from the simulation by ~1e-4 relative (local SQNR ~80 dB: its
+# dequantize approximates 1/(s * s_w) with _mm_rcp_ps, ARM computes it exactly; int8._FakeQuant), which
 # flips int8 roundings downstream. The per-layer check (int8.compare_blobs) is the tight one.
 # End to end the bound is every INT8 target's (base.INT8_END_TO_END_TOLERANCE: 32 output steps), in
 # one int8 step of each output's calibrated range (int8.output_steps: ncnn's outputs are float).

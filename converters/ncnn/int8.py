@@ -379,8 +379,22 @@ def write_int8(layers, bin_bytes: bytes, layout, qlayers: list[QLayer]) -> tuple
 
 class _FakeQuant(__import__("torch").nn.Module):
     """A conv/linear computing ncnn's int8 scheme in float: the input rounded to int8 levels
-    (x * s, half to even, clamp +-127), the conv/linear on integer-valued float32 tensors (exact while
-    sums stay below 2**24, as ncnn's int32 sums), then ncnn's dequantize: sum * 1/(s * s_w[c]) + bias."""
+    (x * s, half away from zero, clamp +-127), the conv/linear on integer-valued float32 tensors (exact
+    while sums stay below 2**24, as ncnn's int32 sums), then ncnn's dequantize: sum * 1/(s * s_w[c]) + bias.
+
+    Rounding follows ncnn's float2int8, which rounds half away from zero on every CPU (x86: +-0.5
+    then truncate, computed here the same way in float32; ARM: vcvtaq, the same except for
+    |x * s| = 0.49999997). torch.round (half to even) differed on exact ties: measured on timm
+    convnext_atto (a 7x7 depthwise conv, 160x14x14 input), one tie in a sample put 28 outputs one input
+    step (up to 3.2e-4, 0.3% of their channel's range) off the runtime.
+
+    Dequantize: ARM's kernels (the phone) compute 1/(s * s_w[c]) exactly, as here. ncnn's x86
+    depthwise int8 kernel for channels % 8 == 0 (packed layout) computes it as ``_mm_rcp_ps(s * s_w)``, an
+    approximate reciprocal (relative error <= 1.5 * 2**-12, CPU-dependent bits): on the x86 host each
+    such channel's outputs are off by a constant factor within that bound (measured on every depthwise
+    layer of timm mobilenetv3_small_100: max 2.8e-4, local SQNR 66-81 dB, every element inside the
+    bound). The reference keeps the exact value (what the device computes); the per-layer bound
+    (``LOCAL_MIN_SQNR_DB``) is far above it."""
 
     def __init__(self, mod, in_scale: float, w_q: np.ndarray, w_scales: np.ndarray):
         import torch
@@ -400,7 +414,8 @@ class _FakeQuant(__import__("torch").nn.Module):
     def forward(self, x):
         import torch
 
-        q = torch.clamp(torch.round(x * self.scale), -QMAX, QMAX)
+        v = x * self.scale
+        q = torch.clamp(torch.sign(v) * torch.floor(torch.abs(v) + 0.5), -QMAX, QMAX)  # half away from zero
         return self.mod(q) * self.rescale + self.bias
 
 
@@ -534,7 +549,14 @@ SQNR_CAP_DB = 200.0  # an exact match is reported as 200 dB (JSON has no infinit
 
 def _reference_taps(program, modules: list[str]):
     """A GraphModule returning (outputs..., then input and output of each named module) of the
-    reference program; module groups are found by the nodes' nn_module_stack."""
+    reference program; module groups are found by the nodes' nn_module_stack.
+
+    Each tap is a copy (``aten.clone``) taken where the module reads its input and right after it
+    produced its output: the exported reference keeps the model's in-place ops (timm's
+    ``nn.Hardswish(inplace=True)`` is ``aten.hardswish_`` on the conv's output tensor), and a tap of
+    the tensor itself returned the value after them. Measured on timm mobilenetv3_small_100: the
+    conv_stem "output" was hardswish(conv) (equal to hardswish of ncnn's conv_1 blob within 5e-7), so
+    every conv followed by a hardswish read ~0 dB and was flagged (19 of 53 int8 layers)."""
     import torch
 
     gm = program.module()
@@ -553,7 +575,11 @@ def _reference_taps(program, modules: list[str]):
             raise InternalError(f"the quantized reference has no nodes for module {m}")
         inside = set(nodes)
         first = next(a for a in nodes[0].args if isinstance(a, torch.fx.Node) and a not in inside)
-        taps += [first, nodes[-1]]
+        with graph.inserting_before(nodes[0]):
+            x_tap = graph.call_function(torch.ops.aten.clone.default, (first,))
+        with graph.inserting_after(nodes[-1]):
+            y_tap = graph.call_function(torch.ops.aten.clone.default, (nodes[-1],))
+        taps += [x_tap, y_tap]
     out = next(n for n in graph.nodes if n.op == "output")
     flat = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
     out.args = (tuple(flat) + tuple(taps),)
