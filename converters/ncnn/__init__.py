@@ -38,10 +38,8 @@ runs one sample per call), and a model that needs layout.py's chains (written at
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +48,10 @@ from edgekit import dynamic
 from edgekit.errors import UnsupportedOpError, UserError
 
 from ..base import FP32_TOLERANCE, Artifact, Converter, TargetInfo, Tolerance
+from .dynamic_shapes import (DynamicUnsupported, check_dynamic, example_sizes, output_free_axes,
+                             output_shape, resized, second_size)
 from .layout import rewrite_module
+from .legalise import Legaliser, check_supported, parse_pnnx_ir
 from .param import Layer, format_layers, load_net, parse_layers
 from .pnnx_fixes import apply as fix_for_pnnx
 
@@ -80,12 +81,6 @@ _INT_CONSUMERS = {"Embed"}
 _PASS_THROUGH = {"Split", "Noop"}
 # Layers whose inputs after the first are read for their shape only (crop/reshape/resize to that size)
 _SHAPE_REFERENCE = {"Crop", "Reshape", "Interp"}
-# Layers that only move values: their output holds a bool tensor (as 0/1) when their inputs do.
-_MOVES_VALUES = {"Split", "Noop", "Tile", "Reshape", "Permute", "Crop", "Slice", "ExpandDims", "Squeeze",
-                 "Flatten", "Concat"}
-# What a masked-out score gets in ncnn's SDPA (which adds its float mask to the scores): exp() of it is 0
-# in float32 next to any real score, and it stays finite in fp16 (an app's ncnn may compute in fp16).
-SDPA_MASKED = -3.0e4
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,201 +231,6 @@ def _run_pnnx(scratch: Path, example_inputs, fp16: bool = False, shapes2: list |
     return log
 
 
-# --------------------------------------------------------------------------------------------
-# Step 3: the ncnn graph, its legalisation and the check for unsupported layers.
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class _IrOp:
-    """One op of pnnx's own IR (.pnnx.param): params and the (shape, dtype) of each operand."""
-
-    inputs: list[tuple[tuple[int, ...], str]]
-    outputs: list[tuple[tuple[int, ...], str]]
-    params: dict[str, str]
-
-
-def _parse_pnnx_ir(text: str) -> dict[str, _IrOp]:
-    ops = {}
-    for ln in text.splitlines()[2:]:
-        tok = ln.split()
-        if len(tok) < 4:
-            continue
-        nin, nout = int(tok[2]), int(tok[3])
-        names = tok[4:4 + nin + nout]
-        params, types = {}, {}
-        for t in tok[4 + nin + nout:]:
-            key, _, val = t.partition("=")
-            if key.startswith("#"):
-                m = re.fullmatch(r"\(([-\d,?]*)\)(\w+)", val)  # "?": a size that follows the inputs
-                if m:
-                    types[key[1:]] = (tuple(-1 if d == "?" else int(d) for d in m.group(1).split(",") if d), m.group(2))
-            else:
-                params[key] = val
-        unknown = ((), "?")
-        ops[tok[1]] = _IrOp([types.get(n, unknown) for n in names[:nin]],
-                            [types.get(n, unknown) for n in names[nin:]], params)
-    return ops
-
-
-def _kind(dtype: str) -> str:
-    """"float", "int" or "bool" for a pnnx IR type (f32, i64, bool) or a torch dtype name."""
-    if dtype.startswith(("f", "bf")) or any(k in dtype for k in ("float", "half", "double")):
-        return "float"
-    return "bool" if "bool" in dtype else "int"
-
-
-def _scalar(value: float) -> str:
-    if not np.isfinite(np.float32(value)):
-        raise ValueError("not finite in float32")
-    return f"{value:.9e}".replace("e+", "e")
-
-
-class _Legaliser:
-    """Rewrites pnnx leftovers that have an exact ncnn form; each rule returns replacement layers
-    or None (then the layer stays, and is reported as unsupported)."""
-
-    def __init__(self, layers: list[Layer], ir: dict[str, _IrOp]):
-        self.layers, self.ir, self.count = layers, ir, 0
-        self.producer: dict[str, Layer] = {}  # blob -> the layer writing it, as rewritten so far
-        self.bools: set[str] = set()  # blobs holding a bool tensor as 0/1
-
-    def new(self, type_: str, base: str, inputs: list[str], params: list[str], output: str | None = None) -> Layer:
-        """A new layer named after the one it replaces; its output blob is ``output`` or its own name."""
-        self.count += 1
-        name = f"{base}_lg{self.count}"
-        return Layer(type_, name, inputs, [output or name], params)
-
-    def run(self) -> list[str]:
-        """Rewrite self.layers in place; returns "type name" of each layer rewritten."""
-        rules = {"MemoryData": self.int8_constant, "Tensor.to": self.cast, "pnnx.Expression": self.logic,
-                 "torch.where": self.where, "torch.unbind": self.unbind, "SDPA": self.sdpa_mask}
-        out, rewritten = [], []
-        for layer in self.layers:
-            rule, op = rules.get(layer.type), self.ir.get(layer.name)
-            replacement = rule(layer, op) if rule and (op or layer.type in ("MemoryData", "SDPA")) else None
-            if self.holds_bool(layer, op):
-                self.bools.update(layer.outputs)
-            if replacement is not None:
-                rewritten.append(f"{layer.type} {layer.name}")
-            for new in replacement if replacement is not None else [layer]:
-                out.append(new)
-                self.producer.update((b, new) for b in new.outputs)
-        self.layers[:] = out
-        return rewritten
-
-    def holds_bool(self, layer, op) -> bool:
-        """True if the layer's outputs hold bool tensors: pnnx typed them bool, or the layer only moves
-        the values of bool inputs (ncnn layers pnnx made have names of their own, not in the IR)."""
-        if op is not None and op.outputs and all(_kind(t) == "bool" for _, t in op.outputs):
-            return True
-        return layer.type in _MOVES_VALUES and bool(layer.inputs) and all(b in self.bools for b in layer.inputs)
-
-    def sdpa_mask(self, layer, _op):
-        """ncnn's SDPA (5=1: a 4th input, the mask) adds its mask to the scores; torch's bool mask keeps
-        the True positions. A bool mask (0/1 here) becomes the additive one: (m - 1) * -SDPA_MASKED."""
-        if "5=1" not in layer.params or len(layer.inputs) != 4 or layer.inputs[3] not in self.bools:
-            return None
-        minus = self.new("BinaryOp", layer.name, layer.inputs[3:], ["0=1", "1=1", "2=1.0"])
-        additive = self.new("BinaryOp", layer.name, minus.outputs, ["0=2", "1=1", f"2={_scalar(-SDPA_MASKED)}"])
-        return [minus, additive, Layer(layer.type, layer.name, [*layer.inputs[:3], *additive.outputs],
-                                        layer.outputs, layer.params)]
-
-    def int8_constant(self, layer, _op):
-        """pnnx stores bool/int8 constants as int8 (MemoryData 21=3), which ncnn's float layers would
-        read as float bits: add a Cast int8 -> float32 behind it."""
-        if "21=3" not in layer.params:
-            return None
-        data = Layer(layer.type, layer.name, [], [layer.name + "_int8"], layer.params)
-        return [data, self.new("Cast", layer.name, data.outputs, ["0=3", "1=1"], layer.outputs[0])]
-
-    def cast(self, layer, op):
-        """Casts from integer/bool data: ncnn already holds them as float32 integers (exact)."""
-        if "dtype" not in op.params or op.inputs[0][1] == "?":
-            return None
-        src, dst = _kind(op.inputs[0][1]), _kind(op.params["dtype"])
-        if src == "float":
-            return None
-        if dst != "bool" or src == "bool":
-            return [Layer("Noop", layer.name, layer.inputs, layer.outputs)]
-        # int -> bool: min(|x|, 1), exact for integer values
-        absval = self.new("UnaryOp", layer.name, layer.inputs, ["0=0"])
-        return [absval, self.new("BinaryOp", layer.name, absval.outputs, ["0=5", "1=1", "2=1.0"], layer.outputs[0])]
-
-    def logic(self, layer, op):
-        """and/or of two bool tensors (0/1 in ncnn): mul and max."""
-        kind = {"and(@0,@1)": "0=2", "or(@0,@1)": "0=4"}.get(op.params.get("expr", ""))
-        if kind is None or len(layer.inputs) != 2 or any(_kind(t) != "bool" for _, t in op.inputs):
-            return None
-        return [Layer("BinaryOp", layer.name, layer.inputs, layer.outputs, [kind])]
-
-    def where(self, layer, op):
-        """where(c, x, y) with c in {0, 1} as c*x + (1-c)*y: exact for finite x, y."""
-        roles = [r for r in ("condition", "input", "other") if f"${r}" in op.params]
-        if roles[:1] != ["condition"] or len(roles) != len(layer.inputs) or _kind(op.inputs[0][1]) != "bool":
-            return None
-        blob = dict(zip(roles, layer.inputs))
-        try:
-            scalars = {r: _scalar(float(op.params[r])) for r in ("input", "other") if r not in blob}
-        except (KeyError, ValueError):
-            return None
-        split = self.new("Split", layer.name, [blob["condition"]], [])
-        split.outputs = [split.name + "_0", split.name + "_1"]
-        notc = self.new("BinaryOp", layer.name, [split.outputs[1]], ["0=7", "1=1", "2=1.0"])
-
-        def times(c, role):
-            if role in blob:
-                return self.new("BinaryOp", layer.name, [c, blob[role]], ["0=2"])
-            return self.new("BinaryOp", layer.name, [c], ["0=2", "1=1", f"2={scalars[role]}"])
-
-        a, b = times(split.outputs[0], "input"), times(notc.outputs[0], "other")
-        return [split, notc, a, b, self.new("BinaryOp", layer.name, a.outputs + b.outputs, ["0=0"], layer.outputs[0])]
-
-    def unbind(self, layer, op):
-        """unbind(0) of an (N, 1, *rest) tensor (batch second: q, k, v out of a fused qkv projection).
-        pnnx keeps the ncnn blob as (N, *rest) and puts an unconvertible reshape to (N, 1, *rest),
-        named ``<unbind>_ncnnbatch2dim_<k>``, in front: make that a Noop, Slice on axis 0 and
-        reshape each piece to (1, *rest)."""
-        shape, rest = op.inputs[0][0], op.inputs[0][0][2:]
-        before = self.producer.get(layer.inputs[0])
-        if op.params.get("dim") != "0" or len(shape) < 3 or shape[1] != 1 or not 1 <= len(rest) <= 3 \
-                or len(layer.outputs) != shape[0] or before is None or before.type != "Tensor.reshape" \
-                or not before.name.startswith(layer.name + "_ncnnbatch2dim_"):
-            return None
-        before.type = "Noop"
-        n = shape[0]
-        piece = self.new("Slice", layer.name, layer.inputs, ["-23300=" + ",".join([str(n)] + ["-233"] * n), "1=0"])
-        piece.outputs = [f"{piece.name}_{k}" for k in range(n)]
-        # Each piece is (1, *rest) with that 1 kept as a real axis (no batch): how pnnx wrote the layers
-        # reading the pieces (a Reduction over axis 3 of a 3-D rest, say). ncnn order: w, h, d, c.
-        dims = list(reversed([1, *rest]))
-        keys = {2: ["0", "1"], 3: ["0", "1", "2"], 4: ["0", "1", "11", "2"]}[len(dims)]
-        params = [f"{k}={d}" for k, d in zip(keys, dims)]
-        if any(d < 0 for d in rest):  # a size that follows the inputs': an expression of the piece's own axes
-            axes = {1: "w", 2: "wh", 3: "whd"}[len(rest)]  # the piece's (1, *rest) ncnn axes, innermost first
-            sizes = [f"0{a}" if d < 0 else str(d) for a, d in zip(axes, reversed(rest))]
-            params = ['6="' + ",".join([*sizes, "1"]) + '"']
-        return [piece] + [self.new("Reshape", layer.name, [p], params, o) for p, o in zip(piece.outputs, layer.outputs)]
-
-
-def _check_supported(layers: list[Layer], log: str) -> None:
-    import ncnn
-
-    # pnnx.* leftovers are often helpers of the real culprit (the constants an aten::sort takes): name that first
-    bad = sorted((layer for layer in layers if ncnn.layer_to_index(layer.type) < 0),
-                 key=lambda layer: layer.type.startswith("pnnx."))
-    if not bad:
-        return
-    details = []
-    for layer in bad:
-        params = re.findall(rf"^ignore \S+ {re.escape(layer.name)} param (.*)$", log, re.M)
-        details.append(f"{layer.type} (layer {layer.name}{': ' + ', '.join(params) if params else ''})")
-    rank = " pnnx reported reshapes beyond ncnn's 4 dims." if "exceeds ncnn physical rank" in log else ""
-    raise UnsupportedOpError(
-        "ncnn", bad[0].type, bad[0].name,
-        f"ncnn has no layer for: {'; '.join(details)}.{rank} Express these with ops ncnn has "
-        "(float arithmetic instead of bool masks and casts, at most 4-D tensors), or drop the ncnn target")
-
-
 def _input_feeds(layers: list[Layer], names: list[str]) -> list[str]:
     """How each input must be stored in its ncnn Mat: "int32" if only Embed reads it, else "float32"."""
     consumers: dict[str, list[Layer]] = {}
@@ -461,8 +261,8 @@ def _pnnx_pass(scratch: Path, traced, example_inputs, fp16: bool, shapes2=None) 
     traced.save(str(scratch / "model.pt"))
     log = _run_pnnx(scratch, example_inputs, fp16=fp16, shapes2=shapes2)
     layers = parse_layers((scratch / "model.ncnn.param").read_text())
-    fixed = _Legaliser(layers, _parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
-    _check_supported(layers, log)
+    fixed = Legaliser(layers, parse_pnnx_ir((scratch / "model.pnnx.param").read_text())).run()
+    check_supported(layers, log)
     return layers, fixed
 
 
@@ -490,110 +290,6 @@ def _convert(scratch: Path, model, example_inputs, fp16: bool,
                 "export ncnn at a fixed shape (no --dynamic), or use a target with dynamic shapes such as onnx",
                 exc.op, exc.node, exc.source) from exc
     return (*_pnnx_pass(scratch, traced, example_inputs, fp16), [f"layout-chain x{chains}", *traced.edgekit_rewrites])
-
-
-# --------------------------------------------------------------------------------------------
-# Dynamic shapes: what is refused, pnnx's second shape set, the output axes that vary.
-# --------------------------------------------------------------------------------------------
-
-class DynamicUnsupported(UnsupportedOpError):
-    """E-DYNAMIC-UNSUPPORTED, raised as an UnsupportedOpError so the pipeline reports it as it reports an
-    op ncnn cannot take: ``unsupported`` (which fails the run when the user named ncnn, and not when
-    ``--targets all`` chose it), with the model's source line when ``op``/``node`` name one."""
-
-    def __init__(self, what: str, fix: str, op: str = "dynamic shapes", node: str | None = None,
-                 source: str | None = None):
-        self.target, self.op, self.node, self.source = "ncnn", op, node, source
-        UserError.__init__(self, "E-DYNAMIC-UNSUPPORTED", what, fix)
-
-
-def _check_dynamic(spec, precision: str) -> None:
-    """E-DYNAMIC-UNSUPPORTED for what the ncnn target cannot export with dynamic shapes."""
-    batch = [d for d in spec.dynamic if any(axis == 0 for _, axis in d.axes)]
-    if batch:
-        which = ", ".join(d.describe() for d in batch)
-        raise DynamicUnsupported(
-            f"ncnn runs one sample at a time: a dynamic batch ({which}) has no axis in an ncnn Mat (it holds c, h, w "
-            "of one sample)",
-            "drop the batch range for ncnn and run the network once per sample; ncnn takes dynamic non-batch axes "
-            "(image height/width, sequence length), e.g. --dynamic x.2=160..320/32")
-    if precision != "fp32":
-        raise DynamicUnsupported(f"ncnn exports dynamic shapes in fp32 only, not {precision}",
-                                 "export the quantized model at a fixed shape, or fp32 with --dynamic")
-
-
-def _second_size(d, size: int) -> int:
-    """pnnx's second size of one dynamic dimension: another size in its range, far enough from the
-    traced one that shape arithmetic (a stride-2 pooling) does not map both to the same number."""
-    for cand in (min(d.max, max(2 * size, size + d.step)) // d.step * d.step, size - d.step, d.min):
-        if cand != size and d.fits(cand):
-            return cand
-    return size
-
-
-def _example_sizes(spec, example_inputs) -> dict[str, int]:
-    names = spec.input_names
-    return {d.name: int(example_inputs[names.index(d.axes[0][0])].shape[d.axes[0][1]]) for d in spec.dynamic}
-
-
-def _resized(spec, example_inputs, sizes: dict[str, int]) -> tuple:
-    """The example inputs rebuilt at other sizes of the dynamic dimensions (edgekit.dynamic.probe)."""
-    import torch
-
-    sample = tuple(x.detach().cpu().numpy() for x in example_inputs)
-    arrays = dynamic.probe(spec.dynamic, spec.input_names, [sample], sizes, 0)
-    return tuple(torch.from_numpy(a) for a in arrays)
-
-
-def _output_free_axes(model, spec, example_inputs, others: list[tuple]) -> list[list[int]]:
-    """Per output, the axes whose size changes with the inputs' (the model run in torch at the traced
-    size and at each of ``others``)."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    def shapes(inputs):
-        with torch.no_grad():
-            out = model(*inputs)
-        return [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-    try:
-        base, rest = shapes(example_inputs), [shapes(o) for o in others]
-    except Exception as exc:  # noqa: BLE001 - the user's forward() at another in-range size
-        raise UserError("E-DYNAMIC-SHAPES", f"the model fails at another size inside the --dynamic range: "
-                        f"{_first_line(exc)}", "give a range the model takes at every size") from exc
-    if len(base) != len(spec.outputs) or any(len(r) != len(base) for r in rest):
-        raise UserError("E-EXPORT-FAILED", f"the model returns {len(base)} tensors, the spec {spec.name} names "
-                        f"{len(spec.outputs)} outputs",
-                        "make forward() return the spec's outputs (a tensor or a tuple)")
-    free = []
-    for k, shape in enumerate(base):
-        if any(len(r[k]) != len(shape) for r in rest):
-            raise UserError("E-DYNAMIC-UNSUPPORTED", f"output {spec.outputs[k].name!r} changes its number of axes with "
-                            "the input size", "give outputs whose rank does not depend on the input size")
-        free.append(sorted({a for r in rest for a, (x, y) in enumerate(zip(shape, r[k])) if x != y}))
-    return free
-
-
-def _output_shape(got: tuple, fixed: tuple, free: list[int]) -> tuple | None:
-    """The output's shape (batch included) from the shape of the Mat ncnn returned (no batch; axes of
-    size 1 sometimes dropped), the spec's shape and the axes that vary; None if they do not agree."""
-    size = int(np.prod(got))
-    if not free:
-        return fixed if size == int(np.prod(fixed)) else None
-    if fixed and len(got) == len(fixed) - 1 and all(g == f for k, (g, f) in enumerate(zip(got, fixed[1:]), 1)
-                                                     if k not in free):
-        return (fixed[0], *got)
-    known = int(np.prod([f for k, f in enumerate(fixed) if k not in free]))
-    if len(free) == 1 and known and size % known == 0:
-        return tuple(size // known if k in free else f for k, f in enumerate(fixed))
-    # several varying axes and a Mat of another rank: match its axes to the spec's, sizes of 1 left out
-    want = [(k, f) for k, f in enumerate(fixed) if k in free or f != 1]
-    have = [g for g in got if g != 1]
-    if len(want) != len(have) or any(k not in free and f != g for (k, f), g in zip(want, have)):
-        return None
-    sizes = {k: g for (k, _), g in zip(want, have)}
-    return tuple(sizes.get(k, f) for k, f in enumerate(fixed))
-
 
 # --------------------------------------------------------------------------------------------
 # The converter.
@@ -633,7 +329,7 @@ class NcnnConverter(Converter):
             check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
         precision = "fp32" if recipe is None else recipe.scheme
         if spec.dynamic:
-            _check_dynamic(spec, precision)
+            check_dynamic(spec, precision)
         if precision == "int8":
             from .int8 import export_int8
 
@@ -645,11 +341,11 @@ class NcnnConverter(Converter):
         stem = f"{spec.name}-{precision}"
         shapes2, free = None, [[] for _ in spec.outputs]
         if spec.dynamic:
-            traced_at = _example_sizes(spec, example_inputs)
-            second = _resized(spec, example_inputs, {d.name: _second_size(d, traced_at[d.name]) for d in spec.dynamic})
-            lowest = _resized(spec, example_inputs, {d.name: d.min for d in spec.dynamic})
+            traced_at = example_sizes(spec, example_inputs)
+            second = resized(spec, example_inputs, {d.name: second_size(d, traced_at[d.name]) for d in spec.dynamic})
+            lowest = resized(spec, example_inputs, {d.name: d.min for d in spec.dynamic})
             shapes2 = [list(t.shape) for t in second]
-            free = _output_free_axes(model, spec, example_inputs, [second, lowest])
+            free = output_free_axes(model, spec, example_inputs, [second, lowest])
         with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
             scratch = Path(tmp)
             layers, fixed, rewrites = _convert(scratch, model, example_inputs, fp16=precision == "fp16",
@@ -763,7 +459,7 @@ class NcnnConverter(Converter):
             for name, shape, axes in zip(outputs, shapes, free):
                 ret, mat = ex.extract(name)
                 out = np.array(mat, dtype=np.float32)
-                actual = _output_shape(out.shape, shape, axes) if ret == 0 else None
+                actual = output_shape(out.shape, shape, axes) if ret == 0 else None
                 if actual is None:
                     expected = tuple("?" if k in axes else s for k, s in enumerate(shape))
                     raise UserError("E-ARTIFACT-CORRUPT", f"ncnn returned {out.size} values (shape {out.shape}) for "

@@ -216,6 +216,6 @@ def test_a_rewrite_at_the_traced_size_is_refused(tmp_path):
     ((3, 20, 30), (1, 4, 32, 32), [2, 3], None),  # a fixed axis differs
 ])
 def test_output_shape_from_the_mat(got, fixed, free, want):
-    from edgekit.converters.ncnn import _output_shape
+    from edgekit.converters.ncnn.dynamic_shapes import output_shape as _output_shape
 
     assert _output_shape(got, fixed, free) == want
