@@ -472,9 +472,10 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         raise UserError("E-TARGET-PRECISION", "ncnn's INT8 path does not implement bias correction",
                         "drop --bias-correction for ncnn (tflite, executorch, onnx, mnn and openvino implement it)")
     from edgekit.quant.adaround import describe, round_weights
+    from edgekit.quant.equalize import equalized
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
-    model, levers = _equalized(model, recipe)
+    model, levers = equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     kept = keep_float_modules(model, recipe)
     out_dir = Path(out_dir)
@@ -520,17 +521,6 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                          "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
     })
     return Artifact("ncnn", "int8", names[0], names, meta)
-
-
-def _equalized(model, recipe) -> tuple[object, list[str]]:
-    """The model after cross-layer equalization when the recipe asks for it (a copy; pnnx then
-    exports the equalized weights, and the reference is built from the same model), and its note."""
-    if not recipe.equalize:
-        return model, []
-    from edgekit.quant.equalize import equalize
-
-    model = copy.deepcopy(model).eval()
-    return model, [f"cross-layer equalization on {equalize(model)} conv pairs"]
 
 
 def _conv_linear():

@@ -252,12 +252,13 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     from torch.ao.quantization.quantize_fx import convert_fx
 
     from edgekit.quant.adaround import describe, round_weights
+    from edgekit.quant.equalize import equalized
 
     if recipe.bias_correction:
         raise UserError("E-TARGET-PRECISION", "ptl's INT8 path does not implement bias correction",
                         "drop --bias-correction for ptl (tflite, executorch, onnx, mnn and openvino implement it)")
     samples = tuple(samples)[: recipe.max_samples]
-    model, levers = _equalized(model, recipe)
+    model, levers = equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     float_ops: list[FloatOp] = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
     while True:
@@ -287,16 +288,6 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
 
 MAX_FLOAT_FALLBACKS = 16
-
-
-def _equalized(model: nn.Module, recipe: QuantRecipe) -> tuple[nn.Module, list[str]]:
-    """The model after cross-layer equalization when the recipe asks for it (a copy), and its note."""
-    if not recipe.equalize:
-        return model, []
-    from edgekit.quant.equalize import equalize
-
-    model = copy.deepcopy(model).eval()
-    return model, [f"cross-layer equalization on {equalize(model)} conv pairs"]
 
 
 # ---- the float simulation ------------------------------------------------------------------------

@@ -107,6 +107,16 @@ def equalize(model: nn.Module, iterations: int = 4) -> int:
     return len(pairs)
 
 
+def equalized(model: nn.Module, recipe) -> tuple[nn.Module, list[str]]:
+    """What every INT8 target quantizes: the model after cross-layer equalization when the recipe asks
+    for it (a copy; the caller's model is untouched) with the note the report carries, else the
+    model itself and no note."""
+    if not recipe.equalize:
+        return model, []
+    model = copy.deepcopy(model).eval()
+    return model, [f"cross-layer equalization on {equalize(model)} conv pairs"]
+
+
 def _graph_outputs(gm: torch.fx.GraphModule, names: list[str]) -> torch.fx.GraphModule:
     """A copy of ``gm`` returning the values of the named nodes (a tuple, in ``names`` order)."""
     g = copy.deepcopy(gm)

@@ -315,13 +315,11 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     samples = tuple(samples)[: recipe.max_samples]
-    model = copy.deepcopy(model).eval()
-    notes = []
-    if recipe.equalize:
-        from .equalize import equalize
+    from .equalize import equalized
 
-        pairs = equalize(model)
-        notes.append(f"cross-layer equalization on {pairs} conv pairs")
+    model, notes = equalized(model, recipe)  # a copy when it equalizes
+    if not recipe.equalize:
+        model = copy.deepcopy(model).eval()  # the caller's model is never changed
     example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x) for x in example_inputs)
     float_gm = None
     if recipe.bias_correction:  # the float model (after CLE, before ReLU6 -> ReLU) the biases are corrected towards
