@@ -69,6 +69,9 @@ class TargetInfo:
     # with arm: the "dist==version" wheels its runner needs in the emulated aarch64 user space
     # (edgekit.arm installs the host's version of each, this pin when the host has none)
     arm_wheels: tuple[str, ...] = ()
+    # without arm: why the target has no aarch64 runtime in the emulated user space (verify --arm
+    # reports each such artifact as not runnable with this reason instead of skipping it)
+    arm_missing: str | None = None
     relaxed_defaults: bool = False  # the runtime's own defaults are not strict FP32 (e.g. ncnn: FP16)
     not_runnable: str | None = None  # why the artifact cannot run on a host (None: it can)
     app_platforms: tuple[str, ...] = ()  # apps that load this file (`edgekit bundle --android/--ios`)

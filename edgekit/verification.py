@@ -189,10 +189,12 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
-        if arm_env is not None and conv is not None and conv.info.arm and checked.outputs is not None:
+        # a target without an aarch64 runtime gets a row per CPU saying why (never skipped silently)
+        if arm_env is not None and conv is not None and (checked.outputs is not None or not conv.info.arm):
             from edgekit.arm.verify import arm_results
 
-            progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
+            if conv.info.arm:
+                progress(f"running on emulated {', '.join(arm)} (qemu-user; slow)", art.target)
             results.extend(arm_results(arm_env, list(arm), conv, art, root, calib.stacked(), checked.reference,
                                        checked.outputs, spec.output_names, spec.task_spec))
     env = B.environment({k: v for r in results for k, v in _versions(r.target.split("@")[0]).items()})

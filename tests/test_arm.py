@@ -1,4 +1,4 @@
-"""ARM emulation: the same .tflite / ncnn files run in the real aarch64 runtimes under qemu-user and
+"""ARM emulation: the same .tflite / ncnn / .onnx files run in the real aarch64 runtimes under qemu-user and
 compute what the host runtimes compute. Tests marked ``arm`` need the aarch64 root, which the
 session fixture builds once (about a minute; ``edgekit arm setup`` does the same)."""
 from __future__ import annotations
@@ -78,11 +78,13 @@ def arm_env() -> ArmEnv:
     return prepare()
 
 
+TOOLCHAIN = {"tflite": "litert_torch", "ncnn": "pnnx", "onnx": "onnxscript"}
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """tiny_cnn exported to tflite and ncnn, with 4 real images and the host runtimes' outputs."""
-    pytest.importorskip("litert_torch")
-    pytest.importorskip("pnnx")
+    """tiny_cnn exported (on first use) to each target asked for, with 4 real images and the host
+    runtime's outputs: ``root, inputs, (artifact, host_outputs) = tiny_bundle(target)``."""
     from edgekit.converters import get
     from edgekit.data import load_samples
     from edgekit.models import BUILTIN
@@ -90,21 +92,25 @@ def tiny_bundle(tmp_path_factory):
     loaded = BUILTIN["tiny_cnn"]()
     inputs = load_samples(loaded.default_data, loaded.spec, limit=4).stacked()
     root = tmp_path_factory.mktemp("arm-bundle")
-    out = {}
-    for target in ("tflite", "ncnn"):
-        art = get(target).export(loaded.module, loaded.spec, None, root, loaded.example_inputs).to_dict()
-        host = run_artifact(target, art, root, inputs)
-        assert host.error is None, host.error
-        out[target] = (art, host.outputs)
-    return root, inputs, out
+    done = {}
+
+    def export(target):
+        if target not in done:
+            pytest.importorskip(TOOLCHAIN[target])
+            art = get(target).export(loaded.module, loaded.spec, None, root, loaded.example_inputs).to_dict()
+            host = run_artifact(target, art, root, inputs)
+            assert host.error is None, host.error
+            done[target] = (art, host.outputs)
+        return root, inputs, done[target]
+
+    return export
 
 
 @pytest.mark.arm
 @pytest.mark.parametrize("cpu", EMULATED)
-@pytest.mark.parametrize("target", ["tflite", "ncnn"])
+@pytest.mark.parametrize("target", ["tflite", "ncnn", "onnx"])
 def test_fp32_under_qemu_matches_host(arm_env, tiny_bundle, target, cpu):
-    root, inputs, arts = tiny_bundle
-    art, host_outputs = arts[target]
+    root, inputs, (art, host_outputs) = tiny_bundle(target)
     cmd, extra = launcher(arm_env, cpu)
     run = run_artifact(target, art, root, inputs, launcher=cmd, extra_env=extra)
     assert run.error is None, (run.error, run.log)
@@ -114,6 +120,35 @@ def test_fp32_under_qemu_matches_host(arm_env, tiny_bundle, target, cpu):
         assert rel <= FP32_MAX_REL, f"{target} on {cpu}: max rel error {rel:.2e}"
     if target == "tflite":
         assert xnnpack_active(run.log), run.log
+
+
+@pytest.mark.arm
+def test_target_without_aarch64_runtime_is_reported_with_its_reason(tmp_path):
+    """verify --arm never drops an artifact silently: a target with no aarch64 runtime (executorch:
+    its bindings need libtorch, whose aarch64 wheel on PyPI is the CUDA build) gets a not-runnable
+    row per CPU that says why, and nothing is launched (the environment is not even looked at)."""
+    from edgekit.arm.verify import arm_markdown, arm_results
+    from edgekit.converters import Artifact, get
+    from edgekit.parity import NOT_RUNNABLE
+
+    conv = get("executorch")
+    assert not conv.info.arm and "libtorch" in conv.info.arm_missing
+    art = Artifact("executorch", "fp32", "tiny_cnn-fp32.pte", ("tiny_cnn-fp32.pte",))
+    env = ArmEnv(tmp_path, Path("/nonexistent/qemu-aarch64-static"))
+    rows = arm_results(env, list(EMULATED), conv, art, tmp_path, [], [], None, ["logits"], None)
+    assert [r.target for r in rows] == [f"executorch@{c}" for c in EMULATED]
+    for row, cpu in zip(rows, EMULATED):
+        assert row.status == NOT_RUNNABLE and row.file == art.path
+        assert row.notes == [f"not run on emulated {cpu}: {conv.info.arm_missing}"]
+        assert row.extra["arm"] == {"cpu": cpu, "runnable": False, "reason": conv.info.arm_missing}
+    table = arm_markdown({"targets": {r.target: r.to_dict() for r in rows}})
+    assert f"| executorch | cortex-a53 | {NOT_RUNNABLE} |" in table
+    # a target that declares nothing still gets a reason
+    ptl = get("ptl")
+    assert not ptl.info.arm
+    (row,) = arm_results(env, ["cortex-a76"], ptl, Artifact("ptl", "fp32", "m.ptl", ("m.ptl",)), tmp_path,
+                         [], [], None, ["logits"], None)
+    assert row.status == NOT_RUNNABLE and "no aarch64 runtime" in row.notes[0]
 
 
 @pytest.mark.arm
@@ -140,7 +175,7 @@ def test_verify_arm_reports_each_cpu_and_the_phone_defaults(tmp_path):
     assert main(["verify", str(out), "--arm", ",".join(EMULATED), "--json", str(tmp_path / "v.json"), "--quiet"]) == 0
     v = json.loads((tmp_path / "v.json").read_text())
     arm_rows = {n: t for n, t in v["targets"].items() if "@" in n}
-    assert set(arm_rows) == {f"{t}@{c}" for t in ("tflite", "ncnn") for c in EMULATED}  # onnx has no ARM runner
+    assert set(arm_rows) == {f"{t}@{c}" for t in ("tflite", "ncnn", "onnx") for c in EMULATED}
     for name, t in arm_rows.items():
         assert t["status"] == "pass" and t["arm"]["vs_host"]["max_abs_rel"] <= FP32_MAX_REL, name
     assert all(arm_rows[f"tflite@{c}"]["arm"]["xnnpack_active"] for c in EMULATED)

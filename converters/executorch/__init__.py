@@ -331,6 +331,12 @@ class ExecuTorchConverter(Converter):
         exporter="torch.export -> executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner) -> to_executorch",
         runtime="executorch.runtime (C++ runtime via python bindings), XNNPACK delegate + portable kernels, FP32",
         dynamic="bounded: torch.export Dims with min/max in the .pte; XNNPACK plans memory for the upper bounds",
+        # executorch 1.5.1 has a cp311 manylinux_2_28 aarch64 wheel (17.8 MB), but its bindings link
+        # libtorch (and this runner imports torch); torch's only aarch64 wheel on PyPI is the CUDA build.
+        arm_missing="no aarch64 runtime in the emulated user space: executorch's cp311 aarch64 wheel links "
+                    "libtorch, and PyPI's aarch64 torch 2.13.0 is the CUDA build (427 MB wheel, 871 MB unpacked; "
+                    "libtorch_cpu.so needs libcudart.so.13, libtorch_python.so cuDNN and NCCL), beyond the "
+                    "environment's ~1 GB; torch's CPU-only aarch64 wheel is on download.pytorch.org, not PyPI",
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:

@@ -59,6 +59,9 @@ class OnnxConverter(Converter):
                  "(int8 per-channel weights)",
         runtime="onnxruntime InferenceSession, CPUExecutionProvider",
         dynamic="symbolic dims in the graph inputs (torch.onnx dynamic_shapes); onnxruntime takes any size in the range",
+        # onnxruntime publishes cp311 manylinux aarch64 wheels; the runner needs only it and numpy
+        arm=True,
+        arm_wheels=("onnxruntime==1.32.0",),
     )
 
     def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:

@@ -1,4 +1,4 @@
-"""ARM emulation: run the same .tflite / ncnn files in the real aarch64 runtimes under qemu-user.
+"""ARM emulation: run the same .tflite / ncnn / .onnx files in the real aarch64 runtimes under qemu-user.
 
 ``prepare()`` builds the aarch64 user space once (``python -m edgekit.arm``); ``launcher()``
 gives the command and environment that make ``edgekit.isolate.run_artifact`` run there.

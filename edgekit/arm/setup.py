@@ -4,7 +4,7 @@ Layout of one environment (a folder under the cache, named after a hash of the r
 
     root/                 Debian bookworm arm64: debootstrap's first stage plus python3.11 and its libs
     root/opt/site/        aarch64 wheels of numpy and of each ARM-capable target's runtime
-                          (TargetInfo.arm_wheels: ai-edge-litert, ncnn; the host's versions)
+                          (TargetInfo.arm_wheels: ai-edge-litert, ncnn, onnxruntime; the host's versions)
     views/<cpu>/          what qemu's -L points at for one emulated CPU: relative symlinks into root/
                           and a fake ARM proc/cpuinfo for that CPU (qemu 7.2 does not emulate one;
                           with the host's x86 file the TFLite interpreter segfaulted here, and
@@ -164,7 +164,7 @@ def find(cache_dir: Path | None = None) -> ArmEnv:
     stamp = home / "stamp.json"
     if not stamp.is_file():
         raise UserError("E-DEP-MISSING", f"the aarch64 root for ARM emulation is not built (no {stamp})",
-                        f"run `{SETUP_COMMAND}` (once; about a minute and 360 MB)")
+                        f"run `{SETUP_COMMAND}` (once; about a minute and 410 MB)")
     return ArmEnv(home, Path(qemu), json.loads(stamp.read_text()))
 
 

@@ -6,6 +6,10 @@ verify), plus the error against the host run of the same file, whether XNNPACK w
 and the emulated time. With ``defaults=True`` (ncnn) the file also runs with the runtime's own
 settings, FP16 where the CPU has it: what an app on a phone gets, reported next to strict FP32.
 Times are qemu's, not a device's, and are labelled so.
+
+An artifact whose target has no aarch64 runtime in the emulated user space (``arm`` False) is never
+skipped silently: it gets one ``<target>@<cpu>`` row per CPU with the status "not runnable on host"
+(parity.NOT_RUNNABLE) and the reason (``TargetInfo.arm_missing``, else ``not_runnable``) as its note.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import numpy as np
 
 from edgekit.converters import Artifact, Converter
 from edgekit.isolate import run_artifact
-from edgekit.parity import ParityResult, compare, output_metrics
+from edgekit.parity import NOT_RUNNABLE, ParityResult, compare, output_metrics
 
 from .launch import check_cpu, launcher, xnnpack_active
 from .setup import ArmEnv
@@ -27,6 +31,8 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
                 stacked: list[np.ndarray], reference: list[np.ndarray], host: list[np.ndarray] | None,
                 names: list[str], classification: bool) -> list[ParityResult]:
     info = conv.info
+    if not info.arm:
+        return not_runnable_results(cpus, conv, art)
     tol = info.tolerances[art.precision]
     out = []
     for cpu in cpus:
@@ -58,6 +64,25 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
     return out
 
 
+def arm_missing_reason(info) -> str:
+    """Why a target's artifacts do not run on the emulated CPUs (its TargetInfo's own words when it has them)."""
+    if info.arm_missing:
+        return info.arm_missing
+    if info.not_runnable:
+        return f"not runnable outside its device: {info.not_runnable}"
+    return (f"no aarch64 runtime in the emulated user space: target {info.name} does not declare one "
+            "(TargetInfo.arm is False)")
+
+
+def not_runnable_results(cpus: list[str], conv: Converter, art: Artifact) -> list[ParityResult]:
+    """One NOT_RUNNABLE row per CPU for an artifact whose target has no aarch64 runtime, with the reason."""
+    reason = arm_missing_reason(conv.info)
+    return [ParityResult(f"{conv.info.name}@{check_cpu(cpu)}", art.precision, NOT_RUNNABLE, art.path,
+                         notes=[f"not run on emulated {cpu}: {reason}"],
+                         extra={"arm": {"cpu": cpu, "runnable": False, "reason": reason}})
+            for cpu in cpus]
+
+
 def _vs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> dict:
     """Worst-output error of ``got`` against ``ref``: max abs, relative to max |ref|, and SQNR."""
     ms = [output_metrics(n, r, g, classification=False) for n, r, g in zip(names, ref, got)]
@@ -80,5 +105,5 @@ def arm_markdown(report: dict) -> str:
         defaults = "-" if d is None else ("error" if "error" in d else f"{fmt(d['vs_reference']['max_abs'])} (SQNR {d['vs_reference']['sqnr_db']:.1f} dB)")
         xnn = {True: "active", False: "NOT active"}.get(a.get("xnnpack_active"), "-")
         lines.append(f"| {name.split('@')[0]} | {a['cpu']} | {t['status']} | {fmt((t.get('metrics') or {}).get('max_abs'))} | "
-                     f"{fmt(a.get('vs_host', {}).get('max_abs'))} | {xnn} | {defaults} | {a['emulated_seconds']} |")
+                     f"{fmt(a.get('vs_host', {}).get('max_abs'))} | {xnn} | {defaults} | {a.get('emulated_seconds', '-')} |")
     return "\n".join(lines)
