@@ -17,6 +17,9 @@ import edgekit
 from edgekit.converters import Artifact, get
 from edgekit.errors import UserError
 
+# three targets exported and verified at four sizes each (~1 min): in CI's bounded slow step
+pytestmark = pytest.mark.slow
+
 TARGETS = ["openvino", "mnn", "ptl"]
 # the probed sizes of batch 1..4 and h 16..64 (a multiple of 16): both bounds and the middle
 PROBED = [{"batch": 1, "h": 16}, {"batch": 2, "h": 32}, {"batch": 4, "h": 64}]
