@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import keyword
 import os
 import sys
 from pathlib import Path
@@ -88,20 +89,18 @@ def _from_module(model: nn.Module, example, name: str, source: str, spec: ModelS
 
 
 def _named_inputs(model: nn.Module, names: list[str]) -> nn.Module:
-    """An edgekit wrapper (forward(*args)) made to declare one parameter per model input: torch.export
-    binds the inputs, and their dynamic_shapes, by the forward signature, and names the graph's
-    inputs after it."""
+    """An edgekit wrapper (forward(*args)) made to take one named parameter per model input: torch.export
+    binds the inputs, and their dynamic_shapes, by the forward signature and names the graph's inputs
+    after it, and torch.fx (ptl INT8) traces a forward with plain parameters."""
     if not isinstance(model, (ProgramModule, KeywordInputs, FlatOutputs)):
         return model
-    names = names if all(n.isidentifier() and n != "self" for n in names) else [f"input{i}" for i in range(len(names))]
-    wrapper = type(model)
-
-    def forward(self, *args):
-        return wrapper.forward(self, *args)
-
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    forward.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in ("self", *names)])
-    model.__class__ = type(wrapper.__name__, (wrapper,), {"forward": forward, "__module__": wrapper.__module__})
+    ok = all(n.isidentifier() and not keyword.iskeyword(n) and n not in ("self", "wrapper") for n in names)
+    params = ", ".join(names if ok else [f"input{i}" for i in range(len(names))])
+    scope = {"wrapper": type(model)}
+    # identifiers only (checked above): the generated source is "def forward(self, a, b): ..."
+    exec(f"def forward(self, {params}):\n    return wrapper.forward(self, {params})\n", scope)  # noqa: S102
+    model.__class__ = type(type(model).__name__, (type(model),), {"forward": scope["forward"],
+                                                                   "__module__": type(model).__module__})
     return model
 
 
