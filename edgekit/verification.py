@@ -142,7 +142,9 @@ def _judge_sizes(res: ParityResult, info, art: Artifact, root: Path, probes: lis
         res.status = "error"
         res.error = {"code": "E-DYNAMIC-SIZE", "message": "the runtime failed at sizes inside the declared range: "
                      + "; ".join(sizes["errors"])[:1500], "fix": "export a narrower --dynamic range, or a fixed shape"}
-    elif sizes["failures"] and res.status == "pass":
+        return
+    res.failures.extend(f"the runtime failed {e}" for e in sizes["errors"])  # already failing: said, not hidden
+    if res.failures and res.status == "pass":
         res.status = "fail"
 
 
