@@ -46,3 +46,21 @@ def rehash(path: Path) -> None:
             if f["path"] == path.name:
                 f["sha256"], f["size_bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
     manifest.write_text(json.dumps(m, indent=2))
+
+
+def scale_ncnn_input_scale(bundle: Path, dst: Path, artifact, layer: dict, factor: float = 4.0) -> None:
+    """Copy an ncnn INT8 artifact's files into ``dst`` with ``layer``'s input scale in the .bin (stored
+    once, as a little-endian float after its int8 weights) multiplied by ``factor``: the file still
+    loads and runs, and only that layer computes wrong numbers."""
+    import shutil
+    import struct
+
+    for f in artifact.files:
+        shutil.copy(Path(bundle) / f, Path(dst) / f)
+    path = Path(dst) / artifact.files[1]
+    data = bytearray(path.read_bytes())
+    packed = struct.pack("<f", layer["input_scale"])
+    assert data.count(packed) == 1, "the layer's input scale is not stored exactly once"
+    at = data.index(packed)
+    data[at:at + 4] = struct.pack("<f", layer["input_scale"] * factor)
+    path.write_bytes(bytes(data))

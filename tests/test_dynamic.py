@@ -17,9 +17,9 @@ import edgekit
 from edgekit import bundle as B
 from edgekit import dynamic
 from edgekit.cli import main
-from edgekit.data import load_samples
 from edgekit.errors import UserError
-from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec
+from edgekit.spec import ModelSpec, TensorSpec
+from photos import photo_array
 
 SIZE = 32
 
@@ -36,9 +36,7 @@ class Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def photos(calib_root):
-    spec = ModelSpec("photos", (TensorSpec("image", (1, 3, SIZE, SIZE), "float32", "NCHW"),), (TensorSpec("out", (1,)),),
-                     ImagePreprocess(SIZE + 4, SIZE))
-    return np.concatenate([s[0] for s in load_samples(calib_root / "images", spec, limit=12).samples])
+    return photo_array(calib_root, SIZE, 12)
 
 
 def _model():

@@ -4,13 +4,13 @@ a wrong activation scale in the .bin is caught on exactly its layer; keep-float 
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 
 import numpy as np
 import pytest
 import torch
 
+from artifact_edit import scale_ncnn_input_scale
 from edgekit.data import load_samples
 from edgekit.errors import UserError
 from edgekit.models import BUILTIN
@@ -95,15 +95,8 @@ def test_wrong_activation_scale_is_localised(exported, setup, tmp_path):
     """x4 on the depthwise layer's input scale in the .bin: the file still loads and runs, and the
     per-blob check flags exactly that layer."""
     art, out, *_ = exported
-    for f in art.files:
-        shutil.copy(out / f, tmp_path / f)
     dw = next(q for q in art.meta["int8_layers"] if q["op"] == "ConvolutionDepthWise")
-    data = bytearray((tmp_path / art.files[1]).read_bytes())
-    packed = struct.pack("<f", dw["input_scale"])
-    assert data.count(packed) == 1
-    at = data.index(packed)
-    data[at:at + 4] = struct.pack("<f", dw["input_scale"] * 4)
-    (tmp_path / art.files[1]).write_bytes(bytes(data))
+    scale_ncnn_input_scale(out, tmp_path, art, dw)
     rep = compare_blobs(art, tmp_path, setup[2][:4])
     assert [r["layer"] for r in rep if r["flagged"]] == [dw["layer"]]
     bad = next(r for r in rep if r["layer"] == dw["layer"])

@@ -11,8 +11,6 @@ The reference rounds its inputs half away from zero, as ncnn's float2int8 does (
 """
 from __future__ import annotations
 
-import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,8 @@ import torch
 from torch import nn
 
 import edgekit
-from edgekit.data import load_samples
-from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec
+from artifact_edit import scale_ncnn_input_scale
+from photos import photo_array
 
 pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
@@ -35,9 +33,7 @@ SIZE = 48
 
 @pytest.fixture(scope="module")
 def photos(calib_root):
-    spec = ModelSpec("photos", (TensorSpec("image", (1, 3, SIZE, SIZE), "float32", "NCHW"),), (TensorSpec("out", (1,)),),
-                     ImagePreprocess(SIZE + 8, SIZE))
-    return np.concatenate([s[0] for s in load_samples(calib_root / "images", spec, limit=24).samples])
+    return photo_array(calib_root, SIZE, 24, margin=8)
 
 
 class SqueezeExcite(nn.Module):
@@ -123,15 +119,8 @@ def test_wrong_scale_after_a_hardswish_is_localised(exported, photos, tmp_path):
     file still runs, and the per-layer view flags exactly that layer."""
     _, bundle = exported
     art = _artifact(bundle)
-    for f in art.files:
-        shutil.copy(bundle / f, tmp_path / f)
     dw = next(q for q in art.meta["int8_layers"] if q["module"] == "conv_dw")
-    data = bytearray((tmp_path / art.files[1]).read_bytes())
-    packed = struct.pack("<f", dw["input_scale"])
-    assert data.count(packed) == 1
-    at = data.index(packed)
-    data[at:at + 4] = struct.pack("<f", dw["input_scale"] * 4)
-    (tmp_path / art.files[1]).write_bytes(bytes(data))
+    scale_ncnn_input_scale(bundle, tmp_path, art, dw)
     samples = [(photos[k:k + 1],) for k in range(16, 20)]
     rep = compare_blobs(art, tmp_path, samples)
     assert [r["layer"] for r in rep if r["flagged"]] == [dw["layer"]], rep

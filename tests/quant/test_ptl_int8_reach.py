@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,16 +23,15 @@ from torch import nn
 
 import edgekit
 from edgekit.data import load_samples
-from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec, TextPreprocess
+from edgekit.spec import ModelSpec, TensorSpec, TextPreprocess
+from photos import photo_array
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def photos(calib_root):
-    spec = ModelSpec("photos", (TensorSpec("image", (1, 3, SIZE, SIZE), "float32", "NCHW"),), (TensorSpec("out", (1,)),),
-                     ImagePreprocess(SIZE + 4, SIZE))
-    return np.concatenate([s[0] for s in load_samples(calib_root / "images", spec, limit=24).samples])
+    return photo_array(calib_root, SIZE, 24)
 
 
 def _ptl_int8(model, example, data, out, **kwargs):

@@ -9,15 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import edgekit
-from edgekit.data import load_samples
-from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec
+from photos import photo_array
 
 pytest.importorskip("ai_edge_litert")
 
@@ -50,9 +48,7 @@ def _mini_efficientnet_lite():
 
 @pytest.fixture(scope="module")
 def photos(calib_root):
-    spec = ModelSpec("photos", (TensorSpec("image", (1, 3, SIZE, SIZE), "float32", "NCHW"),), (TensorSpec("out", (1,)),),
-                     ImagePreprocess(SIZE + 8, SIZE))
-    return np.concatenate([s[0] for s in load_samples(calib_root / "images", spec, limit=36).samples])
+    return photo_array(calib_root, SIZE, 36, margin=8)
 
 
 def test_layout_ops_do_not_steal_reference_tensors(photos, tmp_path):
