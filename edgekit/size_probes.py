@@ -58,7 +58,8 @@ def check_sizes(target: str, art_dict: dict, root: Path, probes: list[SizeProbe]
             errors.append(f"at {p.label}: {outcome.error.get('code')}: {str(outcome.error.get('message'))[:300]}")
             continue
         batch = _batch(spec, p.sizes)
-        res = compare(target, art_dict["precision"], _unbatch(p.reference, batch), _unbatch(outcome.outputs, batch), spec.output_names,
+        res = compare(target, art_dict["precision"], _unbatch(p.reference, batch), _unbatch(outcome.outputs, batch),
+                      spec.output_names,
                       tol, spec.task_spec)
         m = res.summary_metrics()
         rows.append({"sizes": p.sizes, "status": res.status, "max_abs": m.get("max_abs"), "cosine_min": m.get("cosine_min"),
