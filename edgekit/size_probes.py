@@ -59,8 +59,7 @@ def check_sizes(target: str, art_dict: dict, root: Path, probes: list[SizeProbe]
             continue
         batch = _batch(spec, p.sizes)
         res = compare(target, art_dict["precision"], _unbatch(p.reference, batch), _unbatch(outcome.outputs, batch),
-                      spec.output_names,
-                      tol, spec.task_spec)
+                      spec.output_names, tol, spec.task_spec)
         m = res.summary_metrics()
         rows.append({"sizes": p.sizes, "status": res.status, "max_abs": m.get("max_abs"), "cosine_min": m.get("cosine_min"),
                      "failures": res.failures})
