@@ -162,7 +162,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None, compress=None,
-           task=None, dynamic_shapes=None, progress: bool | Callable = False, command: str = "") -> Bundle:
+           task=None, dynamic_shapes=None, budget=None, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
 
@@ -177,6 +177,9 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     dynamic_shapes: axes whose size varies (edgekit.dynamic), in torch.export's notation
     ({"x": {0: Dim("batch", min=1, max=8)}}) or as --dynamic strings ("batch=1..8", "x.2=160..320/32");
     the manifest records the ranges and every target is verified at their bounds and middle.
+    budget: the most a quantized artifact may cost vs FP32 (edgekit.budget): "agreement>=0.99",
+    "sqnr>=30", "accuracy_drop<=0.5" (labelled data), a dict {"sqnr": 30} or a Budget; recorded in the
+    manifest, a quantized artifact that misses it fails (here and in every later verify).
     progress: True prints progress lines on stderr; a callable receives (stage, target).
     Wrong types and values raise edgekit.errors.UserError with the same codes as the CLI.
     """
@@ -190,17 +193,18 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
                     timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, quant=quant, calibrator=calibrator,
                     percentile=percentile, keep_float=_names(keep_float, "keep_float", split=True), equalize=equalize,
                     bias_correction=bias_correction, float_io=float_io, rounding=rounding, minmax_output=minmax_output,
-                    compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes)
+                    compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes, budget=budget)
     outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 
 
 def verify(bundle: str | Path | Bundle, *, data: Any = None, samples: int | None = None, timeout_s: float | None = None,
-           total_timeout_s: float | None = None, arm: str | list[str] | tuple[str, ...] = (),
+           total_timeout_s: float | None = None, arm: str | list[str] | tuple[str, ...] = (), budget=None,
            progress: bool | Callable = False, command: str = "") -> Bundle:
     """Re-run every artifact of ``bundle`` against the bundle's own reference (on its stored inputs,
     or on ``data``) without writing into it; -> the Bundle with this run's verdict. The bundle is
-    treated as untrusted input (README: Security model)."""
+    treated as untrusted input (README: Security model). budget: as in ``export``, judged instead
+    of the one the manifest records."""
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit.verification import DEFAULT_TOTAL_TIMEOUT_S, verify_bundle
 
@@ -209,7 +213,8 @@ def verify(bundle: str | Path | Bundle, *, data: Any = None, samples: int | None
         raise UserError("E-BUNDLE-INVALID", f"bundle is a {type(path).__name__}, not a folder path", "pass the folder export wrote")
     cpus = _names(arm, "arm", split=True) if arm else ()
     outcome = verify_bundle(path, data, samples, DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, _progress(progress),
-                            command, tuple(cpus), total_timeout_s=DEFAULT_TOTAL_TIMEOUT_S if total_timeout_s is None else total_timeout_s)
+                            command, tuple(cpus), total_timeout_s=DEFAULT_TOTAL_TIMEOUT_S if total_timeout_s is None else total_timeout_s,
+                            budget=budget)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 
 

@@ -101,7 +101,10 @@ def load_verify_inputs(m: "M.Manifest"):
     sources = tuple(f"{path.name}[{i}]" for i in range(len(samples)))
     for sample, src in zip(samples, sources):
         check_finite(sample, src, m.spec)
-    return CalibrationSet(samples, sources, "tensor", str(path))
+    from edgekit.labels import from_manifest
+
+    labels = from_manifest(m.raw["verification_inputs"].get("labels"), len(samples))
+    return CalibrationSet(samples, sources, "tensor", str(path), labels, "labels stored with the bundle" if labels else "")
 
 
 def file_entries(root: Path, files: tuple[str, ...]) -> list[dict]:

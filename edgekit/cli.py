@@ -98,6 +98,10 @@ def _add_quant(e) -> None:
                         "large model; the same integers for every target). Default: the model's measured setting, else nearest")
     e.add_argument("--minmax-output", action=argparse.BooleanOptionalAction, default=None,
                    help="int8: range the model outputs (logits) by min/max instead of the calibrator (never clipped)")
+    e.add_argument("--budget", metavar="BOUNDS",
+                   help="the most quantization may cost vs FP32, e.g. 'agreement>=0.99', 'sqnr>=30', 'accuracy_drop<=0.5' "
+                        "(labelled data), comma-separated; recorded in the manifest, every quantized file must meet "
+                        "it (export and verify fail it otherwise)")
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
@@ -114,6 +118,8 @@ def _add_verify(v) -> None:
     v.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds each runtime subprocess may take (default %(default)s)")
     v.add_argument("--total-timeout", type=float, default=4 * 3600.0,
                    help="seconds the whole verify may spend running artifacts (default %(default)s); targets left are errors")
+    v.add_argument("--budget", metavar="BOUNDS", help="judge quantized files by this budget (as in export) instead "
+                                                     "of the one the manifest records")
     v.add_argument("--json", help="write the verify report (JSON) to this file")
     v.add_argument("--junit", metavar="FILE", help="write JUnit XML (one testcase per target and check) for CI test views")
     v.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
@@ -154,7 +160,8 @@ def _add_targets(t) -> None:
 
 
 # The report's sections printed on the console (each under its heading); --quiet keeps the first ones.
-_CONSOLE_SECTIONS = ("Conversion fidelity:", "Compression cost:", "Dynamic shapes:", "Failures and errors")
+_CONSOLE_SECTIONS = ("Conversion fidelity:", "Compression cost:", "Accuracy and budget:", "Budget search:", "Dynamic shapes:",
+                     "Failures and errors")
 _VERBOSE_SECTIONS = ("Delegate coverage", "Notes")
 
 
@@ -253,6 +260,7 @@ def _run_export(args, command: str) -> int:
                             percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                             bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
                             minmax_output=args.minmax_output, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
+                            budget=args.budget,
                             progress=not args.quiet, command=command)
     return _print_outcome(bundle, args.json, args.quiet)
 
@@ -267,7 +275,8 @@ def _run_verify(args, command: str) -> int:
     import edgekit
 
     outcome = edgekit.verify(args.bundle, data=args.data, samples=args.samples, timeout_s=args.timeout,
-                             total_timeout_s=args.total_timeout, arm=args.arm, progress=not args.quiet, command=command)
+                             total_timeout_s=args.total_timeout, arm=args.arm, budget=args.budget,
+                             progress=not args.quiet, command=command)
     if args.junit:
         from edgekit.junit import write_junit
 

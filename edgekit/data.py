@@ -10,8 +10,9 @@ suffixes, and hidden files, are ignored. Everything in it is untrusted (it can c
 request in CI): tensor headers are checked before any allocation (edgekit.arrays), images larger
 than MAX_IMAGE_PIXELS and text files larger than MAX_TEXT_BYTES are refused, and at most MAX_FILES
 files (MAX_SAMPLES text lines) are read.
-Order is deterministic (sorted relative paths, then line order) and the set's sha256 covers every
-sample's bytes, so a report says exactly what it was computed on.
+Order is deterministic (sorted relative paths, then line order; a labelled folder, edgekit.labels,
+takes its classes in turn) and the set's sha256 covers every sample's bytes, so a report says
+exactly what it was computed on.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class CalibrationSet:
     sources: tuple[str, ...]  # where each sample came from (file, or file:line)
     kind: str  # "tensor", "image" or "text"
     root: str
+    labels: tuple[int, ...] | None = None  # one class index per sample (edgekit.labels), None: unlabelled
+    labels_note: str = ""  # where the labels came from, or why a per-class layout gave none
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,10 +69,12 @@ class CalibrationSet:
         return self.slice(0, n)
 
     def slice(self, start: int, stop: int | None = None) -> "CalibrationSet":
-        return CalibrationSet(self.samples[start:stop], self.sources[start:stop], self.kind, self.root)
+        labels = None if self.labels is None else self.labels[start:stop]
+        return CalibrationSet(self.samples[start:stop], self.sources[start:stop], self.kind, self.root, labels, self.labels_note)
 
     def describe(self) -> dict:
-        return {"root": self.root, "kind": self.kind, "count": len(self), "sha256": self.sha256}
+        return {"root": self.root, "kind": self.kind, "count": len(self), "sha256": self.sha256,
+                **({"labelled": True} if self.labels is not None else {})}
 
 
 def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None,
@@ -127,7 +132,16 @@ def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None
         samples, sources = samples[:limit], sources[:limit]
     for sample, src in zip(samples, sources):
         check_finite(sample, src, spec)
-    return CalibrationSet(tuple(samples), tuple(sources), kind, str(root))
+    from edgekit.labels import folder_labels
+
+    labels, note = folder_labels(root, sources, kind, spec)
+    if labels is not None:  # files sorted by class folder: interleave the classes (edgekit.labels.round_robin)
+        from edgekit.labels import round_robin
+
+        order = round_robin(labels)
+        samples, sources, labels = [samples[i] for i in order], [sources[i] for i in order], tuple(labels[i] for i in order)
+        note += "; samples taken one class at a time in turn, so calibration and held-out parts mix every class"
+    return CalibrationSet(tuple(samples), tuple(sources), kind, str(root), labels, note)
 
 
 _KINDS = {"tensor": TENSOR_SUFFIXES, "image": IMAGE_SUFFIXES, "text": TEXT_SUFFIXES}
@@ -310,14 +324,16 @@ def _load_text(paths: list[Path], pre: TextPreprocess, spec: ModelSpec, root: Pa
 def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> CalibrationSet:
     """Samples given in memory (the Python API's ``data=``): a numpy array or tensor (first axis =
     samples, single-input models), a list of arrays, of tuples of arrays (one per input) or of dicts
-    keyed by input name (keyword inputs; other keys such as labels are ignored), or any iterable
-    such as a torch DataLoader. A batch whose shape is (B, *sample) is split into B samples;
-    items beyond the model's inputs (e.g. labels) are ignored. Each sample is checked against the
+    keyed by input name (keyword inputs; other keys are ignored), or any iterable such as a torch
+    DataLoader. A batch whose shape is (B, *sample) is split into B samples; an item's one array
+    after the inputs, when it holds a whole number per sample ((x, y) batches), labels the samples
+    (edgekit.accuracy); other extra items are ignored. Each sample is checked against the
     ModelSpec (E-DATA-SHAPE), never cast silently."""
     if isinstance(data, (str, bytes)):
         raise UserError("E-DATA-UNREADABLE", f"data is a {type(data).__name__}", "pass a folder path, arrays, or an iterable of arrays")
     items = [data] if _is_array(data) or isinstance(data, Mapping) else data  # one dict: a batch keyed by input
     samples: list[tuple[np.ndarray, ...]] = []
+    labels: list[int] | None = []
     try:
         for n, item in enumerate(items):
             if isinstance(item, Mapping):  # keyword inputs, e.g. a tokenizer's encoding or a DataLoader batch dict
@@ -326,7 +342,9 @@ def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> Calibration
             if arrays is None or len(arrays) < len(spec.inputs) or not all(_is_array(a) for a in arrays):
                 raise UserError("E-DATA-SHAPE", f"data item {n} is a {type(item).__name__}, not {len(spec.inputs)} array(s)",
                                 f"give each sample as a tuple of arrays ({', '.join(spec.input_names)})")
-            samples.extend(_split(tuple(_numpy(a) for a in arrays), spec, n))
+            got = _split(tuple(_numpy(a) for a in arrays), spec, n)
+            samples.extend(got)
+            labels = _item_labels(item, spec, len(got), labels)
             if len(samples) >= limit:
                 break
     except TypeError as exc:
@@ -337,7 +355,22 @@ def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> Calibration
     sources = tuple(f"data[{i}]" for i in range(len(samples)))
     for sample, src in zip(samples, sources):
         check_finite(sample, src, spec)
-    return CalibrationSet(tuple(samples), sources, "tensor", "(arrays passed in memory)")
+    labelled = labels is not None and len(labels) >= len(samples)
+    return CalibrationSet(tuple(samples), sources, "tensor", "(arrays passed in memory)",
+                          tuple(labels[: len(samples)]) if labelled else None,
+                          "labels from the item after the inputs ((x, y) batches)" if labelled else "")
+
+
+def _item_labels(item, spec: ModelSpec, count: int, labels: list[int] | None) -> list[int] | None:
+    """A DataLoader's (inputs..., y) item: y, whole numbers, one per sample, labels them; the
+    first item without such a y leaves the whole set unlabelled (None)."""
+    if labels is None or not isinstance(item, (tuple, list)) or len(item) != len(spec.inputs) + 1:
+        return None
+    y = item[-1]
+    y = _numpy(y) if _is_array(y) else np.asarray(y) if isinstance(y, (int, np.integer)) and not isinstance(y, bool) else None
+    if y is None or y.dtype.kind not in "iu" or y.size != count or y.ndim > 1:
+        return None
+    return labels + [int(v) for v in y.reshape(-1)]
 
 
 def _by_name(item: Mapping, spec: ModelSpec, n: int) -> tuple:

@@ -40,6 +40,9 @@ class ExportJob:
     task: str | None = None  # edgekit.tasks: classification, segmentation, detection[:...], regression, embedding; None: inferred
     # edgekit.dynamic: "--dynamic" strings (e.g. ("batch=1..8",)) or torch.export's {input: {axis: Dim}}; None: fixed shapes
     dynamic_shapes: Any = None
+    # edgekit.budget: the most a quantized artifact may cost vs FP32 ("agreement>=0.99", {"sqnr": 30}, a Budget);
+    # recorded in the manifest and checked on every quantized artifact, by export and by verify
+    budget: Any = None
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -68,6 +71,13 @@ class ExportJob:
         check_timeout(self.timeout_s)
         if self.task is not None:
             parse_task(self.task)  # E-ARGS: an unknown task or option, before any work
+        if self.budget is not None:
+            from edgekit.budget import Budget
+
+            object.__setattr__(self, "budget", Budget.of(self.budget))  # E-ARGS for a malformed budget, before any work
+            if self.quant == "fp32":
+                raise UserError("E-ARGS", f"--budget {self.budget.describe()} bounds what quantization costs, and "
+                                "--quant is fp32", "add --quant int8 (or fp16, dynamic), or drop --budget")
         if self.dynamic_shapes is not None and not isinstance(self.dynamic_shapes, (str, tuple, list, dict)):
             raise UserError("E-ARGS", f"dynamic_shapes is a {type(self.dynamic_shapes).__name__}, not --dynamic strings "
                             "or torch.export's dynamic_shapes", "pass e.g. ('batch=1..8',) or {'x': {0: Dim('batch', min=1, max=8)}}")

@@ -193,6 +193,40 @@ def _split(data: CalibrationSet, recipe, samples: int, train: bool = False
     return cal, first if train else None, vset, notes
 
 
+def _check_labels(data: CalibrationSet, vset: CalibrationSet, spec: ModelSpec, budget) -> list[str]:
+    """Labels the model can score (E-DATA-LABELS) and a budget whose metrics this job measures
+    (E-ARGS), before any export; -> the notes on where the labels came from."""
+    from edgekit.accuracy import class_count
+    from edgekit.labels import check_labels
+
+    check_labels(data.labels, class_count(spec), data.root)
+    if budget is not None and budget.agreement is not None and spec.task_spec.name != "classification":
+        raise UserError("E-ARGS", f"--budget agreement needs a classification model; the task is {spec.task_spec}",
+                        "state the budget as sqnr>=DB instead")
+    if budget is not None and budget.accuracy_drop is not None and vset.labels is None:
+        raise UserError("E-ARGS", "--budget accuracy_drop needs labelled data, and the data has no labels"
+                        + (f" ({data.labels_note})" if data.labels_note else ""),
+                        "pass --data as one folder per class, or add a labels.csv (file,label) to it")
+    return [data.labels_note] if data.labels_note else []
+
+
+def _budget_search(job: ExportJob, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
+    """With --budget and static INT8: the cheapest keep-float assignment that meets it on the held-out
+    samples (edgekit.quant.search). -> (the recipe to export, the trials for the report or None)."""
+    if job.budget is None or recipe is None or recipe.scheme != "int8":
+        return recipe, None
+    from edgekit.quant.search import search
+
+    with captured():
+        fp32 = run_reference(module, vset.samples)
+        chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec, progress)
+    kept = ", ".join(chosen.keep_float) or "none"
+    note = (f"budget search ({job.budget.describe()}): {len(trials)} trial(s) on {len(vset)} held-out samples, "
+            f"kept float: {kept}")
+    return chosen, {"budget": job.budget.to_dict(), "trials": [t.to_dict() for t in trials],
+                    "chosen": list(chosen.keep_float), "note": note}
+
+
 def describe_model(model) -> str:
     return model if isinstance(model, str) else str(model) if isinstance(model, os.PathLike) else type(model).__name__
 
@@ -231,7 +265,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
         data = _load_data(job.data, loaded)
         cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
-        split_notes = all_notes + default_notes + task_notes + dynamic_notes + split_notes
+        label_notes = _check_labels(data, vset, spec, job.budget)
+        split_notes = all_notes + default_notes + task_notes + dynamic_notes + split_notes + label_notes
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))
         compression = None
@@ -241,6 +276,9 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             source = train
             progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
             loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
+        recipe, searched = _budget_search(job, loaded.module, example, cal, vset, recipe, spec, progress)
+        if searched:
+            split_notes.append(searched["note"])
         progress("capturing the FP32 reference with torch.export")
         with captured() as reference_log:
             program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
@@ -262,10 +300,11 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
                 "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
                 "verification_inputs": {"file": B.VERIFY_INPUTS, "file_sha256": B.sha256_file(stage / B.VERIFY_INPUTS),
-                                        **vset.describe()},
+                                        **vset.describe(), **({"labels": list(vset.labels)} if vset.labels else {})},
                 "data": data.describe(),
                 "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
-                                                             "notes": split_notes},
+                                                             "notes": split_notes,
+                                                             "budget": None if job.budget is None else job.budget.to_dict()},
                 "artifacts": [_manifest_entry(stage, conv, art) for conv, art in artifacts],
                 "versions": env,
                 "compression": None if compression is None else compression.to_dict(),
@@ -276,6 +315,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                                   env, command or f"edgekit export {describe_model(job.model)}", manifest["created"], split_notes,
                                   optional=optional_targets(job.targets, convs))
             report["model_log"] = (model_log.text + reference_log.text)[-MAX_LOG_CHARS:]
+            if searched:
+                report["budget_search"] = searched
             _write_reports(stage, report, errors, compression)
         return Outcome(out, report, results, errors)
 
@@ -324,7 +365,7 @@ class _TargetRun:
             self.progress("running in the host runtime (subprocess)", conv.info.name)
             with captured() as log:
                 checked = verify_artifact(conv, art, self.stage, self.vset, self.reference, self.spec,
-                                          self.job.timeout_s, self.module, self.probes)
+                                          self.job.timeout_s, self.module, self.probes, self.job.budget)
                 _coverage(checked.result, self.stage, art)
             res, export_log = checked.result, export_log + log.text
             if checked.outputs is not None:

@@ -194,7 +194,7 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     from edgekit.data import CalibrationSet
     from edgekit.isolate import DEFAULT_TIMEOUT_S
     from edgekit import manifest as M
-    from edgekit.verification import check_entry
+    from edgekit.verification import check_entry, manifest_budget
     from edgekit.reference import run_reference
     from edgekit.report import abs_errors, build_report, report_key
     from edgekit.size_probes import size_probes
@@ -210,12 +210,13 @@ def check_parity(model_or_factory, bundle_or_artifact, data=None, targets=None, 
     vset = CalibrationSet(tuple(tuple(s) for s in samples_), tuple(str(i) for i in range(len(samples_))), "tensor",
                           str(describe.get("root")))
     probes = size_probes(spec, vset, module)  # a bundle with dynamic shapes: checked at its other sizes too
+    budget = manifest_budget(m)  # the budget the manifest records gates quantized artifacts here too
     results, errors = [], {}
     for entry, files in m.artifacts:
         if not any(entry is a for a in arts):
             continue
         # the same check as `edgekit verify`, with the user's model as the FP32 reference
-        checked = check_entry(m, entry, files, vset, reference, timeout_s or DEFAULT_TIMEOUT_S, probes=probes)[0]
+        checked = check_entry(m, entry, files, vset, reference, timeout_s or DEFAULT_TIMEOUT_S, probes=probes, budget=budget)[0]
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)

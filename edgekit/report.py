@@ -168,6 +168,8 @@ def markdown(report: dict) -> str:
         lines += ["", "## Compression stage (before export)", "",
                   "The model every target exported is the compressed one; the stage compares it with the original.", "",
                   report["compression_stage"]["markdown"]]
+    lines += _accuracy_budget(report)
+    lines += _budget_search(report)
     lines += _dynamic_sizes(report)
     lines += _per_layer(report)
     lines += _localisation(report)
@@ -191,6 +193,46 @@ def markdown(report: dict) -> str:
         lines += ["", "## Notes", ""] + notes
     lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def _accuracy_budget(report: dict) -> list[str]:
+    """Labelled top-1 accuracy of the FP32 model and of each file, and each quantized file's budget verdict."""
+    rows = [(n, t.get("accuracy"), t.get("budget")) for n, t in report["targets"].items() if t.get("accuracy") or t.get("budget")]
+    if not rows:
+        return []
+    lines = ["", "## Accuracy and budget: labelled accuracy and what quantization may cost", "",
+             "Accuracy: top-1 on the labelled verification samples. Budget: the bound the manifest records (or "
+             "`--budget`), judged on each quantized file's cost vs the FP32 model.", "",
+             "| target | FP32 accuracy | file accuracy | points lost | budget | measured | met |", "|---|---|---|---|---|---|---|"]
+    for name, acc, budget in rows:
+        acc = acc or {}
+        got = (budget or {}).get("measured") or {}
+        bounds = ", ".join(f"{k} {v:g}" for k, v in ((budget or {}).get("budget") or {}).items()) or "-"
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in got.items() if isinstance(v, (int, float))) or "-"
+        met = "-" if budget is None else ("yes" if budget.get("met") else "**no**")
+        lines.append(f"| {name} | {_fmt(acc.get('fp32'), 'pct')} | {_fmt(acc.get('artifact'), 'pct')} | "
+                     f"{'-' if acc.get('drop_points') is None else format(acc['drop_points'], '.2f')} | {bounds} | {figures} | {met} |")
+    return lines
+
+
+def _budget_search(report: dict) -> list[str]:
+    """The budget search's trials (edgekit.quant.search): float layers, size, metrics, the chosen one."""
+    found = report.get("budget_search")
+    if not found:
+        return []
+    chosen = found["chosen"]
+    lines = ["", "## Budget search: the cheapest assignment that meets the budget", "",
+             "Each trial is the shared PT2E float simulation (nearest rounding) measured on the held-out samples; "
+             "the chosen one was then exported and every file verified against the budget in its runtime.", "",
+             "| trial | layers kept float | est. parameter size | agreement | SQNR dB | accuracy drop | met | chosen |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, t in enumerate(found["trials"], 1):
+        m = t["metrics"]
+        lines.append(f"| {i} | {len(t['keep_float'])} | {_fmt(t['size_bytes'], 'bytes')} | {_fmt(m.get('agreement'), 'pct')} | "
+                     f"{_fmt(m.get('sqnr'), 'db')} | {'-' if m.get('accuracy_drop') is None else format(m['accuracy_drop'], '.2f')} | "
+                     f"{'yes' if t['met'] else 'no'} | {'**yes**' if t['keep_float'] == chosen else ''} |")
+    lines += ["", f"Kept float: {', '.join(f'`{k}`' for k in chosen) or 'none'}."]
+    return lines
 
 
 def _dynamic_sizes(report: dict) -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit import bundle as B
 from edgekit import manifest as M
+from edgekit.accuracy import accuracy
 from edgekit.converters import Artifact, Converter, get
 from edgekit.data import CalibrationSet, load_samples
 from edgekit.errors import UserError
@@ -84,11 +85,12 @@ def localisation(art: Artifact, root: Path, vset: CalibrationSet, float_model) -
 
 def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: CalibrationSet,
                     fp32_reference: list[np.ndarray], spec: ModelSpec, timeout_s: float, float_model=None,
-                    probes: list = ()) -> Checked:
+                    probes: list = (), budget=None) -> Checked:
     """Run one artifact in its runtime subprocess; judge conversion fidelity against its reference
     and, for a quantized artifact, report compression cost against the FP32 original apart (with
-    ``float_model``, also layer by layer: where the precision is lost). ``probes``: a model with
-    dynamic shapes is also judged at those sizes (edgekit.size_probes)."""
+    ``float_model``, also layer by layer: where the precision is lost) and fail it when the cost
+    exceeds ``budget`` (edgekit.budget). ``probes``: a model with dynamic shapes is also judged at
+    those sizes (edgekit.size_probes). Labelled samples (``vset.labels``) add top-1 accuracy."""
     info = conv.info
     shipped = [f for f in art.files if f != art.meta.get("reference")]  # the reference is edgekit's, not the app's
     size = sum((root / f).stat().st_size for f in shipped if (root / f).is_file())
@@ -119,6 +121,11 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, task)
         if float_model is not None:
             res.extra["localisation"] = localisation(art, root, vset, float_model)
+    scored = accuracy(fp32_reference, outcome.outputs, vset.labels, spec)
+    if scored is not None:
+        res.extra["accuracy"] = scored
+    if budget is not None and art.precision != "fp32":
+        _judge_budget(res, budget, cost_metrics(fp32_reference, outcome.outputs, spec.output_names, task), scored)
     res.extra["confinement"] = {"confined": outcome.confined, "note": outcome.confinement_note}
     for key in ("per_layer", "per_layer_error"):
         if key in outcome.extra:
@@ -131,6 +138,18 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
         res.failures.append(f"per-layer fidelity: layer(s) {', '.join(flagged)} do not compute their quantized "
                             "reference (a conversion or runtime fault localised to them)")
     return Checked(res, outcome.outputs, reference)
+
+
+def _judge_budget(res: ParityResult, budget, cost: dict, scored: dict | None) -> None:
+    """The artifact's cost against FP32 vs the user's budget: a miss fails it (apart from its fidelity)."""
+    from edgekit.budget import measured
+
+    got = measured(cost, scored)
+    missed = budget.missed(got)
+    res.extra["budget"] = {"budget": budget.to_dict(), "measured": got, "met": not missed}
+    res.failures.extend(missed)
+    if missed and res.status == "pass":
+        res.status = "fail"
 
 
 def _judge_sizes(res: ParityResult, info, art: Artifact, root: Path, probes: list, spec: ModelSpec, timeout_s: float) -> None:
@@ -150,7 +169,7 @@ def _judge_sizes(res: ParityResult, info, art: Artifact, root: Path, probes: lis
 
 def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | None = None,
                   timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = QUIET, command: str = "",
-                  arm: tuple[str, ...] = (), total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S) -> Outcome:
+                  arm: tuple[str, ...] = (), total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S, budget=None) -> Outcome:
     """Re-run every artifact of a bundle against the bundle's reference; never writes into the bundle.
 
     timeout_s bounds each runtime subprocess, total_timeout_s the runs of the whole verify (targets
@@ -158,6 +177,7 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
     checked first, every file's sha256 before the file is opened, and nothing in it is loaded by a
     loader that can run code; runtimes run confined (edgekit.confine).
     arm: emulated CPUs (e.g. cortex-a53, cortex-a76) to also run the ARM-capable artifacts on.
+    budget: what a quantized artifact may cost vs FP32 (edgekit.budget); default: the manifest's.
     """
     check_timeout(timeout_s)
     check_timeout(total_timeout_s, "--total-timeout")
@@ -179,6 +199,7 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
         if m.inputs is not None:
             _check_unchanged(m, m.inputs, "the verification inputs")
         calib = B.load_verify_inputs(m)
+    budget = manifest_budget(m, budget)
     if samples is not None:
         calib = calib.head(samples)
     progress(f"reference outputs on {len(calib)} samples")
@@ -187,7 +208,7 @@ def verify_bundle(bundle: str | Path, data: str | None = None, samples: int | No
     results, errors = [], {}
     for entry, files in m.artifacts:
         left = deadline - time.monotonic()
-        checked, conv, art = check_entry(m, entry, files, calib, reference, min(timeout_s, left), progress, probes)
+        checked, conv, art = check_entry(m, entry, files, calib, reference, min(timeout_s, left), progress, probes, budget)
         results.append(checked.result)
         if checked.outputs is not None:
             errors[report_key(checked.result)] = abs_errors(checked.reference, checked.outputs)
@@ -216,8 +237,18 @@ def _check_unchanged(m: "M.Manifest", entry: "M.FileEntry", what: str) -> None:
                         "re-export the bundle; a bundle's files must not change after export")
 
 
+def manifest_budget(m: "M.Manifest", given=None):
+    """The budget a verify judges by: the caller's, else the one the manifest records (untrusted)."""
+    from edgekit.budget import Budget
+
+    if given is not None:
+        return Budget.of(given)
+    quant = m.raw.get("quantization")
+    return Budget.from_manifest(quant.get("budget")) if isinstance(quant, dict) else None
+
+
 def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet, reference: list[np.ndarray],
-                timeout_s: float, progress: Progress = QUIET, probes: list = ()):
+                timeout_s: float, progress: Progress = QUIET, probes: list = (), budget=None):
     """Judge one manifest artifact of a checked bundle: an unknown target or a missing file is an error,
     a file whose sha256 differs from the manifest fails without being opened, then the converter's
     static screen (e.g. TorchScript operators) and the confined run. -> (Checked, converter, Artifact)."""
@@ -250,7 +281,7 @@ def check_entry(m: "M.Manifest", entry: dict, files: tuple, vset: CalibrationSet
     except UserError as exc:
         return fail("error", exc.to_dict())
     progress("running in the host runtime (subprocess)", art.target)
-    checked = verify_artifact(conv, art, m.root, vset, reference, m.spec, timeout_s, probes=probes)
+    checked = verify_artifact(conv, art, m.root, vset, reference, m.spec, timeout_s, probes=probes, budget=budget)
     progress(checked.result.status, art.target)
     return checked, conv, art
 

@@ -1,0 +1,139 @@
+"""Budget search: the cheapest per-layer precision assignment (int8, or float for the layers that
+lose most) whose quantized reference meets the user's budget (edgekit.budget) on held-out data.
+
+``search(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec)``:
+1. trial 0 quantizes everything (the recipe as given) and measures the budget's metrics of its
+   PT2E quantized reference against the FP32 outputs on the held-out samples;
+2. if that misses, each conv/linear layer's sensitivity is measured on the held-out samples (the
+   SQNR it loses itself, edgekit.quant.localise), and the most sensitive layers are kept float:
+   1, 2, 4, ... of them until the budget is met, then the fewest between the last miss and that hit
+   (bisection), at most ``max_trials`` trials in all;
+3. -> the recipe with the chosen ``keep_float`` and every trial (float layers, estimated size,
+   metrics, met), for the report. None meeting it: E-BUDGET-UNMET naming the best trial.
+The trials run the float simulation every PT2E target shares (XNNPACK placement); the exported
+files are then verified against the budget for real, each in its runtime, like any export. Learned
+rounding (AdaRound) is left out of the trials (they round to nearest: minutes saved per trial) and
+applied to the chosen point only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from edgekit.errors import UserError
+
+from .recipe import QuantRecipe, keep_float_modules
+
+MAX_TRIALS = 10
+SENSITIVITY_SAMPLES = 8  # held-out samples the per-layer sensitivity is measured on
+
+
+@dataclass(frozen=True)
+class Trial:
+    keep_float: tuple[str, ...]
+    size_bytes: int  # estimated parameter bytes: int8 weights of quantized layers, float32 for the rest
+    metrics: dict  # the budget's metrics (edgekit.budget.measured)
+    met: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "keep_float": list(self.keep_float)}
+
+
+def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: QuantRecipe, budget, spec,
+           progress=lambda *a: None, max_trials: int = MAX_TRIALS) -> tuple[QuantRecipe, list[Trial]]:
+    """See the module docstring. ``held_out``: a CalibrationSet (its labels feed accuracy_drop)."""
+    base = recipe.with_(rounding="nearest")
+    trials: list[Trial] = []
+
+    def trial(keep: tuple[str, ...]) -> Trial:
+        progress(f"budget search: trial {len(trials) + 1}, {len(keep)} layer(s) kept float")
+        t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec)
+        trials.append(t)
+        return t
+
+    first = trial(recipe.keep_float)
+    if first.met:
+        return recipe, trials
+    ranked = [m for m in _sensitive_layers(model, example, calibration, held_out, base) if m not in recipe.keep_float]
+    lo, hi, k = 0, None, 1
+    while hi is None and len(trials) < max_trials and ranked:  # 1, 2, 4, ... float layers until one meets it
+        k = min(k, len(ranked))
+        if trial(recipe.keep_float + tuple(ranked[:k])).met:
+            hi = k
+        elif k == len(ranked):
+            break
+        else:
+            lo, k = k, 2 * k
+    while hi is not None and hi - lo > 1 and len(trials) < max_trials:  # the fewest between the last miss and the hit
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if trial(recipe.keep_float + tuple(ranked[:mid])).met else (mid, hi)
+    met = [t for t in trials if t.met]
+    if not met:
+        best = max(trials, key=lambda t: _score(t.metrics))
+        raise UserError("E-BUDGET-UNMET", f"no assignment of the {len(trials)} tried meets --budget {budget.describe()}; "
+                        f"the best ({len(best.keep_float)} layer(s) float) reached {_figures(best.metrics)}",
+                        "loosen the budget, add calibration data, or try --rounding adaround / --equalize")
+    chosen = min(met, key=lambda t: (t.size_bytes, len(t.keep_float)))
+    return recipe.with_(keep_float=chosen.keep_float), trials
+
+
+def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec) -> Trial:
+    from edgekit.accuracy import accuracy
+    from edgekit.budget import measured
+    from edgekit.parity import cost_metrics
+    from edgekit.reference import run_reference
+
+    from .pt2e import quantize
+
+    t0 = time.monotonic()
+    q = quantize(model, example, calibration.samples, recipe, _quantizer())
+    outputs = run_reference(q.module, held_out.samples)
+    got = measured(cost_metrics(fp32_outputs, outputs, spec.output_names, spec.task_spec),
+                   accuracy(fp32_outputs, outputs, held_out.labels, spec))
+    return Trial(recipe.keep_float, _size(model, recipe), got, not budget.missed(got), round(time.monotonic() - t0, 1))
+
+
+def _sensitive_layers(model, example, calibration, held_out, recipe) -> list[str]:
+    """Conv/linear modules, the one that loses most SQNR itself first (edgekit.quant.localise)."""
+    from .localise import localise
+    from .pt2e import quantize
+
+    q = quantize(model, example, calibration.samples, recipe, _quantizer())
+    rows = localise(q.module, model, held_out.samples[:SENSITIVITY_SAMPLES])
+    out: list[str] = []
+    for r in sorted(rows, key=lambda r: -(r["drop_db"] if r.get("drop_db") is not None else -1e9)):
+        if r.get("module") and "add" not in r["layer"] and r["module"] not in out:
+            out.append(r["module"])
+    return out
+
+
+def _size(model, recipe: QuantRecipe) -> int:
+    """Parameter bytes: conv/linear weights int8 unless kept float, everything else float32."""
+    from torch import nn
+
+    kept = set(keep_float_modules(model, recipe)) if recipe.keep_float else set()
+    total = 0
+    for name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            int8 = pname == "weight" and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) and name not in kept
+            total += p.numel() * (1 if int8 else 4)
+    return total
+
+
+def _quantizer():
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer, get_symmetric_quantization_config)
+    except ImportError as exc:
+        raise UserError("E-DEP-MISSING", f"the budget search simulates INT8 with ExecuTorch's XNNPACK quantizer ({exc})",
+                        "pip install -c constraints.txt 'edgekit[executorch]'") from exc
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _score(m: dict) -> tuple:
+    return tuple(-1e9 if m.get(k) is None else (m[k] if k != "accuracy_drop" else -m[k]) for k in ("agreement", "sqnr", "accuracy_drop"))
+
+
+def _figures(m: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in m.items() if v is not None) or "nothing measurable"
