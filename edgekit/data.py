@@ -26,6 +26,7 @@ import numpy as np
 
 from edgekit.arrays import Expect, read_npy, read_npz
 from edgekit.errors import UserError
+from edgekit.labels import IN_MEMORY
 from edgekit.spec import ImagePreprocess, ModelSpec, TextPreprocess
 
 DEFAULT_SAMPLES = 64  # verification samples per export (the first N, or of the held-out part)
@@ -358,7 +359,7 @@ def samples_from(data, spec: ModelSpec, limit: int = MAX_SAMPLES) -> Calibration
     labelled = labels is not None and len(labels) >= len(samples)
     return CalibrationSet(tuple(samples), sources, "tensor", "(arrays passed in memory)",
                           tuple(labels[: len(samples)]) if labelled else None,
-                          "labels from the item after the inputs ((x, y) batches)" if labelled else "")
+                          f"{IN_MEMORY} ((x, y) batches)" if labelled else "")
 
 
 def _item_labels(item, spec: ModelSpec, count: int, labels: list[int] | None) -> list[int] | None:

@@ -121,6 +121,30 @@ def size_latency_chart(targets: dict) -> str | None:
     return _png(fig)
 
 
+def budget_search_chart(found: dict) -> str | None:
+    """The budget search's trials: estimated parameter size against the budget's first metric, the
+    bound dashed, trials that meet it in green, the chosen one starred."""
+    trials = found.get("trials") or []
+    metric = next(iter(found.get("budget") or {}), None)
+    key = {"agreement": "agreement", "sqnr": "sqnr", "accuracy_drop": "accuracy_drop"}.get(metric)
+    points = [(t["size_bytes"] / 1e3, _num(t["metrics"].get(key)), t["met"], t["keep_float"] == found.get("chosen"))
+              for t in trials if _num(t["metrics"].get(key)) is not None]
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for x, y, met, chosen in points:
+        ax.scatter([x], [y], s=160 if chosen else 40, marker="*" if chosen else "o",
+                   color=COLORS["pass"] if met else COLORS["fail"], zorder=3)
+    ax.axhline(found["budget"][metric], color=MUTED, linestyle="--", linewidth=1)
+    ax.set_xlabel("estimated parameter size (kB)", color=MUTED, fontsize=9)
+    ax.set_ylabel(metric, color=MUTED, fontsize=9)
+    ax.set_title(f"Budget search: {len(trials)} trial(s), chosen starred", fontsize=11, loc="left")
+    _style(ax)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _threshold(t: dict) -> float | None:
     """The smallest absolute max-error allowed over a target's outputs (tolerance x max|reference|)."""
     tol = _num((t.get("tolerance") or {}).get("max_abs_rel"))
@@ -302,6 +326,13 @@ def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> st
         parts.append('<h2>Compression cost</h2><div class="panel">' + cost +
                      '<p class="note">How far the deployed file is from the FP32 original: a recipe question '
                      "(calibration, layers kept in float), not a converter one.</p></div>")
+    found = report.get("budget_search")
+    chart = budget_search_chart(found) if found else None
+    if chart:
+        parts.append(f'<h2>Budget search</h2><div class="panel">{_img(chart, "budget search trials")}'
+                     '<p class="note">Each point is one per-layer assignment (layers kept float), measured with the shared '
+                     "PT2E simulation on the held-out samples; the dashed line is the budget. Latency is measured on the "
+                     "exported files only (Size and latency), not per trial.</p></div>")
     problems = _problems(targets)
     if problems:
         parts.append('<h2>What diverged</h2><div class="panel">' + problems + "</div>")

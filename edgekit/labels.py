@@ -22,6 +22,7 @@ from pathlib import Path
 from edgekit.errors import UserError
 
 LABELS_FILE = "labels.csv"
+IN_MEMORY = "labels from the item after the inputs"  # the note of (x, y) batches' labels (edgekit.data.samples_from)
 MAX_LABELS_BYTES = 8 << 20
 MAX_CLASS = 1_000_000  # a class index above this is a typo, not a class
 

@@ -193,21 +193,28 @@ def _split(data: CalibrationSet, recipe, samples: int, train: bool = False
     return cal, first if train else None, vset, notes
 
 
-def _check_labels(data: CalibrationSet, vset: CalibrationSet, spec: ModelSpec, budget) -> list[str]:
-    """Labels the model can score (E-DATA-LABELS) and a budget whose metrics this job measures
-    (E-ARGS), before any export; -> the notes on where the labels came from."""
+def _checked_labels(data: CalibrationSet, spec: ModelSpec, budget) -> tuple[CalibrationSet, list[str]]:
+    """Labels the model can score, and a budget whose metrics this job measures, before any export.
+    Labels a folder states (class folders, labels.csv) that do not fit are E-DATA-LABELS; the y of
+    in-memory (x, y) batches may be anything, so when it does not fit it is left out, with a note.
+    -> (the data, the notes on its labels)."""
     from edgekit.accuracy import class_count
-    from edgekit.labels import check_labels
+    from edgekit.labels import IN_MEMORY, check_labels
 
-    check_labels(data.labels, class_count(spec), data.root)
+    try:
+        check_labels(data.labels, class_count(spec), data.root)
+    except UserError as exc:
+        if not data.labels_note.startswith(IN_MEMORY):
+            raise
+        data = dataclasses.replace(data, labels=None, labels_note=f"the (x, y) batches' y not used as labels: {exc.what}")
     if budget is not None and budget.agreement is not None and spec.task_spec.name != "classification":
         raise UserError("E-ARGS", f"--budget agreement needs a classification model; the task is {spec.task_spec}",
                         "state the budget as sqnr>=DB instead")
-    if budget is not None and budget.accuracy_drop is not None and vset.labels is None:
+    if budget is not None and budget.accuracy_drop is not None and data.labels is None:
         raise UserError("E-ARGS", "--budget accuracy_drop needs labelled data, and the data has no labels"
                         + (f" ({data.labels_note})" if data.labels_note else ""),
                         "pass --data as one folder per class, or add a labels.csv (file,label) to it")
-    return [data.labels_note] if data.labels_note else []
+    return data, [data.labels_note] if data.labels_note else []
 
 
 def _budget_search(job: ExportJob, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
@@ -263,9 +270,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         keep_float_modules(loaded.module, recipe)  # a name that matches no layer: E-ARGS before any export
     out = Path(job.out or f"bundles/{spec.name}")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
-        data = _load_data(job.data, loaded)
+        data, label_notes = _checked_labels(_load_data(job.data, loaded), spec, job.budget)
         cal, train, vset, split_notes = _split(data, recipe, job.samples, train=job.compress is not None)
-        label_notes = _check_labels(data, vset, spec, job.budget)
         split_notes = all_notes + default_notes + task_notes + dynamic_notes + split_notes + label_notes
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))

@@ -17,6 +17,7 @@ from edgekit.data import load_samples, samples_from
 from edgekit.errors import UserError
 from edgekit.labels import round_robin
 from edgekit.models import BUILTIN
+from photos import photo_array
 
 PHOTOS = Path(__file__).resolve().parents[1] / "calibration_data" / "images"
 
@@ -147,3 +148,16 @@ def test_an_export_on_class_folders_reports_accuracy_of_model_and_file(tmp_path,
         want = np.mean([int(tiny.module(torch.from_numpy(s[0])).argmax()) == y for s, y in zip(data.samples, data.labels)])
     assert acc["fp32"] == pytest.approx(want) and acc["artifact"] == pytest.approx(want) and acc["drop_points"] == 0
     assert any("one folder per class" in n for n in report["notes"])
+
+
+def test_xy_labels_the_model_cannot_score_are_left_out_with_a_note(tmp_path):
+    """The y of in-memory batches may be anything (here 0..9 for a 4-class model): not an error."""
+    import edgekit
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)).eval()
+    x = torch.from_numpy(photo_array(PHOTOS.parent, 16, 10))
+    b = edgekit.export(model, x[:1], targets="onnx", data=[(x, torch.arange(10))], out=tmp_path / "b")
+    assert b.passed and "accuracy" not in b.results["onnx"].raw
+    assert any("not used as labels" in n for n in b.report["notes"])

@@ -1,0 +1,80 @@
+"""The budget search (edgekit.quant.search) on tiny_cnn and the shipped photos: it keeps the layer that
+loses most float when the all-INT8 simulation misses the budget, picks the cheapest assignment that
+meets it, says what the best reached when none does, and the exported file meets it for real."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.budget import Budget
+from edgekit.data import load_samples
+from edgekit.errors import UserError
+from edgekit.models import BUILTIN
+from edgekit.quant.recipe import QuantRecipe
+from edgekit.quant.search import search
+from edgekit.reference import run_reference
+
+PHOTOS = Path(__file__).resolve().parents[2] / "calibration_data" / "images"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    lm = BUILTIN["tiny_cnn"]()
+    data = load_samples(PHOTOS, lm.spec)
+    cal, held = data.head(32), data.slice(32)
+    example = tuple(torch.from_numpy(a) for a in cal.samples[0])
+    return lm, cal, held, example, run_reference(lm.module, held.samples)
+
+
+def _search(setup, budget: str):
+    lm, cal, held, example, fp32 = setup
+    return search(lm.module, example, cal, held, fp32, QuantRecipe(), Budget.parse(budget), lm.spec)
+
+
+@pytest.fixture(scope="module")
+def all_int8(setup):
+    """The search with a budget plain INT8 meets: one trial, its SQNR the base of the other tests."""
+    return _search(setup, "sqnr>=20")
+
+
+def test_a_budget_int8_already_meets_is_one_trial(all_int8):
+    recipe, trials = all_int8
+    assert len(trials) == 1 and trials[0].met and recipe.keep_float == () and trials[0].metrics["sqnr"] > 20
+
+
+def test_the_search_keeps_the_fewest_sensitive_layers_float(setup, all_int8):
+    base = all_int8[1][0].metrics["sqnr"]
+    recipe, trials = _search(setup, f"sqnr>={base + 4:.1f}")
+    assert not trials[0].met
+    chosen = next(t for t in trials if t.keep_float == recipe.keep_float)
+    assert chosen.met and chosen.metrics["sqnr"] >= base + 4
+    assert all(len(t.keep_float) >= len(chosen.keep_float) for t in trials if t.met)
+    assert chosen.size_bytes > trials[0].size_bytes  # float weights cost bytes: the size estimate says so
+    assert set(recipe.keep_float) <= {n for n, _ in setup[0].module.named_modules()}
+
+
+def test_an_unreachable_budget_names_the_best_trial(setup):
+    with pytest.raises(UserError) as e:
+        _search(setup, "sqnr>=80")
+    assert e.value.code == "E-BUDGET-UNMET" and "reached" in e.value.what and "sqnr" in e.value.what
+
+
+@pytest.mark.slow
+def test_an_export_with_a_budget_ships_a_file_that_meets_it(all_int8, tmp_path):
+    from edgekit.cli import main
+
+    want = all_int8[1][0].metrics["sqnr"] + 4
+    assert main(["export", "tiny_cnn", "--targets", "onnx", "--quant", "int8", "--budget", f"sqnr>={want:.1f}",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    found = report["budget_search"]
+    assert found["chosen"] and found["trials"][0]["met"] is False
+    onnx = report["targets"]["onnx:int8"]
+    assert onnx["budget"]["met"] and onnx["budget"]["measured"]["sqnr"] >= want
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["quantization"]["recipe"]["keep_float"] == found["chosen"]
+    assert "Budget search" in (tmp_path / "b" / "report.md").read_text()
+    assert "budget search trials" in (tmp_path / "b" / "report.html").read_text()
