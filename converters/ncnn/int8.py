@@ -473,10 +473,12 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                         "drop --bias-correction for ncnn (tflite, executorch, onnx, mnn and openvino implement it)")
     from edgekit.quant.adaround import describe, round_weights
     from edgekit.quant.equalize import equalized
+    from edgekit.quant.plain_layers import plain_layers
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
     model, levers = equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
+    model, plain = plain_layers(model)  # conv subclasses with a forward of their own: traced as plain conv modules
     kept = keep_float_modules(model, recipe)
     out_dir = Path(out_dir)
     stem = f"{spec.name}-int8"
@@ -516,7 +518,9 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         "kept_float": kept_layers,
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(8=1: weights per output channel, input symmetric per tensor, scale 127/threshold); "
-                        "every other layer float"] + levers + unmatched + ([describe(learned)] if learned else []),
+                        "every other layer float"] + levers + unmatched + ([describe(learned)] if learned else [])
+                       + ([f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) "
+                           "matched as plain layers"] if plain else []),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act)} for q in qlayers],
     })

@@ -253,6 +253,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     from edgekit.quant.adaround import describe, round_weights
     from edgekit.quant.equalize import equalized
+    from edgekit.quant.plain_layers import plain_layers
 
     if recipe.bias_correction:
         raise UserError("E-TARGET-PRECISION", "ptl's INT8 path does not implement bias correction",
@@ -260,6 +261,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     samples = tuple(samples)[: recipe.max_samples]
     model, levers = equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
+    model, plain = plain_layers(model)  # conv subclasses with a forward of their own: FX would inline them, unfused
     float_ops: list[FloatOp] = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
     while True:
         with qnnpack_engine():
@@ -282,6 +284,9 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
                      f"kernel for it, so its INT8 output could not be verified (mixed precision)")
     if learned:
         notes.insert(0, describe(learned))
+    if plain:
+        notes.append(f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) quantized as "
+                     "plain layers, so their BatchNorm and activation fuse into them")
     notes[:0] = levers
     in_qp = in_qp[: len(example_inputs)]  # optional arguments (attn_mask=None) are not model inputs
     return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, kept, notes)
