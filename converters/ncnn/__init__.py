@@ -428,6 +428,9 @@ class NcnnConverter(Converter):
             if size is not None and f.stat().st_size != size:
                 raise UserError("E-ARTIFACT-CORRUPT", f"ncnn file {f.name} has {f.stat().st_size} bytes, the export "
                                 f"wrote {size}", "re-export the bundle")
+        # ncnn's int8 options (use_int8_inference/_packed/_storage/_arithmetic) and use_packing_layout stay at
+        # their defaults, all on: with packing off an INT8 MobileNetV2 runs ~3x slower and computes other
+        # numbers (bench/int8_speed.py). Strict mode turns off only fp16/bf16, which int8 layers do not use.
         net = load_net(param, weights, threads, strict)
         names, feeds = meta["inputs"], meta["input_feed"]
         outputs, shapes = meta["outputs"], [tuple(s) for s in meta["output_shapes"]]

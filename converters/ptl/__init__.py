@@ -146,6 +146,12 @@ class PtlConverter(Converter):
         return ptl_per_layer(Path(root) / artifact.path, Path(root) / artifact.meta["reference"], samples)
 
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
+        # qnnpack: the engine PyTorch Mobile runs on a phone and the one the file was packed for (it packs
+        # the weights at load, so it is set first). On x86 it is also slow: its only x86 kernels are SSE2
+        # (4x4c2; aarch64 has 8x8 NEON), so on the host an INT8 MobileNetV2 .ptl runs at about the FP32
+        # speed while the x86/onednn engines run the same file ~5x faster. They must not stand in for it:
+        # other integer results (top-1 vs the reference 0.62-0.75 vs qnnpack's 0.88 on 8 photos) and
+        # none of qnnpack's own faults (its channels_last hardtanh bug). Measured: bench/int8_speed.py.
         if artifact.precision in ("int8", "dynamic"):  # a qnnpack .ptl gives other numbers on another engine
             torch.backends.quantized.engine = "qnnpack"  # process-wide, like the thread count
         module = _load(Path(root) / artifact.path)
