@@ -253,7 +253,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     from edgekit.quant.adaround import describe, round_weights
     from edgekit.quant.equalize import equalized
-    from edgekit.quant.plain_layers import plain_layers
+    from edgekit.quant.plain_layers import original_name, plain_layers
 
     if recipe.bias_correction:
         raise UserError("E-TARGET-PRECISION", "ptl's INT8 path does not implement bias correction",
@@ -270,7 +270,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
             origins = graph_origins(prepared)  # before convert_fx, which rewrites the prepared graph in place
             converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
         try:
-            sim, out_qp, in_qp = simulate(converted, {n: o.scope for n, o in origins.items()})
+            sim, out_qp, in_qp = simulate(converted, {n: original_name(o.scope) for n, o in origins.items()})
             break
         except UnsupportedOpError as gap:
             op = next((c for c in float_op_candidates(origins, gap.node) if c not in float_ops), None)

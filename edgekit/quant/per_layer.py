@@ -43,8 +43,11 @@ def producer(qnode):
 
 
 def module_of(node) -> str:
+    """The user's module path that made ``node`` (edgekit.quant.plain_layers' inner layers named as their wrapper)."""
+    from .plain_layers import original_name
+
     stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0].removeprefix("L['self'].") if stack else ""
+    return original_name(list(stack.values())[-1][0].removeprefix("L['self'].")) if stack else ""
 
 
 def run_injected(gm, args: tuple, inject: dict) -> dict:

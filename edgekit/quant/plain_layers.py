@@ -6,7 +6,8 @@ torch.fx traces *into* such a module, so the convolution becomes an ``F.conv2d``
 FX quantization (ptl) then cannot fuse it with its BatchNorm, and ncnn's writer finds no conv module
 to match. ``plain_layers(model)`` returns a copy in which each such module is replaced by the
 GraphModule of its own forward, where the one ``F.conv1d/F.conv2d/F.linear`` call on its own weight
-is a call of a plain ``nn.Conv1d/Conv2d/Linear`` holding the same parameters, with the stride,
+is a call of a plain ``nn.Conv1d/Conv2d/Linear`` (its child ``CHILD``, which reports leave out of
+module names: ``original_name``) holding the same parameters, with the stride,
 padding, dilation and groups that call used. What the forward does around it (the padding) stays as
 traced. A module whose forward does not trace, or calls its layer other than exactly once, is left
 as it is. The result computes what the model computes (tests/quant/test_plain_layers.py).
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _LAYERS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Linear: F.linear}
+CHILD = "_edgekit_plain"  # the plain layer's name inside its wrapper; reports name the wrapper (original_name)
 _CONV_ARGS = ("stride", "padding", "dilation", "groups")  # F.conv*(input, weight, bias, stride, padding, dilation, groups)
 
 
@@ -29,7 +31,7 @@ def plain_layers(model: nn.Module) -> tuple[nn.Module, list[str]]:
     replaced = []
     for name, mod in list(model.named_modules()):
         base = next((b for b in _LAYERS if type(mod) is not b and isinstance(mod, b)), None)
-        if base is None or type(mod).forward is base.forward or any(name.startswith(r + ".") for r in replaced):
+        if not name or base is None or type(mod).forward is base.forward or any(name.startswith(r + ".") for r in replaced):
             continue
         gm = _plain(mod, base)
         if gm is not None:
@@ -37,6 +39,11 @@ def plain_layers(model: nn.Module) -> tuple[nn.Module, list[str]]:
             setattr(model.get_submodule(parent) if parent else model, attr, gm)
             replaced.append(name)
     return model, replaced
+
+
+def original_name(name: str) -> str:
+    """A module path of the plain model as the user's model names it ("fc._edgekit_plain" -> "fc")."""
+    return name.replace(f".{CHILD}", "").removeprefix(f"{CHILD}.").replace(CHILD, "")
 
 
 def _plain(mod: nn.Module, base: type) -> torch.fx.GraphModule | None:
@@ -59,9 +66,9 @@ def _plain(mod: nn.Module, base: type) -> torch.fx.GraphModule | None:
         for key, value in values.items():
             setattr(layer, key, value)
         layer.padding_mode = "zeros"
-    gm.add_submodule("layer", layer)
+    gm.add_submodule(CHILD, layer)
     with gm.graph.inserting_before(call):
-        new = gm.graph.call_module("layer", (call.args[0],))
+        new = gm.graph.call_module(CHILD, (call.args[0],))
     call.replace_all_uses_with(new)
     gm.graph.erase_node(call)
     gm.graph.eliminate_dead_code()
