@@ -112,7 +112,9 @@ def child(target: str, fp32_root: Path, int8_root: Path, runs: int, warmup: int)
         extra: dict = {}
         if target == "ptl":
             variants.update(_ptl_engines(a8, int8_root))
-        if target == "ncnn":
+        # the variants rewrite 8=1 files; edgekit's writer fuses requantize itself now (8=101): time it as it is
+        probe = target == "ncnn" and not any(q.get("output_scale") for q in a8.meta.get("int8_layers", []))
+        if probe:
             variants["int8 use_packing_layout=0"] = _ncnn_runner(a8, int8_root, use_packing_layout=False)
             fused_root, fused, extra["requantize_fused_pairs"] = _ncnn_variant_copy(a8, int8_root)
             variants["int8 + requantize fused (8=101)"] = _ncnn_runner(fused, fused_root)
@@ -125,7 +127,7 @@ def child(target: str, fp32_root: Path, int8_root: Path, runs: int, warmup: int)
             extra["engine_fidelity"] = _ptl_fidelity(a8, int8_root, samples, variants)
             extra["profile_ms"] = _ptl_profile(fp32_root / a32.path, int8_root / a8.path, samples[0], fp32_root)
             extra["engine_default"] = torch.backends.quantized.engine
-        if target == "ncnn":
+        if probe:
             extra["profile_ms"] = _ncnn_profile({"fp32": (a32, fp32_root), "int8": (a8, int8_root),
                                                  "int8 + requantize fused (8=101)": (fused, fused_root)}, samples[0],
                                                 max(15, runs // 4))
