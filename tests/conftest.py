@@ -9,6 +9,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Learned weight rounding (edgekit.quant.adaround) caches under $EDGEKIT_CACHE_DIR: one folder
+    per test session, shared by its exports, never the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("EDGEKIT_CACHE_DIR")
+    os.environ["EDGEKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgekit-cache"))
+    yield
+    if before is None:
+        os.environ.pop("EDGEKIT_CACHE_DIR", None)
+    else:
+        os.environ["EDGEKIT_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def calib_root() -> Path:
     from edgekit.models import calibration_root

@@ -13,7 +13,10 @@ Per layer, in execution order (``_Layer``):
   each rounded layer's input is also fake-quantized at its calibrated int8 range: "asymmetric
   reconstruction", so the weights can compensate upstream error), targets Y from the float model
   (BatchNorm folded), both at ``positions`` output positions drawn once (seeded) from the
-  calibration set: the loss is computed on im2col patches of those positions only;
+  calibration set: the loss is computed on im2col patches of those positions only. Inputs and targets
+  of every layer come from one forward of the two models side by side, node by node of the model's fx
+  graph over all samples at once, each layer learned when the forward reaches it (``_one_pass``; a
+  model that does not trace: forwards that stop at each layer, ``_per_layer``, the same numbers);
 - W(V) = s * clamp(floor(w / s) + h(V), -127, 127), h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1),
   V initialised so that h(V) = the fractional part (W(V) = w at the start);
 - loss = mean ||W(V) x - y||^2 / (the same for round-to-nearest) + reg_weight * mean * sum(1 - |2 h(V) - 1| ^ beta), the
@@ -30,14 +33,17 @@ torch threads (1 by default), so the same inputs give the same integers run afte
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import UserError
@@ -55,7 +61,7 @@ _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 @dataclass(frozen=True)
 class AdaRoundConfig:
-    iterations: int = 300  # Adam steps per layer
+    iterations: int = 100  # Adam steps per layer (MobileNetV2: 300 gave 18.39 dB in 49 CPU s, 100 18.36 in 34; bench/adaround_mobilenet_v2.py)
     batch: int = 256  # output positions per step (drawn from ``positions``)
     positions: int = 4096  # output positions per layer kept for the loss (drawn once from 3/4 of the samples; 1/4 of that from the rest: validation)
     reg_weight: float = 0.1  # weight of the rounding regulariser (mean over the weights; rec. loss in units of nearest's)
@@ -174,18 +180,19 @@ class _Rounding:
         p = ((rest - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)
         self.v = torch.log(p / (1 - p)).float().requires_grad_(True)
         self.s, self.floor, self.fixed, self.pin = self.s.float(), self.floor.float(), self.fixed.float(), self.pin
+        self.free = (~self.pin).float()  # the regulariser's weights (pinned elements: 0)
 
-    def soft(self) -> torch.Tensor:
-        q = torch.clamp(self.floor + _h(self.v), -QMAX, QMAX)
+    def soft(self, h: torch.Tensor) -> torch.Tensor:
+        """The weight at h = _h(self.v)."""
+        q = torch.clamp(self.floor + h, -QMAX, QMAX)
         return torch.where(self.pin, self.fixed, q) * self.s
 
     def hard_q(self) -> torch.Tensor:
         q = torch.clamp(self.floor + (_h(self.v) >= 0.5).float(), -QMAX, QMAX)
         return torch.where(self.pin, self.fixed, q.detach())
 
-    def reg(self, beta: float) -> torch.Tensor:
-        h = _h(self.v)[~self.pin]
-        return (1 - (2 * h - 1).abs().pow(beta)).sum()
+    def reg(self, h: torch.Tensor, beta: float) -> torch.Tensor:
+        return ((1 - (2 * h - 1).abs().pow(beta)) * self.free).sum()
 
 
 # ---------------------------------------------------------------- capturing layer inputs / outputs
@@ -248,14 +255,20 @@ def _patches(mod: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor
     if isinstance(pd, str) or mod.padding_mode != "zeros":
         raise UserError("E-ARGS", f"adaround supports zero, numeric conv padding only (got {mod.padding!r}, {mod.padding_mode})",
                         "turn adaround off for this model or skip the layer")
-    # gather the patches of the chosen positions only (an im2col of the whole input would take GBs)
+    # gather the patches of the chosen positions only (an im2col of the whole input would take GBs; so
+    # would a padded copy): taps that fall in the zero padding read the nearest pixel and are zeroed
     n, c, h, w = x.shape
     oh = (h + 2 * pd[0] - dl[0] * (k[0] - 1) - 1) // st[0] + 1
     ow = (w + 2 * pd[1] - dl[1] * (k[1] - 1) - 1) // st[1] + 1
-    xp = F.pad(x, (pd[1], pd[1], pd[0], pd[0]))
     b, rest = idx // (oh * ow), idx % (oh * ow)
-    r0, c0 = (rest // ow) * st[0], (rest % ow) * st[1]
-    taps = [xp[b, :, r0 + i * dl[0], c0 + j * dl[1]] for i in range(k[0]) for j in range(k[1])]  # each (P, C)
+    r0, c0 = (rest // ow) * st[0] - pd[0], (rest % ow) * st[1] - pd[1]
+    taps = []  # each (P, C)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            r, cc = r0 + i * dl[0], c0 + j * dl[1]
+            inside = (r >= 0) & (r < h) & (cc >= 0) & (cc < w)
+            tap = x[b, :, r.clamp(0, h - 1), cc.clamp(0, w - 1)]
+            taps.append(tap if bool(inside.all()) else torch.where(inside[:, None], tap, 0.0))
     sel = torch.stack(taps, dim=2).reshape(len(idx), c * k[0] * k[1])  # unfold's order: channel, then kernel
     return sel.reshape(len(idx), mod.groups, c * k[0] * k[1] // mod.groups)
 
@@ -271,7 +284,12 @@ def _apply(mod: nn.Module, w: torch.Tensor, b: torch.Tensor | None, cols: torch.
     """The layer on im2col columns: (P, G, K) x weight (G*Cg, ...) -> (P, Cout)."""
     g = cols.shape[1]
     wg = w.reshape(g, w.shape[0] // g, -1)  # (G, Cg, K)
-    out = torch.einsum("pgk,gck->pgc", cols, wg).reshape(cols.shape[0], -1)
+    if g == 1:  # dense: one matmul
+        out = cols[:, 0] @ wg[0].t()
+    elif wg.shape[1] == 1:  # depthwise: a product and a sum over the (few) taps, 1.5-2.5x an einsum's bmm
+        out = (cols * wg[:, 0]).sum(-1)
+    else:
+        out = torch.einsum("pgk,gck->pgc", cols, wg).reshape(cols.shape[0], -1)
     return out + b if b is not None else out
 
 
@@ -285,9 +303,9 @@ def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> di
         lambda m, args, n=n: collector.observe(n, args[0])) for n in names]
     try:
         with torch.no_grad():
-            for _ in range(2):
-                for s in samples:
-                    model(*s)
+            for _ in range(2):  # 8 samples a forward: min/max and histogram counts add up, the same statistics
+                for i in range(0, len(samples), 8):
+                    model(*[torch.cat([s[k] for s in samples[i:i + 8]]) for k in range(len(samples[0]))])
                 collector.next_phase()
     finally:
         for h in hooks:
@@ -301,13 +319,32 @@ def _fake_quant_hook(lo: float, hi: float):
 
     scale, zp = qparams(lo, hi)
 
-    def hook(mod, args):
-        x = torch.clamp(torch.round(args[0] / scale) + zp, AQMIN, AQMAX)
-        return ((x - zp) * scale,) + tuple(args[1:])
+    def hook(mod, args):  # one fused kernel; rounds x * (1 / scale) as the PT2E quantize op does
+        return (torch.fake_quantize_per_tensor_affine(args[0], scale, zp, AQMIN, AQMAX),) + tuple(args[1:])
     return hook
 
 
 # ---------------------------------------------------------------- the learning
+class _Adam:
+    """torch.optim.Adam's update (defaults: betas 0.9, 0.999, eps 1e-8, no weight decay), without its
+    per-step bookkeeping: a few hundred steps on one small tensor per layer, where that dominated."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / c2).add_(self.eps), value=-self.lr / c1)
+
+
 def _learn(mod: nn.Module, cols: torch.Tensor, target: torch.Tensor, val_cols: torch.Tensor, val_target: torch.Tensor,
            config: AdaRoundConfig, gen: torch.Generator) -> dict:
     r = _Rounding(mod.weight, config.scale_floor)
@@ -316,7 +353,7 @@ def _learn(mod: nn.Module, cols: torch.Tensor, target: torch.Tensor, val_cols: t
     if config.learn_bias and bias is not None:
         bias.requires_grad_(True)
         params.append(bias)
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = _Adam(params, config.lr)
     wshape = mod.weight.shape
     with torch.no_grad():  # losses in units of round-to-nearest's error on these positions
         nearest = (on_grid(mod.weight, config.scale_floor)[0] * r.s).reshape(wshape)
@@ -324,17 +361,16 @@ def _learn(mod: nn.Module, cols: torch.Tensor, target: torch.Tensor, val_cols: t
     n_warm = int(config.warmup * config.iterations)
     for it in range(config.iterations):
         sel = torch.randint(0, cols.shape[0], (min(config.batch, cols.shape[0]),), generator=gen)
-        out = _apply(mod, r.soft().reshape(wshape), bias, cols[sel])
+        h = _h(r.v)
+        out = _apply(mod, r.soft(h).reshape(wshape), bias, cols[sel])
         rec = (out - target[sel]).pow(2).mean() / norm
         if it < n_warm:
             loss = rec
         else:
             t = (it - n_warm) / max(1, config.iterations - n_warm - 1)
             beta = config.beta_end + 0.5 * (config.beta_start - config.beta_end) * (1 + math.cos(math.pi * t))
-            loss = rec + config.reg_weight * r.reg(beta) / max(1, r.v.numel())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            loss = rec + config.reg_weight * r.reg(h, beta) / max(1, r.v.numel())
+        opt.step(torch.autograd.grad(loss, params))
     q = r.hard_q()
     with torch.no_grad():
         b = bias.detach() if bias is not None else mod.bias
@@ -390,49 +426,147 @@ def _adaround(model, example_inputs, samples, config, act_recipe, t0):
     ranges = _input_ranges(fp, order, samples, act_recipe) if act_recipe is not None else {}
     qm = copy.deepcopy(fp)
     gen = torch.Generator().manual_seed(config.seed)
-    layers, hooks = [], []
-    try:
-        for name in order:
-            t = time.time()
-            mod_q, mod_f = qm.get_submodule(name), fp.get_submodule(name)
-            if name in ranges:  # this layer's input is fake-quantized from now on (in the quantized model)
-                hooks.append(mod_q.register_forward_pre_hook(_fake_quant_hook(*ranges[name])))
-            xs_q = _capture(qm, name, samples, want_output=False)
-            ys_f = _capture(fp, name, samples, want_output=True)
-            xq = torch.cat(xs_q)  # after this layer's fake-quant pre-hook (pre-hooks run in registration order)
-            y = torch.cat([_flat_out(mod_f, y) for y in ys_f])
-            per = y.shape[0] // len(samples)  # output positions per sample
-            n_train = len(samples) - len(samples) // 4 if len(samples) >= 4 else len(samples)  # last quarter: validation
-            first_val = n_train if n_train < len(samples) else 0  # (under 4 samples: validated on the learned ones)
-            idx = first_val * per + torch.randperm((len(samples) - first_val) * per, generator=gen)[: max(1, config.positions // 4)]
-            val_cols, val_y = _patches(mod_q, xq, idx.sort().values), y[idx.sort().values]
-            idx = torch.randperm(n_train * per, generator=gen)[: config.positions].sort().values
-            cols = _patches(mod_q, xq, idx)
-            if n_train * per >= config.min_positions_per_input * mod_q.weight[0].numel():
-                row = _learn(mod_q, cols, y[idx], val_cols, val_y, config, gen)
-            else:  # too few positions for its fan-in (MobileNetV2's 7x7 layers, the classifier): overfits
-                with torch.no_grad():
-                    q, sc = on_grid(mod_q.weight, config.scale_floor)
-                    mod_q.weight.copy_(q * sc.reshape(-1, *[1] * (q.dim() - 1)))
-                row = {"kept": "nearest (too few positions)", "changed_vs_nearest": 0.0}
-            row.update({"layer": name, "weights": mod_q.weight.numel(), "positions": len(idx), "seconds": round(time.time() - t, 2)})
-            layers.append(row)
-            log.info("adaround %s: %s", name, row)
-            del xs_q, ys_f, xq, y, cols
-    finally:
-        for h in hooks:
-            h.remove()
+    layers: list[dict] = []
+
+    def visit(name: str, xq: torch.Tensor, y: torch.Tensor, t: float) -> None:
+        row = _round_layer(qm.get_submodule(name), fp.get_submodule(name), xq, y, len(samples), config, gen)
+        row.update({"layer": name, "seconds": round(time.time() - t, 2)})
+        layers.append(row)
+        log.info("adaround %s: %s", name, row)
+
+    graph = _graph(fp)
+    if graph is not None and _one_pass(graph, fp, qm, samples, order, ranges, visit):
+        capture = "one pass (fx graph)"
+    else:  # not traceable: each layer's input and target from forwards that stop at it
+        capture = "a forward per layer"
+        _per_layer(fp, qm, samples, order, ranges, visit)
     report = {"config": config.to_dict(), "layers": layers, "batchnorm_folded": n_bn,
               "not_rounded": sorted(blocked | (skipped & {n for n, m in fp.named_modules() if isinstance(m, _LAYER_TYPES)})),
               "activation_ranges": "calibrated (asymmetric reconstruction)" if ranges else "float inputs (weights only)",
-              "seconds": round(time.time() - t0, 1)}
+              "capture": capture, "seconds": round(time.time() - t0, 1)}
     return qm, report
 
+
+def _round_layer(mod_q: nn.Module, mod_f: nn.Module, xq: torch.Tensor, y_out: torch.Tensor, n_samples: int,
+                 config: AdaRoundConfig, gen: torch.Generator) -> dict:
+    """Round one layer of the quantized model in place from its inputs ``xq`` (all samples, upstream
+    layers rounded, fake-quantized) and the float model's outputs ``y_out``; its report row."""
+    y = _flat_out(mod_f, y_out)
+    per = y.shape[0] // n_samples  # output positions per sample
+    n_train = n_samples - n_samples // 4 if n_samples >= 4 else n_samples  # last quarter: validation
+    first_val = n_train if n_train < n_samples else 0  # (under 4 samples: validated on the learned ones)
+    idx = first_val * per + torch.randperm((n_samples - first_val) * per, generator=gen)[: max(1, config.positions // 4)]
+    val_cols, val_y = _patches(mod_q, xq, idx.sort().values), y[idx.sort().values]
+    idx = torch.randperm(n_train * per, generator=gen)[: config.positions].sort().values
+    cols = _patches(mod_q, xq, idx)
+    if n_train * per >= config.min_positions_per_input * mod_q.weight[0].numel():
+        with torch.enable_grad():
+            row = _learn(mod_q, cols, y[idx], val_cols, val_y, config, gen)
+    else:  # too few positions for its fan-in (MobileNetV2's 7x7 layers, the classifier): overfits
+        with torch.no_grad():
+            q, sc = on_grid(mod_q.weight, config.scale_floor)
+            mod_q.weight.copy_(q * sc.reshape(-1, *[1] * (q.dim() - 1)))
+        row = {"kept": "nearest (too few positions)", "changed_vs_nearest": 0.0}
+    row.update({"weights": mod_q.weight.numel(), "positions": len(idx)})
+    return row
+
+
+def _graph(fp: nn.Module):
+    """The model's fx graph (leaf modules as call_module nodes), or None when it does not trace."""
+    try:
+        return torch.fx.symbolic_trace(fp).graph
+    except Exception:  # noqa: BLE001  (data-dependent control flow etc.: the per-layer capture works on any model)
+        return None
+
+
+def _one_pass(graph, fp: nn.Module, qm: nn.Module, samples, order: list[str], ranges: dict, visit) -> bool:
+    """One forward of the float and of the quantized model side by side, node by node over all samples
+    at once: at the first call of each layer to round, ``visit`` learns it from the quantized model's
+    input (upstream layers already rounded) and the float model's output, then the quantized model goes
+    on with the rounded layer. The same inputs and targets as a forward per layer, at the cost of one.
+    False (nothing rounded) when the graph's layers are not ``order`` (then the per-layer capture runs)."""
+    nodes, wanted = list(graph.nodes), set(order)
+    calls = [n.target for n in nodes if n.op == "call_module" and n.target in wanted]
+    if list(dict.fromkeys(calls)) != order:
+        return False
+    last = {}
+    for i, n in enumerate(nodes):
+        for a in n.all_input_nodes:
+            last[a] = i
+    xs = [torch.cat([s[k] for s in samples]) for k in range(len(samples[0]))]
+    env_f: dict = {}
+    env_q: dict = {}
+    done: set[str] = set()
+    fq = {name: _fake_quant_hook(*r) for name, r in ranges.items()}
+    placeholders = 0
+    with torch.no_grad():
+        for i, n in enumerate(nodes):
+            if n.op == "output":
+                break
+            t = time.time()
+            af, kf = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: env_f[a])
+            aq, kq = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: env_q[a])
+            if n.op == "placeholder":
+                if placeholders < len(xs):
+                    of = oq = xs[placeholders]
+                elif n.args:  # an argument with a default value
+                    of = oq = n.args[0]
+                else:
+                    raise UserError("E-ARGS", f"adaround got {len(xs)} inputs, the model takes more",
+                                    "pass every input in each calibration sample")
+                placeholders += 1
+            elif n.op == "get_attr":
+                of, oq = _attr(fp, n.target), _attr(qm, n.target)
+            elif n.op == "call_function":
+                of, oq = n.target(*af, **kf), n.target(*aq, **kq)
+            elif n.op == "call_method":
+                of, oq = getattr(af[0], n.target)(*af[1:], **kf), getattr(aq[0], n.target)(*aq[1:], **kq)
+            else:  # call_module
+                if n.target in fq:  # this layer's input is fake-quantized (in the quantized model)
+                    aq = fq[n.target](None, aq)
+                of = fp.get_submodule(n.target)(*af, **kf)
+                if n.target in wanted and n.target not in done:
+                    visit(n.target, aq[0], of, t)
+                    done.add(n.target)
+                oq = qm.get_submodule(n.target)(*aq, **kq)
+            env_f[n], env_q[n] = of, oq
+            for a in n.all_input_nodes:  # free what no later node reads
+                if last.get(a) == i:
+                    del env_f[a], env_q[a]
+    return True
+
+
+def _attr(root: nn.Module, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _per_layer(fp: nn.Module, qm: nn.Module, samples, order: list[str], ranges: dict, visit) -> None:
+    """Layer by layer, its input and target from forwards of the quantized and float models that stop
+    at it (any model; a forward per layer)."""
+    hooks = []
+    try:
+        for name in order:
+            t = time.time()
+            if name in ranges:  # this layer's input is fake-quantized from now on (in the quantized model)
+                hooks.append(qm.get_submodule(name).register_forward_pre_hook(_fake_quant_hook(*ranges[name])))
+            # the input after this layer's fake-quant pre-hook (pre-hooks run in registration order)
+            xq = torch.cat(_capture(qm, name, samples, want_output=False))
+            y = torch.cat(_capture(fp, name, samples, want_output=True))
+            visit(name, xq, y, t)
+            del xq, y
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # ---------------------------------------------------------------- the one entry point every target calls
 _MEMO: dict[str, tuple[dict, dict]] = {}  # cache key -> (state_dict, report); the last few results of this process
 _MEMO_SIZE = 2
+_FORMAT = "edgekit-adaround-1"  # the on-disk layout (_save / _load)
+_ALGORITHM = 2  # part of the cache key: bump when the same config would learn different integers
 
 
 def _cache_key(model: nn.Module, samples, config: AdaRoundConfig, act_recipe) -> str:
@@ -441,52 +575,127 @@ def _cache_key(model: nn.Module, samples, config: AdaRoundConfig, act_recipe) ->
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     for s in list(samples)[: config.max_samples]:
         for a in s:
-            h.update(np.ascontiguousarray(a).tobytes())
-    acts = None if act_recipe is None else (act_recipe.calibrator, act_recipe.percentile, act_recipe.bins)
-    h.update(repr((sorted(config.to_dict().items()), acts, torch.__version__)).encode())
+            a = np.ascontiguousarray(a)
+            h.update(str((a.shape, a.dtype.str)).encode() + a.tobytes())
+    # the activation grid too (scheme): the layer inputs are fake-quantized on it while learning
+    acts = None if act_recipe is None else (act_recipe.calibrator, act_recipe.percentile, act_recipe.bins,
+                                            getattr(act_recipe, "scheme", "int8"))
+    h.update(repr((sorted(config.to_dict().items()), acts, torch.__version__, _ALGORITHM)).encode())
     return h.hexdigest()
 
 
-def round_weights(model: nn.Module, example_inputs: tuple, samples, recipe, cache_dir=None) -> tuple[nn.Module, dict]:
+def default_cache_dir() -> Path:
+    """Where round_weights keeps learned roundings when its caller names no folder:
+    ``$EDGEKIT_CACHE_DIR/adaround``, else ``$EDGEKIT_CACHE/adaround`` (the variable edgekit.arm reads),
+    else ``~/.cache/edgekit/adaround``."""
+    base = os.environ.get("EDGEKIT_CACHE_DIR") or os.environ.get("EDGEKIT_CACHE")
+    return Path(base) / "adaround" if base else Path.home() / ".cache" / "edgekit" / "adaround"
+
+
+def _save(path: Path, key: str, state: dict, report: dict) -> None:
+    """One .npz per key, no pickle: every tensor as its raw bytes (any dtype), and a JSON entry with the
+    full key, each tensor's dtype and shape, and the report. Written to a temporary file of its own in
+    the same folder, then os.replace'd: a reader sees the old file or the new one, never a part, and
+    two processes writing the same key both write a complete file (the same learned weights)."""
+    names = list(state)
+    meta = {"format": _FORMAT, "key": key, "report": report,
+            "tensors": [[n, str(state[n].dtype).removeprefix("torch."), list(state[n].shape)] for n in names]}
+    arrays = {f"t{i}": state[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for i, n in enumerate(names)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path, key: str, like: dict) -> tuple[dict, dict] | None:
+    """(state dict, report) from a file _save wrote for ``key``, or None when it is missing, truncated,
+    corrupt (the zip's CRC-32 is checked), for another key or does not fit the model (``like``: the
+    BN-folded model's state dict)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta.get("format") != _FORMAT or meta.get("key") != key:
+                raise ValueError("written for another key or format")
+            state = {}
+            for i, (name, dtype, shape) in enumerate(meta["tensors"]):
+                ref = like.get(name)
+                if ref is None or str(ref.dtype).removeprefix("torch.") != dtype or list(ref.shape) != shape:
+                    raise ValueError(f"tensor {name} does not fit the model")
+                raw = torch.from_numpy(z[f"t{i}"])
+                state[name] = raw.view(ref.dtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=ref.dtype)
+            if set(state) != set(like):
+                raise ValueError("tensors missing")
+            return state, meta["report"]
+    except Exception as exc:  # noqa: BLE001  (whatever is wrong with the file: learn again and rewrite it)
+        log.warning("adaround cache %s unusable (%s: %s): learning again", path, type(exc).__name__, exc)
+        return None
+
+
+def round_weights(model: nn.Module, example_inputs: tuple, samples, recipe, cache_dir=None,
+                  config: AdaRoundConfig | None = None) -> tuple[nn.Module, dict]:
     """The float model every target quantizes: ``model`` itself for rounding="nearest"; for
     "adaround", a copy with BatchNorm folded and learned on-grid weights (layers the recipe keeps float
     are skipped; layer inputs fake-quantized with the recipe's calibrator). Results are cached per
-    (weights, calibration samples, config, calibrator) in this process and, with ``cache_dir``, on disk,
-    so one export job learns once for all of its targets."""
-    from pathlib import Path
-
+    content hash of (weights, calibration samples, config, calibrator, torch version) in this process
+    and on disk, in ``cache_dir`` (None: ``default_cache_dir()``; False: no disk cache), so one export
+    job learns once for all of its targets and a re-export of the same model, data and recipe learns
+    nothing. ``config``: the AdaRoundConfig to start from (default: AdaRoundConfig()); the recipe sets
+    its skip and caps its max_samples."""
     from .recipe import keep_float_modules
 
     if recipe.rounding == "nearest":
         return model, {}
-    config = AdaRoundConfig(max_samples=min(AdaRoundConfig.max_samples, recipe.max_samples),
-                            skip=tuple(sorted(keep_float_modules(model, recipe))))
+    base = config or AdaRoundConfig()
+    config = replace(base, max_samples=min(base.max_samples, recipe.max_samples),
+                     skip=tuple(sorted(set(base.skip) | set(keep_float_modules(model, recipe)))))
     samples = list(samples)[: config.max_samples]
     key = _cache_key(model, samples, config, recipe)
-    path = Path(cache_dir) / f"adaround-{key[:24]}.pt" if cache_dir is not None else None
+    if cache_dir is False:
+        path = None
+    else:
+        path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"adaround-{key[:32]}.npz"
     hit = _MEMO.get(key)
-    if hit is None and path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        hit = (saved["state"], saved["report"])
-    if hit is not None:
+    out = None
+    if hit is None and path is not None:
         out = copy.deepcopy(model).eval()
         fold_batchnorm(out)
+        hit = _load(path, key, out.state_dict())
+        if hit is not None:
+            _remember(key, hit)
+    if hit is not None:
+        if out is None:
+            out = copy.deepcopy(model).eval()
+            fold_batchnorm(out)
         out.load_state_dict(hit[0])
         return out, {**hit[1], "cached": True}
     out, report = adaround(model, example_inputs, samples, config, act_recipe=recipe)
     state = {k: v.detach().clone() for k, v in out.state_dict().items()}
-    _MEMO[key] = (state, report)
+    _remember(key, (state, report))
+    if path is not None:
+        try:
+            _save(path, key, state, report)
+        except (OSError, TypeError, ValueError) as exc:  # e.g. a read-only or full disk: the next job learns again
+            log.warning("adaround cache %s not written (%s)", path, exc)
+    return out, {**report, "cached": False}
+
+
+def _remember(key: str, hit: tuple[dict, dict]) -> None:
+    _MEMO[key] = hit
     while len(_MEMO) > _MEMO_SIZE:
         _MEMO.pop(next(iter(_MEMO)))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.part")
-        torch.save({"state": state, "report": report}, tmp)
-        tmp.replace(path)
-    return out, {**report, "cached": False}
 
 
 def describe(report: dict) -> str:

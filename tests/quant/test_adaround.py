@@ -14,6 +14,18 @@ from edgekit.quant import QuantRecipe
 from edgekit.quant.adaround import AdaRoundConfig, adaround, channel_scales, fold_batchnorm, on_grid
 
 FAST = AdaRoundConfig(iterations=120, positions=1024, batch=256)
+CACHE_FAST = AdaRoundConfig(iterations=40, positions=512, batch=128)  # for the on-disk cache tests
+
+
+@pytest.fixture(autouse=True)
+def cache_env(tmp_path, monkeypatch):
+    """Every test: round_weights' default disk cache under tmp_path (never the real ~/.cache), an
+    empty process memo."""
+    from edgekit.quant import adaround as ada
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ada, "_MEMO", {})
+    return tmp_path / "cache" / "adaround"
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +77,20 @@ def test_deterministic(tiny):
     lm, samples, model, _ = tiny
     again, _ = adaround(lm.module, lm.example_inputs, samples, FAST, act_recipe=QuantRecipe())
     for (n, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_one_pass_capture_learns_what_a_forward_per_layer_does(tiny, monkeypatch):
+    """The fx one-pass capture (the default) and the per-layer forwards (models that do not trace)
+    give every layer the same inputs and targets: the same integers."""
+    from edgekit.quant import adaround as ada
+
+    lm, samples, _, _ = tiny
+    one, rep_one = adaround(lm.module, lm.example_inputs, samples, CACHE_FAST, act_recipe=QuantRecipe())
+    monkeypatch.setattr(ada, "_graph", lambda model: None)
+    per, rep_per = adaround(lm.module, lm.example_inputs, samples, CACHE_FAST, act_recipe=QuantRecipe())
+    assert rep_one["capture"].startswith("one pass") and rep_per["capture"].startswith("a forward per layer")
+    for (n, a), b in zip(one.state_dict().items(), per.state_dict().values()):
         assert torch.equal(a, b), n
 
 
@@ -160,3 +186,110 @@ def test_ptl_export_with_learned_rounding_is_clean_layer_by_layer(tiny, tmp_path
     assert any("conv+ReLU6 fused" in n for n in art.meta["quant_notes"])
     rows = CONVERTER.per_layer(art, tmp_path, list(data.samples[32:36]))
     assert rows and all(r["max_steps"] <= 1.0 and not r["flagged"] for r in rows), rows
+
+
+def _cache_files(folder):
+    return sorted(folder.glob("adaround-*.npz")) if folder.is_dir() else []
+
+
+def test_default_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from edgekit.quant.adaround import default_cache_dir
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "other"))
+    assert default_cache_dir() == tmp_path / "adaround"
+    monkeypatch.delenv("EDGEKIT_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "other" / "adaround"  # the variable edgekit.arm reads
+    monkeypatch.delenv("EDGEKIT_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "edgekit" / "adaround"
+
+
+def test_rerun_in_a_new_process_loads_from_disk_and_learns_nothing(tiny, cache_env, monkeypatch):
+    from edgekit.quant import adaround as ada
+
+    lm, samples, _, _ = tiny
+    recipe = QuantRecipe(rounding="adaround")
+    a, rep_a = ada.round_weights(lm.module, lm.example_inputs, samples, recipe, config=CACHE_FAST)
+    assert not rep_a["cached"] and len(_cache_files(cache_env)) == 1
+    assert not list(cache_env.glob("*.part"))  # written to a temporary file, then renamed
+    monkeypatch.setattr(ada, "_MEMO", {})  # what a new process starts with
+
+    def no_learning(*args, **kwargs):
+        raise AssertionError("learned again")
+
+    monkeypatch.setattr(ada, "adaround", no_learning)
+    b, rep_b = ada.round_weights(lm.module, lm.example_inputs, samples, recipe, config=CACHE_FAST)
+    assert rep_b["cached"] and rep_b["layers"] == rep_a["layers"]
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in b.modules())  # the folded model, as learned
+
+
+def test_cache_key_changes_with_samples_weights_and_config(tiny):
+    import copy
+
+    from edgekit.quant.adaround import _cache_key
+
+    lm, samples, _, _ = tiny
+    recipe = QuantRecipe(rounding="adaround")
+    key = _cache_key(lm.module, samples, CACHE_FAST, recipe)
+    assert key == _cache_key(lm.module, [tuple(a.copy() for a in s) for s in samples], CACHE_FAST, recipe)
+    other = [tuple(a.copy() for a in s) for s in samples]
+    other[3][0].flat[7] += 1e-3
+    assert _cache_key(lm.module, other, CACHE_FAST, recipe) != key
+    changed = copy.deepcopy(lm.module)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    assert _cache_key(changed, samples, CACHE_FAST, recipe) != key
+    assert _cache_key(lm.module, samples, AdaRoundConfig(iterations=41, positions=512, batch=128), recipe) != key
+    assert _cache_key(lm.module, samples, CACHE_FAST, recipe.with_(calibrator="minmax")) != key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_cache_file_is_relearned_and_rewritten(tiny, cache_env, monkeypatch, damage, caplog):
+    from edgekit.quant import adaround as ada
+
+    lm, samples, _, _ = tiny
+    recipe = QuantRecipe(rounding="adaround")
+    a, _ = ada.round_weights(lm.module, lm.example_inputs, samples, recipe, config=CACHE_FAST)
+    (path,) = _cache_files(cache_env)
+    good = path.read_bytes()
+    bad = {"truncated": good[: len(good) // 2], "garbage": b"PK\x03\x04" + bytes(range(256)) * 8, "empty": b""}[damage]
+    path.write_bytes(bad)
+    monkeypatch.setattr(ada, "_MEMO", {})
+    b, rep = ada.round_weights(lm.module, lm.example_inputs, samples, recipe, config=CACHE_FAST)
+    assert not rep["cached"] and "unusable" in caplog.text
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n  # learned again: the same integers (deterministic)
+    assert path.read_bytes() != bad  # and rewritten: the next run loads it
+    monkeypatch.setattr(ada, "_MEMO", {})
+    c, rep = ada.round_weights(lm.module, lm.example_inputs, samples, recipe, config=CACHE_FAST)
+    assert rep["cached"] and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_cache_file_holds_no_pickle(tiny, cache_env):
+    import numpy as np
+
+    from edgekit.quant import adaround as ada
+
+    lm, samples, _, _ = tiny
+    ada.round_weights(lm.module, lm.example_inputs, samples, QuantRecipe(rounding="adaround"), config=CACHE_FAST)
+    (path,) = _cache_files(cache_env)
+    with np.load(path, allow_pickle=False) as z:  # raises on any object (pickled) entry
+        assert all(z[k].dtype == np.uint8 for k in z.files)
+
+
+def test_cache_file_round_trips_any_dtype(tmp_path):
+    """Tensors are stored as raw bytes: dtypes numpy lacks (bfloat16), 0-d and empty tensors come back exact."""
+    from edgekit.quant.adaround import _load, _save
+
+    state = {"w": torch.randn(3, 4).to(torch.bfloat16), "n": torch.tensor(7), "e": torch.zeros(0, 2),
+             "b": torch.tensor([True, False])}
+    path = tmp_path / "x.npz"
+    _save(path, "k" * 64, state, {"layers": []})
+    got, report = _load(path, "k" * 64, state)
+    assert report == {"layers": []} and all(torch.equal(got[n], state[n]) and got[n].dtype == state[n].dtype for n in state)
+    assert _load(path, "j" * 64, state) is None  # another key: not used
+    assert _load(path, "k" * 64, {**state, "w": torch.zeros(4, 3, dtype=torch.bfloat16)}) is None  # another shape
