@@ -95,17 +95,42 @@ def _drop_sequential_identities(model: nn.Module) -> None:
             del seq._modules[name]
 
 
+def _called_after_layers(model: nn.Module) -> set[str]:
+    """Paths of the ReLU6 modules that every call of which reads the output of a Conv2d, BatchNorm2d or
+    Linear module used nowhere else (``self.act(self.bn(self.conv(x)))`` outside a Sequential, one
+    module shared by several such sites, as EfficientNet-Lite's ``_swish``): FX fuses each site."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    try:
+        graph = QuantizationTracer([], []).trace(model)
+    except Exception:  # untraceable: check_traceable says why, later
+        return set()
+    mods = dict(model.named_modules())
+    fusable, other = set(), set()
+    for n in graph.nodes:
+        if n.op != "call_module" or not _is_relu6(mods.get(n.target)):
+            continue
+        src = n.args[0] if n.args else None
+        after = (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                 and isinstance(mods.get(src.target), (nn.Conv2d, nn.BatchNorm2d, nn.Linear)))
+        (fusable if after else other).add(n.target)
+    return fusable - other
+
+
 def rewrite_relu6(model: nn.Module, fuse: bool) -> tuple[int, int]:
-    """In place: ReLU6 after a Conv2d/BatchNorm2d in a Sequential -> capped ReLU (when ``fuse``);
-    every other ReLU6 -> ContiguousReLU6. Returns (fused, made contiguous)."""
+    """In place: ReLU6 after a Conv2d/BatchNorm2d/Linear (in a Sequential, or at every call in the
+    traced graph) -> capped ReLU (when ``fuse``); every other ReLU6 -> ContiguousReLU6.
+    Returns (fused, made contiguous)."""
     fused = contiguous = 0
-    for parent in list(model.modules()):
+    after_layers = _called_after_layers(model) if fuse else set()
+    for path, parent in list(model.named_modules()):
         children = list(parent.named_children())
         for k, (name, child) in enumerate(children):
             if not _is_relu6(child):
                 continue
             prev = children[k - 1][1] if k > 0 and isinstance(parent, nn.Sequential) else None
-            if fuse and isinstance(prev, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            if fuse and (isinstance(prev, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))
+                         or (f"{path}.{name}" if path else name) in after_layers):
                 relu = nn.ReLU()
                 setattr(relu, _CAP, 6.0)
                 setattr(parent, name, relu)

@@ -105,3 +105,34 @@ def test_ncnn_int8_quantizes_subclassed_convs(tmp_path):
     assert len(layers) == 4  # two subclassed convs, the plain 1x1 conv and the classifier
     assert {q["op"] for q in layers} >= {"Convolution", "ConvolutionDepthWise", "InnerProduct"}
     assert np.isfinite(b.results["ncnn"].raw["compression"]["output"]["sqnr_db"])
+
+
+class SharedAct(nn.Module):
+    """EfficientNet-Lite's block: one ReLU6 module called after two BatchNorms, outside any Sequential."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0 = SameConv2d(3, 8, 3, 2), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = SameConv2d(8, 8, 3, 1, groups=8, size=16), nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, image):
+        x = self.act(self.bn0(self.conv0(image)))
+        x = self.act(self.bn1(self.conv1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_ptl_fuses_a_shared_relu6_called_after_batchnorm():
+    """Each call site of the shared ReLU6 fuses into its conv (range capped at 6): unfused, the ReLU6
+    input was quantized over BatchNorm's whole output range (EfficientNet-Lite0 ptl: 5.5 -> 13.8 dB)."""
+    from converters.ptl.quant import quantize
+    from edgekit.quant.recipe import QuantRecipe
+
+    torch.manual_seed(0)
+    model = SharedAct().eval()
+    samples = [(a[None],) for a in photo_array(CALIB, 32, 16)]
+    q = quantize(model, (torch.from_numpy(samples[0][0]),), samples, QuantRecipe())
+    assert any(n.startswith("1 conv+ReLU6 fused") for n in q.notes), q.notes
+    assert not any("contiguous copy" in n for n in q.notes)
+    assert not any("hardtanh" in str(n.target) for n in q.module.graph.nodes)
