@@ -85,7 +85,8 @@ def _add_export(e) -> None:
 def _add_quant(e) -> None:
     e.add_argument("--quant", default="fp32", choices=["fp32", *_schemes()],
                    help="int8: static post-training quantization calibrated on --data (first two thirds; "
-                        "verified on the held-out third); fp16: fp16 weights; dynamic: weight-only int8 "
+                        "verified on the held-out third); int16x8: the same with int16 activations and int8 weights "
+                        "(TFLite 16x8 kernels); fp16: fp16 weights; dynamic: weight-only int8 "
                         "(no calibration); `edgekit targets` lists which target takes which")
     e.add_argument("--calibrator", choices=_calibrators(), help="int8 activation ranges (default: the recipe's)")
     e.add_argument("--percentile", type=float, help="int8 with --calibrator percentile: the clip point, e.g. 99.99")

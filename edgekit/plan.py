@@ -35,7 +35,7 @@ def quant_recipe(job: ExportJob):
         return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float)))
     chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile),
                                 ("rounding", job.rounding), ("minmax_output", job.minmax_output)) if v is not None}
-    return check(QuantRecipe(keep_float=tuple(job.keep_float), equalize=job.equalize,
+    return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float), equalize=job.equalize,
                              bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
 
 

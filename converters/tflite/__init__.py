@@ -26,6 +26,8 @@ Facts this module is built on (measured with litert-torch 0.10.0 / ai-edge-liter
   * nn.LayerNorm: the file holds a fixed-size RESHAPE the interpreter cannot prepare: E-EXPORT-FAILED;
   * torch.cat of a model input with a computed tensor: the file runs but drops the input's channels
     (output (1, 8) for (1, 11)): parity fails it on the output's shape.
+- int16x8 (int16x8.py): 16x8 files have int16 I/O tensors (zero point 0) and run on the
+  builtin 16x8 kernels, not XNNPACK: MobileNetV2 0.2-0.9 s per image, 1 thread, on a shared host (int8: 4.5 ms).
 - The runner process must not import TensorFlow: with TF loaded, Flex ops would run on the host and
   hide a model that fails on a phone. ai-edge-litert does not import it; neither does this module.
 """
@@ -59,6 +61,14 @@ FP16_TOLERANCE = Tolerance(max_abs_rel=2e-3, min_cosine=0.9999, min_top1=0.9)
 # time (per tensor), which the weight simulation does not: MobileNetV2 max_abs_rel 0.091, min cosine
 # 0.981, top-1 0.875 vs the simulation; tiny_transformer 0.027 / 0.9995 / 0.98; tiny_cnn 0.008.
 DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.2, min_cosine=0.95, min_top1=0.75)
+# int16x8 vs its quantized reference (the 16x8 builtin kernels vs the convert_pt2e float simulation), in
+# steps of the file's int16 output grid (1/65535 of the logit range, 1/257 of an int8 step). Measured:
+# MobileNetV2, 256 held-out crops (bench/int16x8_mobilenet_v2.py): max 22 / mean 2.6 steps (percentile
+# ranges), 30 / 3.8 (min/max ranges), max_abs_rel 6.7e-4, top-1 agreement 0.996; `edgekit export mobilenet_v2
+# --quant int16x8` (16 crops) 15 steps; tiny_cnn 3; tests/quant/test_int16x8.py's block 2. The bound is ~2-3x
+# the MobileNetV2 floor (64 int16 steps = a quarter of one int8 step; tests/quant/test_int16x8.py checks a
+# file with one bias doubled is far outside it).
+INT16X8_TOLERANCE = Tolerance(max_abs_rel=0.01, min_cosine=0.999, min_top1=0.85, max_steps=64.0)
 
 # Messages the toolchain and the runtime use for an operator they cannot take.
 _NO_LOWERING = re.compile(r"Lowering not found: (\S+)")
@@ -274,9 +284,9 @@ class TFLiteConverter(Converter):
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
-        precisions=("fp32", "int8", "fp16", "dynamic"),
-        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE, "fp16": FP16_TOLERANCE,
-                    "dynamic": DYNAMIC_TOLERANCE},
+        precisions=("fp32", "int8", "int16x8", "fp16", "dynamic"),
+        tolerances={"fp32": FP32_TOLERANCE, "int8": INT8_END_TO_END_TOLERANCE, "int16x8": INT16X8_TOLERANCE,
+                    "fp16": FP16_TOLERANCE, "dynamic": DYNAMIC_TOLERANCE},
         delegates=("xnnpack", "nnapi", "gpu"),
         extra="tflite",
         modules=("litert_torch",),
@@ -286,8 +296,9 @@ class TFLiteConverter(Converter):
         app_platforms=("android", "ios"),
         packages=("litert-torch", "ai-edge-litert", "torchao"),
         exporter="litert-torch convert (torch.export -> StableHLO -> TFLite flatbuffer); fp16: AI Edge Quantizer "
-                 "fp16 weights; dynamic: PT2E dynamic int8 weights",
-        runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32",
+                 "fp16 weights; dynamic: PT2E dynamic int8 weights; int16x8: PT2E int16 activations, int8 weights, "
+                 "int64 biases (16x8 kernels)",
+        runtime="ai-edge-litert Interpreter, XNNPACK delegate, FP32 (int16x8: TFLite's builtin 16x8 kernels)",
         dynamic="fp32, CNN-style graphs: batch and image sides via litert-torch dynamic_shapes (-1 in the file's "
                 "shape signature); the interpreter resizes its inputs per sample. litert-torch 0.10.0 converts no "
                 "reshape/flatten of a dynamic size (nn.Linear on 3-D input, nn.Embedding, attention) nor nn.LayerNorm",
@@ -321,28 +332,39 @@ class TFLiteConverter(Converter):
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
     def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
-        """Static INT8: edgekit's recipe through PT2E (litert-torch's quantizer places the q/dq pairs,
-        edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program."""
+        """Static INT8 (and int16x8): edgekit's recipe through PT2E (litert-torch's quantizer places the
+        q/dq pairs, edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program.
+        int16x8: the quantizer of int16x8.py, then the 16x8 biases widened to int64 (int16x8.widen_biases)."""
         from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
         from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
         check(recipe)
+        precision = recipe.scheme
         if calibration is None or len(calibration) == 0:
-            raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
+            raise UserError("E-DATA-EMPTY", f"{precision} export of {spec.name} to {NAME} got no calibration samples",
                             "pass --data with samples of the model's inputs")
         try:
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
         except ImportError:
             raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
-        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        if precision == "int16x8":
+            from .int16x8 import quantizer as quantizer_16x8
+
+            quantizer = quantizer_16x8()
+        else:
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
-        precision = "int8"
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
-        ref = out_dir / reference_name(spec.name, "tflite")
+        ref = out_dir / reference_name(spec.name, "tflite", precision)
         with _staged(final) as tmp:
             _convert(q.module, example_inputs, tmp, spec.name, QuantConfig(pt2e_quantizer=quantizer))
+            widened = None
+            if precision == "int16x8":  # the converter's int32 biases, which the 16x8 kernels refuse
+                from .int16x8 import widen_biases
+
+                widened = widen_biases(tmp, tmp)
             float_io = None
             if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
                 from .float_io import add_float_io
@@ -354,6 +376,9 @@ class TFLiteConverter(Converter):
             meta = _io_meta(tmp, spec)
             save_quantized_reference(q.module, tuple(example_inputs), ref)
         notes = q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else []) \
+            + ([f"16x8: {widened['ops_16x8']} conv/fully-connected ops with int16 activations, {widened['biases_widened']} "
+                "int32 biases stored as int64 (what the 16x8 kernels take); they run on TFLite's builtin kernels (XNNPACK "
+                "has no int16 kernels)"] if widened else []) \
             + [f"tensor names shortened: {names['bytes_before'] - names['bytes_after']} bytes saved"]
         meta.update(quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes), float_io=float_io)
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
@@ -401,7 +426,8 @@ class TFLiteConverter(Converter):
         return inspect_tflite(Path(path))
 
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
-        """Each int8 tensor of the file against the reference op fed the runtime's own input."""
+        """Each int8 tensor of the file against the reference op fed the runtime's own input (int8 only:
+        the per-layer matcher reads int8 tensors; an int16x8 file is judged end to end)."""
         if artifact.precision != "int8" or not artifact.meta.get("reference"):
             return None
         from .per_layer import tflite_per_layer
@@ -469,10 +495,13 @@ def _resize(interp, current: dict, in_idx: list, arrays: list) -> None:
 
 
 def _qparams(interp, index: int):
-    """(scale, zero_point, dtype) of an int8/uint8 I/O tensor of the file, None for a float one."""
+    """(scale, zero_point, dtype) of a quantized I/O tensor of the file (int8/uint8, or int16 in a 16x8
+    file), None for a float one or an unquantized integer one (int32 token ids)."""
     d = next(x for x in interp.get_tensor_details() if x["index"] == index)
     dtype = np.dtype(d["dtype"])
-    if dtype.kind not in "iu" or dtype.itemsize != 1:
+    if dtype.kind not in "iu" or dtype.itemsize not in (1, 2):
+        return None
+    if dtype.itemsize == 2 and not d["quantization"][0]:
         return None
     scale, zp = d["quantization"]
     return float(scale), int(zp), dtype
@@ -500,7 +529,8 @@ def _to_runtime(a: np.ndarray, t: dict, qp=None, dynamic_meta: dict | None = Non
         scale, zp, dtype = qp
         info = np.iinfo(dtype)
         q = np.round(a.astype(np.float32) / np.float32(scale)) + zp  # half to even, as the reference's quantize
-        return np.clip(q, info.min, info.max).astype(dtype)
+        low = -info.max if dtype == np.int16 else info.min  # int16x8 is symmetric: -32767..32767, as the reference
+        return np.clip(q, low, info.max).astype(dtype)
     if a.dtype.name == t["dtype"]:
         return a
     if a.dtype.name == t["spec_dtype"] == "int64" and t["dtype"] == "int32":

@@ -294,8 +294,8 @@ def _apply(mod: nn.Module, w: torch.Tensor, b: torch.Tensor | None, cols: torch.
 
 
 # ---------------------------------------------------------------- activation fake-quant on layer inputs
-def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> dict[str, tuple[float, float]]:
-    """Each layer input's int8 range from edgekit's calibrator (the recipe's), on the float model."""
+def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> dict[str, tuple[float, float, str]]:
+    """Each layer input's (lo, hi, activation grid) from edgekit's calibrator (the recipe's), on the float model."""
     from .calibrators import TensorStatsCollector, get as get_calibrator
 
     collector = TensorStatsCollector(act_recipe.bins)
@@ -311,16 +311,24 @@ def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> di
         for h in hooks:
             h.remove()
     cal = get_calibrator(act_recipe.calibrator)
-    return {n: cal(st, act_recipe) for n, st in collector.stats().items()}
+    grid = getattr(act_recipe, "scheme", "int8")
+    return {n: (*cal(st, act_recipe), grid) for n, st in collector.stats().items()}
 
 
-def _fake_quant_hook(lo: float, hi: float):
+def _fake_quant_hook(lo: float, hi: float, grid: str = "int8"):
+    """Fake-quantize a layer's input on its scheme's activation grid (recipe.ACTIVATION_GRID): int8
+    asymmetric as the PT2E observers place it, or int16x8's symmetric int16 (zero point 0)."""
     from .calibrators import QMAX as AQMAX, QMIN as AQMIN, qparams
+    from .recipe import ACTIVATION_GRID
 
-    scale, zp = qparams(lo, hi)
+    _, qmin, qmax, symmetric = ACTIVATION_GRID.get(grid, ACTIVATION_GRID["int8"])
+    if symmetric:
+        scale, zp = max(max(abs(lo), abs(hi)) / qmax, 2.0 ** -24), 0  # the int16 observers' eps (pt2e.activation_spec)
+    else:
+        (scale, zp), qmin, qmax = qparams(lo, hi), AQMIN, AQMAX
 
     def hook(mod, args):  # one fused kernel; rounds x * (1 / scale) as the PT2E quantize op does
-        return (torch.fake_quantize_per_tensor_affine(args[0], scale, zp, AQMIN, AQMAX),) + tuple(args[1:])
+        return (torch.fake_quantize_per_tensor_affine(args[0], scale, zp, qmin, qmax),) + tuple(args[1:])
     return hook
 
 
@@ -566,7 +574,7 @@ def _per_layer(fp: nn.Module, qm: nn.Module, samples, order: list[str], ranges: 
 _MEMO: dict[str, tuple[dict, dict]] = {}  # cache key -> (state_dict, report); the last few results of this process
 _MEMO_SIZE = 2
 _FORMAT = "edgekit-adaround-1"  # the on-disk layout (_save / _load)
-_ALGORITHM = 2  # part of the cache key: bump when the same config would learn different integers
+_ALGORITHM = 3  # part of the cache key: bump when the same config would learn different integers
 
 
 def _cache_key(model: nn.Module, samples, config: AdaRoundConfig, act_recipe) -> str:

@@ -17,6 +17,8 @@
    (before 2: with ``rounding="adaround"`` the weights are first moved to learned points of their int8
    grid, BatchNorm folded, ``adaround.round_weights``: the quantizer then re-derives the same scales
    and integers; the bias-correction reference stays the unrounded float model);
+   int16x8 (``activation_spec``): the same sites with int16 symmetric observers (zero point 0,
+   -32767..32767, eps 2^-24 so no calibrated range is floored), ranged by the same calibrators;
 5. ``convert_pt2e(fold_quantize=False)``: the quantized reference (float simulation) that the
    artifact must reproduce; bias correction, when asked, first adjusts the float biases of the
    calibrated model (``equalize.correct_bias``).
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from edgekit.errors import UserError
 
 from .calibrators import TensorStatsCollector, get as get_calibrator
 from .probe import RangeProbe
@@ -130,6 +134,24 @@ def _output_sites(sites: dict) -> set[str]:
     since clipping the largest outputs changes the top-1 class (percentile 99.99 clipped MobileNetV2's
     logits at 17.5 while held-out photos reach 22.5)."""
     return {name for name, node in sites.items() if any(u.op == "output" for u in node.users)}
+
+
+def activation_spec(scheme: str):
+    """The PT2E activation QuantizationSpec of a calibrated scheme's integer grid (recipe.ACTIVATION_GRID),
+    for a target whose quantizer takes a custom activation spec: int16x8 -> int16, symmetric, zero point 0,
+    -32767..32767. The observer is a placeholder: ``calibrate_sites`` replaces it by a MinMaxObserver with
+    the calibrated range (and keeps its dtype, qscheme, quant range and eps)."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    from .recipe import ACTIVATION_GRID
+
+    dtype, qmin, qmax, symmetric = ACTIVATION_GRID[scheme]
+    return QuantizationSpec(dtype=getattr(torch, dtype), quant_min=qmin, quant_max=qmax,
+                            qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine,
+                            is_dynamic=False,
+                            # int16 steps of a range of 1 are 3e-5: the int8 observers' eps (2^-12) would floor them
+                            observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2.0 ** -24 if qmax > 127 else 2.0 ** -12))
 
 
 def _run(gm, samples) -> None:
@@ -305,6 +327,22 @@ def _edge_nodes(edge_or_node) -> set:
     return set(edge_or_node) if isinstance(edge_or_node, tuple) else {edge_or_node}
 
 
+def _check_activation_dtype(quantizer, recipe: QuantRecipe) -> None:
+    """A target's quantizer whose activations are not the recipe's grid (an int8 quantizer handed an
+    int16x8 recipe) is refused, never run: the file would silently be int8."""
+    from .recipe import ACTIVATION_GRID
+
+    config = getattr(quantizer, "global_config", None)
+    spec = getattr(config, "input_activation", None)
+    want = ACTIVATION_GRID.get(recipe.scheme)
+    if want is None or spec is None or not hasattr(spec, "dtype"):
+        return
+    if spec.dtype != getattr(torch, want[0]):
+        raise UserError("E-TARGET-PRECISION", f"this target's quantizer makes {str(spec.dtype).removeprefix('torch.')} "
+                        f"activations, the recipe asks {recipe.scheme} ({want[0]} activations)",
+                        "export this precision only to a target that lists it (see `edgekit targets`)")
+
+
 def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe, quantizer,
              fold_quantize: bool = False, cache_dir=None) -> Quantized:
     """PTQ of ``model`` with ``quantizer`` (a PT2E Quantizer with a global config set) and edgekit's
@@ -314,6 +352,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     rounding (recipe.rounding="adaround") is cached, so the targets of one job learn it once."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    _check_activation_dtype(quantizer, recipe)
     samples = tuple(samples)[: recipe.max_samples]
     from .equalize import equalized
 

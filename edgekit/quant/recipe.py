@@ -5,6 +5,11 @@ Scheme (the TFLite / XNNPACK int8 scheme, which every target here can run):
 - activations: int8, asymmetric, one scale and zero point per tensor, the range chosen by one of
   edgekit's calibrators (``edgekit.quant.calibrators.CALIBRATORS``) from the calibration set;
 - bias: int32 with scale = input scale x weight scale.
+Scheme ``int16x8`` (TFLite's "16x8" mode) keeps those int8 weights and makes every activation int16,
+symmetric, zero point 0 (quant range -32767..32767, what TFLite's 16x8 kernels require), ranged by the
+same calibrators; biases are int64 (scale = input scale x weight scale). Only a runtime with 16x8
+integer kernels takes it (TFLite's builtin kernels; the other runtimes here have none: a target
+lists it in its precisions or refuses it).
 The calibrated ranges are per tensor and target-neutral (``ActivationRanges``): a PT2E target feeds
 them to its observers, an ncnn/ptl writer can turn them into its own table.
 """
@@ -19,15 +24,19 @@ from edgekit.errors import UserError
 # a channel with max|w| < 127 * 2^-12 is quantized on this coarser grid. ptl and ncnn apply the same
 # floor, so every target stores the same integers (and learned rounding, adaround.py, targets them).
 WEIGHT_SCALE_FLOOR = 2.0 ** -12
-SCHEMES = ("int8", "fp16", "dynamic")
+SCHEMES = ("int8", "int16x8", "fp16", "dynamic")
 # What each scheme stores and computes (CLI help, describe(), docs).
 SCHEME_HELP = {
     "int8": "static INT8: int8 weights (per-channel) and int8 activations with calibrated ranges",
+    "int16x8": "static 16x8: int8 weights (per-channel) and int16 activations (symmetric, zero point 0) with "
+               "calibrated ranges; far less activation noise than int8, slower (no XNNPACK kernels)",
     "fp16": "fp16 weights (half the FP32 size); no calibration; the runtime computes in FP32 or FP16",
     "dynamic": "weight-only INT8: int8 weights (per-channel symmetric), no calibration; hybrid kernels "
                "quantize activations at run time",
 }
 WEIGHT_ONLY_SCHEMES = ("fp16", "dynamic")  # no calibration set, no activation ranges
+# Integer activation grid of each calibrated scheme: (torch dtype name, quant_min, quant_max, symmetric).
+ACTIVATION_GRID = {"int8": ("int8", -128, 127, False), "int16x8": ("int16", -32767, 32767, True)}
 IO_DTYPES = ("int8", "float")  # the artifact's input/output tensors (where a target offers the choice)
 # How conv/linear weights go to their int8 grid (edgekit.quant.adaround); the same integers for every target.
 ROUNDINGS = {
@@ -46,7 +55,7 @@ class QuantRecipe:
     equalize: bool = False  # cross-layer equalization (Nagel et al. 2019; ReLU6 between pairs becomes ReLU)
     bias_correction: bool = False  # empirical bias correction: per-channel mean error vs the float model removed
     fuse_relu6: bool = True  # conv+ReLU6 quantized as one op: the range is capped at 6 instead of a float clamp
-    io: str = "int8"  # "int8": the file takes/returns int8 tensors (the runner converts); "float": float I/O
+    io: str = "int8"  # "int8": the file takes/returns integer tensors (int8; int16 for int16x8; the runner converts); "float": float I/O
     max_samples: int = 256  # calibration samples used at most (the first N of the set)
     minmax_output: bool = False  # model outputs (logits) ranged by min/max, never clipped by the calibrator
     rounding: str = "nearest"  # a name in ROUNDINGS; "adaround": learned weight rounding before any target quantizes
@@ -86,6 +95,9 @@ class QuantRecipe:
                                   ("conv+ReLU6 fused", self.fuse_relu6)) if on]
         cal = f"{self.calibrator}" + (f" {self.percentile}" if self.calibrator == "percentile" else "")
         kept = f", float: {', '.join(self.keep_float)}" if self.keep_float else ""
+        if self.scheme == "int16x8":
+            return (f"int16x8 static (w: int8 per-channel sym, a: int16 per-tensor sym, calibrator {cal}; "
+                    f"{', '.join(levers) or 'no levers'}{kept})")
         return f"int8 static (w: per-channel sym, a: per-tensor, calibrator {cal}; {', '.join(levers) or 'no levers'}{kept})"
 
 
@@ -101,6 +113,9 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
         raise UserError("E-ARGS", f"quantization scheme {recipe.scheme!r} is not supported", f"use one of {', '.join(SCHEMES)}")
     if recipe.scheme in WEIGHT_ONLY_SCHEMES:
         _check_weight_only(recipe)
+    if recipe.scheme == "int16x8" and recipe.io != "int8":
+        raise UserError("E-ARGS", "float model I/O is offered for the int8 scheme only (int16x8 files take and return "
+                        "int16 tensors; the runner converts)", "drop --float-io (io='float'), or use --quant int8")
     if recipe.calibrator not in CALIBRATORS:
         raise UserError("E-ARGS", f"unknown calibrator {recipe.calibrator!r}",
                         f"use one of {', '.join(sorted(CALIBRATORS))}")

@@ -170,7 +170,7 @@ def test_runner_process_never_imports_tensorflow(exported):
 def test_capability_row():
     info = CONVERTER.info
     assert info.name == "tflite" and info.suffix == ".tflite" and info.extra == "tflite"
-    assert info.precisions == ("fp32", "int8", "fp16", "dynamic")
+    assert info.precisions == ("fp32", "int8", "int16x8", "fp16", "dynamic")
     assert set(info.tolerances) == set(info.precisions)
     assert info.delegates == ("xnnpack", "nnapi", "gpu")
     assert info.packages == ("litert-torch", "ai-edge-litert", "torchao")
