@@ -43,6 +43,7 @@ def row(bundle, key: str) -> dict:
 
 def main() -> None:
     import edgekit
+    from edgekit.errors import UserError
     from edgekit.models import BUILTIN
 
     ap = argparse.ArgumentParser()
@@ -55,8 +56,13 @@ def main() -> None:
     out = {"budget": args.budget, "targets": args.targets, "samples": len(samples), "load": os.getloadavg(), "jobs": {}}
     for name, budget in (("int8", None), ("int8 + budget", args.budget)):
         t0 = time.monotonic()
-        b = edgekit.export("mobilenet_v2", targets=args.targets, data=samples, samples=256, quant="int8", budget=budget,
-                           out=Path(args.work) / name.replace(" + ", "_"))
+        try:
+            b = edgekit.export("mobilenet_v2", targets=args.targets, data=samples, samples=256, quant="int8",
+                               budget=budget, out=Path(args.work) / name.replace(" + ", "_"))
+        except UserError as exc:  # E-BUDGET-UNMET: what the best trial reached is the result
+            out["jobs"][name] = {"seconds": round(time.monotonic() - t0, 1), "error": exc.to_dict(), "targets": {}}
+            print(name, exc, flush=True)
+            continue
         job = {"seconds": round(time.monotonic() - t0, 1), "passed": b.passed,
                "targets": {k: row(b, k) for k in b.report["targets"]}}
         if b.report.get("budget_search"):
@@ -76,6 +82,8 @@ def markdown(out: dict) -> str:
              "| job | target | status | top-1 agree vs FP32 | SQNR dB vs FP32 | size bytes | latency ms | job wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, job in out["jobs"].items():
+        if job.get("error"):
+            lines.append(f"| {name} | - | `{job['error']['code']}` | {job['error']['message']} | | | | {job['seconds']} |")
         for key, r in job["targets"].items():
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
             sqnr = "-" if not isinstance(r["sqnr_db"], (int, float)) else f"{r['sqnr_db']:.2f}"
