@@ -217,6 +217,39 @@ def _checked_labels(data: CalibrationSet, spec: ModelSpec, budget) -> tuple[Cali
     return data, [data.labels_note] if data.labels_note else []
 
 
+def _check_keep_float(module, recipe) -> None:
+    """A --keep-float name that matches no layer of the model is E-ARGS, before any export."""
+    if recipe is not None and recipe.keep_float:
+        from edgekit.quant.recipe import keep_float_modules
+
+        keep_float_modules(module, recipe)
+
+
+def _compressed(job: ExportJob, module, example: tuple, train, progress):
+    """The job's compression stage (edgekit.compress.stage) run on the training part: the compressed
+    model becomes the FP32 model every target exports. -> (the model, the stage's result or None)."""
+    if job.compress is None:
+        return module, None
+    from edgekit.compress.stage import compress, from_calibration
+
+    progress(f"compressing ({', '.join(job.compress.steps)}) on {len(train)} samples")
+    return compress(module, example, job.compress, from_calibration(train))
+
+
+def _inputs_entry(stage: Path, vset: CalibrationSet) -> dict:
+    """The manifest's verification_inputs: the stored file, its hash, the set, and its labels if any."""
+    return {"file": B.VERIFY_INPUTS, "file_sha256": B.sha256_file(stage / B.VERIFY_INPUTS), **vset.describe(),
+            **({"labels": list(vset.labels)} if vset.labels else {})}
+
+
+def _quantization_entry(recipe, cal, notes: list[str], budget) -> dict | None:
+    """The manifest's quantization: the recipe, what it calibrated on, the notes and the budget."""
+    if recipe is None:
+        return None
+    return {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(), "notes": notes,
+            "budget": None if budget is None else budget.to_dict()}
+
+
 def _budget_search(job: ExportJob, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
     """With --budget and static INT8: the cheapest keep-float assignment that meets it on the held-out
     samples (edgekit.quant.search). -> (the recipe to export, the trials for the report or None)."""
@@ -264,10 +297,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
     spec, task_notes = _with_task(loaded.spec, job.task)
     spec, dynamic_notes = _with_dynamic(spec, job.dynamic_shapes, loaded, convs, precision)
     recipe, default_notes = model_defaults(job, recipe, loaded)
-    if recipe is not None and recipe.keep_float:
-        from edgekit.quant.recipe import keep_float_modules
-
-        keep_float_modules(loaded.module, recipe)  # a name that matches no layer: E-ARGS before any export
+    _check_keep_float(loaded.module, recipe)
     out = Path(job.out or f"bundles/{spec.name}")
     with D.locked(out):  # one export per destination; leftovers of a crashed run are cleaned first
         data, label_notes = _checked_labels(_load_data(job.data, loaded), spec, job.budget)
@@ -275,16 +305,9 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         split_notes = all_notes + default_notes + task_notes + dynamic_notes + split_notes + label_notes
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))
-        compression = None
-        if job.compress is not None:  # the compressed model becomes the FP32 model every target exports
-            from edgekit.compress.stage import compress, from_calibration
-
-            source = train
-            progress(f"compressing ({', '.join(job.compress.steps)}) on {len(source)} samples")
-            loaded.module, compression = compress(loaded.module, example, job.compress, from_calibration(source))
+        loaded.module, compression = _compressed(job, loaded.module, example, train, progress)
         recipe, searched = _budget_search(job, loaded.module, example, cal, vset, recipe, spec, progress)
-        if searched:
-            split_notes.append(searched["note"])
+        split_notes += [searched["note"]] if searched else []
         progress("capturing the FP32 reference with torch.export")
         with captured() as reference_log:
             program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
@@ -305,12 +328,9 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
                 "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
                 "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
                 "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
-                "verification_inputs": {"file": B.VERIFY_INPUTS, "file_sha256": B.sha256_file(stage / B.VERIFY_INPUTS),
-                                        **vset.describe(), **({"labels": list(vset.labels)} if vset.labels else {})},
+                "verification_inputs": _inputs_entry(stage, vset),
                 "data": data.describe(),
-                "quantization": None if recipe is None else {"recipe": recipe.to_dict(), "calibration": None if cal is None else cal.describe(),
-                                                             "notes": split_notes,
-                                                             "budget": None if job.budget is None else job.budget.to_dict()},
+                "quantization": _quantization_entry(recipe, cal, split_notes, job.budget),
                 "artifacts": [_manifest_entry(stage, conv, art) for conv, art in artifacts],
                 "versions": env,
                 "compression": None if compression is None else compression.to_dict(),
