@@ -150,6 +150,12 @@ class Converter(ABC):
         target has no per-layer view. Runs in the runner's subprocess."""
         return None
 
+    def pt2e_quantizer(self):
+        """The PT2E Quantizer (global config set) this target places its static INT8 q/dq pairs with,
+        or None where its INT8 path is not PT2E. edgekit's budget search simulates INT8 with it
+        (edgekit.quant.search); raise E-DEP-MISSING when the toolchain is not installed."""
+        return None
+
     def coverage(self, path: Path, meta: dict):
         """Delegate coverage of one artifact file of this target (``edgekit inspect`` and the report's
         coverage section): an ``edgekit.inspect.InspectResult``, or None where the target has nothing

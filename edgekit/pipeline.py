@@ -250,19 +250,35 @@ def _quantization_entry(recipe, cal, notes: list[str], budget) -> dict | None:
             "budget": None if budget is None else budget.to_dict()}
 
 
-def _budget_search(job: ExportJob, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
+def _pt2e_quantizer(convs: list):
+    """(target name, a factory of its PT2E quantizer) for the budget search: the job's first target
+    whose INT8 path is PT2E, else any installed one (the search simulates, it writes nothing)."""
+    from edgekit.converters import all_converters
+
+    for conv in [*convs, *(c for c in all_converters() if c not in convs)]:
+        try:
+            if conv.pt2e_quantizer() is not None:
+                return conv.info.name, conv.pt2e_quantizer
+        except UserError:  # its toolchain is not installed
+            continue
+    raise UserError("E-DEP-MISSING", "the budget search simulates INT8 with a PT2E target's quantizer, and none is installed",
+                    "pip install -c constraints.txt 'edgekit[tflite]' (or executorch, onnx)")
+
+
+def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
     """With --budget and static INT8: the cheapest keep-float assignment that meets it on the held-out
     samples (edgekit.quant.search). -> (the recipe to export, the trials for the report or None)."""
     if job.budget is None or recipe is None or recipe.scheme != "int8":
         return recipe, None
     from edgekit.quant.search import search
 
+    target, quantizer = _pt2e_quantizer(convs)
     with captured():
         fp32 = run_reference(module, vset.samples)
-        chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec, progress)
+        chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec, quantizer, progress)
     kept = ", ".join(chosen.keep_float) or "none"
-    note = (f"budget search ({job.budget.describe()}): {len(trials)} trial(s) on {len(vset)} held-out samples, "
-            f"kept float: {kept}")
+    note = (f"budget search ({job.budget.describe()}): {len(trials)} trial(s) of {target}'s PT2E simulation on "
+            f"{len(vset)} held-out samples, kept float: {kept}")
     return chosen, {"budget": job.budget.to_dict(), "trials": [t.to_dict() for t in trials],
                     "chosen": list(chosen.keep_float), "note": note}
 
@@ -306,7 +322,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))
         loaded.module, compression = _compressed(job, loaded.module, example, train, progress)
-        recipe, searched = _budget_search(job, loaded.module, example, cal, vset, recipe, spec, progress)
+        recipe, searched = _budget_search(job, convs, loaded.module, example, cal, vset, recipe, spec, progress)
         split_notes += [searched["note"]] if searched else []
         progress("capturing the FP32 reference with torch.export")
         with captured() as reference_log:

@@ -403,11 +403,17 @@ class ExecuTorchConverter(Converter):
             tmp.unlink(missing_ok=True)
         return Artifact(NAME, precision, final.name, (final.name, *extra_files), meta)
 
+    def pt2e_quantizer(self):
+        try:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+        except ImportError:
+            raise missing_dependency(NAME, "executorch", self.info.extra) from None
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
     def _quantize(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
         """(exported quantized program, artifact meta); writes the quantized reference program."""
         import torch
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
 
         from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
@@ -417,8 +423,7 @@ class ExecuTorchConverter(Converter):
         if calibration is None or len(calibration) == 0:
             raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
                             "pass --data with samples of the model's inputs")
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        q = quantize(model, example_inputs, calibration.samples, recipe, quantizer, fold_quantize=True)
+        q = quantize(model, example_inputs, calibration.samples, recipe, self.pt2e_quantizer(), fold_quantize=True)
         ref = out_dir / reference_name(spec.name, "executorch")
         out_dir.mkdir(parents=True, exist_ok=True)
         save_quantized_reference(q.module, example_inputs, ref)

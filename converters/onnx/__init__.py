@@ -129,6 +129,11 @@ class OnnxConverter(Converter):
             files = (int8_meta["reference"], *files)
         return Artifact(self.info.name, precision, name, tuple(files), meta)
 
+    def pt2e_quantizer(self):
+        from .int8 import _quantizer
+
+        return _quantizer()
+
     def runner(self, artifact: Artifact, root: Path, threads: int = 1, strict: bool = True) -> Runner:
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors

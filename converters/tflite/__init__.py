@@ -331,6 +331,13 @@ class TFLiteConverter(Converter):
                                 f"graph with a dynamic axis; export target {NAME} at a fixed shape") from exc
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
+    def pt2e_quantizer(self):
+        try:
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        except ImportError:
+            raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
+        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+
     def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
         """Static INT8 (and int16x8): edgekit's recipe through PT2E (litert-torch's quantizer places the
         q/dq pairs, edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program.

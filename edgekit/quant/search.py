@@ -10,7 +10,7 @@ lose most) whose quantized reference meets the user's budget (edgekit.budget) on
    (bisection), at most ``max_trials`` trials in all;
 3. -> the recipe with the chosen ``keep_float`` and every trial (float layers, estimated size,
    metrics, met), for the report. None meeting it: E-BUDGET-UNMET naming the best trial.
-The trials run the float simulation every PT2E target shares (XNNPACK placement); the exported
+The trials run the float simulation of one PT2E target of the job (its ``pt2e_quantizer``); the exported
 files are then verified against the budget for real, each in its runtime, like any export. Learned
 rounding (AdaRound) is left out of the trials (they round to nearest: minutes saved per trial) and
 applied to the chosen point only.
@@ -40,22 +40,24 @@ class Trial:
         return {**asdict(self), "keep_float": list(self.keep_float)}
 
 
-def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: QuantRecipe, budget, spec,
+def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: QuantRecipe, budget, spec, quantizer,
            progress=lambda *a: None, max_trials: int = MAX_TRIALS) -> tuple[QuantRecipe, list[Trial]]:
-    """See the module docstring. ``held_out``: a CalibrationSet (its labels feed accuracy_drop)."""
+    """See the module docstring. ``held_out``: a CalibrationSet (its labels feed accuracy_drop);
+    ``quantizer``: makes a PT2E Quantizer (a target's ``pt2e_quantizer``), one per trial."""
     base = recipe.with_(rounding="nearest")
     trials: list[Trial] = []
 
     def trial(keep: tuple[str, ...]) -> Trial:
         progress(f"budget search: trial {len(trials) + 1}, {len(keep)} layer(s) kept float")
-        t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec)
+        t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec, quantizer)
         trials.append(t)
         return t
 
     first = trial(recipe.keep_float)
     if first.met:
         return recipe, trials
-    ranked = [m for m in _sensitive_layers(model, example, calibration, held_out, base) if m not in recipe.keep_float]
+    ranked = [m for m in _sensitive_layers(model, example, calibration, held_out, base, quantizer)
+              if m not in recipe.keep_float]
     lo, hi, k = 0, None, 1
     while hi is None and len(trials) < max_trials and ranked:  # 1, 2, 4, ... float layers until one meets it
         k = min(k, len(ranked))
@@ -78,7 +80,7 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     return recipe.with_(keep_float=chosen.keep_float), trials
 
 
-def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec) -> Trial:
+def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec, quantizer) -> Trial:
     from edgekit.accuracy import accuracy
     from edgekit.budget import measured
     from edgekit.parity import cost_metrics
@@ -87,19 +89,19 @@ def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, 
     from .pt2e import quantize
 
     t0 = time.monotonic()
-    q = quantize(model, example, calibration.samples, recipe, _quantizer())
+    q = quantize(model, example, calibration.samples, recipe, quantizer())
     outputs = run_reference(q.module, held_out.samples)
     got = measured(cost_metrics(fp32_outputs, outputs, spec.output_names, spec.task_spec),
                    accuracy(fp32_outputs, outputs, held_out.labels, spec))
     return Trial(recipe.keep_float, _size(model, recipe), got, not budget.missed(got), round(time.monotonic() - t0, 1))
 
 
-def _sensitive_layers(model, example, calibration, held_out, recipe) -> list[str]:
+def _sensitive_layers(model, example, calibration, held_out, recipe, quantizer) -> list[str]:
     """Conv/linear modules, the one that loses most SQNR itself first (edgekit.quant.localise)."""
     from .localise import localise
     from .pt2e import quantize
 
-    q = quantize(model, example, calibration.samples, recipe, _quantizer())
+    q = quantize(model, example, calibration.samples, recipe, quantizer())
     rows = localise(q.module, model, held_out.samples[:SENSITIVITY_SAMPLES])
     out: list[str] = []
     for r in sorted(rows, key=lambda r: -(r["drop_db"] if r.get("drop_db") is not None else -1e9)):
@@ -119,16 +121,6 @@ def _size(model, recipe: QuantRecipe) -> int:
             int8 = pname == "weight" and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) and name not in kept
             total += p.numel() * (1 if int8 else 4)
     return total
-
-
-def _quantizer():
-    try:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
-    except ImportError as exc:
-        raise UserError("E-DEP-MISSING", f"the budget search simulates INT8 with ExecuTorch's XNNPACK quantizer ({exc})",
-                        "pip install -c constraints.txt 'edgekit[executorch]'") from exc
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
 def _score(m: dict) -> tuple:

@@ -30,8 +30,11 @@ def setup():
 
 
 def _search(setup, budget: str):
+    from edgekit.converters import get
+
     lm, cal, held, example, fp32 = setup
-    return search(lm.module, example, cal, held, fp32, QuantRecipe(), Budget.parse(budget), lm.spec)
+    return search(lm.module, example, cal, held, fp32, QuantRecipe(), Budget.parse(budget), lm.spec,
+                  get("onnx").pt2e_quantizer)
 
 
 @pytest.fixture(scope="module")
