@@ -128,3 +128,21 @@ if __name__ == "__main__":
     print(len(c), len(h), m["calibration_sha256"][:12], m["held_out_sha256"][:12])
     f = fp32_logits(lm.module, h)
     print("fp32 top-1 classes on held-out:", len(set(f.reshape(len(f), -1).argmax(-1).tolist())), "distinct of", len(f))
+
+
+def mobilenet_v2_setup() -> dict:
+    """What the MobileNetV2 INT8 benches share: the model, the crops, the calibration set, the cached
+    FP32 logits on the held-out crops, an example input and the parameter count (1 torch thread)."""
+    import torch
+
+    from edgekit.data import CalibrationSet
+    from edgekit.models import BUILTIN
+
+    torch.set_num_threads(1)
+    lm = BUILTIN["mobilenet_v2"]()
+    calib, held, meta = eval_set(lm.spec)
+    return {"lm": lm, "calib": calib, "held": held, "meta": meta,
+            "calib_set": CalibrationSet(tuple(calib), tuple(f"crop{i}" for i in range(len(calib))), "image",
+                                        "bench/int8_eval_set.py"),
+            "fp32": fp32_logits(lm.module, held)[:, 0], "example": tuple(torch.from_numpy(a) for a in calib[0]),
+            "params": sum(p.numel() for p in lm.module.parameters())}

@@ -33,9 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from int8_common import (Timer, latency_ms, litert_quantizer, metrics, platform_default, run_batched,  # noqa: E402
                          sqnr, unguard, xnnpack_quantizer)
-from int8_eval_set import eval_set, fp32_logits  # noqa: E402
+from int8_eval_set import mobilenet_v2_setup  # noqa: E402
 
-from edgekit.data import CalibrationSet  # noqa: E402
 from edgekit.models import BUILTIN  # noqa: E402
 from edgekit.quant import QuantRecipe  # noqa: E402
 from edgekit.quant.reference import load_quantized_reference  # noqa: E402
@@ -47,15 +46,8 @@ SWEEP = RESULTS / "int8_sweep_mobilenet_v2.json"
 
 class Bench:
     def __init__(self, recipe: QuantRecipe):
-        torch.set_num_threads(1)
         self.recipe = recipe
-        self.lm = BUILTIN["mobilenet_v2"]()
-        self.calib, self.held, self.meta = eval_set(self.lm.spec)
-        self.calib_set = CalibrationSet(tuple(self.calib), tuple(f"crop{i}" for i in range(len(self.calib))),
-                                        "image", "bench/int8_eval_set.py")
-        self.fp32 = fp32_logits(self.lm.module, self.held)[:, 0]
-        self.example = tuple(torch.from_numpy(a) for a in self.calib[0])
-        self.params = sum(p.numel() for p in self.lm.module.parameters())
+        self.__dict__.update(mobilenet_v2_setup())  # lm, calib, held, meta, calib_set, fp32, example, params
         old = json.loads(OUT.read_text()) if OUT.is_file() else {}
         keep = old.get("edgekit_recipe") == recipe.to_dict() and old.get("protocol") == self.meta
         self.result = {"model": "mobilenet_v2 (ImageNet weights)", "parameters": self.params, "protocol": self.meta,
