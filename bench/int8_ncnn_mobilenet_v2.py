@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgekit.converters.ncnn import CONVERTER
-from edgekit.converters.ncnn.int8 import compare_blobs
+from edgekit.converters.ncnn.per_layer import compare_blobs
 from edgekit.data import load_samples
 from edgekit.models import BUILTIN
 from edgekit.quant import QuantRecipe

@@ -1,20 +1,30 @@
 """The converter interface: one module per target, each declaring its row of the capability table.
 
+``Converter`` is a template: ``export`` runs the steps every target shares (the recipe checked once,
+levers a target does not honour refused, the calibration set required, a staging folder, the listed
+files moved into place atomically) and calls one small hook per precision (``export_fp32``,
+``export_int8``, ``export_weight_only``); ``runner``, ``per_layer``, ``coverage``, ``screen`` and
+``pt2e_quantizer`` are the other hooks.
+
 A converter module must stay light to import: torch and numpy only at module level; the target's
-toolchain and runtime are imported inside ``export`` and ``runner``.
+toolchain and runtime are imported inside the hooks.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from edgekit.errors import missing_dependency
+from edgekit.errors import InternalError, UserError, missing_dependency
 
 # A Runner is callable: one sample in (numpy arrays in ModelSpec input order and dtype),
 # numpy outputs out (ModelSpec output order, float32). The runner casts to what its runtime wants.
@@ -79,6 +89,9 @@ class TargetInfo:
     # None: fixed shapes only, and --dynamic refuses the target with E-DYNAMIC-UNSUPPORTED
     dynamic: str | None = None
     rank: int = 100  # position in the capability table (edgekit's own: 10, 20, ...; then by name)
+    # the recipe levers its static quantization (int8, int16x8) honours, of LEVERS; the template
+    # refuses any other lever a recipe turns on (E-TARGET-PRECISION), never ignores it
+    levers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -128,16 +141,71 @@ class Converter(ABC):
                 out[dist] = "not installed"
         return out
 
-    @abstractmethod
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         """Write the artifact into out_dir (a bundle folder under construction) and describe it.
 
-        model: an nn.Module in eval mode; example_inputs: a tuple of torch tensors (one real sample);
-        recipe: None for FP32. A converter whose row lists a quantized precision also accepts the
-        keyword ``calibration`` (an edgekit.data.CalibrationSet), which the pipeline passes with a
-        recipe, and then writes a quantized reference program next to the artifact and names it in
-        ``meta["reference"]`` (see the pipeline: fidelity is judged against that reference).
+        The template every target runs; a target implements the hooks below, not this. model: an
+        nn.Module in eval mode; example_inputs: torch tensors (one real sample); recipe: None for
+        FP32, else a QuantRecipe; calibration: an edgekit.data.CalibrationSet, which static schemes
+        (int8, int16x8) need. The shared steps, once for every target:
+        1. the recipe is checked (a QuantRecipe whose scheme this target lists, with no lever the
+           target's static path does not honour: ``TargetInfo.levers``) and the toolchain found;
+        2. the hook for the precision writes into a staging folder inside out_dir: ``export_fp32``,
+           ``export_int8`` (static schemes; a quantized reference named in ``meta["reference"]``,
+           against which fidelity is judged) or ``export_weight_only`` (fp16, dynamic);
+        3. only when it returned, the files its Artifact lists move into out_dir, each atomically; a
+           failed export leaves nothing behind, and nothing unlisted leaves the staging folder.
         """
+        precision = self.precision_of(recipe)
+        self.check_available()
+        example_inputs, out_dir = tuple(example_inputs), Path(out_dir)
+        with _staging(out_dir, self.info.name) as stage:
+            if precision == "fp32":
+                art = self.export_fp32(model, spec, stage, example_inputs)
+            elif precision in WEIGHT_ONLY:
+                art = self.export_weight_only(model, spec, recipe, stage, example_inputs)
+            else:
+                art = self.export_int8(model, spec, recipe, stage, example_inputs, _calibration(calibration, spec, self.info.name, precision))
+            _publish(art, stage, out_dir, self.info.name, precision)
+        return art
+
+    def precision_of(self, recipe) -> str:
+        """The precision a recipe asks of this target: "fp32" without one; else its scheme, once the
+        recipe is a valid QuantRecipe, the scheme is one this target lists and every lever it turns
+        on is one this target honours."""
+        if recipe is None:
+            return "fp32"
+        from edgekit.quant import check
+
+        check(recipe)
+        name = self.info.name
+        if recipe.scheme not in self.info.precisions:
+            hint = " (weight-only int8 is --quant dynamic)" if recipe.scheme == "int8" and "dynamic" in self.info.precisions else ""
+            raise UserError("E-TARGET-PRECISION", f"target {name} cannot export {recipe.scheme}{hint}",
+                            f"use --quant with one of {', '.join(self.info.precisions)} for {name}")
+        if recipe.scheme not in WEIGHT_ONLY:
+            for lever, (flag, words, on) in LEVERS.items():
+                if on(recipe) and lever not in self.info.levers:
+                    raise UserError("E-TARGET-PRECISION", f"{name}'s {recipe.scheme} path does not implement {words} ({flag})",
+                                    f"drop {flag} for {name}" + _who_implements(lever))
+        return recipe.scheme
+
+    @abstractmethod
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """Write the FP32 file(s) into out_dir (a staging folder of this export only) -> the Artifact
+        listing them (paths relative to out_dir)."""
+
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        """Static quantization (recipe.scheme int8 or int16x8, calibration non-empty): the file(s)
+        plus the quantized reference program (``meta["reference"]``, listed in ``files``)."""
+        raise UserError("E-TARGET-PRECISION", f"target {self.info.name} has no static quantization",
+                        "drop --quant for this target")
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """Weight-only quantization (recipe.scheme fp16 or dynamic): no calibration; the reference is
+        edgekit's weight simulation (edgekit.quant.weight_only) where the target writes one."""
+        raise UserError("E-TARGET-PRECISION", f"target {self.info.name} has no weight-only quantization",
+                        "drop --quant for this target")
 
     def screen(self, artifact: Artifact, root: Path) -> None:
         """Static checks of an untrusted artifact before any runtime opens it (e.g. the operators a
@@ -170,3 +238,57 @@ class Converter(ABC):
         strict: edgekit's reproducible settings (strict FP32 where a runtime would otherwise drop to
         FP16 on its own); strict=False: the runtime's defaults, i.e. what an app on a phone gets.
         """
+
+
+WEIGHT_ONLY = ("fp16", "dynamic")  # recipe schemes without calibration (edgekit.quant.recipe.WEIGHT_ONLY_SCHEMES)
+
+# The recipe levers a static path may or may not honour: name -> (the CLI flag, what it does, is it on)
+LEVERS: dict[str, tuple[str, str, Callable]] = {
+    "equalize": ("--equalize", "cross-layer equalization", lambda r: r.equalize),
+    "bias_correction": ("--bias-correction", "bias correction", lambda r: r.bias_correction),
+    "adaround": ("--rounding adaround", "AdaRound weight rounding", lambda r: r.rounding == "adaround"),
+    "keep_float": ("--keep-float", "layers kept float", lambda r: bool(r.keep_float)),
+}
+
+
+def _who_implements(lever: str) -> str:
+    from edgekit.converters import all_converters
+
+    names = [c.info.name for c in all_converters() if lever in c.info.levers]
+    return f" ({', '.join(names)} implement it)" if names else ""
+
+
+def _calibration(calibration, spec, target: str, precision: str):
+    if calibration is None or len(calibration) == 0:
+        raise UserError("E-DATA-EMPTY", f"{precision} export of {spec.name} to {target} got no calibration samples",
+                        "pass --data with samples of the model's inputs")
+    return calibration
+
+
+@contextmanager
+def _staging(out_dir: Path, target: str):
+    """A private folder inside out_dir for one export (same file system: the moves are renames),
+    removed with whatever the export left in it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".stage-{target}-", dir=out_dir))
+    except OSError as exc:
+        raise UserError("E-OUT-UNWRITABLE", f"cannot write into {out_dir}: {exc.strerror}",
+                        "choose an output folder you can write to") from exc
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(art: Artifact, stage: Path, out_dir: Path, target: str, precision: str) -> None:
+    """Check the hook's Artifact against what it wrote, then move its files into out_dir (main file last)."""
+    if (art.target, art.precision) != (target, precision) or art.path not in art.files:
+        raise InternalError(f"target {target}'s {precision} export described a {art.precision} {art.target} artifact "
+                            f"with main file {art.path!r} (files {list(art.files)})")
+    for f in art.files:
+        if Path(f).is_absolute() or ".." in Path(f).parts or not (stage / f).is_file():
+            raise InternalError(f"target {target} lists {f!r} among its files but did not write it in its folder")
+    for f in sorted(art.files, key=lambda f: f == art.path):
+        (out_dir / f).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / f, out_dir / f)

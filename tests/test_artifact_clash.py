@@ -26,7 +26,7 @@ PLUGIN = textwrap.dedent('''
                                    runtime="torch.jit.load")
             self.scale = scale
 
-        def export(self, model, spec, recipe, out_dir, example_inputs, **_):
+        def export_fp32(self, model, spec, out_dir, example_inputs):
             class Scaled(torch.nn.Module):
                 def __init__(self, inner, scale):
                     super().__init__()

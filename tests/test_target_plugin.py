@@ -25,7 +25,7 @@ PLUGIN = textwrap.dedent('''
                           runtime_modules=("torch",), packages=("torch",), exporter="torch.jit.trace + freeze",
                           runtime="torch.jit.load")
 
-        def export(self, model, spec, recipe, out_dir, example_inputs, **_):
+        def export_fp32(self, model, spec, out_dir, example_inputs):
             path = Path(out_dir) / f"{spec.name}-fp32.pt"
             with torch.no_grad():
                 torch.jit.freeze(torch.jit.trace(model.eval(), tuple(example_inputs))).save(str(path))

@@ -73,27 +73,16 @@ class CoremlConverter(Converter):
         app_platforms=("ios",),
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
-        from .export import export_package
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return _export(model, spec, None, out_dir, example_inputs)
 
-        precision = _precision(recipe)
-        out_dir = Path(out_dir)
-        package, files, notes = export_package(model, spec, precision, out_dir, tuple(example_inputs))
-        from .check import static_check
-
-        try:
-            found = static_check(out_dir, package, spec, precision, files)
-        except UserError as exc:  # our own conversion does not pass: the export failed, remove it
-            import shutil
-
-            shutil.rmtree(out_dir / package, ignore_errors=True)
-            raise UserError("E-EXPORT-FAILED", f"the converted {package} fails edgekit's static check: {exc.what}",
-                            "report this with the model; drop the coreml target meanwhile") from exc
-        meta = {"package": package, "host_runnable": HOST_RUNNABLE, "not_runnable_reason": NOT_RUNNABLE_REASON,
-                "inputs": found["inputs"], "outputs": found["outputs"], "io_notes": notes, "static_check": found}
-        if recipe is not None:
-            meta.update(recipe=recipe.to_dict(), recipe_summary=recipe.describe(), quant_notes=[_weights_note(found)])
-        return Artifact(NAME, precision, f"{package}/{PACKAGE_MANIFEST}", files, meta)
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """fp16 compute, or (dynamic) int8 weights through coremltools' linear_quantize_weights."""
+        if recipe.keep_float:
+            raise UserError("E-ARGS", f"--keep-float {', '.join(recipe.keep_float)} cannot be honoured by the {NAME} target "
+                            "(coremltools names the weights it quantizes after the converted graph, not the PyTorch modules)",
+                            f"drop --keep-float, or export {NAME} in a separate run without it")
+        return _export(model, spec, recipe, out_dir, example_inputs)
 
     def screen(self, artifact: Artifact, root: Path) -> None:
         """verify: the static check of the (hashed) package against the bundle's ModelSpec."""
@@ -118,20 +107,23 @@ def package_of(artifact: Artifact) -> str:
     return found.group(1)
 
 
-def _precision(recipe) -> str:
-    if recipe is None:
-        return "fp32"
-    from edgekit.quant import check
+def _export(model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+    """The .mlpackage, statically checked against the spec (a package that fails it is an export error)."""
+    from .check import static_check
+    from .export import export_package
 
-    check(recipe)
-    if recipe.scheme not in PRECISIONS:
-        raise UserError("E-TARGET-PRECISION", f"target {NAME} cannot export {recipe.scheme} (static INT8 activations are "
-                        "not offered; weight-only int8 is --quant dynamic)", f"use --quant with one of {', '.join(PRECISIONS)}")
-    if recipe.keep_float:
-        raise UserError("E-ARGS", f"--keep-float {', '.join(recipe.keep_float)} cannot be honoured by the {NAME} target "
-                        "(coremltools names the weights it quantizes after the converted graph, not the PyTorch modules)",
-                        f"drop --keep-float, or export {NAME} in a separate run without it")
-    return recipe.scheme
+    precision = "fp32" if recipe is None else recipe.scheme
+    package, files, notes = export_package(model, spec, precision, out_dir, example_inputs)
+    try:
+        found = static_check(out_dir, package, spec, precision, files)
+    except UserError as exc:  # our own conversion does not pass: the export failed
+        raise UserError("E-EXPORT-FAILED", f"the converted {package} fails edgekit's static check: {exc.what}",
+                        "report this with the model; drop the coreml target meanwhile") from exc
+    meta = {"package": package, "host_runnable": HOST_RUNNABLE, "not_runnable_reason": NOT_RUNNABLE_REASON,
+            "inputs": found["inputs"], "outputs": found["outputs"], "io_notes": notes, "static_check": found}
+    if recipe is not None:
+        meta.update(recipe=recipe.to_dict(), recipe_summary=recipe.describe(), quant_notes=[_weights_note(found)])
+    return Artifact(NAME, precision, f"{package}/{PACKAGE_MANIFEST}", files, meta)
 
 
 def _weights_note(found: dict) -> str:

@@ -1,15 +1,13 @@
-"""PyTorch -> Core ML ``.mlpackage`` (coremltools 9.0, ML Program, iOS 16+), written atomically.
+"""PyTorch -> Core ML ``.mlpackage`` (coremltools 9.0, ML Program, iOS 16+).
 
 torch.export (ATEN dialect, decompositions run as coremltools asks) -> ``coremltools.convert`` with
 the ModelSpec's input and output names, shapes and dtypes -> for ``dynamic``, int8 per-channel
-weights -> saved into a hidden temporary folder of the bundle, then renamed into place.
+weights -> saved into the export's staging folder (the Converter template moves it into the bundle).
 """
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -44,24 +42,14 @@ def export_package(model, spec, precision: str, out_dir: Path, example_inputs: t
                             "or int32 (edgekit feeds int64 token ids as int32)", "drop the coreml target for this model")
     notes = [f"input {t.name!r}: {t.dtype} in the ModelSpec, int32 in the Core ML model (Core ML has no int64 arrays)"
              for t in spec.inputs if t.dtype == "int64"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     package = f"{spec.name}-{precision}.mlpackage"
-    final = out_dir / package
-    partial = out_dir / f".{spec.name}-{precision}.partial.mlpackage"  # coremltools insists on the suffix
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        mlmodel = _convert(ct, model, spec, precision, example_inputs)
-        if precision == "dynamic":
-            mlmodel = _int8_weights(ct, mlmodel)
-        with _quiet():
-            mlmodel.save(str(partial))
-        (partial / _DEBUG_MAP).unlink(missing_ok=True)
-        if final.exists():  # a fresh bundle never has it; an earlier export into the same folder may
-            shutil.rmtree(final)
-        os.replace(partial, final)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    final = Path(out_dir) / package
+    mlmodel = _convert(ct, model, spec, precision, example_inputs)
+    if precision == "dynamic":
+        mlmodel = _int8_weights(ct, mlmodel)
+    with _quiet():
+        mlmodel.save(str(final))
+    (final / _DEBUG_MAP).unlink(missing_ok=True)
     files = tuple(sorted(p.relative_to(out_dir).as_posix() for p in final.rglob("*") if p.is_file()))
     return package, files, notes
 

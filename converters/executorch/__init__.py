@@ -41,9 +41,7 @@ Facts this module is built on (measured with executorch 1.5.1 on torch 2.13.0):
 from __future__ import annotations
 
 import operator
-import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -309,14 +307,30 @@ def _weight_only(model, spec, recipe, out_dir: Path, example_inputs: tuple):
     except Exception as exc:  # torch.export raises many error types
         raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the {recipe.scheme} {spec.name}: {_first_line(exc)}",
                         f"export executorch in fp32 or int8 for this model") from exc
-    out_dir.mkdir(parents=True, exist_ok=True)
     sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME, **select)
     return ep, weight_only_meta(recipe, spec.name, NAME, sim)
+
+
+def _standard_strides(example_inputs: tuple) -> tuple:
+    """Standard strides: numpy (hence torch.from_numpy) may give a size-1 dim stride 0, which torch
+    ignores but ExecuTorch's emitter rejects ("0 in strides is not supported")."""
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x) for x in example_inputs)
+
+
+def _capture(model, spec, example_inputs: tuple):
+    """torch.export of the float model (with the spec's dynamic shapes)."""
+    try:
+        return torch.export.export(model.eval(), example_inputs,
+                                   dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
+    except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
+        raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
+                        "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
 
 
 class ExecuTorchConverter(Converter):
     info = TargetInfo(
         rank=50,
+        levers=("equalize", "bias_correction", "adaround", "keep_float"),
         name=NAME,
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",
@@ -339,36 +353,31 @@ class ExecuTorchConverter(Converter):
                     "environment's ~1 GB; torch's CPU-only aarch64 wheel is on download.pytorch.org, not PyPI",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        if recipe is not None:
-            from edgekit.quant import check
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        example_inputs = _standard_strides(example_inputs)
+        return self._lower(_capture(model, spec, example_inputs), spec, "fp32", out_dir, example_inputs, {})
 
-            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
-        precision = "fp32" if recipe is None else recipe.scheme
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        """PT2E with the XNNPACK quantizer and edgekit's ranges, then re-exported and lowered."""
+        example_inputs = _standard_strides(example_inputs)
+        _capture(model, spec, example_inputs)  # the float model first: a capture error names the user's model
+        ep, quant_meta = self._quantize(model, spec, recipe, out_dir, example_inputs, calibration)
+        return self._lower(ep, spec, recipe.scheme, out_dir, example_inputs, quant_meta)
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        example_inputs = _standard_strides(example_inputs)
+        _capture(model, spec, example_inputs)
+        ep, quant_meta = _weight_only(model, spec, recipe, out_dir, example_inputs)
+        return self._lower(ep, spec, recipe.scheme, out_dir, example_inputs, quant_meta)
+
+    def _lower(self, ep, spec, precision: str, out_dir: Path, example_inputs: tuple, quant_meta: dict) -> Artifact:
+        """XNNPACK partitioning and the ExecuTorch program, written as the .pte (its reference, when
+        quantized, is already in out_dir and named in quant_meta)."""
         try:
-            import torch
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
         except ImportError:
             raise missing_dependency(NAME, "executorch", self.info.extra) from None
-
-        # Standard strides: numpy (hence torch.from_numpy) may give a size-1 dim stride 0, which
-        # torch ignores but ExecuTorch's emitter rejects ("0 in strides is not supported").
-        example_inputs = tuple(torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
-                               for x in example_inputs)
-        try:
-            ep = torch.export.export(model.eval(), example_inputs,
-                                     dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
-        except Exception as exc:  # torch.export raises many error types (Unsupported, UserError, ...)
-            raise UserError("E-EXPORT-FAILED", f"torch.export could not capture {spec.name}: {_first_line(exc)}",
-                            "make torch.export.export(model, example_inputs) work (no data-dependent control flow)") from exc
-        quant_meta, extra_files = {}, ()
-        if recipe is not None and recipe.scheme in ("fp16", "dynamic"):
-            ep, quant_meta = _weight_only(model, spec, recipe, Path(out_dir), example_inputs)
-            extra_files = (quant_meta["reference"],)
-        elif recipe is not None:  # PT2E with the XNNPACK quantizer and edgekit's ranges, then re-export
-            ep, quant_meta = self._quantize(model, spec, recipe, Path(out_dir), example_inputs, calibration)
-            extra_files = (quant_meta["reference"],)
         try:
             with _fp16_conv_constants(precision == "fp16"), _softmax_in_nchw():
                 edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
@@ -382,25 +391,9 @@ class ExecuTorchConverter(Converter):
             raise UnsupportedOpError(NAME, op, node, fix="the installed ExecuTorch runtime has no kernel for it; "
                                      f"replace it in the model, or drop the target {NAME}")
         meta = {**_io_meta(ep, spec, example_inputs), "delegation": delegation, **quant_meta}
-
-        out_dir = Path(out_dir)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{final.name}.", suffix=".part")
-        except OSError as exc:
-            raise UserError("E-OUT-UNWRITABLE", f"cannot write into {out_dir}: {exc.strerror}",
-                            "choose an output folder you can write to") from exc
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(program.buffer)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise UserError("E-OUT-UNWRITABLE", f"cannot write {final}: {exc.strerror}",
-                            "free disk space or choose another output folder") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        final.write_bytes(program.buffer)
+        extra_files = (quant_meta["reference"],) if quant_meta else ()
         return Artifact(NAME, precision, final.name, (final.name, *extra_files), meta)
 
     def pt2e_quantizer(self):
@@ -415,17 +408,11 @@ class ExecuTorchConverter(Converter):
         """(exported quantized program, artifact meta); writes the quantized reference program."""
         import torch
 
-        from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
         from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
-        check(recipe)
-        if calibration is None or len(calibration) == 0:
-            raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {NAME} got no calibration samples",
-                            "pass --data with samples of the model's inputs")
         q = quantize(model, example_inputs, calibration.samples, recipe, self.pt2e_quantizer(), fold_quantize=True)
         ref = out_dir / reference_name(spec.name, "executorch")
-        out_dir.mkdir(parents=True, exist_ok=True)
         save_quantized_reference(q.module, example_inputs, ref)
         try:
             ep = torch.export.export(q.module, example_inputs)

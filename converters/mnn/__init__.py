@@ -40,6 +40,7 @@ FP16_TOLERANCE = Tolerance(max_abs_rel=1e-3, min_cosine=0.9999, min_top1=0.9)
 class MnnConverter(Converter):
     info = TargetInfo(
         rank=70,
+        levers=("equalize", "bias_correction", "adaround", "keep_float"),  # through the onnx target's PT2E path
         name="mnn",
         title="MNN (Alibaba)",
         suffix=".mnn",
@@ -60,7 +61,17 @@ class MnnConverter(Converter):
                 "re-plans at each new input shape; edgekit checks the ranges",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        from .export import export
+
+        return export(model, spec, None, out_dir, example_inputs)
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        from .export import export
+
+        return export(model, spec, recipe, out_dir, example_inputs)
+
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
         from .export import export
 
         return export(model, spec, recipe, out_dir, example_inputs, calibration)

@@ -6,15 +6,14 @@ fp16: the same ONNX converted with ``--fp16`` (MNN stores conv/linear weights an
 int8: the onnx target's QDQ ONNX with edgekit's calibrated ranges and its quantized reference; the
       graph is made float and MNN re-quantizes it with exactly those ranges (int8_params.py).
 
-Every file is written into a scratch folder inside ``out_dir`` and moved into place with
-``os.replace`` only when all steps succeeded: a failed export leaves nothing behind.
+The converter works in a folder inside ``out_dir`` (the Converter template's staging folder); the
+files the Artifact lists are moved out of it, and the template publishes them only when every step
+succeeded: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -27,91 +26,73 @@ from .onnx_rewrite import exact_gelu, round_weights_fp16
 
 TARGET = "mnn"
 SUFFIX = ".mnn"
-PRECISIONS = ("fp32", "fp16", "int8")
 # MNN ops that convert or move data (int8 <-> float, layout): not "float compute" in the int8 note
 _DATA_MOVEMENT = {"Int8ToFloat", "FloatToInt8", "Raster", "ConvertTensor", "Reshape"}
 
 
-def precision_of(recipe) -> str:
-    if recipe is None:
-        return "fp32"
-    from edgekit.quant import check
-
-    check(recipe)
-    if recipe.scheme not in PRECISIONS:
-        raise UserError("E-TARGET-PRECISION", f"target mnn cannot export {recipe.scheme}",
-                        f"use one of {', '.join(PRECISIONS)} for mnn")
-    if recipe.scheme == "fp16" and recipe.keep_float:
-        raise UserError("E-ARGS", "target mnn stores every conv/linear weight in fp16; it cannot keep layers float",
-                        "drop --keep-float, or use --quant int8")
-    return recipe.scheme
-
-
 def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None):
+    """-> the Artifact; its files are in out_dir (the Converter template's staging folder)."""
     from edgekit.converters.base import Artifact
 
-    precision = precision_of(recipe)
+    precision = "fp32" if recipe is None else recipe.scheme
+    if precision == "fp16" and recipe.keep_float:
+        raise UserError("E-ARGS", "target mnn stores every conv/linear weight in fp16; it cannot keep layers float",
+                        "drop --keep-float, or use --quant int8")
     tool.available()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{spec.name}-{precision}{SUFFIX}"
-    scratch = Path(tempfile.mkdtemp(prefix=".mnn-export-", dir=out_dir)).resolve()  # argv paths: the child runs in scratch
-    placed: list[Path] = []
-    try:
-        onnx_model, onnx_meta = _onnx(model, spec, recipe if precision == "int8" else None, scratch,
-                                      example_inputs, calibration)
-        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
-                "outputs": spec.output_names, "output_shapes": [list(t.shape) for t in spec.outputs],
-                "onnx_opset": onnx_meta.get("opset"), "onnx_rewrites": {"gelu_to_erf": exact_gelu(onnx_model)}}
-        if spec.dynamic:  # the ONNX file's symbolic dims stay free in the .mnn; the runner checks the ranges
-            meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
-        if precision == "int8":
-            steps, extra = _int8_steps(onnx_model, scratch, name)
-            done = tool.run(steps, scratch, probe=scratch / name, onnx_graph=onnx_model.graph)
-            meta.update(_int8_meta(onnx_meta, extra, done.probe, spec.name))
-        else:
-            if precision == "fp16":
-                meta["onnx_rewrites"]["fp16_weights_rounded_to_nearest"] = round_weights_fp16(onnx_model)
-            src = _save(onnx_model, scratch / "model.onnx")
-            steps = [tool.convert_onnx(src, scratch / name, ("--fp16",) if precision == "fp16" else ())]
-            done = tool.run(steps, scratch, onnx_graph=onnx_model.graph)
-        tool.write_log(done.log)
-        meta["converter"] = {"call": "_tools.mnnconvert (MNN's compiled converter) in a child process",
-                             "child": done.confinement, "mnn": tool.version(),
-                             "argv": [_plain(argv, scratch) for argv in steps]}
-        files = []
+    scratch = (Path(out_dir) / "mnn-work").resolve()  # argv paths: the child runs in scratch; never listed
+    scratch.mkdir()
+    onnx_model, onnx_meta = _onnx(model, spec, recipe if precision == "int8" else None, scratch,
+                                  example_inputs, calibration)
+    meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+            "outputs": spec.output_names, "output_shapes": [list(t.shape) for t in spec.outputs],
+            "onnx_opset": onnx_meta.get("opset"), "onnx_rewrites": {"gelu_to_erf": exact_gelu(onnx_model)}}
+    if spec.dynamic:  # the ONNX file's symbolic dims stay free in the .mnn; the runner checks the ranges
+        meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
+    if precision == "int8":
+        steps, extra = _int8_steps(onnx_model, scratch, name)
+        done = tool.run(steps, scratch, probe=scratch / name, onnx_graph=onnx_model.graph)
+        meta.update(_int8_meta(onnx_meta, extra, done.probe, spec.name))
+    else:
         if precision == "fp16":
-            from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
+            meta["onnx_rewrites"]["fp16_weights_rounded_to_nearest"] = round_weights_fp16(onnx_model)
+        src = _save(onnx_model, scratch / "model.onnx")
+        steps = [tool.convert_onnx(src, scratch / name, ("--fp16",) if precision == "fp16" else ())]
+        done = tool.run(steps, scratch, onnx_graph=onnx_model.graph)
+    tool.write_log(done.log)
+    meta["converter"] = {"call": "_tools.mnnconvert (MNN's compiled converter) in a child process",
+                         "child": done.confinement, "mnn": tool.version(),
+                         "argv": [_plain(argv, scratch) for argv in steps]}
+    files = []  # the reference and side files first, the .mnn last
+    if precision == "fp16":
+        files.append(_fp16_reference(model, recipe, spec, meta, out_dir, example_inputs))
+    if precision == "int8":
+        files.append(_take(scratch / "onnx" / onnx_meta["reference"], out_dir, meta["reference"]))
+    side = scratch / f"{name}.weight"  # MNN's converter moves the weights of a > 2 GB model there
+    if side.is_file():  # (the runtime reads <file>.weight next to the .mnn)
+        files.append(_take(side, out_dir))
+    files.append(_take(scratch / name, out_dir))
+    meta["file_bytes"] = (out_dir / name).stat().st_size
+    return Artifact(TARGET, precision, name, tuple(files), meta)
 
-            # MNN --fp16 halves every conv (linear layers become convs) and every float constant
-            # (embedding tables too); edgekit's simulation rounds the conv/linear/embedding weights.
-            sim, ref = write_reference(model, recipe, tuple(example_inputs), scratch, spec.name, TARGET,
-                                       types=WITH_EMBEDDING)
-            meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
-                "MNN stores conv/linear weights and float constants as float16 (--fp16); biases stay float32"]))
-            os.replace(scratch / ref, out_dir / ref)
-            placed.append(out_dir / ref)
-            files.append(ref)
-        if precision == "int8":
-            ref = meta["reference"]
-            os.replace(scratch / "onnx" / onnx_meta["reference"], out_dir / ref)
-            placed.append(out_dir / ref)
-            files.append(ref)
-        side = scratch / f"{name}.weight"  # MNN's converter moves the weights of a > 2 GB model there
-        if side.is_file():  # (the runtime reads <file>.weight next to the .mnn)
-            os.replace(side, out_dir / side.name)
-            placed.append(out_dir / side.name)
-            files.append(side.name)
-        meta["file_bytes"] = (scratch / name).stat().st_size
-        os.replace(scratch / name, out_dir / name)
-        placed.append(out_dir / name)
-        return Artifact(TARGET, precision, name, (*files, name), meta)
-    except BaseException:
-        for p in placed:
-            p.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+def _take(src: Path, out_dir: Path, name: str | None = None) -> str:
+    """Move a file of the work folder into out_dir (under ``name``) -> its name there."""
+    name = name or src.name
+    os.replace(src, Path(out_dir) / name)
+    return name
+
+
+def _fp16_reference(model, recipe, spec, meta: dict, out_dir: Path, example_inputs: tuple) -> str:
+    """edgekit's fp16-weight simulation, written into out_dir; its meta keys go into ``meta``."""
+    from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
+
+    # MNN --fp16 halves every conv (linear layers become convs) and every float constant
+    # (embedding tables too); edgekit's simulation rounds the conv/linear/embedding weights.
+    sim, ref = write_reference(model, recipe, tuple(example_inputs), Path(out_dir), spec.name, TARGET, types=WITH_EMBEDDING)
+    meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
+        "MNN stores conv/linear weights and float constants as float16 (--fp16); biases stay float32"]))
+    return ref
 
 
 def _onnx(model, spec, recipe, scratch: Path, example_inputs: tuple, calibration):

@@ -37,7 +37,8 @@ runs one sample per call), and a model that needs layout.py's chains (written at
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -61,7 +62,7 @@ PNNX_TIMEOUT_S = 1800
 # max_abs_rel 0.067-0.131, min cosine 0.954-0.990, top-1 0.75-0.875 over the four calibrators: ncnn's
 # x86 depthwise int8 kernel differs from the simulation by ~1e-4 relative (local SQNR ~80 dB: its
 # dequantize approximates 1/(s * s_w) with _mm_rcp_ps, ARM computes it exactly; int8._FakeQuant), which
-# flips int8 roundings downstream. The per-layer check (int8.compare_blobs) is the tight one.
+# flips int8 roundings downstream. The per-layer check (per_layer.compare_blobs) is the tight one.
 # End to end the bound is every INT8 target's (base.INT8_END_TO_END_TOLERANCE: 32 output steps), in
 # one int8 step of each output's calibrated range (int8.output_steps: ncnn's outputs are float).
 # Measured on random-init timm CNNs (bench/model_coverage.py), where 1-step roundings amplify most:
@@ -298,6 +299,7 @@ def _convert(scratch: Path, model, example_inputs, fp16: bool,
 class NcnnConverter(Converter):
     info = TargetInfo(
         rank=40,
+        levers=("equalize", "adaround", "keep_float"),  # bias correction: PT2E targets only
         name="ncnn",
         title="ncnn (Tencent)",
         suffix=".param",
@@ -321,44 +323,36 @@ class NcnnConverter(Converter):
                 "sample per call",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        self.check_available()
-        if recipe is not None:
-            from edgekit.quant import check
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return self._export(model, spec, "fp32", out_dir, example_inputs)
 
-            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
-        precision = "fp32" if recipe is None else recipe.scheme
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """fp16: pnnx stores the weights as float16; the reference is edgekit's fp16-weight simulation."""
+        from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
+
+        art = self._export(model, spec, recipe.scheme, out_dir, example_inputs)
+        sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, "ncnn", types=WITH_EMBEDDING)
+        meta = {**art.meta, **weight_only_meta(recipe, spec.name, "ncnn", sim, [
+            "weights stored as float16 in the .bin; the strict runner widens them to FP32 at load "
+            "(fp16 storage/arithmetic stay off, as for fp32)"])}
+        return dataclasses.replace(art, files=(*art.files, ref), meta=meta)
+
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        from .int8 import export_int8
+
         if spec.dynamic:
-            check_dynamic(spec, precision)
-        if precision == "int8":
-            from .int8 import export_int8
+            check_dynamic(spec, recipe.scheme)
+        return export_int8(self, model, spec, recipe, out_dir, example_inputs, calibration)
 
-            return export_int8(self, model, spec, recipe, Path(out_dir), example_inputs, calibration)
-        if precision not in self.info.precisions:
-            raise UserError("E-TARGET-PRECISION", f"target ncnn cannot export {precision}",
-                            f"use one of {', '.join(self.info.precisions)} for ncnn")
-        out_dir = Path(out_dir)
+    def _export(self, model, spec, precision: str, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """pnnx's conversion (fp16: float16 weights), legalised and checked to load -> .param + .bin."""
         stem = f"{spec.name}-{precision}"
-        shapes2, free = None, [[] for _ in spec.outputs]
-        if spec.dynamic:
-            traced_at = example_sizes(spec, example_inputs)
-            second = resized(spec, example_inputs, {d.name: second_size(d, traced_at[d.name]) for d in spec.dynamic})
-            lowest = resized(spec, example_inputs, {d.name: d.min for d in spec.dynamic})
-            shapes2 = [list(t.shape) for t in second]
-            free = output_free_axes(model, spec, example_inputs, [second, lowest])
+        shapes2, free = _second_shapes(model, spec, precision, example_inputs)
         with tempfile.TemporaryDirectory(prefix="edgekit-pnnx-") as tmp:
             scratch = Path(tmp)
             layers, fixed, rewrites = _convert(scratch, model, example_inputs, fp16=precision == "fp16",
                                                shapes2=shapes2)
-            inputs = [layer.name for layer in layers if layer.type == "Input"]
-            produced = {b for layer in layers for b in layer.outputs}
-            outputs = [f"out{k}" for k in range(len(spec.outputs))]
-            if inputs != [f"in{k}" for k in range(len(spec.inputs))] or not set(outputs) <= produced \
-                    or f"out{len(spec.outputs)}" in produced:
-                raise UserError("E-EXPORT-FAILED", f"pnnx named the ncnn inputs {inputs} and outputs "
-                                f"{sorted(b for b in produced if b.startswith('out'))}, which do not match the spec's "
-                                f"{len(spec.inputs)} inputs and {len(spec.outputs)} outputs",
-                                "make forward() take the spec's inputs in order and return a tensor per output")
+            inputs, outputs = _io_blobs(layers, spec)
             (scratch / "model.ncnn.param").write_text(format_layers(layers))
             files = {".bin": scratch / "model.ncnn.bin", ".param": scratch / "model.ncnn.param"}
             try:
@@ -366,13 +360,13 @@ class NcnnConverter(Converter):
             except UserError as exc:
                 raise UserError("E-EXPORT-FAILED", f"ncnn cannot load what pnnx wrote: {exc.what}",
                                 "report it with the model; drop the ncnn target meanwhile") from exc
-            feeds = _input_feeds(layers, inputs)
             sizes = [files[".param"].stat().st_size, files[".bin"].stat().st_size]
-            _install(files, out_dir, stem)  # .bin first: a .param in out_dir always has its .bin
+            for suffix, src in files.items():
+                shutil.copyfile(src, out_dir / f"{stem}{suffix}")
         meta = {
             "inputs": inputs,  # ncnn blob names, spec input order
             "outputs": outputs,  # ncnn blob names, spec output order
-            "input_feed": feeds,  # numpy dtype each input's ncnn Mat holds
+            "input_feed": _input_feeds(layers, inputs),  # numpy dtype each input's ncnn Mat holds
             "output_shapes": [list(t.shape) for t in spec.outputs],  # batch included
             "input_names": spec.input_names,  # the spec's, for edgekit.dynamic.shape_problem
             "input_shapes": [list(t.shape) for t in spec.inputs],  # batch included (dynamic axes: in their range)
@@ -384,21 +378,12 @@ class NcnnConverter(Converter):
             meta.update(dynamic.meta(spec.dynamic))
             meta["output_dynamic_axes"] = free  # per output: the axes whose size follows the inputs'
             meta["pnnx_inputshape2"] = shapes2
-        files = (stem + ".param", stem + ".bin")
-        if precision == "fp16":
-            from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
-
-            sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, "ncnn", types=WITH_EMBEDDING)
-            meta.update(weight_only_meta(recipe, spec.name, "ncnn", sim, [
-                "weights stored as float16 in the .bin; the strict runner widens them to FP32 at load "
-                "(fp16 storage/arithmetic stay off, as for fp32)"]))
-            files += (ref,)
-        return Artifact("ncnn", precision, stem + ".param", files, meta)
+        return Artifact("ncnn", precision, stem + ".param", (stem + ".param", stem + ".bin"), meta)
 
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
         if not artifact.meta.get("int8_layers"):
             return None
-        from .int8 import compare_blobs
+        from .per_layer import compare_blobs
 
         return compare_blobs(artifact, root, samples)
 
@@ -475,19 +460,30 @@ class NcnnConverter(Converter):
         return run
 
 
-def _install(files: dict[str, Path], out_dir: Path, stem: str) -> None:
-    """Copy each scratch file to a temporary name in out_dir, then rename it into place."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix, src in files.items():
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}", suffix=suffix + ".partial", dir=out_dir)
-        try:
-            with os.fdopen(fd, "wb") as dst, open(src, "rb") as fsrc:
-                while chunk := fsrc.read(1 << 20):
-                    dst.write(chunk)
-            os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a bundle file is meant to be shared
-            os.replace(tmp_name, out_dir / f"{stem}{suffix}")
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)  # only left when the copy failed
+def _second_shapes(model, spec, precision: str, example_inputs: tuple) -> tuple[list | None, list]:
+    """Dynamic shapes: (the second input shapes pnnx traces at, each output's free axes); fixed shapes:
+    (None, no free axes)."""
+    if not spec.dynamic:
+        return None, [[] for _ in spec.outputs]
+    check_dynamic(spec, precision)
+    traced_at = example_sizes(spec, example_inputs)
+    second = resized(spec, example_inputs, {d.name: second_size(d, traced_at[d.name]) for d in spec.dynamic})
+    lowest = resized(spec, example_inputs, {d.name: d.min for d in spec.dynamic})
+    return [list(t.shape) for t in second], output_free_axes(model, spec, example_inputs, [second, lowest])
+
+
+def _io_blobs(layers, spec) -> tuple[list[str], list[str]]:
+    """The ncnn input and output blob names, checked against the spec (pnnx: in0.., out0..)."""
+    inputs = [layer.name for layer in layers if layer.type == "Input"]
+    produced = {b for layer in layers for b in layer.outputs}
+    outputs = [f"out{k}" for k in range(len(spec.outputs))]
+    if inputs != [f"in{k}" for k in range(len(spec.inputs))] or not set(outputs) <= produced \
+            or f"out{len(spec.outputs)}" in produced:
+        raise UserError("E-EXPORT-FAILED", f"pnnx named the ncnn inputs {inputs} and outputs "
+                        f"{sorted(b for b in produced if b.startswith('out'))}, which do not match the spec's "
+                        f"{len(spec.inputs)} inputs and {len(spec.outputs)} outputs",
+                        "make forward() take the spec's inputs in order and return a tensor per output")
+    return inputs, outputs
 
 
 def _first_line(exc: BaseException) -> str:

@@ -38,7 +38,6 @@ keep their FP32 record.
 from __future__ import annotations
 
 import copy
-import os
 import struct
 import tempfile
 from collections import Counter
@@ -382,19 +381,19 @@ def _ncnn_blobs(net, inputs: list[str], feeds: list[str], sample, blobs: list[st
 
 def calibrate(net, meta, samples, qlayers: list[QLayer], recipe) -> None:
     """Set each QLayer's in_scale from edgekit's calibrator on the FP32 ncnn blobs (two passes)."""
-    from edgekit.quant.calibrators import TensorStatsCollector, get
+    from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
 
     blobs = sorted({q.inp for q in qlayers})
     col = TensorStatsCollector(recipe.bins)
-    for phase in (1, 2):
+
+    def feed():
         for s in samples:
             for b, v in _ncnn_blobs(net, meta["inputs"], meta["input_feed"], s, blobs).items():
                 col.observe(b, v)
-        if phase == 1:
-            col.next_phase()
-    stats, fn = col.stats(), get(recipe.calibrator)
+
+    ranges = calibrate_ranges(col, feed, recipe, blobs)
     for q in qlayers:
-        lo, hi = fn(stats[q.inp], recipe)
+        lo, hi = ranges[q.inp]
         threshold = max(abs(lo), abs(hi))
         q.in_scale = float(np.float32(QMAX / threshold)) if threshold > 0 else 1.0
 
@@ -525,43 +524,20 @@ def output_steps(ref, samples) -> list[float]:
     return [float(o.max() - o.min()) / 255.0 for o in run_reference(ref, samples)]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
     """FP32 ncnn via pnnx, then edgekit's INT8 rewrite; -> Artifact (files: .param, .bin, reference)."""
-    from edgekit.quant.recipe import check, keep_float_modules
+    from edgekit.quant.plain_layers import original_name
+    from edgekit.quant.recipe import keep_float_modules
     from edgekit.quant.reference import reference_name, save_quantized_reference
 
     from ..base import Artifact
     from .param import format_layers, load_net, parse_layers
 
-    check(recipe)
-    if calibration is None or len(calibration) == 0:
-        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ncnn got no calibration samples",
-                        "pass calibration data (--data DIR)")
-    if recipe.bias_correction:
-        raise UserError("E-TARGET-PRECISION", "ncnn's INT8 path does not implement bias correction",
-                        "drop --bias-correction for ncnn (tflite, executorch, onnx, mnn and openvino implement it)")
-    from edgekit.quant.adaround import describe, round_weights
-    from edgekit.quant.equalize import equalized
-    from edgekit.quant.plain_layers import original_name, plain_layers
-
     samples = tuple(calibration.samples)[: recipe.max_samples]
-    model, levers = equalized(model, recipe)
-    model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
-    model, plain = plain_layers(model)  # conv subclasses with a forward of their own: traced as plain conv modules
+    model, notes = _prepared(model, example_inputs, samples, recipe)
     kept = keep_float_modules(model, recipe)
-    out_dir = Path(out_dir)
     stem = f"{spec.name}-int8"
+    names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
     with tempfile.TemporaryDirectory(prefix="edgekit-ncnn-int8-") as tmp:
         tmp = Path(tmp)
         fp = conv.export(model, spec, None, tmp, example_inputs)
@@ -580,30 +556,24 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
             q.w_scales = quantize_weights(q.weight)[1]
         fused = plan_requantize(layers, qlayers, fp.meta["outputs"])
         layers, int8_bin = write_int8(layers, bin_bytes, layout, qlayers)
-        ref = build_reference(folded, qlayers)
-        steps = output_steps(ref, samples)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
-        write_atomic(out_dir / names[1], int8_bin)
-        write_atomic(out_dir / names[0], format_layers(layers).encode())
-        save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])
+    ref = build_reference(folded, qlayers)
+    (out_dir / names[1]).write_bytes(int8_bin)
+    (out_dir / names[0]).write_text(format_layers(layers))
+    save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])
     meta = {k: v for k, v in fp.meta.items() if k != "file_bytes"}
-    kept_layers = sorted({original_name(m) for m in kept if isinstance(folded.get_submodule(m), _conv_linear())})
     meta.update({
         "file_bytes": [(out_dir / names[0]).stat().st_size, (out_dir / names[1]).stat().st_size],
         "reference": names[2],
-        "output_scales": steps,  # the outputs are float: one int8 step of their calibrated range (output_steps)
+        "output_scales": output_steps(ref, samples),  # the outputs are float: one int8 step of their calibrated range
         "recipe": recipe.to_dict(),
         "recipe_summary": recipe.describe().replace("a: per-tensor", "a: per-tensor symmetric (ncnn)"),
         "calibration": {"count": len(samples), "sha256": calibration.head(recipe.max_samples).sha256},
-        "kept_float": kept_layers,
+        "kept_float": sorted({original_name(m) for m in kept if isinstance(folded.get_submodule(m), _conv_linear())}),
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(weights per output channel, input symmetric per tensor, scale 127/threshold); "
                         f"{fused} of them requantize their output to int8 for the next int8 conv (8=101, ncnn2int8's "
                         "requantize fusion), the others dequantize it to float (8=1); every other layer float"]
-                       + levers + unmatched + ([describe(learned)] if learned else [])
-                       + ([f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) "
-                           "matched as plain layers"] if plain else []),
+                       + notes + unmatched,
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act),
                          "output_scale": q.out_scale,  # None: float output (8=1)
@@ -612,148 +582,25 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     return Artifact("ncnn", "int8", names[0], names, meta)
 
 
+def _prepared(model, example_inputs: tuple, samples, recipe):
+    """The recipe's levers applied before quantizing: cross-layer equalization, learned rounding, and
+    conv/linear subclasses with a forward of their own traced as plain layers -> (model, notes)."""
+    from edgekit.quant.adaround import describe, round_weights
+    from edgekit.quant.equalize import equalized
+    from edgekit.quant.plain_layers import plain_layers
+
+    model, notes = equalized(model, recipe)
+    model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
+    model, plain = plain_layers(model)
+    if learned:
+        notes = [*notes, describe(learned)]
+    if plain:
+        notes = [*notes, f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) "
+                 "matched as plain layers"]
+    return model, notes
+
+
 def _conv_linear():
     from torch import nn
 
     return (nn.Conv2d, nn.Linear)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-blob localisation: the int8 ncnn net against the quantized reference, layer by layer.
-# --------------------------------------------------------------------------------------------
-
-LOCAL_MIN_SQNR_DB = 30.0  # a layer fed the reference's own input must reproduce it at least this well
-SQNR_CAP_DB = 200.0  # an exact match is reported as 200 dB (JSON has no infinity)
-
-
-def _reference_taps(program, modules: list[str]):
-    """A GraphModule returning (outputs..., then input and output of each named module) of the
-    reference program; module groups are found by the nodes' nn_module_stack.
-
-    Each tap is a copy (``aten.clone``) taken where the module reads its input and right after it
-    produced its output: the exported reference keeps the model's in-place ops (timm's
-    ``nn.Hardswish(inplace=True)`` is ``aten.hardswish_`` on the conv's output tensor), and a tap of
-    the tensor itself returned the value after them. Measured on timm mobilenetv3_small_100: the
-    conv_stem "output" was hardswish(conv) (equal to hardswish of ncnn's conv_1 blob within 5e-7), so
-    every conv followed by a hardswish read ~0 dB and was flagged (19 of 53 int8 layers)."""
-    import torch
-
-    gm = program.module()
-    graph = gm.graph
-    groups: dict[str, list] = {m: [] for m in modules}
-    for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        path = list(stack.values())[-1][0] if stack else ""
-        path = path.removeprefix("L['self'].")
-        if path in groups and node.op == "call_function":
-            groups[path].append(node)
-    taps = []
-    for m in modules:
-        nodes = groups[m]
-        if not nodes:
-            raise InternalError(f"the quantized reference has no nodes for module {m}")
-        inside = set(nodes)
-        first = next(a for a in nodes[0].args if isinstance(a, torch.fx.Node) and a not in inside)
-        with graph.inserting_before(nodes[0]):
-            x_tap = graph.call_function(torch.ops.aten.clone.default, (first,))
-        with graph.inserting_after(nodes[-1]):
-            y_tap = graph.call_function(torch.ops.aten.clone.default, (nodes[-1],))
-        taps += [x_tap, y_tap]
-    out = next(n for n in graph.nodes if n.op == "output")
-    flat = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
-    out.args = (tuple(flat) + tuple(taps),)
-    graph._codegen = torch.fx.graph.CodeGen()
-    gm.recompile()
-    return gm, len(flat)
-
-
-def _as_float(blob: np.ndarray, out_scale: float | None) -> np.ndarray:
-    """An extracted blob in the reference's units: a fused layer's int8 levels / its output scale."""
-    return blob if out_scale is None else (blob / np.float32(out_scale)).astype(np.float32)
-
-
-def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
-    p_err = float(np.sum(err.astype(np.float64) ** 2))
-    if p_err == 0.0:
-        return SQNR_CAP_DB
-    p_ref = float(np.sum(ref.astype(np.float64) ** 2))
-    return float(min(SQNR_CAP_DB, 10.0 * np.log10(max(p_ref, 1e-30) / p_err)))
-
-
-def requantized(y: np.ndarray, scale: float) -> np.ndarray:
-    """``y`` rounded to int8 levels of ``scale`` (x * s, half away from zero, clamp +-127) and divided
-    back: the reference's value of a fused (8=101) layer's int8 output, which is exactly the
-    consumer's input rounding in the reference (``_FakeQuant``, the same float32 arithmetic)."""
-    s = np.float32(scale)
-    v = y.astype(np.float32) * s
-    q = np.clip(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)), -QMAX, QMAX)
-    return (q / s).astype(np.float32)
-
-
-def compare_blobs(artifact, root: Path, samples, threads: int = 1) -> list[dict]:
-    """Per quantized layer of an ncnn INT8 artifact, in graph order: the ncnn int8 net against the
-    quantized reference on the same samples (numpy input tuples, batch 1).
-
-    sqnr_db / max_abs: the layer's output blob (fused activation included) in the full int8 run vs
-    the reference's activation: error accumulated along the graph (where precision is lost).
-    local_sqnr_db / local_max_abs: ncnn runs only this layer, fed the reference's own input of the
-    layer: a converter/runtime fault shows up on exactly its layer (``flagged``).
-
-    A fused layer (8=101, ``output_scale`` in its meta) writes an int8 blob, which extract returns
-    as its int8 values in float32: it is divided by that scale (taken from the meta, so a wrong top
-    scale in the .bin is caught) and compared with the reference's activation rounded the same way
-    (``requantized``), the value its consumer computes with. Where ncnn's float result differs from
-    the reference's by float rounding (x86's approximate-reciprocal depthwise dequantize, see
-    ``_FakeQuant``; ~1 ulp elsewhere) a value next to a rounding boundary lands one int8 step away, so
-    fused layers read lower than 8=1 ones (measured on x86: MobileNetV2 depthwise >= 49 dB local, 1x1
-    >= 68 dB; tiny_cnn's depthwise 60.7 dB, at most one step), still far above ``LOCAL_MIN_SQNR_DB``;
-    the 8=1 file makes the same flips in its consumer's quantize (the outputs are identical)."""
-    import ncnn
-    import torch
-
-    from edgekit.quant.reference import load_quantized_reference
-
-    from .param import load_net
-
-    root = Path(root)
-    meta = artifact.meta
-    qlayers = meta["int8_layers"]
-    net = load_net(root / artifact.files[0], root / artifact.files[1], threads)
-    gm, n_out = _reference_taps(load_quantized_reference(root / meta["reference"]), [q["module"] for q in qlayers])
-    acc = {q["layer"]: ([], []) for q in qlayers}
-    loc = {q["layer"]: ([], []) for q in qlayers}
-    for s in samples:
-        with torch.no_grad():
-            res = gm(*[torch.from_numpy(np.ascontiguousarray(a)) for a in s])
-        taps = [t.numpy() for t in res[n_out:]]
-        blobs = _ncnn_blobs(net, meta["inputs"], meta["input_feed"], s, [q["output"] for q in qlayers])
-        for k, q in enumerate(qlayers):
-            x_ref, y_ref = taps[2 * k], apply_activation(taps[2 * k + 1], tuple(q["activation"]))
-            y_ref = y_ref.reshape(-1)
-            s_out = q.get("output_scale")  # absent in bundles written before the requantize fusion
-            if s_out is not None:
-                y_ref = requantized(y_ref, s_out)
-            acc[q["layer"]][0].append(y_ref)
-            acc[q["layer"]][1].append(_as_float(blobs[q["output"]], s_out).reshape(-1) - y_ref)
-            if q.get("input_pad"):  # the reference's conv reads the padded tensor, ncnn's layer pads itself
-                t, b, lft, r = q["input_pad"]
-                x_ref = x_ref[..., t:x_ref.shape[-2] - b, lft:x_ref.shape[-1] - r]
-            ex = net.create_extractor()
-            mat = x_ref[0] if x_ref.shape[0] == 1 else x_ref
-            data = np.ascontiguousarray(mat, dtype=np.float32)  # alive until clone() copied it
-            ex.input(q["input"], ncnn.Mat(data).clone())
-            ret, out = ex.extract(q["output"])
-            if ret != 0:
-                raise InternalError(f"ncnn could not run layer {q['layer']} alone (code {ret})")
-            loc[q["layer"]][0].append(y_ref)
-            loc[q["layer"]][1].append(_as_float(np.array(out, dtype=np.float32), s_out).reshape(-1) - y_ref)
-    report = []
-    for q in qlayers:
-        ref, err = (np.concatenate(v) for v in acc[q["layer"]])
-        lref, lerr = (np.concatenate(v) for v in loc[q["layer"]])
-        local = _sqnr(lref, lerr)
-        report.append({"layer": q["layer"], "op": q["op"], "module": q["module"],
-                       "sqnr_db": round(_sqnr(ref, err), 3), "max_abs": float(np.abs(err).max()),
-                       "local_sqnr_db": round(local, 3), "local_max_abs": float(np.abs(lerr).max()),
-                       "flagged": bool(local < LOCAL_MIN_SQNR_DB)})
-    return report

@@ -44,6 +44,7 @@ INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_
 class OnnxConverter(Converter):
     info = TargetInfo(
         rank=60,
+        levers=("equalize", "bias_correction", "adaround", "keep_float"),
         name="onnx",
         title="ONNX",
         suffix=".onnx",
@@ -64,21 +65,21 @@ class OnnxConverter(Converter):
         arm_wheels=("onnxruntime==1.32.0",),
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        precision = _precision(recipe)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        int8_meta = {}
-        if precision == "int8":  # the reference is written first: a failure below removes it again
-            from .int8 import quantize_for_onnx
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return self._write(model, spec, None, "fp32", out_dir, example_inputs, {})
 
-            model, _, int8_meta = quantize_for_onnx(model, spec, recipe, out_dir, tuple(example_inputs), calibration)
-        try:
-            return self._write(model, spec, recipe, precision, out_dir, example_inputs, int8_meta)
-        except BaseException:
-            if int8_meta:
-                (out_dir / int8_meta["reference"]).unlink(missing_ok=True)
-            raise
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        from .int8 import quantize_for_onnx
+
+        program, _, int8_meta = quantize_for_onnx(model, spec, recipe, out_dir, example_inputs, calibration)
+        return self._write(program, spec, recipe, "int8", out_dir, example_inputs, int8_meta)
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """dynamic: onnxruntime's dynamic quantization of the FP32 file (int8 per-channel weights)."""
+        if recipe.keep_float:
+            raise UserError("E-ARGS", "target onnx cannot keep layers float in dynamic mode (its nodes are not named "
+                            "after the model's modules)", "drop --keep-float, or drop the target onnx")
+        return self._write(model, spec, recipe, "dynamic", out_dir, example_inputs, {})
 
     def _write(self, model, spec, recipe, precision: str, out_dir: Path, example_inputs: tuple, int8_meta: dict):
         import onnx
@@ -108,7 +109,7 @@ class OnnxConverter(Converter):
                 raise UserError("E-EXPORT-FAILED", f"torch.onnx.export wrote an invalid model: {exc}",
                                 "report it with the model; other targets are unaffected") from exc
             files = sorted((p.name for p in scratch.iterdir()), key=lambda f: f == name)  # main file last
-            if precision == "dynamic":  # the reference first: a failure leaves no artifact behind
+            if precision == "dynamic":
                 from edgekit.quant.weight_only import write_reference
 
                 sim, ref = write_reference(model, recipe, tuple(example_inputs), out_dir, spec.name, self.info.name,
@@ -169,25 +170,6 @@ class OnnxConverter(Converter):
             return [np.asarray(o, dtype=np.float32) for o in session.run(outputs, feed)]
 
         return run
-
-
-def _precision(recipe) -> str:
-    """The artifact's precision: fp32, int8 (QDQ with edgekit's ranges), or dynamic (weight-only int8,
-    onnxruntime's dynamic quantization)."""
-    if recipe is None:
-        return "fp32"
-    from edgekit.quant import check
-
-    check(recipe)
-    if recipe.scheme == "int8":
-        return "int8"
-    if recipe.scheme != "dynamic":
-        raise UserError("E-TARGET-PRECISION", f"target onnx cannot export {recipe.scheme}",
-                        f"use one of {', '.join(OnnxConverter.info.precisions)} for onnx")
-    if recipe.keep_float:
-        raise UserError("E-ARGS", "target onnx cannot keep layers float in dynamic mode (its nodes are not named "
-                        "after the model's modules)", "drop --keep-float, or drop the target onnx")
-    return "dynamic"
 
 
 def _quantize_dynamic(path: Path) -> None:

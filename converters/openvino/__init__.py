@@ -46,6 +46,7 @@ INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_
 class OpenVinoConverter(Converter):
     info = TargetInfo(
         rank=80,
+        levers=("equalize", "bias_correction", "adaround", "keep_float"),  # through the onnx target's PT2E path
         name="openvino",
         title="OpenVINO (Intel)",
         suffix=".xml",
@@ -65,10 +66,22 @@ class OpenVinoConverter(Converter):
                 "the CPU plugin takes any size in them",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return self._export(model, spec, None, out_dir, example_inputs)
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return self._export(model, spec, recipe, out_dir, example_inputs)
+
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        from .export import check_int8_inputs
+
+        check_int8_inputs(spec, example_inputs)
+        return self._export(model, spec, recipe, out_dir, example_inputs, calibration)
+
+    def _export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
         from .export import export
 
-        main, files, meta, precision = export(model, spec, recipe, Path(out_dir), tuple(example_inputs), calibration)
+        main, files, meta, precision = export(model, spec, recipe, out_dir, example_inputs, calibration)
         return Artifact(self.info.name, precision, main, files, meta)
 
     def screen(self, artifact: Artifact, root: Path) -> None:

@@ -6,15 +6,13 @@
 2. ``openvino.convert_model`` reads it (OpenVINO's ONNX frontend: a QuantizeLinear/DequantizeLinear
    pair becomes a FakeQuantize with the same scale and zero point, int8 weights stay int8 constants
    behind Convert/Multiply); ``openvino.save_model`` writes the IR, ``compress_to_fp16`` only for fp16;
-3. the files move into the bundle with ``os.replace`` (reference first, the .xml last); a failure
-   removes what was moved, and the scratch folder always goes.
+3. the IR, the reference and nothing else are listed: the Converter template moves them into the
+   bundle, and the onnx folder goes with the staging folder.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from edgekit import dynamic
@@ -28,70 +26,44 @@ TARGET = "openvino"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def precision_of(recipe) -> str:
-    if recipe is None:
-        return "fp32"
-    from edgekit.quant import check
-
-    check(recipe)
-    if recipe.scheme not in PRECISIONS:
-        raise UserError("E-TARGET-PRECISION", f"target {TARGET} cannot export {recipe.scheme}",
-                        f"use one of {', '.join(PRECISIONS)} for {TARGET}")
-    return recipe.scheme
-
-
 def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None):
-    """-> (main file name, every file name, meta, precision); the files are in out_dir."""
-    precision = precision_of(recipe)
-    if precision == "int8":
-        _check_int8_inputs(spec, example_inputs, calibration)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """-> (main file name, every file name, meta, precision); the files are in out_dir (the Converter
+    template's staging folder, which it publishes)."""
+    precision = "fp32" if recipe is None else recipe.scheme
     ov = import_openvino()
     # ".openvino" in the name: ncnn writes <name>-<precision>.bin into the same bundle
     xml, weights = f"{spec.name}-{precision}.{TARGET}.xml", f"{spec.name}-{precision}.{TARGET}.bin"
-    scratch = Path(tempfile.mkdtemp(prefix=".openvino-export-", dir=out_dir))
-    moved: list[str] = []
-    try:
-        onnx_art = export_via_onnx(TARGET, model, spec, recipe if precision == "int8" else None, scratch, example_inputs,
-                                   calibration)
-        converted = _convert(ov, scratch / onnx_art.path)
-        converted.set_friendly_name(spec.name)
-        if spec.dynamic:
-            _bound(ov, converted, spec)
-        if not same_names(converted, spec.input_names, spec.output_names):
-            raise UserError("E-EXPORT-FAILED", f"openvino.convert_model lost the ModelSpec's input/output names "
-                            f"{spec.input_names} / {spec.output_names}", "report it with the model; other targets are unaffected")
-        ov.save_model(converted, str(scratch / xml), compress_to_fp16=precision == "fp16")
-        if not (scratch / xml).is_file() or not (scratch / weights).is_file():
-            raise UserError("E-EXPORT-FAILED", f"openvino.save_model did not write {xml} and {weights}",
-                            "report it with the model; other targets are unaffected")
-        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
-                "outputs": spec.output_names, "onnx_opset": onnx_art.meta.get("opset")}
-        if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
-            meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
-        files = [weights, xml]
-        if precision == "int8":
-            meta.update(_int8_meta(ov, onnx_art.meta, spec, scratch, xml, weights))
-            files.insert(0, meta["reference"])
-        elif precision == "fp16":
-            from edgekit.quant.weight_only import weight_only_meta
+    scratch = out_dir / "onnx"  # the onnx target's files: never listed, so they stay in the staging folder
+    onnx_art = export_via_onnx(TARGET, model, spec, recipe if precision == "int8" else None, scratch, example_inputs,
+                               calibration)
+    converted = _convert(ov, scratch / onnx_art.path)
+    converted.set_friendly_name(spec.name)
+    if spec.dynamic:
+        _bound(ov, converted, spec)
+    if not same_names(converted, spec.input_names, spec.output_names):
+        raise UserError("E-EXPORT-FAILED", f"openvino.convert_model lost the ModelSpec's input/output names "
+                        f"{spec.input_names} / {spec.output_names}", "report it with the model; other targets are unaffected")
+    ov.save_model(converted, str(out_dir / xml), compress_to_fp16=precision == "fp16")
+    if not (out_dir / xml).is_file() or not (out_dir / weights).is_file():
+        raise UserError("E-EXPORT-FAILED", f"openvino.save_model did not write {xml} and {weights}",
+                        "report it with the model; other targets are unaffected")
+    meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+            "outputs": spec.output_names, "onnx_opset": onnx_art.meta.get("opset")}
+    if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
+        meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dynamic.meta(spec.dynamic)})
+    files = [weights, xml]
+    if precision == "int8":
+        meta.update(_int8_meta(ov, onnx_art.meta, spec, scratch, out_dir, xml, weights))
+        files.insert(0, meta["reference"])
+    elif precision == "fp16":
+        from edgekit.quant.weight_only import weight_only_meta
 
-            sim, ref = _fp16_reference(model, recipe, tuple(example_inputs), scratch, spec.name)
-            meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
-                "compress_to_fp16: every float constant of the IR (weights, biases, norms, embeddings) is stored "
-                "as fp16, and so is every float parameter of the reference; the strict check computes in f32"]))
-            meta["fp16_constants"] = sim.fp16_constants
-            files.insert(0, ref)
-        for f in files:  # the .xml (main file) last: a bundle never has an .xml without its .bin
-            os.replace(scratch / f, out_dir / f)
-            moved.append(f)
-    except BaseException:
-        for f in moved:
-            (out_dir / f).unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        sim, ref = _fp16_reference(model, recipe, tuple(example_inputs), out_dir, spec.name)
+        meta.update(weight_only_meta(recipe, spec.name, TARGET, sim, [
+            "compress_to_fp16: every float constant of the IR (weights, biases, norms, embeddings) is stored "
+            "as fp16, and so is every float parameter of the reference; the strict check computes in f32"]))
+        meta["fp16_constants"] = sim.fp16_constants
+        files.insert(0, ref)
     return xml, tuple(files), meta, precision
 
 
@@ -136,10 +108,7 @@ def _fp16_reference(model, recipe, example_inputs: tuple, out_dir: Path, spec_na
     return sim, name
 
 
-def _check_int8_inputs(spec, example_inputs, calibration) -> None:
-    if calibration is None or len(calibration) == 0:
-        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to {TARGET} got no calibration samples",
-                        "pass --data with samples of the model's inputs")
+def check_int8_inputs(spec, example_inputs) -> None:
     if any(not t.is_floating_point() for t in example_inputs):
         raise UserError("E-TARGET-PRECISION", f"{TARGET} INT8 quantizes float inputs only; {spec.name} takes "
                         f"{[str(t.dtype) for t in example_inputs]}", f"export {TARGET} in fp32 or fp16 for this model")
@@ -158,21 +127,21 @@ def _convert(ov, onnx_path: Path):
                         "report it with the model; other targets are unaffected") from exc
 
 
-def _int8_meta(ov, onnx_meta: dict, spec, scratch: Path, xml: str, weights: str) -> dict:
-    """The onnx path's quantization meta with the reference renamed to this target's, and the
-    evidence that the CPU plugin runs the IR on integer kernels (on the exporting host)."""
+def _int8_meta(ov, onnx_meta: dict, spec, onnx_dir: Path, out_dir: Path, xml: str, weights: str) -> dict:
+    """The onnx path's quantization meta with the reference moved out of onnx_dir under this target's
+    name, and the evidence that the CPU plugin runs the IR on integer kernels (on the exporting host)."""
     from edgekit.quant.reference import reference_name
 
     from .runner import compile_model, integer_summary, runtime_layers
 
     ref = reference_name(spec.name, TARGET)
-    os.replace(scratch / onnx_meta["reference"], scratch / ref)
+    os.replace(onnx_dir / onnx_meta["reference"], out_dir / ref)
     notes = [n for n in onnx_meta.get("quant_notes", []) if not n.startswith("model I/O is float")]
     notes.append("model I/O is float: the IR quantizes its inputs and dequantizes its outputs itself "
                  "(FakeQuantize at its edges; the recipe's io does not apply to openvino)")
     core = ov.Core()
     try:
-        compiled = compile_model(core, core.read_model(str(scratch / xml), str(scratch / weights)))
+        compiled = compile_model(core, core.read_model(str(out_dir / xml), str(out_dir / weights)))
         summary = integer_summary(runtime_layers(compiled))
     except (RuntimeError, UserError) as exc:  # evidence only: the runner reports a model that cannot compile
         summary = {"error": str(exc)[:300]}

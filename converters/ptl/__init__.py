@@ -24,7 +24,7 @@ kernels), saved with torch.export. The runner sets the quantized engine to qnnpa
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
 import warnings
 from contextlib import contextmanager
@@ -59,6 +59,7 @@ DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.05, min_cosine=0.999, min_top1=0.9)
 class PtlConverter(Converter):
     info = TargetInfo(
         rank=20,
+        levers=("equalize", "adaround", "keep_float"),  # bias correction: PT2E targets only
         name="ptl",
         title="PyTorch Mobile",
         suffix=".ptl",
@@ -78,51 +79,48 @@ class PtlConverter(Converter):
                    "ExecuTorch, so prefer the executorch target for new apps.",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        precision = _precision(recipe)
-        quantized = dynamic = None
-        if precision == "dynamic":
-            dynamic, model = model, _quantize_dynamic(model, recipe)
-        if precision == "int8":
-            quantized = _quantize(model, spec, recipe, tuple(example_inputs), calibration)
-            model = quantized.module
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
-        partial = final.with_name(f".{final.name}.partial")
-        warnings.warn(self.info.deprecated, FutureWarning, stacklevel=2)
-        try:
-            with warnings.catch_warnings(), _engine(precision):
-                warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
-                with torch.no_grad():
-                    scripted, capture = _capture(model, tuple(example_inputs), _other_sizes(spec, tuple(example_inputs)))
-                    try:
-                        frozen = torch.jit.freeze(scripted.eval())
-                        frozen._save_for_lite_interpreter(str(partial))
-                    except Exception as exc:  # TorchScript raises RuntimeError and others; all mean "cannot save"
-                        raise UserError("E-EXPORT-FAILED", f"torch.jit.freeze / _save_for_lite_interpreter failed: "
-                                        f"{_first_line(exc)}", "check that the model runs under TorchScript "
-                                        "(torch.jit.script or trace) on the host first") from exc
-            files = (final.name,)
-            meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
-                    "outputs": spec.output_names, "capture": capture}
-            if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
-                meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dyn.meta(spec.dynamic)})
-            if quantized is not None:
-                files, quant_meta = _write_reference(quantized, spec, recipe, Path(out_dir), tuple(example_inputs), calibration)
-                meta.update(quant_meta)
-            if dynamic is not None:
-                from edgekit.quant.weight_only import weight_only_meta, write_reference
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
+        return self._save(model, spec, "fp32", out_dir, example_inputs)
 
-                sim, ref = write_reference(dynamic, recipe, tuple(example_inputs), Path(out_dir), spec.name, "ptl",
-                                           types=(torch.nn.Linear,))
-                files = (final.name, ref)
-                meta.update(weight_only_meta(recipe, spec.name, "ptl", sim, [
-                    "torch.ao dynamic quantization covers nn.Linear only (convolutions stay FP32)"]))
-                meta["engine"] = "qnnpack"
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
-        return Artifact(self.info.name, precision, final.name, files, meta)
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+        from .quant import quantize
+
+        # integer inputs (token ids, masks) stay integers: FX quantizes only the float tensors that feed a
+        # quantized op, so a text encoder's embeddings run in float and its linears in int8
+        quantized = quantize(model, example_inputs, calibration.samples, recipe)
+        art = self._save(quantized.module, spec, "int8", out_dir, example_inputs)
+        files, quant_meta = _write_reference(quantized, spec, recipe, out_dir, example_inputs, calibration)
+        return dataclasses.replace(art, files=files, meta={**art.meta, **quant_meta})
+
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+        from edgekit.quant.weight_only import weight_only_meta, write_reference
+
+        art = self._save(_quantize_dynamic(model, recipe), spec, recipe.scheme, out_dir, example_inputs)
+        sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, "ptl", types=(torch.nn.Linear,))
+        meta = {**art.meta, **weight_only_meta(recipe, spec.name, "ptl", sim, [
+            "torch.ao dynamic quantization covers nn.Linear only (convolutions stay FP32)"]), "engine": "qnnpack"}
+        return dataclasses.replace(art, files=(art.path, ref), meta=meta)
+
+    def _save(self, model, spec, precision: str, out_dir: Path, example_inputs: tuple) -> Artifact:
+        """Trace (or script), freeze and save the module for the lite interpreter -> the .ptl's Artifact."""
+        final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
+        warnings.warn(self.info.deprecated, FutureWarning, stacklevel=3)
+        with warnings.catch_warnings(), _engine(precision):
+            warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
+            with torch.no_grad():
+                scripted, capture = _capture(model, example_inputs, _other_sizes(spec, example_inputs))
+                try:
+                    frozen = torch.jit.freeze(scripted.eval())
+                    frozen._save_for_lite_interpreter(str(final))
+                except Exception as exc:  # TorchScript raises RuntimeError and others; all mean "cannot save"
+                    raise UserError("E-EXPORT-FAILED", f"torch.jit.freeze / _save_for_lite_interpreter failed: "
+                                    f"{_first_line(exc)}", "check that the model runs under TorchScript "
+                                    "(torch.jit.script or trace) on the host first") from exc
+        meta = {"inputs": spec.input_names, "input_dtypes": [t.dtype for t in spec.inputs],
+                "outputs": spec.output_names, "capture": capture}
+        if spec.dynamic:  # the runner checks a sample's shape against these and the ranges
+            meta.update({"input_shapes": [list(t.shape) for t in spec.inputs], **dyn.meta(spec.dynamic)})
+        return Artifact(self.info.name, precision, final.name, (final.name,), meta)
 
     def screen(self, artifact: Artifact, root: Path) -> None:
         """A .ptl is TorchScript: before anything loads it (loading already runs __setstate__), its
@@ -172,19 +170,6 @@ class PtlConverter(Converter):
         return run
 
 
-def _precision(recipe) -> str:
-    """The artifact's precision: fp32 without a recipe, else the (valid) QuantRecipe's scheme."""
-    if recipe is None:
-        return "fp32"
-    from edgekit.quant import check
-
-    check(recipe)
-    if recipe.scheme not in PtlConverter.info.precisions:
-        raise UserError("E-TARGET-PRECISION", f"target ptl cannot export {recipe.scheme}",
-                        f"use one of {', '.join(PtlConverter.info.precisions)} for ptl")
-    return recipe.scheme
-
-
 def _quantize_dynamic(model, recipe):
     """torch.ao dynamic quantization of every nn.Linear (but the recipe's keep_float ones): int8
     weights per output channel, symmetric -127..127 (edgekit's weight-only scheme), activations
@@ -223,17 +208,6 @@ def _engine(precision: str):
 
     with qnnpack_engine():
         yield
-
-
-def _quantize(model, spec, recipe, example_inputs: tuple, calibration):
-    from .quant import quantize
-
-    if calibration is None or len(calibration) == 0:
-        raise UserError("E-DATA-EMPTY", f"INT8 export of {spec.name} to ptl got no calibration samples",
-                        "pass --data with samples of the model's inputs")
-    # integer inputs (token ids, masks) stay integers: FX quantizes only the float tensors that feed a
-    # quantized op, so a text encoder's embeddings run in float and its linears in int8
-    return quantize(model, example_inputs, calibration.samples, recipe)
 
 
 def _write_reference(q, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> tuple[tuple, dict]:

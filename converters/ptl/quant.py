@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import UnsupportedOpError, UserError
-from edgekit.quant.calibrators import TensorStatsCollector, get as get_calibrator
+from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
@@ -210,24 +210,12 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
         site = RangeProbe(names[0], collector, caps.get(gid))
         for n in names:
             setattr(prepared, n, site)
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _run(prepared, samples)
-        collector.next_phase()
-        _run(prepared, samples)
-    finally:
-        torch.set_num_threads(n_threads)
-    stats = collector.stats()
-    calibrator = get_calibrator(recipe.calibrator)
     outputs = _output_groups(prepared, groups) if recipe.minmax_output else set()
+    found = calibrate_ranges(collector, lambda: _run(prepared, samples), recipe, [ns[0] for ns in groups.values()],
+                             exact={groups[g][0] for g in outputs}, caps={groups[g][0]: c for g, c in caps.items() if g in groups})
     ranges = {}
     for gid, names in groups.items():
-        s = stats.get(names[0])
-        fn = get_calibrator("minmax") if gid in outputs else calibrator
-        lo, hi = fn(s, recipe) if s is not None else (0.0, 1.0)
-        if gid in caps:
-            hi = min(hi, caps[gid])
+        lo, hi = found[names[0]]
         old = originals[gid]
         obs = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min, quant_max=old.quant_max)
         obs.min_val, obs.max_val = torch.tensor(float(lo)), torch.tensor(float(hi))

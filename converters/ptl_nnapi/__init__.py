@@ -16,7 +16,6 @@ NPU delegate for new apps.
 """
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -56,9 +55,7 @@ class PtlNnapiConverter(Converter):
         not_runnable=NOT_RUNNABLE_REASON,
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
-        if recipe is not None:
-            raise UserError("E-TARGET-PRECISION", f"target {NAME} exports only fp32", f"run {NAME} without a quantization recipe")
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
         from torch.backends._nnapi.prepare import convert_model_to_nnapi
 
         inputs, described = [], []
@@ -73,30 +70,23 @@ class PtlNnapiConverter(Converter):
             inputs.append(x)
             described.append({"name": t.name, "shape": list(x.shape), "dtype": "float32",
                               "memory_format": "channels_last" if nhwc else "contiguous"})
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"{spec.name}-fp32-nnapi{self.info.suffix}"
-        partial = final.with_name(f".{final.name}.partial")
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                with torch.no_grad():
-                    try:
-                        traced = torch.jit.trace(_out_of_place(model), tuple(inputs))
-                        nnapi_model = convert_model_to_nnapi(traced, inputs if len(inputs) > 1 else inputs[0])
-                    except Exception as exc:  # the NNAPI serializer raises bare Exception for unknown ops
-                        found = _UNSUPPORTED.search(str(exc))
-                        if found:
-                            raise UnsupportedOpError(NAME, found.group(1), None,
-                                                     "PyTorch's NNAPI converter has no mapping for it; replace it, or "
-                                                     "drop the target ptl-nnapi") from exc
-                        raise UserError("E-EXPORT-FAILED", f"convert_model_to_nnapi failed: {_first_line(exc)}",
-                                        "the model must trace and use ops PyTorch's NNAPI converter supports") from exc
-                    nnapi_model._save_for_lite_interpreter(str(partial))
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _JIT_DEPRECATION, DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            with torch.no_grad():
+                try:
+                    traced = torch.jit.trace(_out_of_place(model), tuple(inputs))
+                    nnapi_model = convert_model_to_nnapi(traced, inputs if len(inputs) > 1 else inputs[0])
+                except Exception as exc:  # the NNAPI serializer raises bare Exception for unknown ops
+                    found = _UNSUPPORTED.search(str(exc))
+                    if found:
+                        raise UnsupportedOpError(NAME, found.group(1), None,
+                                                 "PyTorch's NNAPI converter has no mapping for it; replace it, or "
+                                                 "drop the target ptl-nnapi") from exc
+                    raise UserError("E-EXPORT-FAILED", f"convert_model_to_nnapi failed: {_first_line(exc)}",
+                                    "the model must trace and use ops PyTorch's NNAPI converter supports") from exc
+                nnapi_model._save_for_lite_interpreter(str(final))
         meta = {"inputs": described, "outputs": spec.output_names, "host_runnable": HOST_RUNNABLE,
                 "not_runnable_reason": NOT_RUNNABLE_REASON, "nnapi": True}
         return Artifact(NAME, "fp32", final.name, (final.name,), meta)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -248,21 +247,6 @@ def _quiet_progress():
         os.environ.pop(key, None)
 
 
-@contextmanager
-def _staged(final: Path):
-    """A temp file beside ``final``, renamed onto it when the block succeeds and removed otherwise:
-    a failed export never leaves a half-written artifact."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None, dynamic_shapes=None) -> None:
     """litert-torch convert + export to ``dst``; its torch, JAX and MLIR errors become coded ones.
     ``dynamic_shapes``: torch.export's (edgekit.dynamic.torch_shapes), FP32 only."""
@@ -281,6 +265,7 @@ def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_con
 class TFLiteConverter(Converter):
     info = TargetInfo(
         rank=10,
+        levers=("equalize", "bias_correction", "adaround", "keep_float"),
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
@@ -304,31 +289,21 @@ class TFLiteConverter(Converter):
                 "reshape/flatten of a dynamic size (nn.Linear on 3-D input, nn.Embedding, attention) nor nn.LayerNorm",
     )
 
-    def export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:
-        if recipe is not None:
-            from edgekit.quant import check
-
-            check(recipe)  # not a QuantRecipe: E-TARGET-PRECISION before anything is read from it
-        if recipe is not None and recipe.scheme in ("fp16", "dynamic"):
-            return self._export_weight_only(model, spec, recipe, Path(out_dir), example_inputs)
-        if recipe is not None:
-            return self._export_int8(model, spec, recipe, Path(out_dir), example_inputs, calibration)
+    def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
         precision = "fp32"
-        self.check_available()
         final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
-        with _staged(final) as tmp:
-            _convert(model.eval(), example_inputs, tmp, spec.name,
-                     dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
-            try:
-                meta = {**_io_meta(tmp, spec), **dynamic.meta(spec.dynamic)}
-            except UserError as exc:
-                if not spec.dynamic or exc.code != "E-ARTIFACT-CORRUPT":
-                    raise
-                why = _first_line(str(exc.__cause__ or exc.what))  # the runtime's words, not the scratch file's name
-                raise UserError("E-EXPORT-FAILED", f"litert-torch converted {spec.name} with dynamic shapes, but the "
-                                f"LiteRT interpreter cannot prepare the file: {why}",
-                                "litert-torch can write a fixed-size op (e.g. the RESHAPE inside nn.LayerNorm) into a "
-                                f"graph with a dynamic axis; export target {NAME} at a fixed shape") from exc
+        _convert(model.eval(), example_inputs, final, spec.name,
+                 dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
+        try:
+            meta = {**_io_meta(final, spec), **dynamic.meta(spec.dynamic)}
+        except UserError as exc:
+            if not spec.dynamic or exc.code != "E-ARTIFACT-CORRUPT":
+                raise
+            why = _first_line(str(exc.__cause__ or exc.what))  # the runtime's words, not the scratch file's name
+            raise UserError("E-EXPORT-FAILED", f"litert-torch converted {spec.name} with dynamic shapes, but the "
+                            f"LiteRT interpreter cannot prepare the file: {why}",
+                            "litert-torch can write a fixed-size op (e.g. the RESHAPE inside nn.LayerNorm) into a "
+                            f"graph with a dynamic axis; export target {NAME} at a fixed shape") from exc
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
     def pt2e_quantizer(self):
@@ -338,19 +313,14 @@ class TFLiteConverter(Converter):
             raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
         return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
 
-    def _export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
+    def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
         """Static INT8 (and int16x8): edgekit's recipe through PT2E (litert-torch's quantizer places the
         q/dq pairs, edgekit's calibrator sets the ranges), the .tflite plus the quantized reference program.
         int16x8: the quantizer of int16x8.py, then the 16x8 biases widened to int64 (int16x8.widen_biases)."""
-        from edgekit.quant import check
         from edgekit.quant.pt2e import quantize
         from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
-        check(recipe)
         precision = recipe.scheme
-        if calibration is None or len(calibration) == 0:
-            raise UserError("E-DATA-EMPTY", f"{precision} export of {spec.name} to {NAME} got no calibration samples",
-                            "pass --data with samples of the model's inputs")
         try:
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
@@ -365,23 +335,22 @@ class TFLiteConverter(Converter):
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
         ref = out_dir / reference_name(spec.name, "tflite", precision)
-        with _staged(final) as tmp:
-            _convert(q.module, example_inputs, tmp, spec.name, QuantConfig(pt2e_quantizer=quantizer))
-            widened = None
-            if precision == "int16x8":  # the converter's int32 biases, which the 16x8 kernels refuse
-                from .int16x8 import widen_biases
+        _convert(q.module, example_inputs, final, spec.name, QuantConfig(pt2e_quantizer=quantizer))
+        widened = None
+        if precision == "int16x8":  # the converter's int32 biases, which the 16x8 kernels refuse
+            from .int16x8 import widen_biases
 
-                widened = widen_biases(tmp, tmp)
-            float_io = None
-            if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
-                from .float_io import add_float_io
+            widened = widen_biases(final, final)
+        float_io = None
+        if recipe.io == "float":  # litert-torch writes int8 I/O only: edgekit adds QUANTIZE/DEQUANTIZE at the edges
+            from .float_io import add_float_io
 
-                float_io = add_float_io(tmp, tmp)
-            from .names import compact_tensor_names
+            float_io = add_float_io(final, final)
+        from .names import compact_tensor_names
 
-            names = compact_tensor_names(tmp, tmp)  # litert-torch's class-path names: ~1.7 % of an INT8 file
-            meta = _io_meta(tmp, spec)
-            save_quantized_reference(q.module, tuple(example_inputs), ref)
+        names = compact_tensor_names(final, final)  # litert-torch's class-path names: ~1.7 % of an INT8 file
+        meta = _io_meta(final, spec)
+        save_quantized_reference(q.module, tuple(example_inputs), ref)
         notes = q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else []) \
             + ([f"16x8: {widened['ops_16x8']} conv/fully-connected ops with int16 activations, {widened['biases_widened']} "
                 "int32 biases stored as int64 (what the 16x8 kernels take); they run on TFLite's builtin kernels (XNNPACK "
@@ -390,7 +359,7 @@ class TFLiteConverter(Converter):
         meta.update(quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes), float_io=float_io)
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
 
-    def _export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
+    def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:
         """fp16: the FP32 conversion, then AI Edge Quantizer's fp16 weight-only recipe (litert-torch's
         ``full_fp16_recipe``): weights stored as float16 behind DEQUANTIZE ops, computed in FP32.
         dynamic: PT2E with litert-torch's quantizer in dynamic mode (int8 per-channel weights; the
@@ -398,10 +367,8 @@ class TFLiteConverter(Converter):
         The reference is edgekit's weight simulation (edgekit.quant.weight_only)."""
         import torch
 
-        from edgekit.quant import check
         from edgekit.quant.weight_only import WITH_EMBEDDING, weight_only_meta, write_reference
 
-        check(recipe)
         try:
             from litert_torch.generative.quantize import quant_recipes
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -417,13 +384,12 @@ class TFLiteConverter(Converter):
             quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
             module, config = quantize_dynamic(model, example_inputs, recipe, quantizer), QuantConfig(pt2e_quantizer=quantizer)
         final = out_dir / f"{spec.name}-{recipe.scheme}{self.info.suffix}"
-        with _staged(final) as tmp:
-            _convert(module, example_inputs, tmp, spec.name, config)
-            meta = _io_meta(tmp, spec)
-            # litert stores every large float constant (embedding tables too) in the scheme; in dynamic
-            # mode an embedding table gets one int8 scale per tensor (measured on tiny_transformer)
-            sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME,
-                                       types=WITH_EMBEDDING, per_tensor=(torch.nn.Embedding,))
+        _convert(module, example_inputs, final, spec.name, config)
+        meta = _io_meta(final, spec)
+        # litert stores every large float constant (embedding tables too) in the scheme; in dynamic
+        # mode an embedding table gets one int8 scale per tensor (measured on tiny_transformer)
+        sim, ref = write_reference(model, recipe, example_inputs, out_dir, spec.name, NAME,
+                                   types=WITH_EMBEDDING, per_tensor=(torch.nn.Embedding,))
         meta.update(weight_only_meta(recipe, spec.name, NAME, sim))
         return Artifact(NAME, recipe.scheme, final.name, (final.name, ref), meta)
 

@@ -296,23 +296,24 @@ def _apply(mod: nn.Module, w: torch.Tensor, b: torch.Tensor | None, cols: torch.
 # ---------------------------------------------------------------- activation fake-quant on layer inputs
 def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> dict[str, tuple[float, float, str]]:
     """Each layer input's (lo, hi, activation grid) from edgekit's calibrator (the recipe's), on the float model."""
-    from .calibrators import TensorStatsCollector, get as get_calibrator
+    from .calibrators import TensorStatsCollector, calibrate_ranges
 
     collector = TensorStatsCollector(act_recipe.bins)
+
+    def feed():  # 8 samples a forward: min/max and histogram counts add up, the same statistics
+        with torch.no_grad():
+            for i in range(0, len(samples), 8):
+                model(*[torch.cat([s[k] for s in samples[i:i + 8]]) for k in range(len(samples[0]))])
+
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, args, n=n: collector.observe(n, args[0])) for n in names]
     try:
-        with torch.no_grad():
-            for _ in range(2):  # 8 samples a forward: min/max and histogram counts add up, the same statistics
-                for i in range(0, len(samples), 8):
-                    model(*[torch.cat([s[k] for s in samples[i:i + 8]]) for k in range(len(samples[0]))])
-                collector.next_phase()
+        ranges = calibrate_ranges(collector, feed, act_recipe, names)
     finally:
         for h in hooks:
             h.remove()
-    cal = get_calibrator(act_recipe.calibrator)
     grid = getattr(act_recipe, "scheme", "int8")
-    return {n: (*cal(st, act_recipe), grid) for n, st in collector.stats().items()}
+    return {n: (lo, hi, grid) for n, (lo, hi) in ranges.items()}
 
 
 def _fake_quant_hook(lo: float, hi: float, grid: str = "int8"):

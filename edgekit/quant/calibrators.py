@@ -6,11 +6,13 @@ returns a clipping range (lo, hi) with lo <= 0 <= hi. Everything is integer coun
 arithmetic on fixed bin edges, so the same data gives the same range, bit for bit.
 
 Registry: ``CALIBRATORS`` names the valid choices; ``get`` raises a coded error naming them.
+``calibrate_ranges`` is the two-pass loop every target's calibration runs through.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 
@@ -212,3 +214,42 @@ def qparams(lo: float, hi: float, eps: float = 2.0 ** -12) -> tuple[float, int]:
     scale = max((hi - lo) / LEVELS, eps)
     zp = int(np.clip(QMIN - np.round(lo / scale), QMIN, QMAX))
     return float(scale), zp
+
+
+@contextmanager
+def one_torch_thread():
+    """Calibrate on one torch thread: another thread count sums in another order and can move a
+    range by an ulp, so the same data would not give the same file."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def calibrate_ranges(collector: TensorStatsCollector, feed: Callable[[], None], recipe, sites: Iterable[str],
+                     exact: Collection[str] = (), caps: Mapping[str, float] | None = None) -> dict[str, tuple[float, float]]:
+    """The one calibration every target runs (PT2E observers, ptl's FX observers, ncnn's blobs).
+
+    ``feed()`` runs the calibration samples through the target's model, whose activation sites call
+    ``collector.observe(site, tensor)``; it runs twice on one torch thread (pass 1: exact min/max,
+    pass 2: the histogram on that range). -> each site's (lo, hi) from the recipe's calibrator;
+    min/max for the sites in ``exact`` (model outputs with ``recipe.minmax_output``); hi capped at
+    ``caps[site]`` (a fused ReLU6); (0, 1) for a site no sample reached.
+    """
+    with one_torch_thread():
+        feed()
+        collector.next_phase()
+        feed()
+    stats, calibrator, caps = collector.stats(), get(recipe.calibrator), caps or {}
+    ranges = {}
+    for site in sites:
+        s = stats.get(site)
+        lo, hi = (minmax if site in exact else calibrator)(s, recipe) if s is not None else (0.0, 1.0)
+        if site in caps:
+            hi = min(hi, caps[site])
+        ranges[site] = (float(lo), float(hi))
+    return ranges

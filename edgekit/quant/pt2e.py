@@ -34,7 +34,7 @@ from torch import nn
 
 from edgekit.errors import UserError
 
-from .calibrators import TensorStatsCollector, get as get_calibrator
+from .calibrators import TensorStatsCollector, calibrate_ranges, one_torch_thread
 from .probe import RangeProbe
 from .recipe import QuantRecipe, keep_float_modules
 
@@ -160,15 +160,6 @@ def _run(gm, samples) -> None:
             gm(*[torch.from_numpy(np.ascontiguousarray(a)) for a in sample])
 
 
-class _OneThread:
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)
-
-
 def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, float]) -> dict[str, tuple[float, float]]:
     """Two calibration passes through edgekit sites; the observers become fixed-range MinMaxObservers."""
     from torchao.quantization.pt2e.observer import MinMaxObserver
@@ -187,23 +178,14 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
         key = lead[name]
         probes.setdefault(key, RangeProbe(key, collector, min((caps[n] for n in sites if lead[n] == key and n in caps), default=None)))
         setattr(prepared, name, probes[key])
-    with _OneThread():
-        _run(prepared, samples)
-        collector.next_phase()
-        _run(prepared, samples)
-    stats = collector.stats()
-    calibrate = get_calibrator(recipe.calibrator)
     outputs = _output_sites(sites) if recipe.minmax_output else set()
+    found = calibrate_ranges(collector, lambda: _run(prepared, samples), recipe, probes,
+                             exact={lead[n] for n in outputs}, caps={k: p.cap for k, p in probes.items() if p.cap is not None})
     ranges, replaced = {}, {}
     for name in sites:
         old, key = originals[name], lead[name]
         if id(old) not in replaced:
-            s = stats.get(key)
-            fn = get_calibrator("minmax") if any(n in outputs for n in sites if lead[n] == key) else calibrate
-            lo, hi = fn(s, recipe) if s is not None else (0.0, 1.0)
-            cap = probes[key].cap
-            if cap is not None:
-                hi = min(hi, cap)
+            lo, hi = found[key]
             obs = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
                                  quant_max=old.quant_max, eps=float(getattr(old, "eps", torch.tensor(2.0 ** -12))))
             obs.min_val = torch.tensor(float(lo))
@@ -370,7 +352,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     if recipe.rounding != "nearest":  # after CLE, before anything else: the weights are final from here on
         from .adaround import describe, round_weights
 
-        with _OneThread():
+        with one_torch_thread():
             model, report = round_weights(model, example_inputs, samples, recipe, cache_dir)
         notes.append(describe(report))
     relu6 = relu6_to_relu(model) if recipe.fuse_relu6 else set()
@@ -386,7 +368,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     if recipe.bias_correction:
         from .equalize import correct_bias
 
-        with _OneThread():
+        with one_torch_thread():
             n = correct_bias(prepared, float_gm, samples, lambda p: convert_pt2e(p, fold_quantize=False))
         notes.append(f"empirical bias correction on {n} conv/linear layers")
     idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped})

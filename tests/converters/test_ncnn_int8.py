@@ -23,7 +23,8 @@ pytest.importorskip("pnnx")
 
 from edgekit.converters.ncnn import CONVERTER  # noqa: E402
 from edgekit.converters.ncnn import int8 as ncnn_int8  # noqa: E402
-from edgekit.converters.ncnn.int8 import TAG_INT8, compare_blobs  # noqa: E402
+from edgekit.converters.ncnn.int8 import TAG_INT8  # noqa: E402
+from edgekit.converters.ncnn.per_layer import compare_blobs  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
 from edgekit.converters.base import Artifact  # noqa: E402
-from edgekit.converters.ncnn.int8 import compare_blobs  # noqa: E402
+from edgekit.converters.ncnn.per_layer import compare_blobs  # noqa: E402
 
 SIZE = 48
 
