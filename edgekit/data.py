@@ -92,6 +92,27 @@ def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None
         raise UserError("E-DATA-UNREADABLE", f"{root} is not a folder", "pass --data with a folder of samples")
     if limit is not None and limit < 0:
         raise UserError("E-ARGS", f"a sample limit of {limit} is negative", "pass a limit of 1 or more")
+    present = _files_by_kind(root)
+    # read only the files the limit needs (limit=0 reads one: "no usable samples" is still an error)
+    samples, sources, kind = _read(present, spec, root, base, None if limit is None else max(limit, 1))
+    if limit is not None:
+        samples, sources = samples[:limit], sources[:limit]
+    for sample, src in zip(samples, sources):
+        check_finite(sample, src, spec)
+    from edgekit.labels import folder_labels
+
+    labels, note = folder_labels(root, sources, kind, spec)
+    if labels is not None:  # files sorted by class folder: interleave the classes (edgekit.labels.round_robin)
+        from edgekit.labels import round_robin
+
+        order = round_robin(labels)
+        samples, sources, labels = [samples[i] for i in order], [sources[i] for i in order], tuple(labels[i] for i in order)
+        note += "; samples taken one class at a time in turn, so calibration and held-out parts mix every class"
+    return CalibrationSet(tuple(samples), tuple(sources), kind, str(root), labels, note)
+
+
+def _files_by_kind(root: Path) -> dict[str, list[Path]]:
+    """The folder's sample files (sorted, hidden ones left out) by kind; one kind only (E-DATA-MIXED)."""
     try:
         files = []
         for n, p in enumerate(root.rglob("*")):
@@ -110,8 +131,12 @@ def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None
         raise UserError("E-DATA-MIXED", f"{root} mixes kinds of samples: {counts}",
                         "keep one kind of sample per folder (images, .npy/.npz tensors or .txt text), "
                         "or pass --data with a sub-folder that holds one kind")
-    # read only the files the limit needs (limit=0 reads one: "no usable samples" is still an error)
-    wanted = None if limit is None else max(limit, 1)
+    return present
+
+
+def _read(present: dict[str, list[Path]], spec: ModelSpec, root: Path, base: Path | None, wanted: int | None):
+    """-> (samples, their sources relative to root, kind), at most ``wanted`` (None: every file); a
+    folder with nothing the model can use is E-DATA-EMPTY."""
     pre = spec.preprocess
     samples, sources, kind = [], [], "tensor"
     if "tensor" in present:
@@ -129,20 +154,7 @@ def load_samples(data_dir: str | Path, spec: ModelSpec, base: Path | None = None
         wanted_kind = (wanted_kind + " or " if wanted_kind else "") + ".npy/.npz files holding input tensors"
         raise UserError("E-DATA-EMPTY", f"{root} has no samples usable by model {spec.name}",
                         f"add {wanted_kind} to it, or pass --data with another folder")
-    if limit is not None:
-        samples, sources = samples[:limit], sources[:limit]
-    for sample, src in zip(samples, sources):
-        check_finite(sample, src, spec)
-    from edgekit.labels import folder_labels
-
-    labels, note = folder_labels(root, sources, kind, spec)
-    if labels is not None:  # files sorted by class folder: interleave the classes (edgekit.labels.round_robin)
-        from edgekit.labels import round_robin
-
-        order = round_robin(labels)
-        samples, sources, labels = [samples[i] for i in order], [sources[i] for i in order], tuple(labels[i] for i in order)
-        note += "; samples taken one class at a time in turn, so calibration and held-out parts mix every class"
-    return CalibrationSet(tuple(samples), tuple(sources), kind, str(root), labels, note)
+    return samples, sources, kind
 
 
 _KINDS = {"tensor": TENSOR_SUFFIXES, "image": IMAGE_SUFFIXES, "text": TEXT_SUFFIXES}

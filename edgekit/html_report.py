@@ -296,79 +296,108 @@ def _problems(targets: dict) -> str:
 
 def render_html(report: dict, errors: dict[str, np.ndarray] | None = None) -> str:
     """The whole page as one string; ``errors`` maps report keys to flat |error| arrays (optional)."""
-    s, targets = report["summary"], report["targets"]
-    status = s["status"]
-    data = report.get("data") or {}
     model = report.get("model") or {}
     title = f"edgekit {report['kind']} report: {model.get('name', '?')}"
-    task = f' &middot; task <code>{escape(str(model["task"]))}</code>' if model.get("task") else ""
-    parts = [f'<header><h1>{escape(title)}</h1><span class="badge" style="background:{COLORS.get(status, MUTED)}">'
-             f"{escape(status.upper())}</span></header>",
-             f'<p class="sub">Created {escape(str(report.get("created")))} &middot; source <code>{escape(str(model.get("source")))}</code>'
-             f'{task}'
-             f' &middot; {escape(str(data.get("count")))} {escape(str(data.get("kind")))} samples from '
-             f'<code>{escape(str(data.get("root")))}</code>'
-             + (f' (sha256 <code>{escape(str(data["sha256"])[:16])}</code>)' if data.get("sha256") else "") + "</p>"]
-    sqnrs = [v for v in (_num((t.get("metrics") or {}).get("sqnr_db")) for t in targets.values()) if v is not None]
-    cards = [(s["passed"], "passed"), (s["failed"], "failed"), (s["errors"], "errors"),
-             ("exact" if sqnrs and math.isinf(min(sqnrs)) else (f"{min(sqnrs):.1f} dB" if sqnrs else "-"), "worst SQNR")]
-    parts.append('<div class="cards">' + "".join(f"<div class=\"card\"><b>{escape(str(v))}</b><span>{escape(l)}</span></div>"
-                                                 for v, l in cards) + "</div>")
-    parts.append('<h2>Conversion fidelity</h2><div class="panel">' + _table(targets) +
-                 '<p class="note">Each artifact is compared with its PyTorch reference on the samples above: the FP32 '
-                 "model, or for a quantized file the float simulation of exactly its quantization (error also in output "
-                 "quantization steps). max abs / limit: the largest error as a fraction of what the tolerance allows "
-                 "(above 1 fails" + ("; a detection's boxes and scores are judged after IoU matching instead"
-                                     if any(t.get("detection") for t in targets.values()) else "") +
-                 "). Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
-    cost = _cost_table(targets)
-    if cost:
-        parts.append('<h2>Compression cost</h2><div class="panel">' + cost +
-                     '<p class="note">How far the deployed file is from the FP32 original: a recipe question '
-                     "(calibration, layers kept in float), not a converter one.</p></div>")
-    found = report.get("budget_search")
-    chart = budget_search_chart(found) if found else None
-    if chart:
-        parts.append(f'<h2>Budget search</h2><div class="panel">{_img(chart, "budget search trials")}'
-                     '<p class="note">Each point is one per-layer assignment (layers kept float), measured with the shared '
-                     "PT2E simulation on the held-out samples; the dashed line is the budget. Latency is measured on the "
-                     "exported files only (Size and latency), not per trial.</p></div>")
-    problems = _problems(targets)
-    if problems:
-        parts.append('<h2>What diverged</h2><div class="panel">' + problems + "</div>")
-    charts = []
-    bars = size_latency_chart(targets)
-    if bars:
-        charts.append(_img(bars, "file size and latency per target"))
-    hist = error_histograms(targets, errors or {})
-    parts.append("<h2>Size and latency</h2>" + (f'<div class="panel">{charts[0]}</div>' if charts else "<p>-</p>"))
-    parts.append("<h2>Error distribution</h2>")
-    if hist:
-        parts.append(f'<div class="panel">{_img(hist, "histogram of absolute errors per target")}'
-                     '<p class="note">|artifact output - reference output| over every sample and output element; '
-                     "the dashed line is the largest error the tolerance allows.</p></div>")
-    else:
-        parts.append('<p class="note">No per-sample errors were recorded for this report.</p>')
-    layer_imgs = [(k, per_layer_chart(k, t["per_layer"])) for k, t in targets.items() if t.get("per_layer")]
-    layer_imgs = [(k, b) for k, b in layer_imgs if b]
-    if layer_imgs:
-        parts.append("<h2>Per-layer SQNR</h2>" + "".join(f'<div class="panel">{_img(b, f"per-layer SQNR of {k}")}</div>'
-                                                        for k, b in layer_imgs))
-    notes = [f"<li><b>{escape(k)}</b>: {escape(n)}</li>" for k, t in targets.items() for n in t.get("notes") or []]
-    notes += [f"<li>{escape(n)}</li>" for n in report.get("notes") or []]
-    if notes:
-        parts.append(f'<h2>Notes</h2><div class="panel"><ul class="problems">{"".join(notes)}</ul></div>')
-    cmds = "\n".join(escape(c) for c in reproduce_commands(report))
-    parts.append(f"<h2>Reproduce</h2><pre id=\"reproduce\">{cmds}</pre>")
-    env = report.get("environment") or {}
-    if env:
-        rows = "".join(f"<tr><td>{escape(str(k))}</td><td>{escape(str(v))}</td></tr>" for k, v in env.items())
-        parts.append(f'<h2>Environment</h2><details class="panel"><summary>{len(env)} versions</summary>'
-                     f"<table>{rows}</table></details>")
-    parts.append("<footer>Written by edgekit. This page is self-contained: it loads nothing from the network.</footer>")
+    parts = [_head(report, title), _fidelity(report["targets"]), _cost(report["targets"]), _search(report),
+             _diverged(report["targets"]), _charts(report["targets"], errors or {}), _notes(report),
+             _reproduce(report),
+             "<footer>Written by edgekit. This page is self-contained: it loads nothing from the network.</footer>"]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width,initial-scale=1"><title>{escape(title)}</title><style>{CSS}</style></head>'
             f"<body><main>{''.join(parts)}</main></body></html>\n")
+
+
+def _head(report: dict, title: str) -> str:
+    """The title with the verdict badge, the data line and the summary cards."""
+    s, targets = report["summary"], report["targets"]
+    status, data, model = s["status"], report.get("data") or {}, report.get("model") or {}
+    task = f' &middot; task <code>{escape(str(model["task"]))}</code>' if model.get("task") else ""
+    head = (f'<header><h1>{escape(title)}</h1><span class="badge" style="background:{COLORS.get(status, MUTED)}">'
+            f"{escape(status.upper())}</span></header>"
+            f'<p class="sub">Created {escape(str(report.get("created")))} &middot; source <code>{escape(str(model.get("source")))}</code>'
+            f'{task}'
+            f' &middot; {escape(str(data.get("count")))} {escape(str(data.get("kind")))} samples from '
+            f'<code>{escape(str(data.get("root")))}</code>'
+            + (f' (sha256 <code>{escape(str(data["sha256"])[:16])}</code>)' if data.get("sha256") else "") + "</p>")
+    sqnrs = [v for v in (_num((t.get("metrics") or {}).get("sqnr_db")) for t in targets.values()) if v is not None]
+    cards = [(s["passed"], "passed"), (s["failed"], "failed"), (s["errors"], "errors"),
+             ("exact" if sqnrs and math.isinf(min(sqnrs)) else (f"{min(sqnrs):.1f} dB" if sqnrs else "-"), "worst SQNR")]
+    return head + '<div class="cards">' + "".join(
+        f"<div class=\"card\"><b>{escape(str(v))}</b><span>{escape(l)}</span></div>" for v, l in cards) + "</div>"
+
+
+def _fidelity(targets: dict) -> str:
+    return ('<h2>Conversion fidelity</h2><div class="panel">' + _table(targets) +
+            '<p class="note">Each artifact is compared with its PyTorch reference on the samples above: the FP32 '
+            "model, or for a quantized file the float simulation of exactly its quantization (error also in output "
+            "quantization steps). max abs / limit: the largest error as a fraction of what the tolerance allows "
+            "(above 1 fails" + ("; a detection's boxes and scores are judged after IoU matching instead"
+                                if any(t.get("detection") for t in targets.values()) else "") +
+            "). Latency: median per sample on this host, 1 thread; not a device timing.</p></div>")
+
+
+def _cost(targets: dict) -> str:
+    cost = _cost_table(targets)
+    if not cost:
+        return ""
+    return ('<h2>Compression cost</h2><div class="panel">' + cost +
+            '<p class="note">How far the deployed file is from the FP32 original: a recipe question '
+            "(calibration, layers kept in float), not a converter one.</p></div>")
+
+
+def _search(report: dict) -> str:
+    found = report.get("budget_search")
+    chart = budget_search_chart(found) if found else None
+    if not chart:
+        return ""
+    return (f'<h2>Budget search</h2><div class="panel">{_img(chart, "budget search trials")}'
+            '<p class="note">Each point is one per-layer assignment (layers kept float), measured with the shared '
+            "PT2E simulation on the held-out samples; the dashed line is the budget. Latency is measured on the "
+            "exported files only (Size and latency), not per trial.</p></div>")
+
+
+def _diverged(targets: dict) -> str:
+    problems = _problems(targets)
+    return '<h2>What diverged</h2><div class="panel">' + problems + "</div>" if problems else ""
+
+
+def _charts(targets: dict, errors: dict) -> str:
+    """Size and latency bars, the error histograms and the per-layer SQNR charts."""
+    bars = size_latency_chart(targets)
+    out = "<h2>Size and latency</h2>" + (f'<div class="panel">{_img(bars, "file size and latency per target")}</div>'
+                                         if bars else "<p>-</p>")
+    hist = error_histograms(targets, errors)
+    out += "<h2>Error distribution</h2>"
+    if hist:
+        out += (f'<div class="panel">{_img(hist, "histogram of absolute errors per target")}'
+                '<p class="note">|artifact output - reference output| over every sample and output element; '
+                "the dashed line is the largest error the tolerance allows.</p></div>")
+    else:
+        out += '<p class="note">No per-sample errors were recorded for this report.</p>'
+    layer_imgs = [(k, per_layer_chart(k, t["per_layer"])) for k, t in targets.items() if t.get("per_layer")]
+    layer_imgs = [(k, b) for k, b in layer_imgs if b]
+    if layer_imgs:
+        out += "<h2>Per-layer SQNR</h2>" + "".join(f'<div class="panel">{_img(b, f"per-layer SQNR of {k}")}</div>'
+                                                  for k, b in layer_imgs)
+    return out
+
+
+def _notes(report: dict) -> str:
+    notes = [f"<li><b>{escape(k)}</b>: {escape(n)}</li>" for k, t in report["targets"].items() for n in t.get("notes") or []]
+    notes += [f"<li>{escape(n)}</li>" for n in report.get("notes") or []]
+    return f'<h2>Notes</h2><div class="panel"><ul class="problems">{"".join(notes)}</ul></div>' if notes else ""
+
+
+def _reproduce(report: dict) -> str:
+    """The commands that reproduce the report, and the environment's versions."""
+    cmds = "\n".join(escape(c) for c in reproduce_commands(report))
+    out = f"<h2>Reproduce</h2><pre id=\"reproduce\">{cmds}</pre>"
+    env = report.get("environment") or {}
+    if env:
+        rows = "".join(f"<tr><td>{escape(str(k))}</td><td>{escape(str(v))}</td></tr>" for k, v in env.items())
+        out += (f'<h2>Environment</h2><details class="panel"><summary>{len(env)} versions</summary>'
+                f"<table>{rows}</table></details>")
+    return out
 
 
 def write_html(path: str | Path, report: dict, errors: dict[str, np.ndarray] | None = None) -> Path:

@@ -121,18 +121,30 @@ def task_cell(m: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    s = report["summary"]
-    with_task = has_task_metrics(t.get("metrics") for t in report["targets"].values())
-    task = report["model"].get("task")
-    lines = [
+    """report.md: the sections of ``SECTIONS`` (end of this file) in order, then how to reproduce it."""
+    lines = [line for section in SECTIONS for line in section(report)]
+    lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def _header(report: dict) -> list[str]:
+    s, data = report["summary"], report["data"]
+    return [
         f"# edgekit {report['kind']} report: {report['model']['name']}",
         "",
         f"**{s['status'].upper()}**: {s['passed']} passed, {s['failed']} failed, {s['errors']} errors. "
         f"Created {report['created']}.",
         "",
-        f"Verification data: {report['data'].get('count')} samples ({report['data'].get('kind')}) from "
-        f"`{report['data'].get('root')}`, sha256 `{str(report['data'].get('sha256'))[:16]}...`. "
+        f"Verification data: {data.get('count')} samples ({data.get('kind')}) from "
+        f"`{data.get('root')}`, sha256 `{str(data.get('sha256'))[:16]}...`. "
         "Latency: median per sample, 1 thread, host runtime (not a device timing).",
+    ]
+
+
+def _fidelity(report: dict) -> list[str]:
+    with_task = has_task_metrics(t.get("metrics") for t in report["targets"].values())
+    task = report["model"].get("task")
+    lines = [
         "",
         "## Conversion fidelity: does each file compute what its PyTorch reference computes?",
         "",
@@ -152,47 +164,60 @@ def markdown(report: dict) -> str:
             f"{_fmt(t.get('latency_ms'), 'ms')} | {_fmt(m.get('max_abs'), 'e')} | {steps} | {_fmt(m.get('mean_abs'), 'e')} | "
             f"{_fmt(m.get('cosine_min'), 'cos')} | {_fmt(m.get('sqnr_db'), 'db')} | {_fmt(m.get('top1_agreement'), 'pct')} |"
             + (f" {task_cell(m)} |" if with_task else ""))
+    return lines
+
+
+def _compression_cost(report: dict) -> list[str]:
     cost = [(n, t, o, c) for n, t in report["targets"].items() for o, c in (t.get("compression") or {}).items()]
-    if cost:
-        cost_task = has_task_metrics(c for *_, c in cost)
-        lines += ["", "## Compression cost: how far is the deployed file from the FP32 original?", "",
-                  "A recipe question, not a converter one (same verification samples).", "",
-                  "| target | output | SQNR dB vs FP32 | cosine min | top-1 agree with FP32 | max abs |"
-                  + (" task metrics vs FP32 |" if cost_task else ""),
-                  "|---|---|---|---|---|---|" + ("---|" if cost_task else "")]
-        for name, t, out, c in cost:
-            lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
-                         f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |"
-                         + (f" {task_cell(c)} |" if cost_task else ""))
-    if report.get("compression_stage"):
-        lines += ["", "## Compression stage (before export)", "",
-                  "The model every target exported is the compressed one; the stage compares it with the original.", "",
-                  report["compression_stage"]["markdown"]]
-    lines += _accuracy_budget(report)
-    lines += _budget_search(report)
-    lines += _dynamic_sizes(report)
-    lines += _per_layer(report)
-    lines += _localisation(report)
+    if not cost:
+        return []
+    cost_task = has_task_metrics(c for *_, c in cost)
+    lines = ["", "## Compression cost: how far is the deployed file from the FP32 original?", "",
+             "A recipe question, not a converter one (same verification samples).", "",
+             "| target | output | SQNR dB vs FP32 | cosine min | top-1 agree with FP32 | max abs |"
+             + (" task metrics vs FP32 |" if cost_task else ""),
+             "|---|---|---|---|---|---|" + ("---|" if cost_task else "")]
+    for name, t, out, c in cost:
+        lines.append(f"| {name} | {out} | {_fmt(c.get('sqnr_db'), 'db')} | {_fmt(c.get('cosine_min'), 'cos')} | "
+                     f"{_fmt(c.get('top1_agreement'), 'pct')} | {_fmt(c.get('max_abs'), 'e')} |"
+                     + (f" {task_cell(c)} |" if cost_task else ""))
+    return lines
+
+
+def _compression_stage(report: dict) -> list[str]:
+    if not report.get("compression_stage"):
+        return []
+    return ["", "## Compression stage (before export)", "",
+            "The model every target exported is the compressed one; the stage compares it with the original.", "",
+            report["compression_stage"]["markdown"]]
+
+
+def _failures(report: dict) -> list[str]:
     problems = [(n, t) for n, t in report["targets"].items() if t["status"] != "pass"]
-    if problems:
-        lines += ["", "## Failures and errors", ""]
-        for name, t in problems:
-            if t.get("error"):
-                e = t["error"]
-                lines.append(f"- **{name}** error `{e['code']}`: {e['message']}. Fix: {e['fix']}")
-            for f in t.get("failures", []):
-                lines.append(f"- **{name}** fail: {f}")
+    if not problems:
+        return []
+    lines = ["", "## Failures and errors", ""]
+    for name, t in problems:
+        if t.get("error"):
+            e = t["error"]
+            lines.append(f"- **{name}** error `{e['code']}`: {e['message']}. Fix: {e['fix']}")
+        for f in t.get("failures", []):
+            lines.append(f"- **{name}** fail: {f}")
+    return lines
+
+
+def _coverage(report: dict) -> list[str]:
     covered = [t["coverage"] for t in report["targets"].values() if t.get("coverage")]
-    if covered:
-        lines += ["", "## Delegate coverage", ""]
-        for c in covered:
-            lines.append(c.get("markdown") or f"- coverage analysis failed: `{c['error']['code']}` {c['error']['message']}")
+    if not covered:
+        return []
+    return ["", "## Delegate coverage", ""] + [
+        c.get("markdown") or f"- coverage analysis failed: `{c['error']['code']}` {c['error']['message']}" for c in covered]
+
+
+def _notes(report: dict) -> list[str]:
     notes = [f"- **{n}**: {note}" for n, t in report["targets"].items() for note in t.get("notes", [])]
     notes += [f"- {n}" for n in report.get("notes", [])]
-    if notes:
-        lines += ["", "## Notes", ""] + notes
-    lines += ["", "## Reproduce", "", "```", report["command"], "```", ""]
-    return "\n".join(lines)
+    return ["", "## Notes", ""] + notes if notes else []
 
 
 def _accuracy_budget(report: dict) -> list[str]:
@@ -297,3 +322,8 @@ def _localisation(report: dict, top: int = 5) -> list[str]:
             lines += ["", f"Suggestion: `--keep-float {','.join(loc['suggest'])}` (then compare the compression cost)."]
         lines.append("")
     return lines
+
+
+# The report's sections in order: each maps the report to its markdown lines ([] when it has nothing to say).
+SECTIONS = (_header, _fidelity, _compression_cost, _compression_stage, _accuracy_budget, _budget_search,
+            _dynamic_sizes, _per_layer, _localisation, _failures, _coverage, _notes)
