@@ -8,11 +8,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,31 +33,15 @@ def sha256_file(path: Path) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (edgekit.atomic)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from edgekit.atomic import atomic_file
+
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 @contextlib.contextmanager

@@ -5,12 +5,11 @@ and renamed, and other files already in DIR are left alone (an app's own assets 
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from edgekit import bundle as B
+from edgekit.atomic import atomic_file
 from edgekit.errors import UserError
 
 PLATFORMS = ("android", "ios")  # which targets each loads is in the capability table (app_platforms)
@@ -44,10 +43,8 @@ def copy_for_app(bundle: str | Path, dest: str | Path, platform: str) -> list[st
         for rel in files:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            os.close(fd)
-            shutil.copyfile(root / rel, tmp)
-            os.replace(tmp, target)
+            with atomic_file(target) as f, open(root / rel, "rb") as src:
+                shutil.copyfileobj(src, f)
     except OSError as exc:
         raise UserError("E-OUT-UNWRITABLE", f"cannot write into {dest}: {exc.strerror or exc}",
                         "pass a folder you can write to") from exc

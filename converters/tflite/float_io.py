@@ -23,9 +23,7 @@ Facts this is built on (ai-edge-litert 2.3.0 schema, flatbuffers 25.12):
 """
 from __future__ import annotations
 
-import os
 import stat
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -245,16 +243,10 @@ def _load(schema, raw: bytes, path: Path):
 
 
 def _write(dst: Path, data: bytes, mode: int) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # the source file's permissions, not mkstemp's 0600
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from edgekit.atomic import atomic_file
+
+    with atomic_file(dst, mode) as f:
+        f.write(data)
 
 
 def add_float_io(src: Path, dst: Path) -> dict:

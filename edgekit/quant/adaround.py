@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -606,25 +605,17 @@ def default_cache_dir() -> Path:
 
 def _save(path: Path, key: str, state: dict, report: dict) -> None:
     """One .npz per key, no pickle: every tensor as its raw bytes (any dtype), and a JSON entry with the
-    full key, each tensor's dtype and shape, and the report. Written to a temporary file of its own in
-    the same folder, then os.replace'd: a reader sees the old file or the new one, never a part, and
+    full key, each tensor's dtype and shape, and the report. Written atomically (edgekit.atomic): a reader sees the old file or the new one, never a part, and
     two processes writing the same key both write a complete file (the same learned weights)."""
     names = list(state)
     meta = {"format": _FORMAT, "key": key, "report": report,
             "tensors": [[n, str(state[n].dtype).removeprefix("torch."), list(state[n].shape)] for n in names]}
     arrays = {f"t{i}": state[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for i, n in enumerate(names)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgekit.atomic import atomic_file
+
+    with atomic_file(path, durable=True) as f:
+        np.savez(f, **arrays)
 
 
 def _load(path: Path, key: str, like: dict) -> tuple[dict, dict] | None:

@@ -6,8 +6,6 @@ torchao's PT2E module first (plain ``torch.export.load`` works too once torchao 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +35,14 @@ def quant_meta(recipe, calibration, reference: str, output_scales, kept_float, n
 
 
 def save_quantized_reference(module, example_inputs: tuple, path: Path) -> None:
-    """torch.export the convert_pt2e module and save it atomically (temp file, then rename)."""
+    """torch.export the convert_pt2e module and save it atomically (edgekit.atomic)."""
     import torch
 
+    from edgekit.atomic import atomic_file
+
     ep = torch.export.export(module, tuple(example_inputs))
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        torch.export.save(ep, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as f:
+        torch.export.save(ep, f)
 
 
 def load_quantized_reference(path: Path):
