@@ -61,6 +61,11 @@ _NO_WEIGHTS = {"Input", "Split", "BinaryOp", "Pooling", "ReLU", "Clip", "Flatten
                "SDPA"}  # SDPA: attention over given q, k, v blobs; ncnn loads no weights for it
 
 
+# bytes per value of a raw ModelBin record by load type: 1 float32, 2 float16, 3 int8 (pnnx writes a
+# constant int tensor, e.g. BERT's token-type ids, as MemoryData 21=3)
+_RAW_BYTES = {1: 4, 2: 2, 3: 1}
+
+
 def _params(layer) -> dict[int, str]:
     out = {}
     for tok in layer.params:
@@ -83,13 +88,17 @@ def _record_bytes(layer) -> int:
     if layer.type in _AFFINE:  # gamma and beta, raw float32, when the layer is affine
         size, affine = _AFFINE[layer.type]
         return 8 * int(p.get(size, 0)) if int(p.get(affine, 0)) else 0
-    if layer.type == "MemoryData":  # a constant (e.g. a position embedding): raw float32 w*h*d*c
-        dims = [int(p.get(k, 0)) for k in (0, 1, 11, 2)]
-        return 4 * int(np.prod([d for d in dims if d > 0]))
+    if layer.type == "MemoryData" and int(p.get(21, 1)) in _RAW_BYTES:  # a constant (e.g. a position embedding)
+        dims = [int(p.get(k, 0)) for k in (0, 1, 11, 2)]  # w*h*d*c raw values of load_type 21 (default float32)
+        return _RAW_BYTES[int(p.get(21, 1))] * int(np.prod([d for d in dims if d > 0]))
     if layer.type == "PReLU":
         return 4 * int(p.get(0, 0))
     if layer.type == "Gemm":
         return _gemm_bytes(p)
+    if layer.type == "Embed":  # the table (tagged float32), then the bias (raw) when bias_term
+        return 4 + 4 * int(p.get(3, 0)) + (4 * int(p.get(0, 0)) if int(p.get(2, 0)) else 0)
+    if layer.type == "MultiHeadAttention":
+        return _attention_bytes(p)
     raise UnsupportedOpError("ncnn", f"INT8 layer {layer.type}", layer.name,
                              f"edgekit's ncnn INT8 writer cannot size the weights of an ncnn {layer.type} layer; "
                              "export ncnn in fp32 (or fp16) for this model")
@@ -104,6 +113,17 @@ def _gemm_bytes(p: dict[int, str]) -> int:
     if int(p.get(6, 0)) and broadcast != -1:
         size += 4 + 4 * {0: 1, 1: m, 2: m, 3: m * n, 4: n}.get(broadcast, 0)  # tagged too (measured: pnnx writes it so)
     return size
+
+
+def _attention_bytes(p: dict[int, str]) -> int:
+    """A MultiHeadAttention's q, k, v and output projections as ncnn's load_model reads them: each
+    weight a tagged float32 record, each bias raw float32 (params 0 embed_dim, 2 weight_data_size =
+    embed_dim * qdim, 3 kdim and 4 vdim, both embed_dim when absent)."""
+    e = int(p.get(0, 0))
+    qdim = int(p.get(2, 0)) // e if e else 0
+    kdim, vdim = int(p.get(3, e)), int(p.get(4, e))
+    weights = sum(4 + 4 * e * d for d in (qdim, kdim, vdim, qdim))
+    return weights + 4 * (3 * e + qdim)
 
 
 # ncnn layers whose weights are gamma/beta: type -> (param id of the affine size, param id of the affine flag)
@@ -573,13 +593,29 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                         "(weights per output channel, input symmetric per tensor, scale 127/threshold); "
                         f"{fused} of them requantize their output to int8 for the next int8 conv (8=101, ncnn2int8's "
                         "requantize fusion), the others dequantize it to float (8=1); every other layer float"]
-                       + notes + unmatched,
+                       + notes + unmatched + _float_note(layers, qlayers, layout),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act),
                          "output_scale": q.out_scale,  # None: float output (8=1)
                          "input_pad": list(q.in_pad) if q.in_pad else None} for q in qlayers],
     })
     return Artifact("ncnn", "int8", names[0], names, meta)
+
+
+# why a weighted ncnn layer type stays float in edgekit's INT8 file
+_FLOAT_WHY = {"Gemm": "a linear layer on a 3-D input or a matmul with a constant: ncnn's int8 Gemm is not written",
+              "Embed": "a lookup table: no arithmetic to quantize",
+              "MultiHeadAttention": "ncnn's fused attention: its int8 form needs per-projection scales edgekit does not write"}
+
+
+def _float_note(layers, qlayers: list[QLayer], layout) -> list[str]:
+    """One note naming the weighted layer types that stay float, how many and why (mixed precision)."""
+    quantized = {q.name for q in qlayers}
+    kept = Counter(layer.type for layer in layers if layout[layer.name][1] > 0 and layer.name not in quantized)
+    if not kept:
+        return []
+    parts = [f"{n} {t}" + (f" ({_FLOAT_WHY[t]})" if t in _FLOAT_WHY else "") for t, n in sorted(kept.items())]
+    return ["weighted layers left float in the int8 file: " + "; ".join(parts)]
 
 
 def _prepared(model, example_inputs: tuple, samples, recipe):
