@@ -102,6 +102,55 @@ def fixed_arity(model: nn.Module, n: int) -> nn.Module:
     return model
 
 
+def fold_parameter_expressions(model: nn.Module) -> tuple[nn.Module, int]:
+    """Evaluate once every expression of parameters and buffers alone (LeViT's and EfficientFormerV2's
+    ``attention_biases[:, attention_bias_idxs]``) and store its value as a buffer -> (model, how many).
+
+    prepare_fx's fusion pass loses such a node when an add or mul it feeds is matched as a pattern
+    (``KeyError: 'getitem_6'`` inside torch.ao's fuse, on timm levit_128s and efficientformerv2_s0,
+    with PyTorch's own prepare_fx too). The value is what eval computes each call; the model is traced
+    with prepare_fx's tracer (same leaf modules, same module names) and returned as a GraphModule only
+    when something was folded; an untraceable model is returned unchanged for check_traceable to name."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    try:
+        tracer = QuantizationTracer([], [])
+        graph = tracer.trace(model)
+    except Exception:  # noqa: BLE001 - check_traceable reports it with the model's line
+        return model, 0
+    gm = torch.fx.GraphModule(tracer.root, graph)
+    values: dict[torch.fx.Node, object] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            values[node] = _attr(gm, node.target)
+        elif node.op in ("call_function", "call_method") and node.all_input_nodes \
+                and all(a in values for a in node.all_input_nodes):
+            args = torch.fx.node.map_arg(node.args, lambda a: values[a])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: values[a])
+            fn = node.target if node.op == "call_function" else getattr(args[0], node.target)
+            values[node] = fn(*args, **kwargs) if node.op == "call_function" else fn(*args[1:], **kwargs)
+    folded = 0
+    for node, value in values.items():
+        if node.op == "get_attr" or not isinstance(value, torch.Tensor) or all(u in values for u in node.users):
+            continue
+        name = f"_edgekit_folded_{folded}"
+        gm.register_buffer(name, value.detach().clone())
+        with gm.graph.inserting_before(node):
+            node.replace_all_uses_with(gm.graph.get_attr(name))
+        folded += 1
+    if not folded:
+        return model, 0
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm.eval(), folded
+
+
+def _attr(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
 def check_traceable(model: nn.Module) -> None:
     """Trace ``model`` the way prepare_fx does (its tracer); what torch.fx cannot follow is raised as
     UnsupportedOpError at the model's own line, before prepare_fx (whose other errors stay errors)."""

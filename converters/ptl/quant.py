@@ -46,8 +46,8 @@ from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
-from .fx import (FloatOp, check_traceable, fixed_arity, graph_origins, guard_float, unobserve_non_float,
-                     float_op_candidates)
+from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, fold_parameter_expressions, graph_origins,
+                 guard_float, unobserve_non_float)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -236,12 +236,14 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
     _drop_sequential_identities(model)
     fused, contiguous = rewrite_relu6(model, recipe.fuse_relu6)
     model.eval()  # the new modules too (FX fusion wants conv, bn and relu in one mode)
-    notes = []
+    matched = keep_float_modules(model, recipe)  # before folding: class names still name the user's modules
+    model, constants = fold_parameter_expressions(model)
+    notes = [f"{constants} expression(s) of parameters alone (e.g. attention-bias gathers) evaluated once "
+             "and stored as constants"] if constants else []
     if fused:
         notes.append(f"{fused} conv+ReLU6 fused (ReLU with the output range capped at 6)")
     if contiguous:
         notes.append(f"{contiguous} ReLU6 run on a contiguous copy (qnnpack channels_last hardtanh bug)")
-    matched = keep_float_modules(model, recipe)
     mapping = QConfigMapping().set_global(qconfig())
     for name in matched:
         mapping.set_module_name(name, None)
@@ -530,6 +532,10 @@ class _Simulation:
         elif op == "call_function" and node.target is torch.quantize_per_tensor:
             x, s, zp, _ = self.arg(node.args)
             self.put(node, self.g.call_function(fake_quant, (x, float(s), int(zp))), (s, zp))
+        elif name == "quantized.mul" and len(node.args) == 2:
+            self.mul_scalar(node)
+        elif name == "quantized.add" and len(node.args) == 2:
+            self.add_scalar(node)
         elif name in _BINARY:
             a, b, s, zp = self.arg(node.args)
             self.put(node, self.g.call_function(_BINARY[name], (a, b, float(s), int(zp))), (s, zp))
@@ -589,6 +595,33 @@ class _Simulation:
         else:
             raise UnsupportedOpError("ptl", f"quantized {type(mod).__name__}", node.target,
                                      "keep this layer in float (--keep-float) or export ptl in fp32")
+
+    def mul_scalar(self, node) -> None:
+        """quantized.mul(qx, c) (e.g. an attention's q * scale): the kernel keeps the integers and sets the
+        output's qparams to (s * |c|, zp) for c > 0, (s * |c|, qmax + qmin - zp) with the integers
+        mirrored for c < 0, (1, 0) and zeros for c == 0, so the value is exactly c * x: no rounding."""
+        x, c = self.arg(node.args)
+        s, zp = self.src_qp(node)
+        c = float(c)
+        qparams = (s * abs(c), zp) if c > 0 else (s * abs(c), QMAX + QMIN - zp) if c < 0 else (1.0, 0)
+        self.fixed(node, self.g.call_function(operator.mul, (x, c)), qparams)  # on that grid: the rounding is exact
+
+    def add_scalar(self, node) -> None:
+        """quantized.add(qx, c) (e.g. ``var + eps``): the kernel adds c rounded to x's grid,
+        c_q = round(c / s), by moving the zero point to zp - c_q when that stays in [qmin, qmax] (the
+        integers unchanged); otherwise it requantizes to the range widened to hold it (zero point at
+        the end of the range), as PyTorch's qadd_scalar does."""
+        x, c = self.arg(node.args)
+        s, zp = self.src_qp(node)
+        c_q = int(np.rint(float(c) / s))
+        z = zp - c_q
+        if z < QMIN:
+            qparams = ((QMAX - z) / (QMAX - QMIN) * s, QMIN)
+        elif z > QMAX:
+            qparams = ((z - QMIN) / (QMAX - QMIN) * s, QMAX)
+        else:
+            qparams = (s, z)
+        self.fixed(node, self.g.call_function(operator.add, (x, c_q * s)), qparams)
 
     def other(self, node) -> None:
         """Any other function or method: float ops as they are; a quantized value only through ops

@@ -246,3 +246,46 @@ def test_recipe_levers_are_applied_or_refused_never_ignored(photos, tmp_path):
     assert any("cross-layer equalization on 1 conv pairs" in n for n in r.raw["notes"]), r.raw["notes"]
     r = _ptl_int8(ConvPair(), example, photos, tmp_path / "bc", bias_correction=True)
     assert r.status == "error" and r.error["code"] == "E-TARGET-PRECISION" and "bias correction" in r.error["message"]
+
+
+class BiasedAttention(nn.Module):
+    """LeViT's attention in small: a learned bias table gathered by a fixed index buffer
+    (``attention_biases[:, attention_bias_idxs]``, parameters alone) added to the scores, and the
+    queries scaled by a Python float (``q * scale``: quantized.mul with a scalar)."""
+
+    def __init__(self, dim: int = 16, tokens: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.attention_biases = nn.Parameter(torch.randn(heads, 7) * 0.1)
+        idx = torch.arange(tokens)
+        self.register_buffer("attention_bias_idxs", (idx[:, None] - idx[None, :]).abs().clamp(max=6), persistent=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q * self.scale) @ k.transpose(-2, -1) + self.attention_biases[:, self.attention_bias_idxs]
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class BiasedAttentionNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 8, 8)  # 32x32 photo -> 4x4 = 16 tokens of 16 channels
+        self.attn, self.head = BiasedAttention(), nn.Linear(16, 5)
+
+    def forward(self, image):
+        x = self.stem(image).flatten(2).transpose(1, 2)
+        return self.head(self.attn(x).mean(1) + 0.5)  # quantized.add with a scalar (edgenext's ``+ eps``)
+
+
+def test_attention_bias_gather_and_scalar_mul_are_quantized_and_verified(photos, tmp_path):
+    """timm levit_128s and efficientformerv2_s0 failed with ``KeyError: 'getitem_6'`` inside PyTorch's
+    prepare_fx (the bias gather, a node of parameters alone, lost by its fuse pass); after that,
+    ``quantized.mul(qx, 0.25)`` and (edgenext_xx_small) ``quantized.add(qx, 1e-6)`` had no simulation.
+    The gather is evaluated once into a constant (said in the notes), the scalar multiply and add are
+    simulated as the kernels compute them, and every layer is within one step."""
+    torch.manual_seed(0)
+    r = _ptl_int8(BiasedAttentionNet(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
+    _assert_verified(r)
+    assert any("expression(s) of parameters alone" in n for n in r.raw["notes"]), r.raw["notes"]
