@@ -307,11 +307,13 @@ class TFLiteConverter(Converter):
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
     def pt2e_quantizer(self):
+        """litert-torch's quantizer plus the concat annotation it means to make (quantizer.py)."""
         try:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from .quantizer import tflite_quantizer
+
+            return tflite_quantizer()
         except ImportError:
             raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
-        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
 
     def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
         """Static INT8 (and int16x8): edgekit's recipe through PT2E (litert-torch's quantizer places the
@@ -322,7 +324,6 @@ class TFLiteConverter(Converter):
 
         precision = recipe.scheme
         try:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
         except ImportError:
             raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
@@ -331,11 +332,14 @@ class TFLiteConverter(Converter):
 
             quantizer = quantizer_16x8()
         else:
-            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+            quantizer = self.pt2e_quantizer()
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
         ref = out_dir / reference_name(spec.name, "tflite", precision)
         _convert(q.module, example_inputs, final, spec.name, QuantConfig(pt2e_quantizer=quantizer))
+        from .float_outputs import keep_float_outputs
+
+        kept = keep_float_outputs(final, final, q.output_scales)  # outputs the reference leaves float stay float
         widened = None
         if precision == "int16x8":  # the converter's int32 biases, which the 16x8 kernels refuse
             from .int16x8 import widen_biases
@@ -352,6 +356,7 @@ class TFLiteConverter(Converter):
         meta = _io_meta(final, spec)
         save_quantized_reference(q.module, tuple(example_inputs), ref)
         notes = q.notes + (["float model I/O: QUANTIZE/DEQUANTIZE added at the graph edges"] if float_io else []) \
+            + ([f"outputs kept float (as in the reference): {', '.join(kept['outputs'])}"] if kept["outputs"] else []) \
             + ([f"16x8: {widened['ops_16x8']} conv/fully-connected ops with int16 activations, {widened['biases_widened']} "
                 "int32 biases stored as int64 (what the 16x8 kernels take); they run on TFLite's builtin kernels (XNNPACK "
                 "has no int16 kernels)"] if widened else []) \

@@ -5,7 +5,14 @@ compression cost of the quantized reference against FP32.
 1. the .tflite runs with every intermediate tensor kept (``experimental_preserve_all_tensors``,
    reference kernels: no delegate may fuse tensors away, 1 thread);
 2. each int8 tensor an op writes is matched to an activation quantize node of the reference
-   (the ``convert_pt2e`` program) with equal scale, zero point and element count, in execution order;
+   (the ``convert_pt2e`` program) with equal scale, zero point and layout, in execution order, where
+   the op reads a matched tensor only to a node computed from it, and slices / cats only to their kind
+   (``_match``: grids alone are ambiguous where many tensors share one);
+2b. tensors the converter put on a grid of its own (concat inputs on the concat's grid, a float result
+   quantized once before a split, a float op the file runs as an int8 kernel: requant.py) are followed:
+   the reference takes the runtime's values there, and the producing op is judged on the file's grid
+   (rounding there is the kernel's; a value beyond the grid's range, clipping the reference has not,
+   counts in full);
 3. the reference runs once per sample with every matched activation *replaced by the runtime's own
    int8 tensor*, so each reference op computes from exactly the input the runtime's op had; the
    reference's int8 result of each op is compared with the runtime's, in int8 steps;
@@ -13,7 +20,7 @@ compression cost of the quantized reference against FP32.
    ~1 % of the values: a mean would hide it).
 With ``float_model``, each layer also gets the SQNR of the quantized reference vs FP32 at the conv /
 linear / add that produces it (where precision is lost: candidates for ``--keep-float``).
-Rows are JSON-safe: {"layer", "op", "module", "max_steps", "mean_steps", "worst_channel", "sqnr_db"}.
+Rows are JSON-safe: {"layer", "op", "module", "max_steps", "mean_steps", "worst_channel", "sqnr_db", "flagged"}.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import UserError
-from edgekit.quant.per_layer import FLAG_STEPS, float_sqnr, module_of, producer, q_nodes, run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, float_sqnr, module_of, producer, q_nodes
 
 
 def _to_nchw(a: np.ndarray, shape) -> np.ndarray:
@@ -66,13 +73,87 @@ def _interpreter(path: Path):
 _LAYOUT_OPS = {"TRANSPOSE"}
 
 
+# A slice of a tensor only ever carries a selected part of the reference's value: it may stand for a
+# quantize node of a selection (getitem of a split/chunk, slice, select), never for one of a computed
+# result of equal grid and size (EdgeNeXt-XXS: the pass-through half of a torch.chunk, sliced from the
+# add before it, took the grid and the shape of the depthwise conv on the other half, and the conv's
+# row compared two different tensors; the conv itself, matched to its own output, is within 1 step).
+_SELECT_OPS = {"SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "GATHER", "UNPACK"}
+_SELECT_NODES = ("getitem", "slice", "select", "split", "narrow", "chunk", "unbind", "index")
+# Likewise a cat's quantize node stands for a concatenation (or a reshaped copy of
+# one), never for the op computing one of its inputs: with the cat's inputs sharing its grid
+# (quantizer.py), EdgeNeXt's add before a torch.chunk wrote its result on that grid in the file
+# and, equal in shape, took the cat's quantize node (135 steps, mean 20, on a correct file).
+_CAT_OPS = {"CONCATENATION", "RESHAPE"}
+
+
+def _compatible(op_name: str, q) -> bool:
+    """Whether the runtime op's output may stand for quantize node ``q`` (slices for selections and
+    selections only from slices or reshapes, a cat's only from a concatenation: see above)."""
+    target = str(getattr(q.args[0], "target", ""))
+    selection = any(k in target for k in _SELECT_NODES)
+    if (op_name in _SELECT_OPS) != selection and op_name not in ("RESHAPE", "QUANTIZE"):
+        return False  # (EdgeNeXt: a depthwise conv writing on the grid a pass-through chunk shares took its node)
+    return op_name in _CAT_OPS or "aten.cat" not in target
+
+
+def _input_qnodes(q, matched: set, depth: int = 16) -> set:
+    """The matched quantize nodes whose (dequantized) values the reference computes ``q``'s value from:
+    walked back from its producer through float ops, stopping at each dequantize of a matched quantize
+    node; one quantize node the file has no tensor for (a linear's output the converter fused with
+    the ReLU after it) is walked through, no more (else any node computes from everything before it)."""
+    out, stack, seen = set(), [(q.args[0], 0, 0)], set()
+    while stack:
+        n, k, through = stack.pop()
+        if not hasattr(n, "op") or (n.name, through) in seen or k > depth:
+            continue
+        seen.add((n.name, through))
+        target = str(n.target)
+        if "dequantize_per_tensor" in target:
+            src = n.args[0]
+            if hasattr(src, "op") and src.name in matched:
+                out.add(src.name)
+            elif hasattr(src, "op") and "quantize_per_tensor" in str(src.target) and through == 0:
+                stack.append((src.args[0], k + 1, 1))
+            continue
+        if n.op != "call_function" or "quantize_per" in target:
+            continue
+        for a in n.args:
+            for a in (a if isinstance(a, (list, tuple)) else [a]):
+                if hasattr(a, "op"):
+                    stack.append((a, k + 1, through))
+    return out
+
+
 def _match(interp, qnodes) -> list[tuple[int, str, object]]:
-    """(tflite tensor index, tflite op name, reference quantize node) in execution order."""
+    """(tflite tensor index, tflite op name, reference quantize node) in execution order.
+
+    Candidates have the runtime tensor's scale, zero point and layout; where the runtime op reads a
+    matched tensor, the candidate must also compute from it (one of the op's matched inputs is among
+    its input quantize nodes): the first such in graph order, or none. Scale and zero point alone are
+    ambiguous where many tensors share a grid: MobileBERT's tiny FFN activations sit at the observers'
+    minimum scale 2^-12, and the quantize node of a linear the file fused with its ReLU (no tensor of
+    its own in the file) was taken by another FFN's linear three layers later (zero point -78 both),
+    76 steps off, mean 14."""
     details = {d["index"]: d for d in interp.get_tensor_details()}
-    used, pairs = set(), []
-    for op in interp._get_ops_details():
+    ops = interp._get_ops_details()
+    producer = {int(t): op for op in ops for t in op["outputs"]}
+    used, pairs, matched = set(), [], {}
+
+    def source(t: int):
+        """The quantize node a runtime tensor carries (through layout / requantize / reshape ops)."""
+        seen = 0
+        while t not in matched and seen < 8:
+            op = producer.get(t)
+            if op is None or op["op_name"] not in (*_LAYOUT_OPS, "QUANTIZE", "RESHAPE", "PAD", *_SELECT_OPS) or not len(op["inputs"]):
+                return None
+            t, seen = int(op["inputs"][0]), seen + 1
+        return matched.get(t)
+
+    for op in ops:
         if op["op_name"] in _LAYOUT_OPS:
             continue
+        reads = {q.name for q in (source(int(x)) for x in op["inputs"] if int(x) >= 0) if q is not None}
         for t in op["outputs"]:
             d = details.get(int(t))
             if d is None or np.dtype(d["dtype"]) != np.int8:
@@ -81,22 +162,75 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
             if not scale:
                 continue
             shape = tuple(int(x) for x in d["shape"])
+            candidates = []
             for q in qnodes:
                 if q.name in used:
                     continue
                 val = q.meta.get("val")
                 if val is None or not _same_layout(shape, tuple(val.shape)):
                     continue
+                if not _compatible(op["op_name"], q):
+                    continue
                 if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp):
-                    used.add(q.name)
-                    pairs.append((int(t), op["op_name"], q))
+                    candidates.append(q)
+                    if not reads:
+                        break
+            if not candidates:
+                continue
+            pick = None if reads else candidates[0]
+            for q in candidates if reads else ():
+                if _input_qnodes(q, used) & reads:
+                    pick = q
                     break
+            if pick is None:
+                continue
+            used.add(pick.name)
+            matched[int(t)] = pick
+            pairs.append((int(t), op["op_name"], pick))
     return pairs
+
+
+def _run(gm, args: tuple, inject: dict, watch: set) -> tuple[dict, dict]:
+    """Run the reference; each node named in ``inject`` returns the given tensor instead of its own
+    value. -> (what the reference computed at each injected node, the values of the ``watch`` nodes)."""
+    import torch
+
+    computed, watched = {}, {}
+
+    class _Injected(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in watch:
+                watched[n.name] = out
+            if n.name in inject:
+                computed[n.name] = out
+                return inject[n.name]
+            return out
+
+    with torch.no_grad():
+        _Injected(gm).run(*args)
+    return computed, watched
+
+
+def _dequantized(a: np.ndarray, g) -> np.ndarray:
+    return ((a.astype(np.float32) - np.float32(g.zero_point)) * np.float32(g.scale)).astype(np.float32)
+
+
+def _on_grid(x: np.ndarray, g) -> np.ndarray:
+    """The reference's float value on the runtime's grid, not clamped to int8: rounding onto the
+    file's grid is what its kernel does, but a value the grid cannot hold (clipped by a range the
+    reference does not have) is a real loss and must count, in steps beyond the range."""
+    q = np.round(x / np.float32(g.scale)) + g.zero_point
+    return (np.clip(q, -128, 127) if g.clamp else q).astype(np.int64)
 
 
 def tflite_per_layer(artifact_path, reference_program_path, samples, float_model=None) -> list[dict]:
     """Per-layer error of an INT8 .tflite vs its quantized reference (see the module docstring)."""
+    import torch
+
     from edgekit.quant.reference import load_quantized_reference
+
+    from .requant import runtime_grids
 
     samples = list(samples)
     if not samples:
@@ -104,9 +238,22 @@ def tflite_per_layer(artifact_path, reference_program_path, samples, float_model
     gm = load_quantized_reference(Path(reference_program_path)).module()
     interp = _interpreter(Path(artifact_path))
     pairs = _match(interp, q_nodes(gm))
+    # tensors on grids the converter chose (concat inputs, split pieces): judged on the file's grid
+    grids = runtime_grids(interp, pairs)
+    judged = [g for g in grids if g.node is not None]
     inputs = interp.get_input_details()
     worst: dict[str, np.ndarray] = {}
     sums: dict[str, list[float]] = {}
+
+    def record(name: str, ref: np.ndarray, got: np.ndarray) -> None:
+        diff = np.abs(ref.astype(np.int64) - got.astype(np.int64))
+        # per channel (dim 1); a 1-D tensor (a LayerNorm's per-token statistic, a bias-like vector): per element
+        per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(-1)
+        worst[name] = np.maximum(worst.get(name, per_ch), per_ch)
+        s = sums.setdefault(name, [0.0, 0.0])
+        s[0] += float(diff.sum())
+        s[1] += diff.size
+
     for sample in samples:
         for d, a in zip(inputs, sample):
             a = np.asarray(a)
@@ -115,27 +262,37 @@ def tflite_per_layer(artifact_path, reference_program_path, samples, float_model
                 a = np.clip(np.round(a / np.float32(scale)) + zp, -128, 127).astype(np.int8)
             interp.set_tensor(d["index"], a.astype(d["dtype"]))
         interp.invoke()
-        import torch
 
         got = {q.name: _to_nchw(interp.get_tensor(t), tuple(q.meta["val"].shape)) for t, _, q in pairs}
+        inject = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
+        got_grid = {}
+        for g in grids:
+            a = interp.get_tensor(g.tensor)
+            for n in g.inject:
+                inject[n.name] = torch.from_numpy(np.ascontiguousarray(_dequantized(_to_nchw(a, tuple(n.meta["val"].shape)), g)))
+            if g.node is not None:
+                got_grid[g.tensor] = _to_nchw(a, tuple(g.node.meta["val"].shape))
         args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in sample)
-        computed = run_injected(gm, args, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()})
-        for name, ref in computed.items():
-            diff = np.abs(ref.numpy().astype(np.int32) - got[name].astype(np.int32))
-            per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
-            worst[name] = np.maximum(worst.get(name, per_ch), per_ch)
-            s = sums.setdefault(name, [0.0, 0.0])
-            s[0] += float(diff.sum())
-            s[1] += diff.size
-    producers = {q.name: producer(q) for _, _, q in pairs}
+        computed, watched = _run(gm, args, inject, {g.node.name for g in judged})
+        for name in got:
+            if name in computed:
+                record(name, computed[name].numpy(), got[name])
+        for g in judged:
+            value = computed[g.node.name] if g.node.name in computed else watched[g.node.name]
+            record(f"grid:{g.tensor}", _on_grid(value.numpy(), g), got_grid[g.tensor])
+    entries = [(t, op, q.name, producer(q)) for t, op, q in pairs]
+    entries += [(g.tensor, g.op, f"grid:{g.tensor}", g.layer) for g in judged]
+    position = {int(t): k for k, op in enumerate(interp._get_ops_details()) for t in op["outputs"]}
+    entries.sort(key=lambda e: position.get(e[0], -1))  # execution order
+    producers = {key: p for _, _, key, p in entries}
     sq = float_sqnr(gm, float_model, samples, [p.name for p in producers.values()]) if float_model is not None else {}
     rows = []
-    for t, op, q in pairs:
-        w, p = worst.get(q.name), producers[q.name]
+    for t, op, key, p in entries:
+        w = worst.get(key)
         if w is None or p.op == "placeholder":
             continue  # the graph input: nothing computes it
         rows.append({"layer": p.name, "op": op, "module": module_of(p),
-                     "max_steps": float(w.max()), "mean_steps": round(sums[q.name][0] / max(sums[q.name][1], 1), 4),
+                     "max_steps": float(w.max()), "mean_steps": round(sums[key][0] / max(sums[key][1], 1), 4),
                      "worst_channel": int(w.argmax()), "sqnr_db": sq.get(p.name),
                      "flagged": bool(w.max() > FLAG_STEPS)})
     return rows
