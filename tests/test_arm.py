@@ -1,8 +1,9 @@
-"""ARM emulation: the same .tflite / ncnn / .onnx files run in the real aarch64 runtimes under qemu-user and
-compute what the host runtimes compute. Tests marked ``arm`` need the aarch64 root, which the
-session fixture builds once (about a minute; ``edgekit arm setup`` does the same)."""
+"""ARM emulation: the same .tflite / ncnn / .onnx / OpenVINO IR / .mnn files run in the real aarch64
+runtimes under qemu-user and compute what the host runtimes compute. Tests marked ``arm`` need the
+aarch64 root, which the session fixture builds once (about a minute; ``edgekit arm setup`` does the same)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -78,7 +79,9 @@ def arm_env() -> ArmEnv:
     return prepare()
 
 
-TOOLCHAIN = {"tflite": "litert_torch", "ncnn": "pnnx", "onnx": "onnxscript"}
+# target -> a module its export needs; looked up, not imported (a plain `import openvino` sends usage
+# telemetry: converters/openvino/no_telemetry.py)
+TOOLCHAIN = {"tflite": "litert_torch", "ncnn": "pnnx", "onnx": "onnxscript", "openvino": "openvino", "mnn": "MNN"}
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +99,8 @@ def tiny_bundle(tmp_path_factory):
 
     def export(target):
         if target not in done:
-            pytest.importorskip(TOOLCHAIN[target])
+            if importlib.util.find_spec(TOOLCHAIN[target]) is None:
+                pytest.skip(f"{TOOLCHAIN[target]} is not installed")
             art = get(target).export(loaded.module, loaded.spec, None, root, loaded.example_inputs).to_dict()
             host = run_artifact(target, art, root, inputs)
             assert host.error is None, host.error
@@ -108,7 +112,7 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.mark.arm
 @pytest.mark.parametrize("cpu", EMULATED)
-@pytest.mark.parametrize("target", ["tflite", "ncnn", "onnx"])
+@pytest.mark.parametrize("target", list(TOOLCHAIN))
 def test_fp32_under_qemu_matches_host(arm_env, tiny_bundle, target, cpu):
     root, inputs, (art, host_outputs) = tiny_bundle(target)
     cmd, extra = launcher(arm_env, cpu)
@@ -190,3 +194,51 @@ def test_verify_arm_refuses_max_before_running_anything(tmp_path, capsys):
     assert main(["verify", str(tmp_path), "--arm", "cortex-a76,max"]) == 2
     err = capsys.readouterr().err
     assert "E-ARGS" in err and "'max' is refused" in err
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
+    """MobileNetV2 INT8 files of openvino and mnn on both emulated CPUs (4 samples; FP32 of both targets
+    on both CPUs: the fast tiny_cnn test above, and the note's MobileNetV2 table, 8 samples, all pass).
+
+    Measured (openvino 2026.4.1, MNN 3.6.1): every row passes except OpenVINO's INT8 IR, which its ARM
+    CPU plugin does not compile on the ARMv8.0 cortex-a53 (E-RUNTIME-FAILED: "object is not
+    initialized") and runs on cortex-a76 with 18 of its convolutions on f16 reference kernels despite
+    the f32 hint (about 50 output steps from the reference, top-1 3/8): a real runtime failure that
+    verify must report, not hide. If a new OpenVINO fixes it, this test says so."""
+    import json
+
+    from edgekit.cli import main
+
+    prepare()
+    reports = {}
+    for quant in ("int8",):
+        out = tmp_path / quant
+        assert main(["export", "mobilenet_v2", "--targets", "openvino,mnn", "--quant", quant, "--out", str(out),
+                     "--quiet"]) == 0
+        main(["verify", str(out), "--samples", "4", "--arm", ",".join(EMULATED), "--json", str(tmp_path / f"{quant}.json"),
+              "--quiet"])
+        reports[quant] = json.loads((tmp_path / f"{quant}.json").read_text())["targets"]
+    for quant, targets in reports.items():
+        suffix = "" if quant == "fp32" else f":{quant}"
+        for target in ("openvino", "mnn"):
+            for cpu in EMULATED:
+                row = targets[f"{target}@{cpu}{suffix}"]
+                if target == "openvino" and quant == "int8":
+                    continue
+                assert row["status"] == "pass", (target, cpu, quant, row.get("error"), row.get("metrics"))
+                assert row["arm"]["vs_host"]["max_abs_rel"] <= (FP32_MAX_REL if quant == "fp32" else 0.1), (target, cpu, quant)
+    ov_a53, ov_a76 = (reports["int8"][f"openvino@{cpu}:int8"] for cpu in EMULATED)
+    assert ov_a53["status"] == "error" and ov_a53["error"]["code"] == "E-RUNTIME-FAILED", ov_a53.get("error")
+    assert "cannot compile" in ov_a53["error"]["message"]
+    assert ov_a76["status"] == "fail", "OpenVINO's int8 IR now passes on cortex-a76: update the docs and this test"
+
+
+def test_mnn_strict_check_computes_in_fp32_for_every_file():
+    """On an ARMv8.2 CPU MNN's "low" computes in FP16 (cortex-a76: tiny_cnn's fp16 file 2.6e-3 off, beyond
+    the fp16 tolerance): the strict check runs every file in "high"; "low" is the fp16 file's own default."""
+    from edgekit.converters.mnn.runner import precision_mode
+
+    assert {p: precision_mode(p, strict=True) for p in ("fp32", "fp16", "int8")} == dict.fromkeys(("fp32", "fp16", "int8"), "high")
+    assert precision_mode("fp16", strict=False) == "low" and precision_mode("fp32", strict=False) == "normal"

@@ -61,7 +61,10 @@ class OpenVinoConverter(Converter):
                  "openvino.convert_model -> openvino.save_model (IR .xml + .bin; fp16: compress_to_fp16)",
         runtime="OpenVINO Core CPU plugin (1 thread, 1 stream, INFERENCE_PRECISION_HINT=f32)",
         relaxed_defaults=True,  # the CPU plugin defaults to bf16 inference on AVX512_BF16 / AMX CPUs
-        arm=False,
+        # openvino publishes a cp311 manylinux_2_35 aarch64 wheel (30 MB; its ARM CPU plugin, ~95 MB
+        # unpacked) that needs only glibc/libstdc++ of bookworm; the runner needs only it and numpy
+        arm=True,
+        arm_wheels=("openvino==2026.4.1",),
         dynamic="bounded: the onnx file's symbolic dims become IR dims with the ranges (ov.Dimension(min, max)); "
                 "the CPU plugin takes any size in them",
     )

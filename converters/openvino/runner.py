@@ -8,6 +8,7 @@ default inference precision is bf16 (measured on this host, an AMD EPYC with avx
 """
 from __future__ import annotations
 
+import platform
 import re
 from collections import Counter
 from pathlib import Path
@@ -114,6 +115,13 @@ def compile_model(core, model, threads: int = 1, strict: bool = True):
         if found:
             raise UnsupportedOpError("openvino", found.group(1), found.group(2).rstrip(","),
                                      "replace the op in the model, or drop the target openvino") from exc
+        if platform.machine() == "aarch64":
+            # the file compiled on the exporting host; here the ARM CPU plugin refuses it (measured,
+            # openvino 2026.4.1 under qemu: the int8 IRs of tiny_cnn and MobileNetV2 on cortex-a53, MobileNetV2's
+            # on cortex-a72 too, "object is not initialized"; both compile on the ARMv8.2 cortex-a76)
+            raise UserError("E-RUNTIME-FAILED", f"OpenVINO's ARM CPU plugin cannot compile the model on this CPU: "
+                            f"{message(exc)}", "ship another target's file for this CPU (int8 on ARMv8.0 cores: "
+                            "onnx, tflite or mnn), or a fp32 OpenVINO IR") from exc
         raise UserError("E-ARTIFACT-CORRUPT", f"OpenVINO's CPU plugin cannot compile the model: {message(exc)}",
                         "re-export the bundle; if it persists, report the message") from exc
 

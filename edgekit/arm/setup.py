@@ -4,7 +4,8 @@ Layout of one environment (a folder under the cache, named after a hash of the r
 
     root/                 Debian bookworm arm64: debootstrap's first stage plus python3.11 and its libs
     root/opt/site/        aarch64 wheels of numpy and of each ARM-capable target's runtime
-                          (TargetInfo.arm_wheels: ai-edge-litert, ncnn, onnxruntime; the host's versions)
+                          (TargetInfo.arm_wheels: ai-edge-litert, ncnn, onnxruntime, openvino, MNN; the
+                          host's versions)
     views/<cpu>/          what qemu's -L points at for one emulated CPU: relative symlinks into root/
                           and a fake ARM proc/cpuinfo for that CPU (qemu 7.2 does not emulate one;
                           with the host's x86 file the TFLite interpreter segfaulted here, and
@@ -44,7 +45,15 @@ DEBS = ("python3.11-minimal", "libpython3.11-stdlib")
 # numpy 2.x has cp311 manylinux_2_27/2_28 aarch64 wheels that run on Debian's Python 3.11.2.
 # The targets' runtimes come from their TargetInfo.arm_wheels; numpy is every runner's.
 BASE_WHEELS = {"numpy": "2.4.6"}
-PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64")
+# Every manylinux tag bookworm's glibc (2.36) runs, newest first: pip takes --platform tags literally
+# (pip 23 does not add the older glibc tags), and the wheels carry different ones: numpy, ai-edge-litert,
+# ncnn, onnxruntime 2_27/2_28; openvino 2026.4.1 only manylinux_2_35; MNN 3.6.1 manylinux2014 (2_17).
+GLIBC_MINOR = 36
+PLATFORMS = (*(f"manylinux_2_{v}_aarch64" for v in range(GLIBC_MINOR, 16, -1)), "manylinux2014_aarch64")
+# Modules the build check masks (as absent) before importing the runtimes: a plain `import openvino`
+# with openvino-telemetry installed writes ~/intel/ and sends a usage event (converters/openvino/
+# no_telemetry.py; the runner masks it the same way, and runs confined without network anyway).
+MASKED_MODULES = ("openvino_telemetry",)
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 # What a view takes from root/. qemu -L looks every absolute path up in the view first and uses the
 # host's only when it is not there, so /tmp, /dev, /home, /root (bundles, the run's scratch folder)
@@ -164,7 +173,7 @@ def find(cache_dir: Path | None = None) -> ArmEnv:
     stamp = home / "stamp.json"
     if not stamp.is_file():
         raise UserError("E-DEP-MISSING", f"the aarch64 root for ARM emulation is not built (no {stamp})",
-                        f"run `{SETUP_COMMAND}` (once; about a minute and 410 MB)")
+                        f"run `{SETUP_COMMAND}` (once; about a minute and 560 MB)")
     return ArmEnv(home, Path(qemu), json.loads(stamp.read_text()))
 
 
@@ -251,9 +260,12 @@ def _build(home: Path, progress) -> None:
         for cpu in sorted(CPUS):
             features[cpu] = _make_view(tmp, cpu, qemu)
         progress("probed the CPU features of " + ", ".join(sorted(CPUS)))
-        check = (f"import importlib.metadata as m, numpy, {', '.join(_runtime_imports())}, json, sys;"
+        check = (f"import sys; sys.modules.update(dict.fromkeys({MASKED_MODULES!r}));"
+                 f"import importlib.metadata as m, numpy, {', '.join(_runtime_imports())}, json;"
                  f"print(json.dumps({{d: m.version(d) for d in {sorted(pins)!r}}} | {{'python': sys.version.split()[0]}}))")
-        seen = json.loads(_guest(qemu, tmp / "views" / DEFAULT_CPU, tmp / "root" / "opt" / "site", DEFAULT_CPU, check))
+        # the last line: MNN prints the CPU features it found ("The device supports: ...") on import
+        seen = json.loads(_guest(qemu, tmp / "views" / DEFAULT_CPU, tmp / "root" / "opt" / "site", DEFAULT_CPU,
+                                 check).strip().splitlines()[-1])
         size = sum(p.lstat().st_size for p in tmp.rglob("*"))
         stamp = {"recipe": recipe(), "mirror": mirror, "debs": debs, "wheels": installed, "guest": seen,
                  "cpu_features": features, "qemu": _qemu_version(qemu),

@@ -12,6 +12,8 @@ Rows are JSON-safe: {"layer", "op", "module", "max_steps", "mean_steps", "worst_
 """
 from __future__ import annotations
 
+from typing import Collection
+
 import numpy as np
 
 FLAG_STEPS = 2.0  # a layer more than this many steps from its reference is flagged (clean: <= 1)
@@ -50,10 +52,11 @@ def module_of(node) -> str:
     return original_name(list(stack.values())[-1][0].removeprefix("L['self'].")) if stack else ""
 
 
-def run_injected(gm, args: tuple, inject: dict) -> dict:
+def run_injected(gm, args: tuple, inject: dict, watch: Collection[str] = ()) -> dict:
     """Run the reference on torch tensors ``args``; each node named in ``inject`` returns the given
     tensor instead of its own value, and what the reference itself computed there (from injected
-    inputs) is returned by name. Shared by the targets' per-layer views."""
+    inputs) is returned by name, with the value of each node named in ``watch``. Shared by the
+    targets' per-layer views."""
     import torch
 
     computed = {}
@@ -61,10 +64,9 @@ def run_injected(gm, args: tuple, inject: dict) -> dict:
     class _Injected(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.name in inject:
+            if n.name in inject or n.name in watch:
                 computed[n.name] = out
-                return inject[n.name]
-            return out
+            return inject.get(n.name, out)
 
     with torch.no_grad():
         _Injected(gm).run(*args)

@@ -85,7 +85,8 @@ def test_capability_row():
     info = CONVERTER.info
     assert (info.name, info.rank, info.title, info.suffix, info.extra) == ("mnn", 70, "MNN (Alibaba)", ".mnn", "mnn")
     assert info.precisions == ("fp32", "fp16", "int8") and set(info.tolerances) == set(info.precisions)
-    assert info.runtime_modules == ("MNN",) and info.packages == ("MNN",) and not info.arm
+    assert info.runtime_modules == ("MNN",) and info.packages == ("MNN",)
+    assert info.arm and info.arm_wheels == ("MNN==3.6.1",) and info.relaxed_defaults
     assert info.tolerances["int8"].max_steps is not None
     CONVERTER.check_available()
     assert CONVERTER.versions() == {"MNN": "3.6.1"}

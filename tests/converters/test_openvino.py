@@ -90,7 +90,7 @@ def test_capability_row():
     assert info.precisions == ("fp32", "fp16", "int8") and set(info.tolerances) == set(info.precisions)
     assert info.tolerances["int8"].max_steps is not None and info.tolerances["fp16"].max_steps is None
     assert info.runtime_modules == ("openvino",) and "openvino" in info.packages
-    assert info.relaxed_defaults and not info.arm and not info.not_runnable
+    assert info.relaxed_defaults and info.arm and info.arm_wheels == ("openvino==2026.4.1",) and not info.not_runnable
     assert get("openvino") is CONVERTER
     CONVERTER.check_available()
     assert all(v != "not installed" for v in CONVERTER.versions().values())
