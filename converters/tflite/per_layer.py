@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import UserError
-from edgekit.quant.per_layer import FLAG_STEPS, float_sqnr, module_of, producer, q_nodes
+from edgekit.quant.per_layer import FLAG_STEPS, float_sqnr, module_of, producer, q_nodes, run_injected
 
 
 def _to_nchw(a: np.ndarray, shape) -> np.ndarray:
@@ -137,51 +137,17 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
     76 steps off, mean 14."""
     details = {d["index"]: d for d in interp.get_tensor_details()}
     ops = interp._get_ops_details()
-    producer = {int(t): op for op in ops for t in op["outputs"]}
+    producers = {int(t): op for op in ops for t in op["outputs"]}
     used, pairs, matched = set(), [], {}
-
-    def source(t: int):
-        """The quantize node a runtime tensor carries (through layout / requantize / reshape ops)."""
-        seen = 0
-        while t not in matched and seen < 8:
-            op = producer.get(t)
-            if op is None or op["op_name"] not in (*_LAYOUT_OPS, "QUANTIZE", "RESHAPE", "PAD", *_SELECT_OPS) or not len(op["inputs"]):
-                return None
-            t, seen = int(op["inputs"][0]), seen + 1
-        return matched.get(t)
-
     for op in ops:
         if op["op_name"] in _LAYOUT_OPS:
             continue
-        reads = {q.name for q in (source(int(x)) for x in op["inputs"] if int(x) >= 0) if q is not None}
+        reads = {q.name for q in (_carried(int(x), producers, matched) for x in op["inputs"] if int(x) >= 0) if q is not None}
         for t in op["outputs"]:
-            d = details.get(int(t))
-            if d is None or np.dtype(d["dtype"]) != np.int8:
+            grid = _int8_grid(details.get(int(t)))
+            if grid is None:
                 continue
-            scale, zp = d["quantization"]
-            if not scale:
-                continue
-            shape = tuple(int(x) for x in d["shape"])
-            candidates = []
-            for q in qnodes:
-                if q.name in used:
-                    continue
-                val = q.meta.get("val")
-                if val is None or not _same_layout(shape, tuple(val.shape)):
-                    continue
-                if not _compatible(op["op_name"], q):
-                    continue
-                if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp):
-                    candidates.append(q)
-                    if not reads:
-                        break
-            if not candidates:
-                continue
-            pick = None if reads else candidates[0]
-            for q in candidates if reads else ():
-                if _input_qnodes(q, used) & reads:
-                    pick = q
-                    break
+            pick = _pick(_candidates(op["op_name"], *grid, qnodes, used, first_only=not reads), reads, used)
             if pick is None:
                 continue
             used.add(pick.name)
@@ -190,26 +156,52 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
     return pairs
 
 
-def _run(gm, args: tuple, inject: dict, watch: set) -> tuple[dict, dict]:
-    """Run the reference; each node named in ``inject`` returns the given tensor instead of its own
-    value. -> (what the reference computed at each injected node, the values of the ``watch`` nodes)."""
-    import torch
+def _carried(t: int, producers: dict, matched: dict):
+    """The quantize node a runtime tensor carries (through layout / requantize / reshape ops)."""
+    seen = 0
+    while t not in matched and seen < 8:
+        op = producers.get(t)
+        if op is None or op["op_name"] not in (*_LAYOUT_OPS, "QUANTIZE", "RESHAPE", "PAD", *_SELECT_OPS) or not len(op["inputs"]):
+            return None
+        t, seen = int(op["inputs"][0]), seen + 1
+    return matched.get(t)
 
-    computed, watched = {}, {}
 
-    class _Injected(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in watch:
-                watched[n.name] = out
-            if n.name in inject:
-                computed[n.name] = out
-                return inject[n.name]
-            return out
+def _int8_grid(d):
+    """(scale, zero point, shape) of an int8 tensor with a grid, else None."""
+    if d is None or np.dtype(d["dtype"]) != np.int8:
+        return None
+    scale, zp = d["quantization"]
+    if not scale:
+        return None
+    return scale, zp, tuple(int(x) for x in d["shape"])
 
-    with torch.no_grad():
-        _Injected(gm).run(*args)
-    return computed, watched
+
+def _candidates(op_name: str, scale, zp, shape: tuple, qnodes, used: set, first_only: bool) -> list:
+    """The unused quantize nodes of the runtime tensor's scale, zero point and layout that the op may
+    stand for, in graph order (only the first with ``first_only``)."""
+    out = []
+    for q in qnodes:
+        if q.name in used:
+            continue
+        val = q.meta.get("val")
+        if val is None or not _same_layout(shape, tuple(val.shape)):
+            continue
+        if not _compatible(op_name, q):
+            continue
+        if abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp):
+            out.append(q)
+            if first_only:
+                break
+    return out
+
+
+def _pick(candidates: list, reads: set, used: set):
+    """The first candidate computed from one of the matched tensors the op reads (any first
+    candidate if it reads none), or None."""
+    if not reads:
+        return candidates[0] if candidates else None
+    return next((q for q in candidates if _input_qnodes(q, used) & reads), None)
 
 
 def _dequantized(a: np.ndarray, g) -> np.ndarray:
@@ -224,75 +216,115 @@ def _on_grid(x: np.ndarray, g) -> np.ndarray:
     return (np.clip(q, -128, 127) if g.clamp else q).astype(np.int64)
 
 
+class _Steps:
+    """Per row key, over the samples: the max |difference| per channel, and the sum and count of
+    the differences."""
+
+    def __init__(self):
+        self.worst: dict[str, np.ndarray] = {}
+        self.sums: dict[str, list[float]] = {}
+
+    def record(self, name: str, ref: np.ndarray, got: np.ndarray) -> None:
+        diff = np.abs(ref.astype(np.int64) - got.astype(np.int64))
+        # per channel (dim 1); a 1-D tensor (a LayerNorm's per-token statistic, a bias-like vector): per element
+        per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(-1)
+        self.worst[name] = np.maximum(self.worst.get(name, per_ch), per_ch)
+        s = self.sums.setdefault(name, [0.0, 0.0])
+        s[0] += float(diff.sum())
+        s[1] += diff.size
+
+
+class _Comparison:
+    """A .tflite and its quantized reference, matched: each sample runs through both (steps 1-3 of
+    the module docstring), the differences accumulate in ``steps``."""
+
+    def __init__(self, gm, interp):
+        from .requant import runtime_grids
+
+        self.gm, self.interp = gm, interp
+        self.pairs = _match(interp, q_nodes(gm))
+        # tensors on grids the converter chose (concat inputs, split pieces): judged on the file's grid
+        self.grids = runtime_grids(interp, self.pairs)
+        self.judged = [g for g in self.grids if g.node is not None]
+        self.inputs = interp.get_input_details()
+        self.steps = _Steps()
+
+    def _invoke(self, sample) -> None:
+        for d, a in zip(self.inputs, sample):
+            a = np.asarray(a)
+            if np.dtype(d["dtype"]) == np.int8 and a.dtype.kind == "f":
+                scale, zp = d["quantization"]
+                a = np.clip(np.round(a / np.float32(scale)) + zp, -128, 127).astype(np.int8)
+            self.interp.set_tensor(d["index"], a.astype(d["dtype"]))
+        self.interp.invoke()
+
+    def _runtime_values(self) -> tuple[dict, dict, dict]:
+        """After invoke: (int8 tensor per matched quantize node, the values the reference takes from
+        the runtime per node name, int8 tensor per judged grid tensor)."""
+        import torch
+
+        got = {q.name: _to_nchw(self.interp.get_tensor(t), tuple(q.meta["val"].shape)) for t, _, q in self.pairs}
+        inject = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
+        got_grid = {}
+        for g in self.grids:
+            a = self.interp.get_tensor(g.tensor)
+            for n in g.inject:
+                inject[n.name] = torch.from_numpy(np.ascontiguousarray(_dequantized(_to_nchw(a, tuple(n.meta["val"].shape)), g)))
+            if g.node is not None:
+                got_grid[g.tensor] = _to_nchw(a, tuple(g.node.meta["val"].shape))
+        return got, inject, got_grid
+
+    def compare(self, sample) -> None:
+        import torch
+
+        self._invoke(sample)
+        got, inject, got_grid = self._runtime_values()
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in sample)
+        watch = {g.node.name for g in self.judged}
+        values = run_injected(self.gm, args, inject, watch)
+        computed = {k: v for k, v in values.items() if k in inject}
+        watched = {k: v for k, v in values.items() if k in watch}
+        for name in got:
+            if name in computed:
+                self.steps.record(name, computed[name].numpy(), got[name])
+        for g in self.judged:
+            value = computed[g.node.name] if g.node.name in computed else watched[g.node.name]
+            self.steps.record(f"grid:{g.tensor}", _on_grid(value.numpy(), g), got_grid[g.tensor])
+
+    def _entries(self) -> list[tuple]:
+        """(tensor, op name, row key, producing node) of every judged tensor, in execution order."""
+        entries = [(t, op, q.name, producer(q)) for t, op, q in self.pairs]
+        entries += [(g.tensor, g.op, f"grid:{g.tensor}", g.layer) for g in self.judged]
+        position = {int(t): k for k, op in enumerate(self.interp._get_ops_details()) for t in op["outputs"]}
+        entries.sort(key=lambda e: position.get(e[0], -1))  # execution order
+        return entries
+
+    def rows(self, float_model, samples: list) -> list[dict]:
+        entries = self._entries()
+        producers = {key: p for _, _, key, p in entries}
+        sq = float_sqnr(self.gm, float_model, samples, [p.name for p in producers.values()]) if float_model is not None else {}
+        rows = []
+        for t, op, key, p in entries:
+            w = self.steps.worst.get(key)
+            if w is None or p.op == "placeholder":
+                continue  # the graph input: nothing computes it
+            sums = self.steps.sums[key]
+            rows.append({"layer": p.name, "op": op, "module": module_of(p),
+                         "max_steps": float(w.max()), "mean_steps": round(sums[0] / max(sums[1], 1), 4),
+                         "worst_channel": int(w.argmax()), "sqnr_db": sq.get(p.name),
+                         "flagged": bool(w.max() > FLAG_STEPS)})
+        return rows
+
+
 def tflite_per_layer(artifact_path, reference_program_path, samples, float_model=None) -> list[dict]:
     """Per-layer error of an INT8 .tflite vs its quantized reference (see the module docstring)."""
-    import torch
-
     from edgekit.quant.reference import load_quantized_reference
-
-    from .requant import runtime_grids
 
     samples = list(samples)
     if not samples:
         raise UserError("E-DATA-EMPTY", "per-layer check got no samples", "pass at least one input tuple")
     gm = load_quantized_reference(Path(reference_program_path)).module()
-    interp = _interpreter(Path(artifact_path))
-    pairs = _match(interp, q_nodes(gm))
-    # tensors on grids the converter chose (concat inputs, split pieces): judged on the file's grid
-    grids = runtime_grids(interp, pairs)
-    judged = [g for g in grids if g.node is not None]
-    inputs = interp.get_input_details()
-    worst: dict[str, np.ndarray] = {}
-    sums: dict[str, list[float]] = {}
-
-    def record(name: str, ref: np.ndarray, got: np.ndarray) -> None:
-        diff = np.abs(ref.astype(np.int64) - got.astype(np.int64))
-        # per channel (dim 1); a 1-D tensor (a LayerNorm's per-token statistic, a bias-like vector): per element
-        per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(-1)
-        worst[name] = np.maximum(worst.get(name, per_ch), per_ch)
-        s = sums.setdefault(name, [0.0, 0.0])
-        s[0] += float(diff.sum())
-        s[1] += diff.size
-
+    comparison = _Comparison(gm, _interpreter(Path(artifact_path)))
     for sample in samples:
-        for d, a in zip(inputs, sample):
-            a = np.asarray(a)
-            if np.dtype(d["dtype"]) == np.int8 and a.dtype.kind == "f":
-                scale, zp = d["quantization"]
-                a = np.clip(np.round(a / np.float32(scale)) + zp, -128, 127).astype(np.int8)
-            interp.set_tensor(d["index"], a.astype(d["dtype"]))
-        interp.invoke()
-
-        got = {q.name: _to_nchw(interp.get_tensor(t), tuple(q.meta["val"].shape)) for t, _, q in pairs}
-        inject = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}
-        got_grid = {}
-        for g in grids:
-            a = interp.get_tensor(g.tensor)
-            for n in g.inject:
-                inject[n.name] = torch.from_numpy(np.ascontiguousarray(_dequantized(_to_nchw(a, tuple(n.meta["val"].shape)), g)))
-            if g.node is not None:
-                got_grid[g.tensor] = _to_nchw(a, tuple(g.node.meta["val"].shape))
-        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in sample)
-        computed, watched = _run(gm, args, inject, {g.node.name for g in judged})
-        for name in got:
-            if name in computed:
-                record(name, computed[name].numpy(), got[name])
-        for g in judged:
-            value = computed[g.node.name] if g.node.name in computed else watched[g.node.name]
-            record(f"grid:{g.tensor}", _on_grid(value.numpy(), g), got_grid[g.tensor])
-    entries = [(t, op, q.name, producer(q)) for t, op, q in pairs]
-    entries += [(g.tensor, g.op, f"grid:{g.tensor}", g.layer) for g in judged]
-    position = {int(t): k for k, op in enumerate(interp._get_ops_details()) for t in op["outputs"]}
-    entries.sort(key=lambda e: position.get(e[0], -1))  # execution order
-    producers = {key: p for _, _, key, p in entries}
-    sq = float_sqnr(gm, float_model, samples, [p.name for p in producers.values()]) if float_model is not None else {}
-    rows = []
-    for t, op, key, p in entries:
-        w = worst.get(key)
-        if w is None or p.op == "placeholder":
-            continue  # the graph input: nothing computes it
-        rows.append({"layer": p.name, "op": op, "module": module_of(p),
-                     "max_steps": float(w.max()), "mean_steps": round(sums[key][0] / max(sums[key][1], 1), 4),
-                     "worst_channel": int(w.argmax()), "sqnr_db": sq.get(p.name),
-                     "flagged": bool(w.max() > FLAG_STEPS)})
-    return rows
+        comparison.compare(sample)
+    return comparison.rows(float_model, samples)

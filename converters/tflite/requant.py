@@ -77,156 +77,214 @@ def _same_grid(q, scale: float, zp: int) -> bool:
     return abs(float(q.args[1]) - scale) <= 1e-6 * scale and int(q.args[2]) == int(zp)
 
 
-def runtime_grids(interp, pairs) -> list[RuntimeGrid]:
-    """The file's tensors on grids of its own (see the module docstring), in execution order.
-    ``pairs``: the matched (tensor, op name, reference quantize node) of per_layer._match."""
-    details = {d["index"]: d for d in interp.get_tensor_details()}
-    ops = interp._get_ops_details()
-    producer = {int(t): op for op in ops for t in op["outputs"]}
-    consumers: dict[int, list] = {}
-    for op in ops:
-        for t in op["inputs"]:
-            consumers.setdefault(int(t), []).append(op)
-    matched = {t: q for t, _, q in pairs}
-    used_q = {q.name for q in matched.values()}
+def _through_moves(n):
+    """The node a chain of select / reshape nodes starts from."""
+    while _is_move(n) and n.args and hasattr(n.args[0], "op"):
+        n = n.args[0]
+    return n
 
-    def int8(t: int) -> bool:
-        d = details.get(t)
+
+def _ref_source(n):
+    """The reference quantize node whose dequantized value ``n`` selects / reshapes, or None."""
+    n = _through_moves(n)
+    return n.args[0] if _is(n, _DQ) and _is(n.args[0], _Q) else None
+
+
+class _FileGrids:
+    """The file's tensors and ops against the matched pairs, and the grids the passes found so far
+    (``out`` in the order found; ``done``: their tensors, each judged once)."""
+
+    def __init__(self, interp, pairs):
+        self.details = {d["index"]: d for d in interp.get_tensor_details()}
+        self.ops = interp._get_ops_details()
+        self.producer = {int(t): op for op in self.ops for t in op["outputs"]}
+        self.consumers: dict[int, list] = {}
+        for op in self.ops:
+            for t in op["inputs"]:
+                self.consumers.setdefault(int(t), []).append(op)
+        self.matched = {t: q for t, _, q in pairs}
+        self.used_q = {q.name for q in self.matched.values()}
+        self.nodes = pairs[0][2].graph.nodes if pairs else []
+        self.out: list[RuntimeGrid] = []
+        self.done: set[int] = set()
+
+    def int8(self, t: int) -> bool:
+        d = self.details.get(t)
         return d is not None and np.dtype(d["dtype"]) == np.int8 and bool(d["quantization"][0])
 
-    def grid(t: int, op: str, **kw) -> RuntimeGrid:
-        scale, zp = details[t]["quantization"]
+    def grid(self, t: int, op: str, **kw) -> RuntimeGrid:
+        scale, zp = self.details[t]["quantization"]
         return RuntimeGrid(t, op, float(scale), int(zp), **kw)
 
-    out: list[RuntimeGrid] = []
-    done: set[int] = set()
-    # 1. concat inputs (and outputs) on the concat's grid
-    def tfl_source(t: int):
+    def add(self, g: RuntimeGrid) -> None:
+        self.out.append(g)
+        self.done.add(g.tensor)
+
+    def tfl_source(self, t: int):
         """The reference quantize node a tflite tensor copies (through requantize / slice / reshape)."""
-        while t not in matched:
-            src = producer.get(t)
-            if src is None or not (src["op_name"] in _TFL_MOVE or (src["op_name"] == "QUANTIZE" and int8(int(src["inputs"][0])))):
+        while t not in self.matched:
+            src = self.producer.get(t)
+            if src is None or not (src["op_name"] in _TFL_MOVE or (src["op_name"] == "QUANTIZE" and self.int8(int(src["inputs"][0])))):
                 return None
             t = int(src["inputs"][0])
-        return matched[t]
+        return self.matched[t]
 
-    def ref_source(n):
-        while _is_move(n) and n.args and hasattr(n.args[0], "op"):
-            n = n.args[0]
-        return n.args[0] if _is(n, _DQ) and _is(n.args[0], _Q) else None
-
-    cat_nodes = [n for n in (pairs[0][2].graph.nodes if pairs else []) if _is(n, "aten.cat")]
-    for op in ops:
-        if op["op_name"] != "CONCATENATION":
-            continue
-        ins, t_out = [int(t) for t in op["inputs"]], int(op["outputs"][0])
-        if not all(int8(t) for t in ins) or not int8(t_out):
-            continue
-        sources = [tfl_source(t) for t in ins]
-        cats = [c for c in cat_nodes if len(c.args[0]) == len(ins) and any(sources)
-                and all(q is None or ref_source(a) is q for q, a in zip(sources, c.args[0]))]
-        if t_out in matched:
-            cats = [c for c in cats if matched[t_out].args[0] is c]
-        if len(cats) != 1:
-            continue
-        cat = cats[0]
-        own = matched.get(t_out)  # the concat's own quantize node, on the file's grid
-        clamp = own is not None and own.args[0] is cat
-        for t, arg in zip(ins, cat.args[0]):
-            if t in done or not hasattr(arg, "op"):
+    # 1. concat inputs (and outputs) on the concat's grid
+    def concat_inputs(self) -> None:
+        cat_nodes = [n for n in self.nodes if _is(n, "aten.cat")]
+        for op in self.ops:
+            if op["op_name"] != "CONCATENATION":
                 continue
-            scale, zp = details[t]["quantization"]
-            src = producer.get(t, {})
-            computed_here = src.get("op_name") not in (None, "QUANTIZE", *_TFL_MOVE) and t not in matched
-            if _is(arg, _DQ) and _is(arg.args[0], _Q):  # the input has its own quantize node in the reference
-                q = arg.args[0]
-                if matched.get(t) is q:
+            ins, t_out = [int(t) for t in op["inputs"]], int(op["outputs"][0])
+            if not all(self.int8(t) for t in ins) or not self.int8(t_out):
+                continue
+            cat = self._reference_cat(cat_nodes, ins, t_out)
+            if cat is None:
+                continue
+            own = self.matched.get(t_out)  # the concat's own quantize node, on the file's grid
+            clamp = own is not None and own.args[0] is cat
+            for t, arg in zip(ins, cat.args[0]):
+                if t in self.done or not hasattr(arg, "op"):
                     continue
-                node = q.args[0] if computed_here and q.name not in used_q and _layout_ok(details[t], q.args[0]) else None
-                out.append(grid(t, src.get("op_name", "?"), inject=[arg], node=node, clamp=clamp,
-                                layer=producer_of(q) if node is not None else None))
-            elif not _is_move(arg) and computed_here and _layout_ok(details[t], arg):  # a float result
-                out.append(grid(t, src.get("op_name", "?"), inject=[arg], node=arg, layer=arg, clamp=clamp))
-            elif _is_move(arg) and ref_source(arg) is not None and not _same_grid(ref_source(arg), scale, zp):
-                out.append(grid(t, src.get("op_name", "?"), inject=[arg]))  # a slice requantized onto the concat's grid
-            else:
-                continue
-            done.add(t)
+                g = self._concat_input(t, arg, clamp)
+                if g is not None:
+                    self.add(g)
+            self._concat_output(t_out, cat)
+
+    def _reference_cat(self, cat_nodes: list, ins: list[int], t_out: int):
+        """The one reference cat whose inputs the concat's inputs copy, or None."""
+        sources = [self.tfl_source(t) for t in ins]
+        cats = [c for c in cat_nodes if len(c.args[0]) == len(ins) and any(sources)
+                and all(q is None or _ref_source(a) is q for q, a in zip(sources, c.args[0]))]
+        if t_out in self.matched:
+            cats = [c for c in cats if self.matched[t_out].args[0] is c]
+        return cats[0] if len(cats) == 1 else None
+
+    def _concat_input(self, t: int, arg, clamp: bool):
+        """The grid of concat input ``t`` (reference cat argument ``arg``), or None."""
+        scale, zp = self.details[t]["quantization"]
+        src = self.producer.get(t, {})
+        computed_here = src.get("op_name") not in (None, "QUANTIZE", *_TFL_MOVE) and t not in self.matched
+        if _is(arg, _DQ) and _is(arg.args[0], _Q):  # the input has its own quantize node in the reference
+            q = arg.args[0]
+            if self.matched.get(t) is q:
+                return None
+            node = q.args[0] if computed_here and q.name not in self.used_q and _layout_ok(self.details[t], q.args[0]) else None
+            return self.grid(t, src.get("op_name", "?"), inject=[arg], node=node, clamp=clamp,
+                             layer=producer_of(q) if node is not None else None)
+        if not _is_move(arg) and computed_here and _layout_ok(self.details[t], arg):  # a float result
+            return self.grid(t, src.get("op_name", "?"), inject=[arg], node=arg, layer=arg, clamp=clamp)
+        if _is_move(arg) and _ref_source(arg) is not None and not _same_grid(_ref_source(arg), scale, zp):
+            return self.grid(t, src.get("op_name", "?"), inject=[arg])  # a slice requantized onto the concat's grid
+        return None
+
+    def _concat_output(self, t_out: int, cat) -> None:
         qs = [u for u in cat.users if _is(u, _Q)]
-        if t_out not in matched and t_out not in done and all(q.name not in used_q for q in qs):
-            # the concat's result on the file's grid: the reference's float cat (and its own quantize
-            # node, if any, on another grid) replaced by it wherever it is used
-            dqs = [u for q in qs for u in q.users if _is(u, _DQ)]
-            out.append(grid(t_out, "CONCATENATION", inject=[cat, *dqs], node=cat, layer=cat))
-            done.add(t_out)
+        if t_out in self.matched or t_out in self.done or any(q.name in self.used_q for q in qs):
+            return
+        # the concat's result on the file's grid: the reference's float cat (and its own quantize
+        # node, if any, on another grid) replaced by it wherever it is used
+        dqs = [u for q in qs for u in q.users if _is(u, _DQ)]
+        self.add(self.grid(t_out, "CONCATENATION", inject=[cat, *dqs], node=cat, layer=cat))
+
     # 2. a float result quantized once, then requantized / sliced into the reference's pieces
-    for op in ops:
-        for t in (int(x) for x in op["outputs"]):
-            if t in matched or t in done or not int8(t) or op["op_name"] in _TFL_MOVE or op["op_name"] == "TRANSPOSE":
-                continue
-            if op["op_name"] == "QUANTIZE" and int8(int(op["inputs"][0])):
-                continue  # a requantized copy: judged where it lands
-            reached, stack, seen = set(), [t], set()
-            while stack:
-                u = stack.pop()
-                for c in consumers.get(u, []):
-                    if c["op_name"] in _TFL_MOVE or (c["op_name"] == "QUANTIZE" and int8(int(c["outputs"][0]))):
-                        for v in (int(x) for x in c["outputs"]):
-                            if v in matched:
-                                reached.add(matched[v])
-                            elif v not in seen:
-                                seen.add(v)
-                                stack.append(v)
-            if not reached:
-                continue
-            roots = set()
-            for q in reached:
-                n = q.args[0]
-                while _is_move(n) and n.args and hasattr(n.args[0], "op"):
-                    n = n.args[0]
-                roots.add(n)
-            if len(roots) != 1:
-                continue
-            root = next(iter(roots))
-            if _is(root, _DQ) or _is(root, _Q) or root.op != "call_function" or not _layout_ok(details[t], root):
-                continue
-            # every use of the float result must end in one of the pieces the file sliced from this tensor
-            leaves, stack = set(), [root]
-            while stack:
-                n = stack.pop()
-                for u in n.users:
-                    if _is_move(u):
-                        stack.append(u)
-                    else:
-                        leaves.add(u)
-            # (a float use reads the file's tensor dequantized, as EdgeNeXt's residual reads the add
-            # whose chunks its SDTA block quantizes)
-            as_float = any(c["op_name"] == "DEQUANTIZE" for c in consumers.get(t, []))
-            if not leaves or not all(n in reached or (as_float and not _is(n, _Q)) for n in leaves):
-                continue
-            out.append(grid(t, op["op_name"], inject=[root], node=root, layer=root))
-            done.add(t)
+    def split_pieces(self) -> None:
+        for op in self.ops:
+            for t in (int(x) for x in op["outputs"]):
+                if not self._quantized_once(op, t):
+                    continue
+                reached = self._reached(t)
+                root = self._float_root(t, reached) if reached else None
+                if root is not None and self._uses_covered(t, root, reached):
+                    self.add(self.grid(t, op["op_name"], inject=[root], node=root, layer=root))
+
+    def _quantized_once(self, op: dict, t: int) -> bool:
+        if t in self.matched or t in self.done or not self.int8(t) or op["op_name"] in _TFL_MOVE or op["op_name"] == "TRANSPOSE":
+            return False
+        if op["op_name"] == "QUANTIZE" and self.int8(int(op["inputs"][0])):
+            return False  # a requantized copy: judged where it lands
+        return True
+
+    def _reached(self, t: int) -> set:
+        """The matched quantize nodes the file requantizes / slices ``t`` into."""
+        reached, stack, seen = set(), [t], set()
+        while stack:
+            u = stack.pop()
+            for c in self.consumers.get(u, []):
+                if c["op_name"] in _TFL_MOVE or (c["op_name"] == "QUANTIZE" and self.int8(int(c["outputs"][0]))):
+                    for v in (int(x) for x in c["outputs"]):
+                        if v in self.matched:
+                            reached.add(self.matched[v])
+                        elif v not in seen:
+                            seen.add(v)
+                            stack.append(v)
+        return reached
+
+    def _float_root(self, t: int, reached: set):
+        """The one float node the pieces are selected from, or None."""
+        roots = {_through_moves(q.args[0]) for q in reached}
+        if len(roots) != 1:
+            return None
+        root = next(iter(roots))
+        if _is(root, _DQ) or _is(root, _Q) or root.op != "call_function" or not _layout_ok(self.details[t], root):
+            return None
+        return root
+
+    def _uses_covered(self, t: int, root, reached: set) -> bool:
+        # every use of the float result must end in one of the pieces the file sliced from this tensor
+        leaves, stack = set(), [root]
+        while stack:
+            n = stack.pop()
+            for u in n.users:
+                if _is_move(u):
+                    stack.append(u)
+                else:
+                    leaves.add(u)
+        # (a float use reads the file's tensor dequantized, as EdgeNeXt's residual reads the add
+        # whose chunks its SDTA block quantizes)
+        as_float = any(c["op_name"] == "DEQUANTIZE" for c in self.consumers.get(t, []))
+        return bool(leaves) and all(n in reached or (as_float and not _is(n, _Q)) for n in leaves)
+
     # 3. a float op of the reference the file computes with an int8 kernel onto its input's grid
     #    (RESIZE_BILINEAR: MobileViT-XXS's last block upsamples a conv output in float in the reference,
     #    on the conv's int8 grid in the file; the LayerNorms after it were ~1 step off on every value)
-    for op in ops:
-        if op["op_name"] in (*_TFL_MOVE, "TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "CONCATENATION"):
-            continue
-        for t in (int(x) for x in op["outputs"]):
-            if t in matched or t in done or not int8(t):
+    def int8_kernels(self) -> None:
+        for op in self.ops:
+            if op["op_name"] in (*_TFL_MOVE, "TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "CONCATENATION"):
                 continue
-            ins = [matched.get(int(x)) for x in op["inputs"] if int(x) >= 0 and int8(int(x))]
-            if not ins or any(q is None for q in ins):
-                continue
-            users = {u for q in ins for dq in q.users if _is(dq, _DQ) for u in dq.users}
-            cands = [u for u in users if u.op == "call_function" and not _is(u, _Q) and not _is_move(u)
-                     and not any(_is(v, _Q) for v in u.users) and _layout_ok(details[t], u)]
-            if len(cands) != 1:
-                continue
-            node = cands[0]
-            if any(not (_is(a, _DQ) and a.args[0] in ins) for a in node.args if hasattr(a, "op")):
-                continue  # it also reads something the file's op does not
-            out.append(grid(t, op["op_name"], inject=[node], node=node, layer=node))
-            done.add(t)
-    # only where the runtime tensor's layout maps onto each node's (equal element counts are not enough)
-    return [g for g in out if all(_layout_ok(details[g.tensor], n) for n in [*g.inject, *([g.node] if g.node is not None else [])])]
+            for t in (int(x) for x in op["outputs"]):
+                if t in self.matched or t in self.done or not self.int8(t):
+                    continue
+                node = self._float_op(op, t)
+                if node is not None:
+                    self.add(self.grid(t, op["op_name"], inject=[node], node=node, layer=node))
+
+    def _float_op(self, op: dict, t: int):
+        """The one float reference node computing ``t`` from exactly the op's matched inputs, or None."""
+        ins = [self.matched.get(int(x)) for x in op["inputs"] if int(x) >= 0 and self.int8(int(x))]
+        if not ins or any(q is None for q in ins):
+            return None
+        users = {u for q in ins for dq in q.users if _is(dq, _DQ) for u in dq.users}
+        cands = [u for u in users if u.op == "call_function" and not _is(u, _Q) and not _is_move(u)
+                 and not any(_is(v, _Q) for v in u.users) and _layout_ok(self.details[t], u)]
+        if len(cands) != 1:
+            return None
+        node = cands[0]
+        if any(not (_is(a, _DQ) and a.args[0] in ins) for a in node.args if hasattr(a, "op")):
+            return None  # it also reads something the file's op does not
+        return node
+
+    def layout_checked(self) -> list[RuntimeGrid]:
+        # only where the runtime tensor's layout maps onto each node's (equal element counts are not enough)
+        return [g for g in self.out
+                if all(_layout_ok(self.details[g.tensor], n) for n in [*g.inject, *([g.node] if g.node is not None else [])])]
+
+
+def runtime_grids(interp, pairs) -> list[RuntimeGrid]:
+    """The file's tensors on grids of its own (see the module docstring), in execution order.
+    ``pairs``: the matched (tensor, op name, reference quantize node) of per_layer._match."""
+    grids = _FileGrids(interp, pairs)
+    grids.concat_inputs()
+    grids.split_pieces()
+    grids.int8_kernels()
+    return grids.layout_checked()
