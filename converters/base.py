@@ -79,6 +79,9 @@ class TargetInfo:
     # with arm: the "dist==version" wheels its runner needs in the emulated aarch64 user space
     # (edgekit.arm installs the host's version of each, this pin when the host has none)
     arm_wheels: tuple[str, ...] = ()
+    # with arm: modules the environment's build check masks as absent before importing the runtime
+    # (a telemetry package that an import alone would start)
+    arm_masked: tuple[str, ...] = ()
     # without arm: why the target has no aarch64 runtime in the emulated user space (verify --arm
     # reports each such artifact as not runnable with this reason instead of skipping it)
     arm_missing: str | None = None

@@ -65,6 +65,9 @@ class OpenVinoConverter(Converter):
         # unpacked) that needs only glibc/libstdc++ of bookworm; the runner needs only it and numpy
         arm=True,
         arm_wheels=("openvino==2026.4.1",),
+        # a plain `import openvino` with openvino-telemetry installed writes ~/intel/ and sends a usage
+        # event (no_telemetry.py; the runner masks it the same way, and runs confined without network)
+        arm_masked=("openvino_telemetry",),
         dynamic="bounded: the onnx file's symbolic dims become IR dims with the ranges (ov.Dimension(min, max)); "
                 "the CPU plugin takes any size in them",
     )

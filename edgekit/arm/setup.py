@@ -50,10 +50,6 @@ BASE_WHEELS = {"numpy": "2.4.6"}
 # ncnn, onnxruntime 2_27/2_28; openvino 2026.4.1 only manylinux_2_35; MNN 3.6.1 manylinux2014 (2_17).
 GLIBC_MINOR = 36
 PLATFORMS = (*(f"manylinux_2_{v}_aarch64" for v in range(GLIBC_MINOR, 16, -1)), "manylinux2014_aarch64")
-# Modules the build check masks (as absent) before importing the runtimes: a plain `import openvino`
-# with openvino-telemetry installed writes ~/intel/ and sends a usage event (converters/openvino/
-# no_telemetry.py; the runner masks it the same way, and runs confined without network anyway).
-MASKED_MODULES = ("openvino_telemetry",)
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"}
 # What a view takes from root/. qemu -L looks every absolute path up in the view first and uses the
 # host's only when it is not there, so /tmp, /dev, /home, /root (bundles, the run's scratch folder)
@@ -151,6 +147,12 @@ def wheels() -> dict[str, str]:
 def _runtime_imports() -> list[str]:
     """The module each ARM-capable runner imports (the first of its alternatives), for the check."""
     return sorted({m.split("|")[0] for c in _arm_targets() for m in c.info.runtime_modules})
+
+
+def _masked_modules() -> tuple[str, ...]:
+    """Modules the build check masks (as absent) before importing the runtimes (TargetInfo.arm_masked:
+    e.g. a runtime's telemetry, which an import alone would start)."""
+    return tuple(sorted({m for c in _arm_targets() for m in c.info.arm_masked}))
 
 
 def recipe() -> dict:
@@ -260,7 +262,7 @@ def _build(home: Path, progress) -> None:
         for cpu in sorted(CPUS):
             features[cpu] = _make_view(tmp, cpu, qemu)
         progress("probed the CPU features of " + ", ".join(sorted(CPUS)))
-        check = (f"import sys; sys.modules.update(dict.fromkeys({MASKED_MODULES!r}));"
+        check = (f"import sys; sys.modules.update(dict.fromkeys({_masked_modules()!r}));"
                  f"import importlib.metadata as m, numpy, {', '.join(_runtime_imports())}, json;"
                  f"print(json.dumps({{d: m.version(d) for d in {sorted(pins)!r}}} | {{'python': sys.version.split()[0]}}))")
         # the last line: MNN prints the CPU features it found ("The device supports: ...") on import
