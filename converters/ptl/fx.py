@@ -26,17 +26,31 @@ from edgekit.errors import UnsupportedOpError
 @dataclass(frozen=True)
 class FloatOp:
     """One thing the automatic fallback keeps float: every instance of a module type, function or
-    tensor method ("type"), or one module by its path, with everything it calls ("name")."""
+    tensor method ("type"), one module by its path, with everything it calls ("name"), or one call
+    of a function ("node": the n-th call of that function in that module's forward, as FX counts)."""
 
-    kind: str  # "type" or "name"
-    key: object  # a module class, a function, a method name ("sigmoid"), or a module path
+    kind: str  # "type", "name" or "node"
+    key: object  # a module class, a function, a method name ("sigmoid"), a module path, or a _Call
     label: str
 
     def apply(self, mapping) -> None:
         if self.kind == "name":
             mapping.set_module_name(self.key, None)
+        elif self.kind == "node":
+            mapping.set_module_name_object_type_order(self.key.scope, self.key.target, self.key.index, None)
         else:
             mapping.set_object_type(self.key, None)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call_function node of the prepared graph: the module whose forward makes it, the function,
+    how many calls of that function the module made before it (QConfigMapping's order), its name."""
+
+    scope: str
+    target: object
+    index: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,24 @@ def float_op_candidates(origins: dict[str, _Origin], node_name: str) -> list[Flo
     if o.scope:
         out.append(FloatOp("name", o.scope, o.scope))
     return out
+
+
+def float_op_for_node(origins: dict[str, _Origin], node_name: str) -> FloatOp | None:
+    """The narrowest FloatOp for the prepared graph's node ``node_name``: its module by path, or that one
+    call of a function (not every call of it, not its whole module); None for a tensor method (FX
+    cannot target one call of it) or a node the graph does not have."""
+    o = origins.get(node_name)
+    if o is not None and o.op == "call_module":
+        return FloatOp("name", o.path, o.path)
+    if o is None or o.op != "call_function":
+        return None
+    index = 0
+    for name, other in origins.items():
+        if name == node_name:
+            break
+        index += other.op == "call_function" and other.scope == o.scope and other.target is o.target
+    label = f"{getattr(o.target, '__name__', str(o.target))} ({node_name}" + (f" in {o.scope})" if o.scope else ")")
+    return FloatOp("node", _Call(o.scope, o.target, index, node_name), label)
 
 
 _FIXED_ARITY = {  # forward(self, *args) with a fixed number of arguments (torch.fx cannot unpack *args)
@@ -129,7 +161,7 @@ def fold_parameter_expressions(model: nn.Module) -> tuple[nn.Module, int]:
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: values[a])
             fn = node.target if node.op == "call_function" else getattr(args[0], node.target)
             values[node] = fn(*args, **kwargs) if node.op == "call_function" else fn(*args[1:], **kwargs)
-    folded = 0
+    folded = _inline_literals(gm, values)
     for node, value in values.items():
         if node.op == "get_attr" or not isinstance(value, torch.Tensor) or all(u in values for u in node.users):
             continue
@@ -143,6 +175,25 @@ def fold_parameter_expressions(model: nn.Module) -> tuple[nn.Module, int]:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm.eval(), folded
+
+
+_LITERALS = (torch.device, torch.dtype, int, float, bool)
+
+
+def _inline_literals(gm: torch.fx.GraphModule, values: dict) -> int:
+    """In place: a device, dtype or number read from a parameter alone (EdgeNeXt's positional encoding
+    reads ``self.token_projection.weight.device`` and ``.dtype``) becomes a literal in the graph. Left
+    as a node, it reads the attribute of a quantized conv's ``weight``, which after convert_fx is a
+    method: the converted module fails, and its simulation cannot be generated. -> how many."""
+    inlined = 0
+    for node, value in values.items():
+        if node.op == "get_attr" or not isinstance(value, _LITERALS) or all(u in values for u in node.users):
+            continue
+        for user in list(node.users):
+            user.args = torch.fx.node.map_arg(user.args, lambda a, n=node, v=value: v if a is n else a)
+            user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda a, n=node, v=value: v if a is n else a)
+        inlined += 1
+    return inlined
 
 
 def _attr(module: nn.Module, target: str):
@@ -202,7 +253,7 @@ def _kept(node, scopes: dict, prepared, matched, float_ops) -> bool:
         scope = scopes.get(node.name, ("", None))[0]
         return any(scope and under(scope, m) for m in matched) or any(
             (op.kind == "type" and op.key is node.target) or (op.kind == "name" and scope and under(scope, op.key))
-            for op in float_ops)
+            or (op.kind == "node" and op.key.name == node.name) for op in float_ops)
     return False
 
 

@@ -27,6 +27,12 @@ the quantized reference: a float simulation built from the converted module's ow
    methods (``x.sigmoid()``, fixed output qparams) are simulated. An op it cannot simulate is kept
    float automatically (by object type, then by module path; ``fx.float_op_candidates``) and
    steps 2-5 are run again, said in the notes.
+
+Between 3 and 4, the calibrated graph is checked against qnnpack's operator limits
+(``qnnpack_limits``: an add whose input/output scale ratio is outside [2**-14, 2**8), a 1x1 average
+pooling), which qnnpack would otherwise refuse when the .ptl runs. Each such op alone (that call of
+``+``, that pooling module) is kept float, steps 2-3 run again, and the note names the op and the
+limit; the simulation is built from the module that is exported, so it follows.
 """
 from __future__ import annotations
 
@@ -46,8 +52,8 @@ from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
-from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, fold_parameter_expressions, graph_origins,
-                 guard_float, unobserve_non_float)
+from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, float_op_for_node,
+                 fold_parameter_expressions, graph_origins, guard_float, unobserve_non_float)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -263,12 +269,9 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
 
 
 def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe) -> PtlQuantized:
-    from torch.ao.quantization.backend_config import get_qnnpack_backend_config
-    from torch.ao.quantization.quantize_fx import convert_fx
-
     from edgekit.quant.adaround import describe, round_weights
     from edgekit.quant.equalize import equalized
-    from edgekit.quant.plain_layers import original_name, plain_layers
+    from edgekit.quant.plain_layers import plain_layers
 
     if recipe.bias_correction:
         raise UserError("E-TARGET-PRECISION", "ptl's INT8 path does not implement bias correction",
@@ -277,37 +280,88 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     model, levers = equalized(model, recipe)
     model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     model, plain = plain_layers(model)  # conv subclasses with a forward of their own: FX would inline them, unfused
-    float_ops: list[FloatOp] = []  # ops whose quantized kernel edgekit cannot simulate: kept float, said in the notes
-    while True:
-        with qnnpack_engine():
-            prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
-            ranges = calibrate(prepared, samples, recipe)
-            origins = graph_origins(prepared)  # before convert_fx, which rewrites the prepared graph in place
-            converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
-        try:
-            sim, out_qp, in_qp = simulate(converted, {n: original_name(o.scope) for n, o in origins.items()})
-            break
-        except UnsupportedOpError as gap:
-            op = next((c for c in float_op_candidates(origins, gap.node) if c not in float_ops), None)
-            if op is None or len(float_ops) >= MAX_FLOAT_FALLBACKS:
-                raise
-            float_ops.append(op)
-    kept = dict(matched)
-    for op in float_ops:
+    run = _convert_until_runnable(model, example_inputs, samples, recipe)
+    notes = run.notes
+    kept = dict(run.matched)
+    for op in run.float_ops:
         kept[op.label] = "auto"
-        notes.append(f"{op.label} kept in float automatically: edgekit has no simulation of qnnpack's quantized "
-                     f"kernel for it, so its INT8 output could not be verified (mixed precision)")
+        notes.append(f"{op.label} kept in float automatically: " + run.refused.get(
+            op, "edgekit has no simulation of qnnpack's quantized kernel for it, so its INT8 output could not be "
+                "verified (mixed precision)"))
     if learned:
         notes.insert(0, describe(learned))
     if plain:
         notes.append(f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) quantized as "
                      "plain layers, so their BatchNorm and activation fuse into them")
     notes[:0] = levers
-    in_qp = in_qp[: len(example_inputs)]  # optional arguments (attn_mask=None) are not model inputs
-    return PtlQuantized(converted, sim, ranges, [q[0] if q else None for q in out_qp], in_qp, kept, notes)
+    in_qp = run.in_qp[: len(example_inputs)]  # optional arguments (attn_mask=None) are not model inputs
+    return PtlQuantized(run.converted, run.sim, run.ranges, [q[0] if q else None for q in run.out_qp], in_qp,
+                        kept, notes)
 
 
-MAX_FLOAT_FALLBACKS = 16
+MAX_FLOAT_FALLBACKS = 16  # ops kept float because edgekit has no simulation of their quantized kernel
+MAX_REFUSED_FALLBACKS = 64  # ops kept float because qnnpack refuses their calibrated qparams
+
+
+@dataclass
+class _Converted:
+    """One quantization that simulates and that qnnpack can run, and what was kept float for it."""
+
+    converted: torch.fx.GraphModule
+    sim: torch.fx.GraphModule  # its float simulation
+    out_qp: list  # simulate's (scale, zp) of each output
+    in_qp: list  # and of each input
+    ranges: dict
+    matched: dict  # the recipe's keep_float layers
+    notes: list
+    float_ops: list  # FloatOps kept float automatically, in the order found
+    refused: dict  # FloatOp -> why qnnpack refuses it (the others have no simulation)
+
+
+def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: QuantRecipe) -> _Converted:
+    """prepare, calibrate, convert and simulate. An op qnnpack refuses with its calibrated qparams (a static
+    check of the calibrated graph, qnnpack_limits) or one edgekit cannot simulate is kept float, and
+    everything runs again; the simulation is always that of the module exported."""
+    from torch.ao.quantization.backend_config import get_qnnpack_backend_config
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    from edgekit.quant.plain_layers import original_name
+
+    float_ops: list[FloatOp] = []
+    refused: dict[FloatOp, str] = {}
+    while True:
+        with qnnpack_engine():
+            prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
+            ranges = calibrate(prepared, samples, recipe)
+            origins = graph_origins(prepared)  # before convert_fx, which rewrites the prepared graph in place
+            new = _refused_float_ops(prepared, example_inputs, origins, float_ops)
+            if new and len(refused) + len(new) <= MAX_REFUSED_FALLBACKS:
+                refused.update(new)
+                float_ops.extend(new)
+                continue
+            converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
+        try:
+            sim, out_qp, in_qp = simulate(converted, {n: original_name(o.scope) for n, o in origins.items()})
+        except UnsupportedOpError as gap:
+            op = next((c for c in float_op_candidates(origins, gap.node) if c not in float_ops), None)
+            if op is None or len(float_ops) - len(refused) >= MAX_FLOAT_FALLBACKS:
+                raise
+            float_ops.append(op)
+            continue
+        return _Converted(converted, sim, out_qp, in_qp, ranges, matched, notes, float_ops, refused)
+
+
+def _refused_float_ops(prepared, example_inputs: tuple, origins, float_ops) -> dict:
+    """FloatOp -> reason, for each op qnnpack would refuse with its calibrated qparams that is not kept
+    float yet (that one op: a module by path, one call of a function)."""
+    from .qnnpack_limits import qnnpack_refusals
+
+    out = {}
+    for refusal in qnnpack_refusals(prepared, example_inputs):
+        op = float_op_for_node(origins, refusal.node)
+        if op is not None and op not in float_ops:
+            out.setdefault(op, refusal.reason)
+    return out
 
 
 # ---- the float simulation ------------------------------------------------------------------------

@@ -10,7 +10,9 @@ sentences against the quantized reference, end to end and layer by layer.
 - a text encoder (int64 token ids and mask): embeddings in float, LayerNorm and linears in INT8;
 - ``keep_float`` of a LayerNorm really runs it in float (convert_fx used to lower it anyway);
 - a function with no simulation (``F.elu``) is kept float automatically, said in the notes;
-- a model torch.fx cannot trace is ``unsupported`` naming the model's own line and the way out.
+- a model torch.fx cannot trace is ``unsupported`` naming the model's own line and the way out;
+- ``self.proj.weight.device`` / ``.dtype`` read in forward (EdgeNeXt's positional encoding) become
+  literals: left as graph nodes they read an attribute of the quantized conv's ``weight`` method.
 """
 from __future__ import annotations
 
@@ -289,3 +291,39 @@ def test_attention_bias_gather_and_scalar_mul_are_quantized_and_verified(photos,
     r = _ptl_int8(BiasedAttentionNet(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
     _assert_verified(r)
     assert any("expression(s) of parameters alone" in n for n in r.raw["notes"]), r.raw["notes"]
+
+
+class WeightDeviceNet(nn.Module):
+    """timm EdgeNeXt's PositionalEncodingFourier: ``device = self.token_projection.weight.device`` (and
+    ``.dtype``) in forward, used on a tensor made from the input's shape; after convert_fx the conv's
+    ``weight`` is a method, so the converted module failed and its simulation could not be generated
+    ("SyntaxError: invalid syntax", edgenext_xx_small)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.proj = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        device, dtype = self.proj.weight.device, self.proj.weight.dtype
+        offset = torch.ones((x.shape[0], 8, 1, 1)).to(device=device, dtype=dtype)
+        x = self.proj(x + offset)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_weight_device_and_dtype_read_in_forward(photos):
+    """Quantized and simulated in process: the .ptl itself then holds ``torch.device("cpu")`` (TorchScript
+    records the device of every tensor factory, as in the fp32 .ptl), which edgekit.safe_load's
+    TorchScript screen does not accept yet."""
+    from edgekit.converters.ptl.quant import qnnpack_engine, quantize
+    from edgekit.quant.recipe import QuantRecipe
+
+    x = torch.from_numpy(photos[:4])
+    q = quantize(WeightDeviceNet().eval(), (x[:1],), [(p[None],) for p in photos[:8]], QuantRecipe(scheme="int8"))
+    assert any("expression(s) of parameters alone" in n for n in q.notes), q.notes
+    with qnnpack_engine(), torch.no_grad():
+        got, want = q.module(x), q.simulation(x)
+    assert isinstance(q.module.proj, torch.ao.nn.quantized.Conv2d) and not q.kept_float  # the conv runs INT8
+    assert torch.allclose(got, want, atol=2 * q.output_scales[0]), (got - want).abs().max()
