@@ -466,7 +466,8 @@ _TS_GLOBALS = {
     "torch.jit._pickle": {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
                           "build_tensor_from_id", "restore_type_tag"},
     "torch": {"per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
-              "per_channel_affine_float_qparams"},
+              "per_channel_affine_float_qparams",
+              "device"},  # torch.zeros(shape) in a scripted forward records torch.device("cpu") (EdgeNeXt)
     "collections": {"OrderedDict"},
     "builtins": {"set"}, "__builtin__": {"set"},
 }
