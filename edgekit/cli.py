@@ -103,6 +103,10 @@ def _add_quant(e) -> None:
                    help="the most quantization may cost vs FP32, e.g. 'agreement>=0.99', 'sqnr>=30', 'accuracy_drop<=0.5' "
                         "(labelled data), comma-separated; recorded in the manifest, every quantized file must meet "
                         "it (export and verify fail it otherwise)")
+    e.add_argument("--qat-steps", type=int, default=0, metavar="N",
+                   help="int8: N steps of quantization-aware training on the calibration part (the fake-quant model "
+                        "distilled from the FP32 one, augmented, no labels needed); its learned weights and input "
+                        "ranges go to every target. Minutes on a large model; 0 (default): post-training only")
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")
@@ -261,7 +265,7 @@ def _run_export(args, command: str) -> int:
                             percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                             bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
                             minmax_output=args.minmax_output, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
-                            budget=args.budget,
+                            budget=args.budget, qat_steps=args.qat_steps,
                             progress=not args.quiet, command=command)
     return _print_outcome(bundle, args.json, args.quiet)
 

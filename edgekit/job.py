@@ -43,6 +43,9 @@ class ExportJob:
     # edgekit.budget: the most a quantized artifact may cost vs FP32 ("agreement>=0.99", {"sqnr": 30}, a Budget);
     # recorded in the manifest and checked on every quantized artifact, by export and by verify
     budget: Any = None
+    # int8: quantization-aware training steps (edgekit.quant.qat) on the calibration part before every
+    # target quantizes; the learned weights and input ranges go to every target. 0: post-training only
+    qat_steps: int = 0
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -69,6 +72,10 @@ class ExportJob:
             raise UserError("E-ARGS", f"percentile {self.percentile} is outside (0, 100]", "pass e.g. --percentile 99.99")
         check_samples(self.samples)
         check_timeout(self.timeout_s)
+        if self.qat_steps:
+            from edgekit.quant.qat import QATSettings
+
+            QATSettings(steps=self.qat_steps)  # E-ARGS for a count out of range, before any work
         if self.task is not None:
             parse_task(self.task)  # E-ARGS: an unknown task or option, before any work
         if self.budget is not None:
@@ -88,6 +95,7 @@ _JOB_TYPES: dict[str, tuple[type, ...]] = {
     "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
     "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
     "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)), "task": (str, type(None)),
+    "qat_steps": (int,),
 }
 
 

@@ -283,6 +283,21 @@ def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vse
                     "chosen": list(chosen.keep_float), "note": note}
 
 
+def _quantization_aware(job: ExportJob, module, recipe, cal, progress):
+    """--qat-steps: train the fake-quant model on the calibration part (edgekit.quant.qat). -> (the model
+    every target quantizes, the recipe carrying its learned input ranges, the training report or None).
+    The FP32 reference stays the model before training, so the cost vs FP32 includes what it changed."""
+    if not job.qat_steps:
+        return module, recipe, None
+    from edgekit.quant.qat import QATSettings, train_quantized
+
+    progress(f"quantization-aware training: {job.qat_steps} steps on {len(cal)} calibration samples")
+    with captured():
+        res = train_quantized(module, list(cal.samples), recipe, QATSettings(steps=job.qat_steps))
+    learned = tuple((name, lo, hi) for name, (lo, hi) in res.ranges.items())
+    return res.model, recipe.with_(learned_ranges=learned), {**res.report, "note": res.describe()}
+
+
 def describe_model(model) -> str:
     return model if isinstance(model, str) else str(model) if isinstance(model, os.PathLike) else type(model).__name__
 
@@ -327,6 +342,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         progress("capturing the FP32 reference with torch.export")
         with captured() as reference_log:
             program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
+        quantized_from, recipe, trained = _quantization_aware(job, loaded.module, recipe, cal, progress)
+        split_notes += [trained["note"]] if trained else []
         with B.staging(out) as stage:
             bspec = _bundle_spec(spec, stage)
             save_reference(program, bspec, stage / B.REFERENCE)
@@ -336,7 +353,7 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             progress(f"reference outputs on {len(vset)} samples")
             reference = run_reference(program.module(), vset.samples)
             probes = size_probes(spec, vset, program.module())
-            run = _TargetRun(job, loaded.module, spec, recipe, stage, example, cal, vset, reference, program, progress, probes)
+            run = _TargetRun(job, quantized_from, spec, recipe, stage, example, cal, vset, reference, program, progress, probes)
             results, artifacts, errors = run.all(convs, precision)
             results += fixed
             env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
@@ -359,6 +376,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             report["model_log"] = (model_log.text + reference_log.text)[-MAX_LOG_CHARS:]
             if searched:
                 report["budget_search"] = searched
+            if trained:
+                report["quantization_aware_training"] = trained
             _write_reports(stage, report, errors, compression)
         return Outcome(out, report, results, errors)
 

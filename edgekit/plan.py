@@ -17,6 +17,8 @@ def quant_recipe(job: ExportJob):
                                        ("--equalize", job.equalize), ("--bias-correction", job.bias_correction),
                                        ("--float-io", job.float_io), ("--rounding", job.rounding),
                                        ("--minmax-output", job.minmax_output is not None)) if v]
+    if job.qat_steps:
+        _check_qat(job)
     if job.quant == "fp32":
         given = calibration_only + (["--keep-float"] if job.keep_float else [])
         if given:
@@ -39,6 +41,19 @@ def quant_recipe(job: ExportJob):
                              bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
 
 
+def _check_qat(job: ExportJob) -> None:
+    """--qat-steps learns int8 weights and ranges; levers that would change them afterwards are refused."""
+    if job.quant != "int8":
+        raise UserError("E-ARGS", f"--qat-steps trains for the int8 scheme, and --quant is {job.quant}",
+                        "add --quant int8, or drop --qat-steps")
+    clash = [f for f, on in (("--rounding adaround", job.rounding == "adaround"), ("--equalize", job.equalize),
+                             ("--bias-correction", job.bias_correction), ("--budget", job.budget is not None)) if on]
+    if clash:
+        raise UserError("E-ARGS", f"--qat-steps with {', '.join(clash)}: quantization-aware training learns the weights "
+                        "and ranges every target exports, and these would change them afterwards (or search without them)",
+                        "use --qat-steps alone, or drop --qat-steps")
+
+
 def model_defaults(job: ExportJob, recipe, loaded):
     """A built-in model's measured int8 settings fill in what the user left unset (never what they set)."""
     defaults = loaded.int8_defaults
@@ -48,6 +63,8 @@ def model_defaults(job: ExportJob, recipe, loaded):
              if (k == "calibrator" and job.calibrator is None and job.percentile is None)
              or (k == "keep_float" and not job.keep_float)
              or (k in ("rounding", "minmax_output") and getattr(job, k) is None)}
+    if job.qat_steps:  # quantization-aware training learns the weights: no learned rounding on top
+        unset.pop("rounding", None)
     if not unset:
         return recipe, []
     said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())

@@ -399,9 +399,10 @@ def _ncnn_blobs(net, inputs: list[str], feeds: list[str], sample, blobs: list[st
     return out
 
 
-def calibrate(net, meta, samples, qlayers: list[QLayer], recipe) -> None:
-    """Set each QLayer's in_scale from edgekit's calibrator on the FP32 ncnn blobs (two passes)."""
-    from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
+def calibrate(net, meta, samples, qlayers: list[QLayer], recipe) -> list[str]:
+    """Set each QLayer's in_scale from edgekit's calibrator on the FP32 ncnn blobs (two passes); -> notes."""
+    from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges, learned_note
+    from edgekit.quant.plain_layers import original_name
 
     blobs = sorted({q.inp for q in qlayers})
     col = TensorStatsCollector(recipe.bins)
@@ -411,11 +412,16 @@ def calibrate(net, meta, samples, qlayers: list[QLayer], recipe) -> None:
             for b, v in _ncnn_blobs(net, meta["inputs"], meta["input_feed"], s, blobs).items():
                 col.observe(b, v)
 
-    ranges = calibrate_ranges(col, feed, recipe, blobs)
+    reads: dict[str, set[str]] = {}  # blob -> the user's names of the layers reading it (learned QAT ranges)
+    for q in qlayers:
+        reads.setdefault(q.inp, set()).add(original_name(q.module))
+    ranges = calibrate_ranges(col, feed, recipe, blobs, reads=reads)
     for q in qlayers:
         lo, hi = ranges[q.inp]
         threshold = max(abs(lo), abs(hi))
         q.in_scale = float(np.float32(QMAX / threshold)) if threshold > 0 else 1.0
+    note = learned_note({layer for layers in reads.values() for layer in layers}, recipe)
+    return [note] if note else []
 
 
 FUSABLE = ("Convolution", "ConvolutionDepthWise")
@@ -571,7 +577,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                             sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
         qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
-        calibrate(net, fp.meta, samples, qlayers, recipe)
+        notes = notes + calibrate(net, fp.meta, samples, qlayers, recipe)
         for q in qlayers:
             q.w_scales = quantize_weights(q.weight)[1]
         fused = plan_requantize(layers, qlayers, fp.meta["outputs"])

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import UnsupportedOpError, UserError
-from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
+from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges, learned_note
 from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
@@ -169,6 +169,28 @@ def _observer_groups(prepared) -> dict[int, list[str]]:
     return groups
 
 
+def _layer_reads(prepared, groups) -> dict[str, set[str]]:
+    """Group lead -> the user's names of the conv/linear layers (fused or not) whose input the group's one
+    tensor is (learned QAT ranges). A group of several names holds other tensors too (a pooling's
+    input and output): a layer input's learned range is not applied to it."""
+    from edgekit.quant.plain_layers import original_name
+
+    lead = {ns[0]: ns for ns in groups.values() if len(ns) == 1}
+    reads: dict[str, set[str]] = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or node.target not in lead:
+            continue
+        for user in node.users:
+            if user.op == "call_module" and user.args and user.args[0] is node and _is_layer(prepared.get_submodule(user.target)):
+                reads.setdefault(node.target, set()).add(original_name(user.target))
+    return reads
+
+
+def _is_layer(mod) -> bool:
+    first = mod[0] if isinstance(mod, nn.Sequential) and len(mod) else mod  # a fused ConvReLU2d / LinearReLU
+    return isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Linear))
+
+
 def _caps(prepared, groups) -> dict[int, float]:
     """Observer groups that observe a capped ReLU's output (directly or fused into a conv)."""
     names = {n: gid for gid, ns in groups.items() for n in ns}
@@ -218,7 +240,8 @@ def calibrate(prepared, samples, recipe: QuantRecipe) -> dict[str, tuple[float, 
             setattr(prepared, n, site)
     outputs = _output_groups(prepared, groups) if recipe.minmax_output else set()
     found = calibrate_ranges(collector, lambda: _run(prepared, samples), recipe, [ns[0] for ns in groups.values()],
-                             exact={groups[g][0] for g in outputs}, caps={groups[g][0]: c for g, c in caps.items() if g in groups})
+                             exact={groups[g][0] for g in outputs}, caps={groups[g][0]: c for g, c in caps.items() if g in groups},
+                             reads=_layer_reads(prepared, groups))
     ranges = {}
     for gid, names in groups.items():
         lo, hi = found[names[0]]
@@ -333,6 +356,7 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
         with qnnpack_engine():
             prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
             ranges = calibrate(prepared, samples, recipe)
+            read = {layer for layers in _layer_reads(prepared, _observer_groups(prepared)).values() for layer in layers}
             origins = graph_origins(prepared)  # before convert_fx, which rewrites the prepared graph in place
             new = _refused_float_ops(prepared, example_inputs, origins, float_ops)
             if new and len(refused) + len(new) <= MAX_REFUSED_FALLBACKS:
@@ -348,6 +372,7 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
                 raise
             float_ops.append(op)
             continue
+        notes += [n for n in [learned_note(read, recipe)] if n]
         return _Converted(converted, sim, out_qp, in_qp, ranges, matched, notes, float_ops, refused)
 
 

@@ -231,25 +231,55 @@ def one_torch_thread():
 
 
 def calibrate_ranges(collector: TensorStatsCollector, feed: Callable[[], None], recipe, sites: Iterable[str],
-                     exact: Collection[str] = (), caps: Mapping[str, float] | None = None) -> dict[str, tuple[float, float]]:
+                     exact: Collection[str] = (), caps: Mapping[str, float] | None = None,
+                     reads: Mapping[str, Collection[str]] | None = None) -> dict[str, tuple[float, float]]:
     """The one calibration every target runs (PT2E observers, ptl's FX observers, ncnn's blobs).
 
     ``feed()`` runs the calibration samples through the target's model, whose activation sites call
     ``collector.observe(site, tensor)``; it runs twice on one torch thread (pass 1: exact min/max,
     pass 2: the histogram on that range). -> each site's (lo, hi) from the recipe's calibrator;
     min/max for the sites in ``exact`` (model outputs with ``recipe.minmax_output``); hi capped at
-    ``caps[site]`` (a fused ReLU6); (0, 1) for a site no sample reached.
+    ``caps[site]`` (a fused ReLU6); (0, 1) for a site no sample reached. ``reads[site]``: the
+    conv/linear layers (module names) whose input the site is; where the recipe carries learned
+    ranges for them (quantization-aware training, ``recipe.learned_ranges``), the site takes their
+    learned range (the union, when several layers with different ranges read it) instead.
     """
     with one_torch_thread():
         feed()
         collector.next_phase()
         feed()
     stats, calibrator, caps = collector.stats(), get(recipe.calibrator), caps or {}
+    learned = _learned_ranges(recipe, reads)
     ranges = {}
     for site in sites:
         s = stats.get(site)
         lo, hi = (minmax if site in exact else calibrator)(s, recipe) if s is not None else (0.0, 1.0)
+        if site in learned and site not in exact:
+            lo, hi = learned[site]
         if site in caps:
             hi = min(hi, caps[site])
         ranges[site] = (float(lo), float(hi))
     return ranges
+
+
+def _learned_ranges(recipe, reads: Mapping[str, Collection[str]] | None) -> dict[str, tuple[float, float]]:
+    """Site -> the learned range of the layers that read it (only layers the recipe has one for)."""
+    by_layer = recipe.input_ranges() if hasattr(recipe, "input_ranges") else {}
+    out = {}
+    for site, layers in (reads or {}).items():
+        known = [by_layer[n] for n in layers if n in by_layer]
+        if known:
+            out[site] = (min(lo for lo, _ in known), max(hi for _, hi in known))
+    return out
+
+
+def learned_note(read_layers: Collection[str], recipe) -> str | None:
+    """The report note of a target that used learned ranges: how many of the recipe's layers it found
+    among the conv/linear layers its quantized sites feed (``read_layers``), and which it did not."""
+    learned = recipe.input_ranges() if hasattr(recipe, "input_ranges") else {}
+    if not learned:
+        return None
+    missing = sorted(set(learned) - set(read_layers))
+    shown = ", ".join(missing[:5]) + ("..." if len(missing) > 5 else "")
+    return (f"quantization-aware training: the learned input ranges of {len(learned) - len(missing)} of {len(learned)} "
+            "layers set their quantized inputs" + (f"; calibrated instead (no quantized input here): {shown}" if missing else ""))

@@ -34,7 +34,7 @@ from torch import nn
 
 from edgekit.errors import UserError
 
-from .calibrators import TensorStatsCollector, calibrate_ranges, one_torch_thread
+from .calibrators import TensorStatsCollector, calibrate_ranges, learned_note, one_torch_thread
 from .probe import RangeProbe
 from .recipe import QuantRecipe, keep_float_modules
 
@@ -129,6 +129,25 @@ def _capped_sites(sites: dict, relu6_names: set[str]) -> dict[str, float]:
     return caps
 
 
+_LAYER_OPS = ("aten.conv1d", "aten.conv2d", "aten.linear", "aten.convolution")
+
+
+def _layer_reads(sites: dict, lead: dict[str, str]) -> dict[str, set[str]]:
+    """Site -> the conv/linear modules whose input it is (learned QAT ranges). Only a site with a range
+    of its own: a shared group (a pooling's input and output, a concat's pieces) holds other tensors,
+    which a layer input's learned range would clip."""
+    size: dict[str, int] = {}
+    for name in sites:
+        size[lead[name]] = size.get(lead[name], 0) + 1
+    reads: dict[str, set[str]] = {}
+    for name, node in sites.items():
+        for user in node.users:
+            if size[lead[name]] == 1 and user.op == "call_function" and str(user.target).startswith(_LAYER_OPS) \
+                    and user.args[0] is node:
+                reads.setdefault(name, set()).add(_module_path(user))
+    return reads
+
+
 def _output_sites(sites: dict) -> set[str]:
     """Sites whose tensor is a model output (the logits): ranged by min/max when the recipe says so,
     since clipping the largest outputs changes the top-1 class (percentile 99.99 clipped MobileNetV2's
@@ -180,7 +199,8 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
         setattr(prepared, name, probes[key])
     outputs = _output_sites(sites) if recipe.minmax_output else set()
     found = calibrate_ranges(collector, lambda: _run(prepared, samples), recipe, probes,
-                             exact={lead[n] for n in outputs}, caps={k: p.cap for k, p in probes.items() if p.cap is not None})
+                             exact={lead[n] for n in outputs}, caps={k: p.cap for k, p in probes.items() if p.cap is not None},
+                             reads=_layer_reads(sites, lead))
     ranges, replaced = {}, {}
     for name in sites:
         old, key = originals[name], lead[name]
@@ -363,7 +383,10 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     if removed:
         notes.append(f"removed {removed} identity op(s) (eval dropout/clone) before quantization")
     prepared = prepare_pt2e(gm, quantizer)
-    caps = _capped_sites(_activation_sites(prepared), relu6)
+    sites = _activation_sites(prepared)
+    note = learned_note({p for ps in _layer_reads(sites, {n: n for n in sites}).values() for p in ps}, recipe)
+    notes += [note] if note else []
+    caps = _capped_sites(sites, relu6)
     ranges = calibrate_sites(prepared, samples, recipe, caps)
     if recipe.bias_correction:
         from .equalize import correct_bias

@@ -16,6 +16,7 @@ them to its observers, an ncnn/ptl writer can turn them into its own table.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, replace
 
 from edgekit.errors import UserError
@@ -59,6 +60,9 @@ class QuantRecipe:
     max_samples: int = 256  # calibration samples used at most (the first N of the set)
     minmax_output: bool = False  # model outputs (logits) ranged by min/max, never clipped by the calibrator
     rounding: str = "nearest"  # a name in ROUNDINGS; "adaround": learned weight rounding before any target quantizes
+    # Quantization-aware training's learned ranges (edgekit.quant.qat, --qat-steps): (conv/linear layer, lo, hi)
+    # of each layer's input; every target's calibration takes them for the tensors those layers read
+    learned_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self):
         check(self)  # a recipe that exists is valid: coded E-ARGS at construction, never later in a target
@@ -66,6 +70,7 @@ class QuantRecipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
+        d["learned_ranges"] = [list(r) for r in self.learned_ranges]
         return d
 
     @classmethod
@@ -77,7 +82,13 @@ class QuantRecipe:
         d = dict(d)
         if "keep_float" in d:
             d["keep_float"] = tuple(d["keep_float"])
+        if isinstance(d.get("learned_ranges"), list):
+            d["learned_ranges"] = tuple(tuple(r) if isinstance(r, list) else r for r in d["learned_ranges"])
         return cls(**d)
+
+    def input_ranges(self) -> dict[str, tuple[float, float]]:
+        """Layer name -> its input's learned (lo, hi) (empty without quantization-aware training)."""
+        return {name: (float(lo), float(hi)) for name, lo, hi in self.learned_ranges}
 
     def with_(self, **changes) -> "QuantRecipe":
         return replace(self, **changes)
@@ -91,6 +102,7 @@ class QuantRecipe:
                     f"activations quantized at run time by hybrid kernels where the runtime has them{kept})")
         levers = [n for n, on in (("CLE", self.equalize), ("bias correction", self.bias_correction),
                                   ("AdaRound weights", self.rounding == "adaround"),
+                                  (f"QAT ranges of {len(self.learned_ranges)} layer inputs", self.learned_ranges),
                                   ("min/max output range", self.minmax_output),
                                   ("conv+ReLU6 fused", self.fuse_relu6)) if on]
         cal = f"{self.calibrator}" + (f" {self.percentile}" if self.calibrator == "percentile" else "")
@@ -131,14 +143,27 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
         raise UserError("E-ARGS", f"max_samples {recipe.max_samples} is not positive", "pass 1 or more")
     if not isinstance(recipe.keep_float, tuple) or not all(isinstance(k, str) and k for k in recipe.keep_float):
         raise UserError("E-ARGS", f"keep_float {recipe.keep_float!r} is not a tuple of names", "pass module or class names")
+    _check_learned_ranges(recipe.learned_ranges)
     return recipe
+
+
+def _check_learned_ranges(entries) -> None:
+    """(layer name, lo, hi) triples with lo <= 0 <= hi, finite (a manifest is untrusted input)."""
+    def ok(e) -> bool:
+        return (isinstance(e, tuple) and len(e) == 3 and isinstance(e[0], str) and e[0]
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in e[1:])
+                and e[1] <= 0.0 <= e[2] and e[1] < e[2])
+    if not isinstance(entries, tuple) or not all(ok(e) for e in entries):
+        raise UserError("E-ARGS", f"learned_ranges {entries!r:.120} is not a tuple of (layer, lo, hi) with lo <= 0 <= hi",
+                        "let --qat-steps set them (edgekit.quant.qat)")
 
 
 def _check_weight_only(recipe: QuantRecipe) -> None:
     """fp16/dynamic have no activation quantization: calibration levers are refused, not ignored."""
     given = [name for name, on in (("equalize", recipe.equalize), ("bias_correction", recipe.bias_correction),
                                    ("rounding=adaround", recipe.rounding == "adaround"),
-                                   ("minmax_output", recipe.minmax_output)) if on]
+                                   ("minmax_output", recipe.minmax_output),
+                                   ("learned_ranges", recipe.learned_ranges)) if on]
     if recipe.scheme == "fp16" and recipe.keep_float:
         given.append("keep_float")
     if given:
