@@ -251,6 +251,7 @@ LEVERS: dict[str, tuple[str, str, Callable]] = {
     "bias_correction": ("--bias-correction", "bias correction", lambda r: r.bias_correction),
     "adaround": ("--rounding adaround", "AdaRound weight rounding", lambda r: r.rounding == "adaround"),
     "keep_float": ("--keep-float", "layers kept float", lambda r: bool(r.keep_float)),
+    "qat": ("--qat-steps", "quantization-aware training's learned input ranges", lambda r: bool(r.learned_ranges)),
 }
 
 

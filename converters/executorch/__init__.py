@@ -330,7 +330,7 @@ def _capture(model, spec, example_inputs: tuple):
 class ExecuTorchConverter(Converter):
     info = TargetInfo(
         rank=50,
-        levers=("equalize", "bias_correction", "adaround", "keep_float"),
+        levers=("equalize", "bias_correction", "adaround", "keep_float", "qat"),
         name=NAME,
         title="ExecuTorch (successor of PyTorch Mobile)",
         suffix=".pte",

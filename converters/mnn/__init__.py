@@ -41,7 +41,7 @@ FP16_TOLERANCE = Tolerance(max_abs_rel=1e-3, min_cosine=0.9999, min_top1=0.9)
 class MnnConverter(Converter):
     info = TargetInfo(
         rank=70,
-        levers=("equalize", "bias_correction", "adaround", "keep_float"),  # through the onnx target's PT2E path
+        levers=("equalize", "bias_correction", "adaround", "keep_float", "qat"),  # through the onnx target's PT2E path
         name="mnn",
         title="MNN (Alibaba)",
         suffix=".mnn",

@@ -299,7 +299,7 @@ def _convert(scratch: Path, model, example_inputs, fp16: bool,
 class NcnnConverter(Converter):
     info = TargetInfo(
         rank=40,
-        levers=("equalize", "adaround", "keep_float"),  # bias correction: PT2E targets only
+        levers=("equalize", "adaround", "keep_float", "qat"),  # bias correction: PT2E targets only
         name="ncnn",
         title="ncnn (Tencent)",
         suffix=".param",

@@ -44,7 +44,7 @@ INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_
 class OnnxConverter(Converter):
     info = TargetInfo(
         rank=60,
-        levers=("equalize", "bias_correction", "adaround", "keep_float"),
+        levers=("equalize", "bias_correction", "adaround", "keep_float", "qat"),
         name="onnx",
         title="ONNX",
         suffix=".onnx",

@@ -46,7 +46,7 @@ INT8_TOLERANCE = Tolerance(max_abs_rel=0.15, min_cosine=0.98, min_top1=0.6, max_
 class OpenVinoConverter(Converter):
     info = TargetInfo(
         rank=80,
-        levers=("equalize", "bias_correction", "adaround", "keep_float"),  # through the onnx target's PT2E path
+        levers=("equalize", "bias_correction", "adaround", "keep_float", "qat"),  # through the onnx target's PT2E path
         name="openvino",
         title="OpenVINO (Intel)",
         suffix=".xml",

@@ -59,7 +59,7 @@ DYNAMIC_TOLERANCE = Tolerance(max_abs_rel=0.05, min_cosine=0.999, min_top1=0.9)
 class PtlConverter(Converter):
     info = TargetInfo(
         rank=20,
-        levers=("equalize", "adaround", "keep_float"),  # bias correction: PT2E targets only
+        levers=("equalize", "adaround", "keep_float", "qat"),  # bias correction: PT2E targets only
         name="ptl",
         title="PyTorch Mobile",
         suffix=".ptl",

@@ -265,7 +265,7 @@ def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_con
 class TFLiteConverter(Converter):
     info = TargetInfo(
         rank=10,
-        levers=("equalize", "bias_correction", "adaround", "keep_float"),
+        levers=("equalize", "bias_correction", "adaround", "keep_float", "qat"),
         name=NAME,
         title="TensorFlow Lite (LiteRT)",
         suffix=".tflite",
