@@ -84,12 +84,13 @@ def main():
                                           "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())},
                 "size": {"param_bin_bytes": size, "x_param_count": size / n_params},
                 "latency_ms": latency_ms(run, held[0]),
+                "quant_notes": art.meta["quant_notes"],  # bias correction, reflected shifts, layers kept float
                 "per_blob": {"flagged": [r["layer"] for r in blobs if r["flagged"]],
                              "min_local_sqnr_db": min(r["local_sqnr_db"] for r in blobs),
                              "first_below_20db": next((f"{r['layer']} ({r['module']})" for r in blobs if r["sqnr_db"] < 20), None),
                              "layers": blobs},
             })
-            print(json.dumps({k: v for k, v in result["runs"][-1].items() if k != "per_blob"}), flush=True)
+            print(json.dumps({k: v for k, v in result["runs"][-1].items() if k not in ("per_blob", "quant_notes")}), flush=True)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1) + "\n")
     print("fp32:", result["fp32"])

@@ -11,6 +11,12 @@ Steps (``export_int8``):
    quantized layer is recorded with edgekit's ``TensorStatsCollector`` and turned into a range by
    the recipe's calibrator (the same one every target uses). ncnn int8 activations are symmetric per
    tensor: threshold = max(|lo|, |hi|), scale = 127 / threshold, values clamped to [-127, 127];
+   then two exact-or-free rewrites of the float parts: each int8 layer's float bias absorbs the mean
+   error of its rounded weights on the calibration data (``rounding_bias.py``), and a conv reading the
+   ReLU/ReLU6 output of one conv reads c - x instead (``shift.py``: the reflected shift, producer and
+   reader rewritten exactly, pad level 127), so that one-sided input uses the whole int8 grid; the few
+   layers whose measured int8 error is far out of proportion to their size stay float (``mixed.py``,
+   within 2% of the weight bytes);
 4. weights: int8 symmetric per output channel, scale = 127 / max|w| (ncnn2int8's rule), rounded half
    away from zero; .param gets ``8=1`` on each quantized layer; its .bin record becomes
    tag 0x000D4B38, int8 weights (padded to 4 bytes), float bias, one float weight scale per output
@@ -158,6 +164,8 @@ class QLayer:
     act: tuple = (0,)  # ncnn fused activation: (type, *params)
     out_scale: float | None = None  # requantize fusion (8=101): the consumer's input scale, else None
     in_pad: tuple | None = None  # (top, bottom, left, right) zero pad the torch conv's input has and the ncnn blob not
+    pad_level: float = 0.0  # the int8 level ncnn pads this layer's input with (param 18; shift.py), 0: zero
+    in_shift: float | None = None  # reads center - x instead of x (shift.py: the reflected shift), else None
 
 
 def _activation(layer) -> tuple:
@@ -501,11 +509,17 @@ class _FakeQuant(__import__("torch").nn.Module):
     bound). The reference keeps the exact value (what the device computes); the per-layer bound
     (``LOCAL_MIN_SQNR_DB``) is far above it."""
 
-    def __init__(self, mod, in_scale: float, w_q: np.ndarray, w_scales: np.ndarray):
+    def __init__(self, mod, in_scale: float, w_q: np.ndarray, w_scales: np.ndarray, pad_level: float = 0.0):
         import torch
 
         super().__init__()
         self.mod = copy.deepcopy(mod)
+        # ncnn pads the int8 levels with param 18 (pad_value) as a level: shift.py sets it for a shifted input
+        pads = tuple(getattr(mod, "_reversed_padding_repeated_twice", ()))
+        self.pads = pads if pad_level and any(pads) else None
+        self.pad_level = float(pad_level)
+        if self.pads is not None:
+            self.mod.padding = (0,) * len(mod.kernel_size)
         w = torch.from_numpy(w_q.astype(np.float32).reshape(tuple(mod.weight.shape)))
         self.mod.weight = torch.nn.Parameter(w, requires_grad=False)
         bias = mod.bias.detach().clone() if mod.bias is not None else torch.zeros(w.shape[0])
@@ -521,6 +535,8 @@ class _FakeQuant(__import__("torch").nn.Module):
 
         v = x * self.scale
         q = torch.clamp(torch.sign(v) * torch.floor(torch.abs(v) + 0.5), -QMAX, QMAX)  # half away from zero
+        if self.pads is not None:
+            q = torch.nn.functional.pad(q, self.pads, value=self.pad_level)
         return self.mod(q) * self.rescale + self.bias
 
 
@@ -538,7 +554,7 @@ def build_reference(folded, qlayers: list[QLayer]):
             mod.bias = torch.nn.Parameter(torch.from_numpy(b.astype(np.float32)), requires_grad=False)
         qw, _ = quantize_weights(q.weight)
         parent, _, leaf = q.module.rpartition(".")
-        setattr(ref.get_submodule(parent) if parent else ref, leaf, _FakeQuant(mod, q.in_scale, qw, q.w_scales))
+        setattr(ref.get_submodule(parent) if parent else ref, leaf, _FakeQuant(mod, q.in_scale, qw, q.w_scales, q.pad_level))
     return ref
 
 
@@ -558,6 +574,9 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
 
     from ..base import Artifact
     from .param import format_layers, load_net, parse_layers
+    from .mixed import describe_float, sensitive_layers
+    from .rounding_bias import correct_rounding_bias
+    from .shift import apply_shifts, describe_shifts, plan_shifts, shift_reference
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
     model, notes = _prepared(model, example_inputs, samples, recipe)
@@ -578,11 +597,16 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
         notes = notes + calibrate(net, fp.meta, samples, qlayers, recipe)
+        correct_rounding_bias(folded, qlayers, samples)  # before the shifts: in the original units
+        sensitive = sensitive_layers(folded, qlayers, samples)  # kept float: their FP32 records are copied
+        qlayers = [q for q in qlayers if all(q is not k for k, _ in sensitive)]
+        corrected = sum(q.bias is not None for q in qlayers)
+        shifts = apply_shifts(layers, plan_shifts(layers, qlayers, folded, fp.meta["outputs"]))
         for q in qlayers:
             q.w_scales = quantize_weights(q.weight)[1]
         fused = plan_requantize(layers, qlayers, fp.meta["outputs"])
         layers, int8_bin = write_int8(layers, bin_bytes, layout, qlayers)
-    ref = build_reference(folded, qlayers)
+    ref = shift_reference(build_reference(folded, qlayers), qlayers, shifts)
     (out_dir / names[1]).write_bytes(int8_bin)
     (out_dir / names[0]).write_text(format_layers(layers))
     save_quantized_reference(ref, tuple(example_inputs), out_dir / names[2])
@@ -599,11 +623,14 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                         "(weights per output channel, input symmetric per tensor, scale 127/threshold); "
                         f"{fused} of them requantize their output to int8 for the next int8 conv (8=101, ncnn2int8's "
                         "requantize fusion), the others dequantize it to float (8=1); every other layer float"]
-                       + notes + unmatched + _float_note(layers, qlayers, layout),
+                       + [f"weight-rounding bias correction on {corrected} int8 layers: each float bias absorbs "
+                          "(W_int8 - W) times its input's per-channel calibration mean"]
+                       + describe_shifts(shifts) + describe_float(sensitive) + notes + unmatched + _float_note(layers, qlayers, layout),
         "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
                          "input_scale": q.in_scale, "activation": list(q.act),
                          "output_scale": q.out_scale,  # None: float output (8=1)
-                         "input_pad": list(q.in_pad) if q.in_pad else None} for q in qlayers],
+                         "input_pad": list(q.in_pad) if q.in_pad else None,
+                         "input_shift": q.in_shift} for q in qlayers],  # reads input_shift - x (shift.py), None: x
     })
     return Artifact("ncnn", "int8", names[0], names, meta)
 
