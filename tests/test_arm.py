@@ -215,8 +215,10 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
     reports = {}
     for quant in ("int8",):
         out = tmp_path / quant
-        assert main(["export", "mobilenet_v2", "--targets", "openvino,mnn", "--quant", quant, "--out", str(out),
-                     "--quiet"]) == 0
+        # nearest rounding: this checks the ARM runtimes against the host, not the recipe (AdaRound's
+        # learning would add minutes to the slow CI step on a machine without its cache)
+        assert main(["export", "mobilenet_v2", "--targets", "openvino,mnn", "--quant", quant, "--rounding", "nearest",
+                     "--out", str(out), "--quiet"]) == 0
         main(["verify", str(out), "--samples", "4", "--arm", ",".join(EMULATED), "--json", str(tmp_path / f"{quant}.json"),
               "--quiet"])
         reports[quant] = json.loads((tmp_path / f"{quant}.json").read_text())["targets"]
