@@ -242,6 +242,12 @@ def _inputs_entry(stage: Path, vset: CalibrationSet) -> dict:
             **({"labels": list(vset.labels)} if vset.labels else {})}
 
 
+def _data_entries(stage: Path, vset: CalibrationSet, data: CalibrationSet, quantization: dict | None) -> dict:
+    """The manifest's reference, verification inputs, data and quantization entries."""
+    return {"reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
+            "verification_inputs": _inputs_entry(stage, vset), "data": data.describe(), "quantization": quantization}
+
+
 def _quantization_entry(recipe, cal, notes: list[str], budget) -> dict | None:
     """The manifest's quantization: the recipe, what it calibrated on, the notes and the budget."""
     if recipe is None:
@@ -360,13 +366,9 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             manifest = {
                 "format": B.FORMAT, "format_version": B.FORMAT_VERSION, "created": B.now(),
                 "model": {"name": spec.name, "source": loaded.source, "spec": bspec.to_dict()},
-                "reference": {"file": B.REFERENCE, "sha256": B.sha256_file(stage / B.REFERENCE)},
-                "verification_inputs": _inputs_entry(stage, vset),
-                "data": data.describe(),
-                "quantization": _quantization_entry(recipe, cal, split_notes, job.budget),
+                **_data_entries(stage, vset, data, _quantization_entry(recipe, cal, split_notes, job.budget)),
                 "artifacts": [_manifest_entry(stage, conv, art) for conv, art in artifacts],
-                "versions": env,
-                "compression": None if compression is None else compression.to_dict(),
+                "versions": env, "compression": None if compression is None else compression.to_dict(),
             }
             B.write_json(stage / B.MANIFEST, manifest)
             model_info = {"name": spec.name, "source": loaded.source, "task": str(spec.task_spec)}

@@ -574,9 +574,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
 
     from ..base import Artifact
     from .param import format_layers, load_net, parse_layers
-    from .mixed import describe_float, sensitive_layers
-    from .rounding_bias import correct_rounding_bias
-    from .shift import apply_shifts, describe_shifts, plan_shifts, shift_reference
+    from .shift import shift_reference
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
     model, notes = _prepared(model, example_inputs, samples, recipe)
@@ -597,11 +595,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
         notes = notes + calibrate(net, fp.meta, samples, qlayers, recipe)
-        correct_rounding_bias(folded, qlayers, samples)  # before the shifts: in the original units
-        sensitive = sensitive_layers(folded, qlayers, samples)  # kept float: their FP32 records are copied
-        qlayers = [q for q in qlayers if all(q is not k for k, _ in sensitive)]
-        corrected = sum(q.bias is not None for q in qlayers)
-        shifts = apply_shifts(layers, plan_shifts(layers, qlayers, folded, fp.meta["outputs"]))
+        qlayers, shifts, sensitive, rewrite_notes = _float_rewrites(layers, qlayers, folded, samples, fp.meta["outputs"])
         for q in qlayers:
             q.w_scales = quantize_weights(q.weight)[1]
         fused = plan_requantize(layers, qlayers, fp.meta["outputs"])
@@ -618,21 +612,43 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         "recipe": recipe.to_dict(),
         "recipe_summary": recipe.describe().replace("a: per-tensor", "a: per-tensor symmetric (ncnn)"),
         "calibration": {"count": len(samples), "sha256": calibration.head(recipe.max_samples).sha256},
-        "kept_float": sorted({original_name(m) for m in kept if isinstance(folded.get_submodule(m), _conv_linear())}),
+        "kept_float": sorted({original_name(m) for m in kept if isinstance(folded.get_submodule(m), _conv_linear())}
+                             | {original_name(m) for m in sensitive}),
         "quant_notes": [f"ncnn int8: {len(qlayers)} Convolution/ConvolutionDepthWise/InnerProduct layers int8 "
                         "(weights per output channel, input symmetric per tensor, scale 127/threshold); "
                         f"{fused} of them requantize their output to int8 for the next int8 conv (8=101, ncnn2int8's "
                         "requantize fusion), the others dequantize it to float (8=1); every other layer float"]
-                       + [f"weight-rounding bias correction on {corrected} int8 layers: each float bias absorbs "
-                          "(W_int8 - W) times its input's per-channel calibration mean"]
-                       + describe_shifts(shifts) + describe_float(sensitive) + notes + unmatched + _float_note(layers, qlayers, layout),
-        "int8_layers": [{"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
-                         "input_scale": q.in_scale, "activation": list(q.act),
-                         "output_scale": q.out_scale,  # None: float output (8=1)
-                         "input_pad": list(q.in_pad) if q.in_pad else None,
-                         "input_shift": q.in_shift} for q in qlayers],  # reads input_shift - x (shift.py), None: x
+                       + rewrite_notes + notes + unmatched + _float_note(layers, qlayers, layout),
+        "int8_layers": [_layer_entry(q) for q in qlayers],
     })
     return Artifact("ncnn", "int8", names[0], names, meta)
+
+
+def _float_rewrites(layers, qlayers: list[QLayer], folded, samples, outputs) -> tuple[list[QLayer], list, list[str], list[str]]:
+    """The rewrites of the float parts around the int8 layers: weight-rounding bias correction, the few
+    int8-sensitive layers kept float, one-sided inputs shifted. -> (the layers still int8, the shifts,
+    the modules kept float, notes)."""
+    from .mixed import describe_float, sensitive_layers
+    from .rounding_bias import correct_rounding_bias
+    from .shift import apply_shifts, describe_shifts, plan_shifts
+
+    correct_rounding_bias(folded, qlayers, samples)  # before the shifts: in the original units
+    sensitive = sensitive_layers(folded, qlayers, samples)  # kept float: their FP32 records are copied
+    qlayers = [q for q in qlayers if all(q is not k for k, _ in sensitive)]
+    corrected = sum(q.bias is not None for q in qlayers)
+    shifts = apply_shifts(layers, plan_shifts(layers, qlayers, folded, outputs))
+    notes = [f"weight-rounding bias correction on {corrected} int8 layers: each float bias absorbs "
+             "(W_int8 - W) times its input's per-channel calibration mean"] + describe_shifts(shifts) + describe_float(sensitive)
+    return qlayers, shifts, [q.module for q, _ in sensitive], notes
+
+
+def _layer_entry(q: QLayer) -> dict:
+    """One int8 layer in the artifact's metadata (the per-layer view reads it)."""
+    return {"layer": q.name, "op": q.type, "module": q.module, "input": q.inp, "output": q.out,
+            "input_scale": q.in_scale, "activation": list(q.act),
+            "output_scale": q.out_scale,  # None: float output (8=1)
+            "input_pad": list(q.in_pad) if q.in_pad else None,
+            "input_shift": q.in_shift}  # reads input_shift - x (shift.py), None: x
 
 
 # why a weighted ncnn layer type stays float in edgekit's INT8 file

@@ -282,4 +282,5 @@ def learned_note(read_layers: Collection[str], recipe) -> str | None:
     missing = sorted(set(learned) - set(read_layers))
     shown = ", ".join(missing[:5]) + ("..." if len(missing) > 5 else "")
     return (f"quantization-aware training: the learned input ranges of {len(learned) - len(missing)} of {len(learned)} "
-            "layers set their quantized inputs" + (f"; calibrated instead (no quantized input here): {shown}" if missing else ""))
+            "layers set their quantized inputs" + (f"; calibrated instead (an input that shares its range with other "
+                                                  f"tensors, or is not quantized here): {shown}" if missing else ""))

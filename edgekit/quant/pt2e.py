@@ -148,6 +148,16 @@ def _layer_reads(sites: dict, lead: dict[str, str]) -> dict[str, set[str]]:
     return reads
 
 
+def _leads(prepared, sites: dict) -> dict[str, str]:
+    """Site -> the first site of its group. One observer object under several names is a shared
+    quantization spec (e.g. a concat's inputs and output, which XNNPACK requires to share one scale):
+    one probe and one range for the group."""
+    first: dict[int, str] = {}
+    for name in sites:
+        first.setdefault(id(prepared.get_submodule(name)), name)
+    return {name: first[id(prepared.get_submodule(name))] for name in sites}
+
+
 def _output_sites(sites: dict) -> set[str]:
     """Sites whose tensor is a model output (the logits): ranged by min/max when the recipe says so,
     since clipping the largest outputs changes the top-1 class (percentile 99.99 clipped MobileNetV2's
@@ -185,12 +195,7 @@ def calibrate_sites(prepared, samples, recipe: QuantRecipe, caps: dict[str, floa
 
     sites = _activation_sites(prepared)
     originals = {name: prepared.get_submodule(name) for name in sites}
-    # One observer object under several names is a shared quantization spec (e.g. a concat's inputs
-    # and output, which XNNPACK requires to share one scale): one probe and one range for the group.
-    group = {}
-    for name in sites:
-        group.setdefault(id(originals[name]), name)
-    lead = {name: group[id(originals[name])] for name in sites}
+    lead = _leads(prepared, sites)
     collector = TensorStatsCollector(recipe.bins)
     probes = {}
     for name in sites:
@@ -384,8 +389,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         notes.append(f"removed {removed} identity op(s) (eval dropout/clone) before quantization")
     prepared = prepare_pt2e(gm, quantizer)
     sites = _activation_sites(prepared)
-    note = learned_note({p for ps in _layer_reads(sites, {n: n for n in sites}).values() for p in ps}, recipe)
-    notes += [note] if note else []
+    notes += [n for n in [learned_note({p for ps in _layer_reads(sites, _leads(prepared, sites)).values() for p in ps}, recipe)] if n]
     caps = _capped_sites(sites, relu6)
     ranges = calibrate_sites(prepared, samples, recipe, caps)
     if recipe.bias_correction:

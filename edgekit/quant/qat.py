@@ -67,9 +67,22 @@ class QATResult:
     def describe(self) -> str:
         r = self.report
         return (f"quantization-aware training: {r['steps']} steps of {r['batch_size']} on {r['samples']} calibration "
-                f"samples{' (augmented: flip, shift)' if r['augmented'] else ''}, {r['seconds']:.0f} s; learned input "
-                f"ranges of {len(self.ranges)} conv/linear layers and their weights go to every target; output "
-                f"error / energy {r['loss_first']:.4f} -> {r['loss_last']:.4f} (BatchNorm folded: {r['batchnorm_folded']})")
+                f"samples{' (augmented: flip, shift)' if r['augmented'] else ''}, {r['seconds']:.0f} s; the trained weights"
+                f"{' and input ranges' if self.ranges else ''} of {r['layers']} conv/linear layers go to every target "
+                f"({_ranges_said(r)}); student SQNR vs FP32 on its training batches "
+                f"{_db(r['loss_first'])} -> {_db(r['loss_last'])} dB (BatchNorm folded: {r['batchnorm_folded']})")
+
+
+def _db(relative_error: float) -> str:
+    return f"{10 * np.log10(1 / max(relative_error, 1e-30)):.1f}"
+
+
+def _ranges_said(r: dict) -> str:
+    held = r["held_out_loss"]
+    how = ("learned input ranges kept" if r["ranges"] == "learned" else
+           "learned input ranges dropped, the targets calibrate the trained model")
+    return (f"{how}: on {r['held_out']} held-out calibration samples {_db(held['learned'])} dB with them, "
+            f"{_db(held['recalibrated'])} dB recalibrated")
 
 
 class _WeightGrid(nn.Module):
