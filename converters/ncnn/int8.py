@@ -577,7 +577,7 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
     from .shift import shift_reference
 
     samples = tuple(calibration.samples)[: recipe.max_samples]
-    model, notes = _prepared(model, example_inputs, samples, recipe)
+    model, rounded, notes = _prepared(model, example_inputs, samples, recipe)
     kept = keep_float_modules(model, recipe)
     stem = f"{spec.name}-int8"
     names = (stem + ".param", stem + ".bin", reference_name(spec.name, "ncnn"))
@@ -594,6 +594,8 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
                             sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
         qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
+        if rounded is not None:
+            _take_rounded(qlayers, rounded)
         notes = notes + calibrate(net, fp.meta, samples, qlayers, recipe)
         qlayers, shifts, sensitive, rewrite_notes = _float_rewrites(layers, qlayers, folded, samples, fp.meta["outputs"])
         for q in qlayers:
@@ -669,20 +671,34 @@ def _float_note(layers, qlayers: list[QLayer], layout) -> list[str]:
 
 def _prepared(model, example_inputs: tuple, samples, recipe):
     """The recipe's levers applied before quantizing: cross-layer equalization, learned rounding, and
-    conv/linear subclasses with a forward of their own traced as plain layers -> (model, notes)."""
+    conv/linear subclasses with a forward of their own traced as plain layers -> (the float model, its
+    learned-rounding copy or None, notes). The FP32 file is written from the float model, so a layer
+    that stays float keeps its float weights; the int8 layers take the learned integers (``_rounded``)."""
     from edgekit.quant.adaround import describe, round_weights
     from edgekit.quant.equalize import equalized
     from edgekit.quant.plain_layers import plain_layers
 
     model, notes = equalized(model, recipe)
-    model, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
+    rounded, learned = round_weights(model, example_inputs, samples, recipe)  # unchanged for rounding="nearest"
     model, plain = plain_layers(model)
     if learned:
         notes = [*notes, describe(learned)]
+        rounded = plain_layers(rounded)[0]
     if plain:
         notes = [*notes, f"{len(plain)} conv/linear subclass(es) with a forward of their own (e.g. {plain[0]}) "
                  "matched as plain layers"]
-    return model, notes
+    return model, (rounded if learned else None), notes
+
+
+def _take_rounded(qlayers: list[QLayer], rounded) -> None:
+    """Each int8 layer's weights (and bias) from the learned-rounding model, BatchNorm folded as in ``fold``."""
+    mods = dict(fold(rounded).named_modules())
+    for q in qlayers:
+        mod = mods.get(q.module)
+        if mod is not None and mod.weight.numel() == q.weight.size:
+            q.weight = mod.weight.detach().numpy().reshape(q.weight.shape).astype(np.float32)
+            if mod.bias is not None and q.bias is not None:
+                q.bias = mod.bias.detach().numpy().astype(np.float32)
 
 
 def _conv_linear():
