@@ -17,6 +17,11 @@ The recipe carries the ranges to every target (``QuantRecipe.learned_ranges``): 
 takes them for the tensors those layers read instead of calibrating them again
 (``calibrators.calibrate_ranges``); activations no conv/linear reads (an add's output feeding an add)
 are calibrated on the trained model as before.
+
+Limits: a BatchNorm outside an nn.Sequential with its conv is not folded here (frozen in eval mode
+instead), so that conv trains on a grid the targets re-derive after folding: it gains less. The
+student simulates the asymmetric per-tensor int8 grid of the PT2E and ptl targets; ncnn's symmetric
+grid with its shift and its float-kept layers computes differently (bench/results/qat_mobilenet_v2.md).
 """
 from __future__ import annotations
 
