@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize
 
 from edgekit.errors import UserError
 
-from .adaround import _input_ranges, channel_scales, fold_batchnorm
+from .adaround import _input_ranges, _layers_in_order, channel_scales, fold_batchnorm
 from .calibrators import QMAX, QMIN, qparams
 from .recipe import QuantRecipe, keep_float_modules
 
@@ -126,16 +126,7 @@ class _InputRange(nn.Module):
 def _layer_names(model: nn.Module, recipe: QuantRecipe, sample: tuple) -> list[str]:
     """Conv/linear layers the targets quantize (not kept float) that a calibration sample reaches."""
     kept = keep_float_modules(model, recipe)
-    wanted = {n for n, m in model.named_modules() if isinstance(m, _LAYERS) and n not in kept}
-    reached: list[str] = []
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: reached.append(n)) for n in wanted]
-    try:
-        with torch.no_grad():
-            model(*sample)
-    finally:
-        for h in hooks:
-            h.remove()
-    return list(dict.fromkeys(reached))
+    return _layers_in_order(model, sample, {n for n, m in model.named_modules() if isinstance(m, _LAYERS) and n not in kept})
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
