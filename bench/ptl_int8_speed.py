@@ -44,24 +44,11 @@ LAYERS = [("1x1 expand 56x56 24->144", 24, 144, 56, 1, 1, 1),
           ("stem 3x3 s2 224x224 3->32", 3, 32, 224, 3, 2, 1)]
 
 
-def _stats(times) -> dict:
-    t = np.asarray(times) * 1e3
-    return {"median_ms": round(float(np.median(t)), 4), "p10_ms": round(float(np.percentile(t, 10)), 4),
-            "p90_ms": round(float(np.percentile(t, 90)), 4), "n": int(t.size)}
-
-
 def interleaved(variants: dict, runs: int, warmup: int) -> dict:
-    names = list(variants)
-    times = {n: [] for n in names}
-    for r in range(warmup + runs):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t = time.perf_counter()
-            variants[name]()
-            dt = time.perf_counter() - t
-            if r >= warmup:
-                times[name].append(dt)
-    return {n: _stats(t) for n, t in times.items()}
+    """bench/int8_speed.py's interleaved timing (order rotating each round) of argument-less variants."""
+    from int8_speed import interleaved as timed
+
+    return timed({name: (lambda _sample, f=f: f()) for name, f in variants.items()}, None, runs, warmup)
 
 
 def _load(path: Path):
