@@ -6,6 +6,7 @@ inputs of those layers (and only for tensors that are nothing but a layer's inpu
 API and the plan refuse what does not combine with it."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -18,6 +19,7 @@ from edgekit.data import load_samples
 from edgekit.errors import UserError
 from edgekit.models import BUILTIN
 from edgekit.quant import QuantRecipe
+from edgekit.quant.adaround import fold_batchnorm
 from edgekit.quant.calibrators import TensorStatsCollector, calibrate_ranges
 from edgekit.quant.qat import QATSettings, train_quantized
 
@@ -31,22 +33,26 @@ def tiny():
 @pytest.fixture(scope="module")
 def trained(tiny):
     lm, samples = tiny
-    return train_quantized(lm.module, samples[:32], QuantRecipe(), QATSettings(steps=25))
+    return train_quantized(lm.module, samples[:32], QuantRecipe(), QATSettings(steps=40))
 
 
 def test_training_lowers_the_fake_quant_error_and_folds_batchnorm(trained, tiny):
     lm, _ = tiny
     r = trained.report
-    assert r["steps"] == 25 and r["samples"] == 24 and r["held_out"] == 8 and r["batchnorm_folded"] > 0
+    assert r["steps"] == 40 and r["samples"] == 24 and r["held_out"] == 8 and r["batchnorm_folded"] > 0
     assert r["loss_last"] < 0.9 * r["loss_first"]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.model.modules())
-    changed = [n for n, p in trained.model.named_parameters() if "weight" in n]
-    assert changed and r["ranges"] in ("learned", "recalibrated")
-    if r["ranges"] == "learned":
-        assert r["held_out_loss"]["learned"] <= r["held_out_loss"]["recalibrated"]
-        for name, (lo, hi) in trained.ranges.items():
-            assert isinstance(trained.model.get_submodule(name), (torch.nn.Conv2d, torch.nn.Linear))
-            assert lo <= 0.0 < hi
+    folded = copy.deepcopy(lm.module).eval()
+    fold_batchnorm(folded)
+    before = dict(folded.named_parameters())
+    moved = [n for n, p in trained.model.named_parameters() if (p - before[n]).abs().max() > 0]
+    assert len(moved) >= 6  # the weights were trained, not only the ranges
+    # measured on tiny_cnn: the learned ranges beat recalibration on the held-out calibration samples
+    assert r["ranges"] == "learned" and r["held_out_loss"]["learned"] <= r["held_out_loss"]["recalibrated"]
+    assert len(trained.ranges) == r["layers"] == 6
+    for name, (lo, hi) in trained.ranges.items():
+        assert isinstance(trained.model.get_submodule(name), (torch.nn.Conv2d, torch.nn.Linear))
+        assert lo <= 0.0 < hi
 
 
 def test_learned_ranges_replace_the_calibrated_range_of_the_layers_inputs():
@@ -92,17 +98,14 @@ def test_what_does_not_combine_is_refused_before_any_work(argv, says, tmp_path, 
 
 def test_every_calibration_family_exports_the_learned_ranges(tmp_path):
     out = tmp_path / "b"
-    assert main(["export", "tiny_cnn", "--targets", "tflite,ptl,ncnn", "--quant", "int8", "--qat-steps", "20",
+    assert main(["export", "tiny_cnn", "--targets", "tflite,ptl,ncnn", "--quant", "int8", "--qat-steps", "40",
                  "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     qat = report["quantization_aware_training"]
-    assert qat["steps"] == 20 and "quantization-aware training: 20 steps" in " ".join(report["notes"])
+    assert qat["steps"] == 40 and "quantization-aware training: 40 steps" in " ".join(report["notes"])
     learned = manifest["quantization"]["recipe"]["learned_ranges"]
-    if qat["ranges"] == "recalibrated":  # the held-out check kept the calibration: nothing to carry
-        assert learned == []
-        return
-    assert len(learned) == qat["layers"] == 6
+    assert qat["ranges"] == "learned" and len(learned) == qat["layers"] == 6
     for key in ("tflite:int8", "ptl:int8", "ncnn:int8"):
         t = report["targets"][key]
         assert t["status"] == "pass", (key, t.get("error"))
