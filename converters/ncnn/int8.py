@@ -222,19 +222,26 @@ def _torch_layers(folded, sample) -> list[tuple[str, object, np.ndarray]]:
     return seen
 
 
-def fold(model):
+def fold(model, example_inputs: tuple):
     """The model as a torch.fx GraphModule with BatchNorm folded into the preceding conv, as pnnx
     folds it: ``nn.BatchNorm2d`` modules (torch.fx's ``fuse``) and batch norms that tracing turned
     into ``F.batch_norm`` calls (a BatchNorm subclass with its own forward, such as timm's
-    ``BatchNormAct2d``, which fuse does not know: those layers stayed float, 1 of 53 int8)."""
+    ``BatchNormAct2d``, which fuse does not know: those layers stayed float, 1 of 53 int8).
+    A model that branches on tensor shapes is traced with the example's shapes fixed, as pnnx's
+    export is (``shape_trace``)."""
     from torch.fx.experimental.optimization import fuse
+
+    from edgekit.quant.shape_trace import trace_with_shapes
 
     try:
         gm = fuse(copy.deepcopy(model).eval())
     except Exception as exc:  # noqa: BLE001 - symbolic tracing of a user model can raise anything
-        raise UserError("E-TARGET-PRECISION", f"ncnn INT8 needs a torch.fx-traceable model to build its quantized "
-                        f"reference: {type(exc).__name__}: {str(exc)[:200]}",
-                        "keep the ncnn target FP32 for this model") from exc
+        try:
+            gm = fuse(trace_with_shapes(copy.deepcopy(model).eval(), example_inputs).eval())
+        except Exception:  # noqa: BLE001 - the first error says more about the model
+            raise UserError("E-TARGET-PRECISION", f"ncnn INT8 needs a torch.fx-traceable model to build its quantized "
+                            f"reference: {type(exc).__name__}: {str(exc)[:200]}",
+                            "keep the ncnn target FP32 for this model") from exc
     if _fold_functional_batch_norms(gm):
         gm.graph.lint()
         gm.recompile()
@@ -589,13 +596,13 @@ def export_int8(conv, model, spec, recipe, out_dir: Path, example_inputs: tuple,
         bin_bytes = weights.read_bytes()
         layout = _bin_layout(layers, len(bin_bytes))
         net = load_net(param, weights, threads=1)
-        folded = fold(model)
+        folded = fold(model, example_inputs)
         first = _ncnn_blobs(net, fp.meta["inputs"], fp.meta["input_feed"], samples[0],
                             sorted({lay.inputs[0] for lay in layers if lay.type in QUANTIZABLE}))
         qlayers, unmatched = match_layers(layers, bin_bytes, layout, folded, first, samples[0])
         qlayers = [q for q in qlayers if q.module not in kept]
         if rounded is not None:
-            _take_rounded(qlayers, rounded)
+            _take_rounded(qlayers, rounded, example_inputs)
         notes = notes + calibrate(net, fp.meta, samples, qlayers, recipe)
         qlayers, shifts, sensitive, rewrite_notes = _float_rewrites(layers, qlayers, folded, samples, fp.meta["outputs"])
         for q in qlayers:
@@ -690,9 +697,9 @@ def _prepared(model, example_inputs: tuple, samples, recipe):
     return model, (rounded if learned else None), notes
 
 
-def _take_rounded(qlayers: list[QLayer], rounded) -> None:
+def _take_rounded(qlayers: list[QLayer], rounded, example_inputs: tuple) -> None:
     """Each int8 layer's weights (and bias) from the learned-rounding model, BatchNorm folded as in ``fold``."""
-    mods = dict(fold(rounded).named_modules())
+    mods = dict(fold(rounded, example_inputs).named_modules())
     for q in qlayers:
         mod = mods.get(q.module)
         if mod is not None and mod.weight.numel() == q.weight.size:

@@ -202,6 +202,27 @@ def _attr(module: nn.Module, target: str):
     return module
 
 
+def with_fixed_shapes(model: nn.Module, example_inputs: tuple) -> tuple[nn.Module, bool]:
+    """-> (the model, False) when prepare_fx's tracer follows it; else (the model traced by that tracer
+    with the example's shapes fixed, True) when that works (timm MobileViT, Hugging Face BERT and
+    YOLOS branch on shapes); else (the model, False) for check_traceable to name the line."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    from edgekit.quant.shape_trace import trace_with_shapes
+
+    try:
+        QuantizationTracer([], []).trace(model)
+        return model, False
+    except Exception:  # noqa: BLE001 - symbolic tracing of a user model can raise anything
+        pass
+    try:
+        traced = trace_with_shapes(model, example_inputs, QuantizationTracer,
+                                   skipped_module_names=[], skipped_module_classes=[])
+    except Exception:  # noqa: BLE001 - check_traceable reports the plain tracer's error, at the model's line
+        return model, False
+    return traced.train(model.training), True
+
+
 def check_traceable(model: nn.Module) -> None:
     """Trace ``model`` the way prepare_fx does (its tracer); what torch.fx cannot follow is raised as
     UnsupportedOpError at the model's own line, before prepare_fx (whose other errors stay errors)."""

@@ -53,7 +53,8 @@ from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
 from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, float_op_for_node,
-                 fold_parameter_expressions, graph_origins, guard_float, unobserve_non_float)
+                 fold_parameter_expressions, graph_origins, guard_float, unobserve_non_float,
+                 with_fixed_shapes)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -266,9 +267,13 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
     fused, contiguous = rewrite_relu6(model, recipe.fuse_relu6)
     model.eval()  # the new modules too (FX fusion wants conv, bn and relu in one mode)
     matched = keep_float_modules(model, recipe)  # before folding: class names still name the user's modules
+    model, shaped = with_fixed_shapes(model, tuple(example_inputs))
     model, constants = fold_parameter_expressions(model)
     notes = [f"{constants} expression(s) of parameters alone (e.g. attention-bias gathers) evaluated once "
              "and stored as constants"] if constants else []
+    if shaped:
+        notes.append("traced with the example input's shapes fixed (the model reads tensor shapes in "
+                     "Python control flow or indexing, which torch.fx alone cannot follow)")
     if fused:
         notes.append(f"{fused} conv+ReLU6 fused (ReLU with the output range capped at 6)")
     if contiguous:

@@ -193,7 +193,8 @@ def test_text_encoder_with_int64_inputs(calib_root, tmp_path):
 
 
 class SlicesABuffer(nn.Module):
-    """HF BERT's embeddings: a buffer sliced by a traced size, which torch.fx cannot follow."""
+    """HF BERT's embeddings (a buffer sliced by a traced size) and timm MobileViT's ``if new_h != H``
+    (a branch on a shape): torch.fx alone cannot follow either; traced with the example's shapes fixed."""
 
     def __init__(self):
         super().__init__()
@@ -201,15 +202,44 @@ class SlicesABuffer(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3)
 
     def forward(self, x):
-        return self.conv(x + self.offsets[: x.size(-1)])
+        if x.shape[-1] != x.shape[-2]:
+            x = F.interpolate(x, size=(x.shape[-2], x.shape[-2]))
+        return F.relu(self.conv(x + self.offsets[: x.size(-1)]))
 
 
-def test_untraceable_model_is_unsupported_naming_its_line(photos, tmp_path):
-    r = _ptl_int8(SlicesABuffer(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
-    assert r.status == "unsupported", (r.status, r.error)
-    assert "torch.fx symbolic tracing" in r.error["op"]
-    assert "test_ptl_int8_reach.py" in r.error["message"] and "self.offsets[: x.size(-1)]" in r.error["message"]
-    assert "--quant dynamic" in r.error["fix"]
+def test_model_reading_shapes_quantizes_with_its_shapes_fixed(photos, tmp_path):
+    r = _ptl_int8(SlicesABuffer(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="regression")
+    _assert_verified(r)
+    assert any("shapes fixed" in n for n in r.raw["notes"]), r.raw["notes"]
+
+
+class BranchesOnValues(nn.Module):
+    """A decision on tensor values: no one graph is right for every input, so no tracer may fix it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:
+            y = -y
+        return y
+
+
+def test_model_branching_on_values_is_unsupported_naming_its_line(photos):
+    """torch.export refuses this model before any target (the pipeline's capture), so the ptl step is
+    called directly: with or without fixed shapes, the tracer must stop at the user's line."""
+    from edgekit.converters.ptl.fx import check_traceable, with_fixed_shapes
+    from edgekit.errors import UnsupportedOpError
+
+    model, shaped = with_fixed_shapes(BranchesOnValues().eval(), (torch.from_numpy(photos[:1]),))
+    assert not shaped
+    with pytest.raises(UnsupportedOpError) as err:
+        check_traceable(model)
+    assert err.value.code == "E-OP-UNSUPPORTED" and "torch.fx symbolic tracing" in err.value.op
+    assert "test_ptl_int8_reach.py" in err.value.what and "if y.mean() > 0:" in err.value.what
+    assert "--quant dynamic" in err.value.fix
 
 
 class DictOutputs(GatedNet):
