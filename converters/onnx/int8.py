@@ -31,9 +31,6 @@ def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple,
     from edgekit.quant.pt2e import quantize
     from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
-    if any(not t.is_floating_point() for t in example_inputs):
-        raise UserError("E-TARGET-PRECISION", f"onnx INT8 quantizes float inputs only; {spec.name} takes "
-                        f"{[str(t.dtype) for t in example_inputs]}", "export onnx in fp32 or dynamic for this model")
     q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(), fold_quantize=True)
     ref = Path(out_dir) / reference_name(spec.name, "onnx")
     save_quantized_reference(q.module, tuple(example_inputs), ref)

@@ -79,9 +79,6 @@ class OpenVinoConverter(Converter):
         return self._export(model, spec, recipe, out_dir, example_inputs)
 
     def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
-        from .export import check_int8_inputs
-
-        check_int8_inputs(spec, example_inputs)
         return self._export(model, spec, recipe, out_dir, example_inputs, calibration)
 
     def _export(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None) -> Artifact:

@@ -108,12 +108,6 @@ def _fp16_reference(model, recipe, example_inputs: tuple, out_dir: Path, spec_na
     return sim, name
 
 
-def check_int8_inputs(spec, example_inputs) -> None:
-    if any(not t.is_floating_point() for t in example_inputs):
-        raise UserError("E-TARGET-PRECISION", f"{TARGET} INT8 quantizes float inputs only; {spec.name} takes "
-                        f"{[str(t.dtype) for t in example_inputs]}", f"export {TARGET} in fp32 or fp16 for this model")
-
-
 def _convert(ov, onnx_path: Path):
     try:
         return ov.convert_model(str(onnx_path))

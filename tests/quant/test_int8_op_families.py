@@ -3,7 +3,9 @@ are kept float automatically with a note, and each exported file computes its ow
 reference (fidelity within the step bound) on real photos. Two small models cover the families:
 a mobile CNN block (depthwise and grouped conv, hardswish, squeeze-excitation with a hardsigmoid gate,
 SiLU, pad, nearest/bilinear resize, concat, average and adaptive pooling, broadcasting add/mul) and a
-small attention block (linear on 3-D inputs, LayerNorm, softmax attention matmuls, GELU)."""
+small attention block (linear on 3-D inputs, LayerNorm, softmax attention matmuls, GELU); a text
+encoder adds token and position embeddings on int64 inputs (token ids and an attention mask), read
+from the shipped sentences."""
 from __future__ import annotations
 
 import pytest
@@ -59,6 +61,20 @@ class AttentionOps(nn.Module):
         return self.head(x.mean(1))
 
 
+class TextOps(nn.Module):
+    def __init__(self, vocab=30522, dim=32, length=32):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
+        self.register_buffer("positions", torch.arange(length)[None])
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 64), nn.Linear(64, dim)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.norm(self.tok(input_ids) + self.pos(self.positions))
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        mask = attention_mask.unsqueeze(-1).float()
+        return (x * mask).sum(1) / mask.sum(1)
+
+
 SPEC = dict(inputs=(TensorSpec("image", (1, 3, 32, 32), "float32", "NCHW"),), outputs=(TensorSpec("logits", (1, 10)),),
             preprocess=ImagePreprocess(36, 32), task="classification")
 
@@ -72,15 +88,26 @@ def model_files(tmp_path_factory):
         "def make(cls, name):\n    torch.manual_seed(0)\n    m = cls().eval()\n"
         "    return m, (torch.randn(1, 3, 32, 32),), ModelSpec(name, **SPEC)\n"
         "def mobile():\n    return make(MobileOps, 'mobile_ops')\n"
-        "def attention():\n    return make(AttentionOps, 'attention_ops')\n")
+        "def attention():\n    return make(AttentionOps, 'attention_ops')\n"
+        "def text():\n    from test_int8_op_families import TextOps, text_spec\n    torch.manual_seed(0)\n"
+        "    ids = torch.zeros(1, 32, dtype=torch.int64)\n"
+        "    return TextOps().eval(), (ids, torch.ones_like(ids)), text_spec()\n")
     return root
 
 
-@pytest.mark.parametrize("factory", ["mobile", "attention"])
+def text_spec():
+    from edgekit.models.minilm import model_dir
+    from edgekit.spec import TextPreprocess
+
+    return ModelSpec("text_ops", (TensorSpec("input_ids", (1, 32), "int64"), TensorSpec("attention_mask", (1, 32), "int64")),
+                     (TensorSpec("embedding", (1, 32)),), TextPreprocess(str(model_dir()), 32), "embedding")
+
+
+@pytest.mark.parametrize("factory", ["mobile", "attention", "text"])
 @pytest.mark.parametrize("target", INT8_TARGETS)
 def test_op_family_quantizes_on_every_int8_target(model_files, calib_root, tmp_path, factory, target):
     bundle = edgekit.export(f"{model_files / 'ops.py'}:{factory}", targets=[target], quant="int8", samples=8,
-                            data=calib_root / "images", out=tmp_path / "b")
+                            data=calib_root / ("text" if factory == "text" else "images"), out=tmp_path / "b")
     r = bundle.results[target]
     assert r.status in ("pass", "unsupported"), (r.status, r.error, r.failures)
     if r.status == "unsupported":  # allowed only with the operator and the way out named
@@ -88,5 +115,5 @@ def test_op_family_quantizes_on_every_int8_target(model_files, calib_root, tmp_p
         pytest.skip(f"{target}: {r.error['message']}")
     per_layer = r.raw.get("per_layer") or []
     assert not [layer for layer in per_layer if layer.get("flagged")], "no false alarm from the per-layer view"
-    cost = r.raw["compression"]["logits"]
+    cost = r.raw["compression"]["embedding" if factory == "text" else "logits"]
     assert cost["sqnr_db"] > 8, cost  # INT8 of a real model, not noise
