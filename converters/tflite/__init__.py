@@ -247,19 +247,46 @@ def _quiet_progress():
         os.environ.pop(key, None)
 
 
-def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None, dynamic_shapes=None) -> None:
+def _convert(module, example_inputs: tuple, dst: Path, spec_name: str, quant_config=None, dynamic_shapes=None) -> list[str]:
     """litert-torch convert + export to ``dst``; its torch, JAX and MLIR errors become coded ones.
-    ``dynamic_shapes``: torch.export's (edgekit.dynamic.torch_shapes), FP32 only."""
-    import litert_torch
+    ``dynamic_shapes``: torch.export's (edgekit.dynamic.torch_shapes), FP32 only. A module the
+    converter refuses for an explicit expand feeding a broadcasting op is converted again with those
+    expands dropped (broadcast.py). -> what was rewritten ("<what> x<count>")."""
+    import torch
+
+    from .broadcast import drop_broadcast_expands, without_broadcast_expands
 
     extra = {} if quant_config is None else {"quant_config": quant_config}
     if dynamic_shapes is not None:
         extra["dynamic_shapes"] = dynamic_shapes
+    rewrites = []
+    if isinstance(module, torch.fx.GraphModule):  # INT8: the convert_pt2e program, rewritten in place
+        dropped = drop_broadcast_expands(module)
+        rewrites += [f"expand before a broadcasting op dropped x{dropped}"] if dropped else []
     try:
-        with _quiet_progress():
-            litert_torch.convert(module, tuple(example_inputs), **extra).export(str(dst))
+        _litert_export(module, example_inputs, dst, extra)
+        return rewrites
     except Exception as exc:  # litert-torch raises torch, JAX and MLIR errors alike
+        simpler = None
+        if "broadcast-compatible" in _chain_text(exc) and not isinstance(module, torch.fx.GraphModule):
+            try:
+                simpler = without_broadcast_expands(module, example_inputs, dynamic_shapes)
+            except Exception:  # noqa: BLE001 - the converter's own error says more
+                simpler = None
+        if simpler is None:
+            raise _conversion_error(exc, spec_name, dynamic_shapes is not None) from exc
+    try:
+        _litert_export(simpler, example_inputs, dst, extra)
+    except Exception as exc:  # noqa: BLE001 - as above
         raise _conversion_error(exc, spec_name, dynamic_shapes is not None) from exc
+    return ["expand before a broadcasting op dropped (torch.export, then converted again)"]
+
+
+def _litert_export(module, example_inputs: tuple, dst: Path, extra: dict) -> None:
+    import litert_torch
+
+    with _quiet_progress():
+        litert_torch.convert(module, tuple(example_inputs), **extra).export(str(dst))
 
 
 class TFLiteConverter(Converter):
@@ -292,10 +319,10 @@ class TFLiteConverter(Converter):
     def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
         precision = "fp32"
         final = Path(out_dir) / f"{spec.name}-{precision}{self.info.suffix}"
-        _convert(model.eval(), example_inputs, final, spec.name,
-                 dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
+        rewrites = _convert(model.eval(), example_inputs, final, spec.name,
+                            dynamic_shapes=dynamic.torch_shapes(spec.dynamic, spec.input_names))
         try:
-            meta = {**_io_meta(final, spec), **dynamic.meta(spec.dynamic)}
+            meta = {**_io_meta(final, spec), **dynamic.meta(spec.dynamic), "traced_rewrites": rewrites}
         except UserError as exc:
             if not spec.dynamic or exc.code != "E-ARTIFACT-CORRUPT":
                 raise
@@ -336,7 +363,7 @@ class TFLiteConverter(Converter):
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
         ref = out_dir / reference_name(spec.name, "tflite", precision)
-        _convert(q.module, example_inputs, final, spec.name, QuantConfig(pt2e_quantizer=quantizer))
+        rewrites = _convert(q.module, example_inputs, final, spec.name, QuantConfig(pt2e_quantizer=quantizer))
         from .float_outputs import keep_float_outputs
 
         kept = keep_float_outputs(final, final, q.output_scales)  # outputs the reference leaves float stay float
@@ -360,7 +387,7 @@ class TFLiteConverter(Converter):
             + ([f"16x8: {widened['ops_16x8']} conv/fully-connected ops with int16 activations, {widened['biases_widened']} "
                 "int32 biases stored as int64 (what the 16x8 kernels take); they run on TFLite's builtin kernels (XNNPACK "
                 "has no int16 kernels)"] if widened else []) \
-            + [f"tensor names shortened: {names['bytes_before'] - names['bytes_after']} bytes saved"]
+            + [f"tensor names shortened: {names['bytes_before'] - names['bytes_after']} bytes saved"] + rewrites
         meta.update(quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, notes), float_io=float_io)
         return Artifact(NAME, precision, final.name, (final.name, ref.name), meta)
 
