@@ -684,18 +684,24 @@ class _Simulation:
         """quantized.mul(qx, c) (e.g. an attention's q * scale): the kernel keeps the integers and sets the
         output's qparams to (s * |c|, zp) for c > 0, (s * |c|, qmax + qmin - zp) with the integers
         mirrored for c < 0, (1, 0) and zeros for c == 0, so the value is exactly c * x: no rounding."""
-        x, c = self.arg(node.args)
+        x, c = self.tensor_and_scalar(node)
         s, zp = self.src_qp(node)
         c = float(c)
         qparams = (s * abs(c), zp) if c > 0 else (s * abs(c), QMAX + QMIN - zp) if c < 0 else (1.0, 0)
         self.fixed(node, self.g.call_function(operator.mul, (x, c)), qparams)  # on that grid: the rounding is exact
+
+    def tensor_and_scalar(self, node) -> tuple:
+        """(tensor, number) of a quantized mul/add with a scalar, in either order (HF's GELU writes
+        ``0.5 * x``)."""
+        a, b = self.arg(node.args)
+        return (b, a) if isinstance(a, (int, float)) else (a, b)
 
     def add_scalar(self, node) -> None:
         """quantized.add(qx, c) (e.g. ``var + eps``): the kernel adds c rounded to x's grid,
         c_q = round(c / s), by moving the zero point to zp - c_q when that stays in [qmin, qmax] (the
         integers unchanged); otherwise it requantizes to the range widened to hold it (zero point at
         the end of the range), as PyTorch's qadd_scalar does."""
-        x, c = self.arg(node.args)
+        x, c = self.tensor_and_scalar(node)
         s, zp = self.src_qp(node)
         c_q = int(np.rint(float(c) / s))
         z = zp - c_q
