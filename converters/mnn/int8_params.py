@@ -11,9 +11,13 @@ What is done instead, with the numbers of the QDQ file (that is, of the quantize
 1. every weight ``DequantizeLinear`` becomes a float initializer holding exactly (q - zp) * scale;
 2. every activation ``QuantizeLinear -> DequantizeLinear`` pair is removed; its scale and zero point
    are kept for the tensor it quantized (a pair on a graph output renames the producer's output);
-3. each Conv / Gemm / MatMul with an int8 weight whose input and output (after a ReLU/Clip MNN fuses
-   into it) are quantized becomes one layer of MNN's ``Compression::Pipeline`` (JSON): input scale
-   and zero point, per-output-channel weight scales, output scale and zero point.
+3. a ``Transpose`` of such a weight (torch.onnx writes a Linear on a 3-D input as
+   ``DequantizeLinear(W) -> Transpose -> MatMul -> Add(bias)``) is folded into the initializer, so
+   the MatMul's weight is a constant MNN turns into a convolution;
+4. each Conv / Gemm / MatMul with an int8 weight whose input and output (after a ReLU/Clip MNN fuses
+   into a Conv, or for a MatMul the bias ``Add`` MNN fuses into it) are quantized becomes one layer of
+   MNN's ``Compression::Pipeline`` (JSON): input scale and zero point, per-output-channel weight
+   scales, output scale and zero point.
 MNN's converter, given that file (``--compressionParamsFile``), re-quantizes each conv's float weights
 with those scales (round(w / s) of a weight that is q * s gives back q) and writes int8 weights plus
 int8 tensor descriptions; its runtime then runs ``Convolution [ DT_INT8 ]`` kernels, and also runs
@@ -28,7 +32,7 @@ import numpy as np
 
 from edgekit.errors import InternalError
 
-_FUSED_ACTIVATIONS = ("Relu", "Clip")  # MNN folds these into the preceding conv (relu / relu6)
+_FUSED_ACTIVATIONS = ("Relu", "Clip")  # MNN folds these into the preceding Conv (relu / relu6)
 _WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -76,9 +80,9 @@ def qdq_to_float(model) -> FloatGraph:
     removed, weights, acts, rename, new_inits = set(), {}, {}, {}, []
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            w, scales = _dequantize_constant(node, array)
+            w, scales, axis = _dequantize_constant(node, array)
             new_inits.append(numpy_helper.from_array(w, node.output[0]))
-            weights[node.output[0]] = (scales, w.shape)
+            weights[node.output[0]] = (scales, w.shape, axis)
             removed.add(id(node))
         elif node.op_type == "QuantizeLinear":
             pairs = consumers.get(node.output[0], [])
@@ -106,6 +110,7 @@ def qdq_to_float(model) -> FloatGraph:
                 node.input[:] = [out.name if i == src else i for i in node.input]
                 node.output[:] = [out.name if o == src else o for o in node.output]
             acts[out.name] = acts.pop(src)
+    keep = _fold_weight_transposes(keep, weights, new_inits)
     del graph.node[:]
     graph.node.extend(keep)
     graph.initializer.extend(new_inits)
@@ -119,18 +124,45 @@ def qdq_to_float(model) -> FloatGraph:
     return result
 
 
-def _dequantize_constant(node, array) -> tuple[np.ndarray, list[float]]:
+def _dequantize_constant(node, array) -> tuple[np.ndarray, list[float], int | None]:
     """(q - zp) * scale of a constant DequantizeLinear, computed in float32 as torch's
-    dequantize_per_channel does; and its scales (one per channel, or one)."""
+    dequantize_per_channel does; its scales (one per channel, or one) and the channel axis (None:
+    per tensor)."""
     q = array(node.input[0]).astype(np.float32)
     scale = array(node.input[1]).astype(np.float32)
     zp = array(node.input[2]).astype(np.float32) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
     if scale.size == 1:
-        return ((q - zp.reshape(())) * scale.reshape(())).astype(np.float32), [float(scale.reshape(()))]
+        return ((q - zp.reshape(())) * scale.reshape(())).astype(np.float32), [float(scale.reshape(()))], None
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
     shape = [1] * q.ndim
     shape[axis] = -1
-    return ((q - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32), [float(s) for s in scale.reshape(-1)]
+    w = ((q - zp.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+    return w, [float(s) for s in scale.reshape(-1)], axis
+
+
+def _fold_weight_transposes(nodes: list, weights: dict, new_inits: list) -> list:
+    """Replace every ``Transpose`` of a dequantized weight by the transposed initializer (a weight
+    in its own right, its channel axis moved with it); -> the nodes left.
+
+    Why: torch.onnx writes ``nn.Linear`` on a 3-D input as ``MatMul(x, Transpose(W))``; with the
+    Transpose folded, the MatMul's weight is a constant of shape (in, out) whose per-channel scales
+    lie along its last axis, the output channels, and MNN's converter turns it into a convolution
+    (ConvertMatMulToConv2D.cpp requires a constant weight)."""
+    from onnx import numpy_helper
+
+    tensors = {t.name: t for t in new_inits}
+    keep = []
+    for node in nodes:
+        if node.op_type != "Transpose" or node.input[0] not in weights or node.input[0] not in tensors:
+            keep.append(node)
+            continue
+        scales, shape, axis = weights[node.input[0]]
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None) or list(range(len(shape)))[::-1]
+        w = np.ascontiguousarray(numpy_helper.to_array(tensors[node.input[0]]).transpose(perm))
+        tensors[node.output[0]] = numpy_helper.from_array(w, node.output[0])
+        new_inits.append(tensors[node.output[0]])
+        weights[node.output[0]] = (scales, w.shape, None if axis is None else perm.index(axis))
+    return keep
 
 
 def _activation_qparams(node, array) -> tuple[float, int]:
@@ -146,26 +178,65 @@ def _activation_qparams(node, array) -> tuple[float, int]:
 
 
 def _collect_layers(graph, weights: dict, acts: dict, result: FloatGraph) -> None:
+    """One Int8Layer per conv/linear whose weight, input and output are quantized; the others are
+    listed in ``result.skipped`` (MNN keeps them float)."""
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    consts = {i.name: tuple(i.dims) for i in graph.initializer}
     for node in graph.node:
         if node.op_type not in _WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in weights:
             continue
-        out = node.output[0]
-        users = consumers.get(out, [])
-        if out not in acts and len(users) == 1 and users[0].op_type in _FUSED_ACTIVATIONS:
-            out = users[0].output[0]
-        src = node.input[0]
-        if src not in acts or out not in acts:
+        scales, shape, axis = weights[node.input[1]]
+        out, src = _layer_output(node, consumers, acts, consts, shape), node.input[0]
+        if src not in acts or out not in acts or not _channels_match(node, shape, axis):
             result.skipped.append(node.name or out)
             continue
         (in_scale, in_zp), (out_scale, out_zp) = acts[src], acts[out]
-        scales, shape = weights[node.input[1]]
         if len(scales) == 1:  # per tensor: MNN takes one scale per output channel
             scales = scales * _output_channels(node, shape)
         result.layers.append(Int8Layer(node.name, src, out, in_scale, in_zp, scales, out_scale, out_zp))
+
+
+def _layer_output(node, consumers: dict, acts: dict, consts: dict, shape) -> str:
+    """The tensor whose quantizer gives the layer's output scale: the op's own output, or what MNN
+    fuses into the op's convolution under a name the params can address (FullQuantAndCoding.cpp
+    finds a layer by its conv's output tensor, ``<name>`` or ``<name>__matmul_converted``):
+    - a Conv's following ReLU/Clip (the fused conv writes the activation's output);
+    - a MatMul's bias ``Add`` of a constant (ConvertMatMulToConv2D.cpp, "FuseMatMulBias": MatMul +
+      Add(const, size = output channels) becomes one MatMul with a bias, then one convolution whose
+      output is ``<Add output>__matmul_converted``).
+    Not a ReLU/Clip after a Gemm or MatMul: MNN moves it before the Reshape that follows the
+    linear's convolution and fuses it there, and the fused conv's output gets a generated name
+    (``ConvertTensor12``; measured: such layers stayed float), so the layer is left float."""
+    out = node.output[0]
+    users = consumers.get(out, [])
+    if out in acts or len(users) != 1:
+        return out
+    user = users[0]
+    if user.op_type in _FUSED_ACTIVATIONS and node.op_type == "Conv":
+        return user.output[0]
+    if node.op_type == "MatMul" and user.op_type == "Add" and len(user.input) == 2:
+        bias = user.input[1] if user.input[0] == out else user.input[0]
+        dims = consts.get(bias)
+        channels = _output_channels(node, shape)
+        if bias != out and dims is not None and int(np.prod(dims)) == channels and dims[-1:] == (channels,):
+            return user.output[0]
+    return out
+
+
+def _channels_match(node, shape, axis) -> bool:
+    """Per-channel weight scales must lie along the output channels (MNN's layout), and a MatMul
+    weight must be 2-D: MNN turns only a 2-D constant weight into a convolution."""
+    if node.op_type == "MatMul" and len(shape) != 2:
+        return False
+    if axis is None:
+        return True
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return axis == (0 if trans_b else len(shape) - 1)
+    return axis == (0 if node.op_type == "Conv" else len(shape) - 1)
 
 
 def _output_channels(node, shape) -> int:

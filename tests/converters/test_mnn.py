@@ -3,7 +3,8 @@ process, never MNN's pip-installing, log-uploading scripts) to a .mnn run by MNN
 
 On tiny_cnn with real photos: FP32 equals torch within 1e-4; fp16 stores half weights and equals its
 weight simulation; INT8 runs MNN's integer convolutions with edgekit's ranges, within one output
-step of its quantized reference, and a wrong weight scale written into the file is caught; a damaged
+step of its quantized reference, and a wrong weight scale written into the file is caught; linear
+layers on 3-D inputs (MatMul + bias Add in the ONNX file) are int8 convolutions too; a damaged
 file is a coded error; an export starts no pip and opens no network socket; the CLI exports and
 verifies a bundle."""
 from __future__ import annotations
@@ -230,6 +231,52 @@ def test_converter_abort_and_unknown_op_are_coded_errors(tmp_path):
         tool.run([tool.convert_onnx(tmp_path / "hardmax" / "m.onnx", tmp_path / "hardmax" / "m.mnn")],
                  tmp_path / "hardmax", onnx_graph=hardmax.graph)
     assert (err.value.target, err.value.op, err.value.node) == ("mnn", "Hardmax", "pick")
+
+
+class _Linears3d(torch.nn.Module):
+    """Linear layers on a (1, 16, 32) input, as in a transformer block: torch.onnx writes each as
+    DequantizeLinear(W) -> Transpose -> MatMul (-> Add(bias)), never as Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(32, 48), torch.nn.Linear(48, 24, bias=False)
+        self.fc3 = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        gelu = torch.nn.functional.gelu
+        return self.fc3(gelu(self.fc2(gelu(self.fc1(x))))).mean(1)
+
+
+def test_int8_linears_on_3d_inputs_run_integer_kernels(tmp_path):
+    """Each 3-D linear (weight Transpose folded; MatMul + bias Add = one layer named by the Add's
+    output, as MNN fuses it) is an int8 convolution of MNN's file with the reference's per-channel
+    weight scales, and the file stays within one step of its reference (measured 0.5). Before, no
+    layer was found and the export failed with E-TARGET-PRECISION."""
+    from edgekit.data import samples_from
+    from edgekit.model_source import load_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((1, 16, 32)).astype(np.float32) for _ in range(24)]
+    lm = load_model(_Linears3d().eval(), (torch.from_numpy(data[0]),))
+    art = CONVERTER.export(lm.module, lm.spec, QuantRecipe(), tmp_path, lm.example_inputs,
+                           calibration=samples_from(data[:16], lm.spec))
+    assert art.meta["int8_convolutions"] == 3
+    assert not [n for n in art.meta["quant_notes"] if "stay float" in n or "made only" in n], art.meta["quant_notes"]
+    types = _op_types(tmp_path / art.path)
+    assert types.count("Convolution [ DT_INT8 ]") == 3
+    assert not [t for t in types if t.startswith("Convolution") and "DT_INT8" not in t]
+    gm = load_quantized_reference(tmp_path / art.meta["reference"]).module()
+    scales = [gm.get_buffer(n.args[1].target).numpy().astype(np.float32) for n in gm.graph.nodes
+              if n.op == "call_function" and "dequantize_per_channel" in str(n.target)]
+    data_bytes = (tmp_path / art.path).read_bytes()
+    assert len(scales) == 3 and all(data_bytes.count(s.tobytes()) == 1 for s in scales)  # in output-channel order
+    held = [(d,) for d in data[16:]]
+    ref = run_program(gm, held)[0]
+    got = _run(art, tmp_path, held)
+    assert np.abs(got - ref).max() / art.meta["output_scales"][0] <= 1.0 + 1e-3
+    res = compare("mnn", "int8", [ref], [got], lm.spec.output_names, INT8_TOLERANCE, True, art.meta["output_scales"])
+    assert res.status == "pass", res.failures
 
 
 # An audit hook for the export process (loaded through PYTHONPATH as sitecustomize): records every
