@@ -54,7 +54,7 @@ from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_mod
 
 from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, float_op_for_node,
                  fold_parameter_expressions, graph_origins, guard_float, unobserve_non_float,
-                 with_fixed_shapes)
+                 restride_bilinear_inputs, with_fixed_shapes)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
 _CAP = "_edgekit_cap"  # attribute on a ReLU that replaced a ReLU6: its output range is capped here
@@ -369,6 +369,7 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
                 float_ops.extend(new)
                 continue
             converted = convert_fx(prepared, backend_config=get_qnnpack_backend_config())
+        restrided = restride_bilinear_inputs(converted)
         try:
             sim, out_qp, in_qp = simulate(converted, {n: original_name(o.scope) for n, o in origins.items()})
         except UnsupportedOpError as gap:
@@ -378,6 +379,8 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
             float_ops.append(op)
             continue
         notes += [n for n in [learned_note(read, recipe)] if n]
+        notes += [f"{restrided} bilinear resize input(s) copied with fresh channels_last strides (qnnpack's "
+                  "quantized bilinear resize is wrong on a channels_last view, e.g. after permute+reshape)"] if restrided else []
         return _Converted(converted, sim, out_qp, in_qp, ranges, matched, notes, float_ops, refused)
 
 
@@ -550,7 +553,7 @@ _SAME_QPARAMS_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.AdaptiveAvgPool2d, n
                          nn.Flatten, nn.Identity, nn.Dropout, ContiguousReLU6)
 # modules that return their input in eval mode: no op in the traced, frozen .ptl, so no activation in the reference
 _PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout)
-_SHAPE_METHODS = {"contiguous", "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
+_SHAPE_METHODS = {"contiguous", "clone", "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze",
                   "size", "dim", "mean", "clamp", "relu", "hardtanh"}
 
 

@@ -357,3 +357,26 @@ def test_weight_device_and_dtype_read_in_forward(photos):
         got, want = q.module(x), q.simulation(x)
     assert isinstance(q.module.proj, torch.ao.nn.quantized.Conv2d) and not q.kept_float  # the conv runs INT8
     assert torch.allclose(got, want, atol=2 * q.output_scales[0]), (got - want).abs().max()
+
+
+class TokensToImage(nn.Module):
+    """SegFormer's decoder: tokens from a linear, permuted and reshaped to an image (a channels_last
+    view with batch stride C, not C*H*W), then a bilinear resize, on which qnnpack's quantized
+    kernel computed wrong values (85 steps off) until edgekit gave the resize fresh strides."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.mlp, self.head = nn.Conv2d(3, 16, 8, 8), nn.Linear(16, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        t = self.patch(x)
+        b, c, h, w = t.shape
+        tokens = self.mlp(t.flatten(2).transpose(1, 2))  # (1, h*w, 16)
+        image = tokens.permute(0, 2, 1).reshape(b, c, h, w)
+        return self.head(F.interpolate(image, size=(2 * h, 2 * w), mode="bilinear", align_corners=False))
+
+
+def test_bilinear_resize_of_a_permuted_view_computes_its_reference(photos, tmp_path):
+    r = _ptl_int8(TokensToImage(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="regression")
+    _assert_verified(r)
+    assert any("bilinear resize input(s) copied with fresh channels_last strides" in n for n in r.raw["notes"]), r.raw["notes"]
