@@ -91,21 +91,26 @@ def test_perturbed_weight_fails_verify_for_that_target_only(cnn_bundle, tmp_path
 
 
 def test_truncated_artifact_is_a_coded_error_and_others_still_run(cnn_bundle, tmp_path):
+    """Two verify runs, each with half the runnable artifacts truncated: every truncated file is a
+    coded error and every intact one still passes in the same run (one run per file took 77 s)."""
     copy = tmp_path / "b"
     shutil.copytree(cnn_bundle, copy)
-    for a in B.read_manifest(copy)["artifacts"]:
-        if a["target"] not in RUNNABLE:
-            continue
-        p = copy / a["path"]
-        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
-        rehash(p)  # as a broken exporter would record it: the runtime itself must refuse the file
+    runnable = [a for a in B.read_manifest(copy)["artifacts"] if a["target"] in RUNNABLE]
+    for half in (runnable[0::2], runnable[1::2]):
+        for a in half:
+            p = copy / a["path"]
+            p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
+            rehash(p)  # as a broken exporter would record it: the runtime itself must refuse the file
         assert main(["verify", str(copy), "--quiet", "--json", str(tmp_path / "v.json")]) == 1
         v = json.loads((tmp_path / "v.json").read_text())
-        t = v["targets"][a["target"]]
-        assert t["status"] == "error" and t["error"]["code"] in ("E-ARTIFACT-CORRUPT", "E-RUNTIME-CRASH"), t
-        assert v["summary"]["passed"] == len(RUNNABLE) - 1
-        shutil.copy2(cnn_bundle / a["path"], p)
-        rehash(p)
+        broken = {a["target"] for a in half}
+        for name, t in v["targets"].items():
+            if name in broken:
+                assert t["status"] == "error" and t["error"]["code"] in ("E-ARTIFACT-CORRUPT", "E-RUNTIME-CRASH"), t
+        assert v["summary"]["passed"] == len(RUNNABLE) - len(broken)
+        for a in half:
+            shutil.copy2(cnn_bundle / a["path"], copy / a["path"])
+            rehash(copy / a["path"])
 
 
 def test_text_model_passes_on_real_sentences(tmp_path):
