@@ -49,7 +49,7 @@ from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injecte
 _FAKE_QUANT = "aten.fake_quantize_per_tensor_affine"
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
 # nodes that compute nothing of their own (eval-mode dropout returns its input): no reference activation
-_NOT_A_LAYER = {"prim::Constant", "aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::detach"}
+_NOT_A_LAYER = {"prim::Constant", "aten::dropout", "quantized::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::detach"}
 
 
 @dataclass(frozen=True)

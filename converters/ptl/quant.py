@@ -314,8 +314,8 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     for op in run.float_ops:
         kept[op.label] = "auto"
         notes.append(f"{op.label} kept in float automatically: " + run.refused.get(
-            op, "edgekit has no simulation of qnnpack's quantized kernel for it, so its INT8 output could not be "
-                "verified (mixed precision)"))
+            op, f"edgekit cannot simulate its INT8 form ({run.gaps.get(op, 'no simulation of qnnpack kernel')}), "
+                "so its INT8 output could not be verified (mixed precision)"))
     if learned:
         notes.insert(0, describe(learned))
     if plain:
@@ -343,7 +343,8 @@ class _Converted:
     matched: dict  # the recipe's keep_float layers
     notes: list
     float_ops: list  # FloatOps kept float automatically, in the order found
-    refused: dict  # FloatOp -> why qnnpack refuses it (the others have no simulation)
+    refused: dict  # FloatOp -> why qnnpack refuses it
+    gaps: dict  # FloatOp -> the quantized op edgekit could not simulate for it
 
 
 def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: QuantRecipe) -> _Converted:
@@ -357,6 +358,7 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
 
     float_ops: list[FloatOp] = []
     refused: dict[FloatOp, str] = {}
+    gaps: dict[FloatOp, str] = {}
     while True:
         with qnnpack_engine():
             prepared, matched, notes = prepare(model, example_inputs, recipe, tuple(float_ops))
@@ -377,11 +379,12 @@ def _convert_until_runnable(model, example_inputs: tuple, samples, recipe: Quant
             if op is None or len(float_ops) - len(refused) >= MAX_FLOAT_FALLBACKS:
                 raise
             float_ops.append(op)
+            gaps[op] = gap.op
             continue
         notes += [n for n in [learned_note(read, recipe)] if n]
         notes += [f"{restrided} bilinear resize input(s) copied with fresh channels_last strides (qnnpack's "
                   "quantized bilinear resize is wrong on a channels_last view, e.g. after permute+reshape)"] if restrided else []
-        return _Converted(converted, sim, out_qp, in_qp, ranges, matched, notes, float_ops, refused)
+        return _Converted(converted, sim, out_qp, in_qp, ranges, matched, notes, float_ops, refused, gaps)
 
 
 def _refused_float_ops(prepared, example_inputs: tuple, origins, float_ops) -> dict:
@@ -619,6 +622,8 @@ class _Simulation:
         elif op == "call_function" and node.target is torch.quantize_per_tensor:
             x, s, zp, _ = self.arg(node.args)
             self.put(node, self.g.call_function(fake_quant, (x, float(s), int(zp))), (s, zp))
+        elif name == "quantized.dropout" and not node.kwargs.get("training", False):
+            self.env[node] = self.arg(node.args[0])  # eval mode: the kernel returns its input, qparams and all
         elif name == "quantized.mul" and len(node.args) == 2:
             self.mul_scalar(node)
         elif name == "quantized.add" and len(node.args) == 2:
@@ -674,6 +679,11 @@ class _Simulation:
             sim = SimQNorm(mod) if type(mod).__name__ in SimQNorm.KINDS else SimQActivation(mod)
             _put(self.root, name, sim)
             self.put(node, call(), (mod.scale, mod.zero_point))
+        elif q_in is None and type(mod).__module__.startswith("torch.ao.nn.quantized"):
+            # a module called more than once (ALBERT's shared layers) that convert_fx quantized while
+            # one of its calls reads a float tensor: that call fails in the runtime; kept float instead
+            raise UnsupportedOpError("ptl", f"quantized {type(mod).__name__} called on a float input", node.name,
+                                     "keep this layer in float (--keep-float) or export ptl in fp32")
         elif q_in is None or isinstance(mod, _SAME_QPARAMS_MODULES):
             _put(self.root, name, copy.deepcopy(mod))
             self.put(node, call())

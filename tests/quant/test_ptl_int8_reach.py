@@ -380,3 +380,44 @@ def test_bilinear_resize_of_a_permuted_view_computes_its_reference(photos, tmp_p
     r = _ptl_int8(TokensToImage(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="regression")
     _assert_verified(r)
     assert any("bilinear resize input(s) copied with fresh channels_last strides" in n for n in r.raw["notes"]), r.raw["notes"]
+
+
+class SharedLayers(nn.Module):
+    """ALBERT's pattern: one layer (LayerNorm, linears, HF's tanh GELU written ``0.5 * x * ...``,
+    eval-mode ``F.dropout``) applied several times with shared weights to tokens."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 8, 8)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        for _ in range(4):
+            h = self.fc1(t)
+            h = 0.5 * h * (1.0 + torch.tanh(0.7978845608 * (h + 0.044715 * torch.pow(h, 3.0))))
+            t = self.norm(t + F.dropout(self.fc2(h), p=0.1, training=self.training))
+        return t.mean(1)
+
+
+def test_layers_shared_across_calls_quantize_and_verify(photos, tmp_path):
+    r = _ptl_int8(SharedLayers(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="embedding")
+    _assert_verified(r, max_layer_steps=2.0)
+
+
+class SharedNormAfterFloatOp(SharedLayers):
+    """The shared LayerNorm's last call reads F.elu's output, which stays float (no simulation):
+    convert_fx quantizes the module for every call, so that call would hand a float tensor to
+    quantized::layer_norm and crash in the runtime; edgekit keeps the LayerNorm float instead."""
+
+    def forward(self, x):
+        t = self.norm(self.patch(x).flatten(2).transpose(1, 2))
+        t = self.norm(t + self.fc2(F.relu(self.fc1(t))))
+        return self.norm(F.elu(self.fc2(F.relu(self.fc1(t))))).mean(1)
+
+
+def test_shared_module_with_a_float_call_is_kept_float(photos, tmp_path):
+    r = _ptl_int8(SharedNormAfterFloatOp(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b", task="embedding")
+    _assert_verified(r)
+    assert any("LayerNorm kept in float automatically" in n and "called on a float input" in n for n in r.raw["notes"]), \
+        r.raw["notes"]
