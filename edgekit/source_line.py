@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>[^\n]*)')
+_JIT_FRAME = re.compile(r"^(?P<file>[^\n(]+)\((?P<line>\d+)\): (?P<func>\S+)$", re.M)
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -48,6 +49,21 @@ def user_frame(stack_trace: str | None) -> str | None:
         return None
     m = frames[-1]
     return f"{m['file']}:{m['line']} in {m['func']}: {m['code'].strip()}"
+
+
+def user_frame_of_jit(source_range: str | None) -> str | None:
+    """The same for a TorchScript node's ``sourceRange()`` of a traced module ("file(line): func" per
+    frame, innermost first): the innermost frame outside the library folders, with its code line."""
+    import linecache
+
+    library = _library_dirs()
+    for m in _JIT_FRAME.finditer(source_range or ""):
+        path = m["file"].strip()
+        if path.startswith("<") or str(Path(path).resolve()).startswith(library):
+            continue
+        code = linecache.getline(path, int(m["line"])).strip()
+        return f"{path}:{m['line']} in {m['func']}: {code}"
+    return None
 
 
 def locate(program, op: str | None, node: str | None = None) -> str | None:

@@ -61,8 +61,9 @@ class PtlNnapiConverter(Converter):
         inputs, described = [], []
         for t, x in zip(spec.inputs, example_inputs):
             if not x.is_floating_point() or x.dtype != torch.float32:
-                raise UserError("E-EXPORT-FAILED", f"input {t.name!r} is {x.dtype}; edgekit's NNAPI export takes float32 inputs",
-                                "drop the ptl-nnapi target for this model (token inputs: use tflite)")
+                raise UnsupportedOpError(NAME, f"{str(x.dtype).replace('torch.', '')} input {t.name!r}", None,
+                                         "PyTorch's NNAPI converter takes float32 inputs only; drop the target "
+                                         "ptl-nnapi for this model (token inputs: use tflite or executorch)")
             nhwc = x.dim() == 4
             x = x.contiguous(memory_format=torch.channels_last) if nhwc else x.contiguous()
             if nhwc:
@@ -79,13 +80,7 @@ class PtlNnapiConverter(Converter):
                     traced = torch.jit.trace(_out_of_place(model), tuple(inputs))
                     nnapi_model = convert_model_to_nnapi(traced, inputs if len(inputs) > 1 else inputs[0])
                 except Exception as exc:  # the NNAPI serializer raises bare Exception for unknown ops
-                    found = _UNSUPPORTED.search(str(exc))
-                    if found:
-                        raise UnsupportedOpError(NAME, found.group(1), None,
-                                                 "PyTorch's NNAPI converter has no mapping for it; replace it, or "
-                                                 "drop the target ptl-nnapi") from exc
-                    raise UserError("E-EXPORT-FAILED", f"convert_model_to_nnapi failed: {_first_line(exc)}",
-                                    "the model must trace and use ops PyTorch's NNAPI converter supports") from exc
+                    raise _refusal(exc) from exc
                 nnapi_model._save_for_lite_interpreter(str(final))
         meta = {"inputs": described, "outputs": spec.output_names, "host_runnable": HOST_RUNNABLE,
                 "not_runnable_reason": NOT_RUNNABLE_REASON, "nnapi": True}
@@ -118,6 +113,28 @@ def load(path: Path):
         except RuntimeError as exc:
             raise UserError("E-ARTIFACT-CORRUPT", f"the lite interpreter cannot load {path}: {_first_line(exc)}",
                             "re-export the bundle") from exc
+
+
+def _refusal(exc: Exception) -> UserError:
+    """What convert_model_to_nnapi raised, as ``unsupported`` when its serializer refused a node: an
+    unmapped op ("Unsupported node kind") or a form of a mapped one it does not take ("Group
+    convolution not supported yet", a flatten of an NHWC tensor). The node is the serializer's local
+    ``node`` in the failing frame; its trace records the user's line. Else E-EXPORT-FAILED."""
+    from edgekit.source_line import user_frame_of_jit
+
+    node, tb = None, exc.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals.get("node")
+        node = local if isinstance(local, torch._C.Node) else node
+        tb = tb.tb_next
+    found = _UNSUPPORTED.search(str(exc))
+    if found or node is not None:
+        op = found.group(1) if found else f"{node.kind()} ({_first_line(exc).rstrip('.')})"
+        source = user_frame_of_jit(node.sourceRange()) if node is not None else None
+        return UnsupportedOpError(NAME, op, None, "PyTorch's NNAPI converter cannot take it; replace it, or drop "
+                                  "the target ptl-nnapi (deprecated: prefer tflite with a delegate)", source=source)
+    return UserError("E-EXPORT-FAILED", f"convert_model_to_nnapi failed: {_first_line(exc)}",
+                     "the model must trace and use ops PyTorch's NNAPI converter supports")
 
 
 def _first_line(exc) -> str:

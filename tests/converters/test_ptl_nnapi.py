@@ -2,11 +2,14 @@
 and says so with a coded error, never a pass."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 
 from edgekit.converters.ptl_nnapi import CONVERTER, HOST_RUNNABLE, NOT_RUNNABLE_REASON, load
-from edgekit.errors import UserError
+from edgekit.errors import UnsupportedOpError, UserError
 from edgekit.inspect import inspect_artifact
 from edgekit.models import BUILTIN
 from edgekit.spec import ModelSpec, TensorSpec
@@ -65,3 +68,31 @@ def test_recipe_refused(tmp_path):
     with pytest.raises(UserError) as err:
         CONVERTER.export(loaded.module, loaded.spec, object(), tmp_path, loaded.example_inputs)
     assert err.value.code == "E-TARGET-PRECISION"
+
+
+class _Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, groups=2)  # neither full nor depthwise
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_form_the_serializer_refuses_is_unsupported_at_the_users_line(tmp_path):
+    """RegNet's grouped convs: the serializer raises a bare "Group convolution not supported yet.";
+    it is the node it was adding, named with the line that made it, not an unexplained error."""
+    spec = ModelSpec("g", (TensorSpec("x", (1, 8, 8, 8)),), (TensorSpec("y", (1, 8)),), task="embedding")
+    with pytest.raises(UnsupportedOpError) as err:
+        CONVERTER.export(_Grouped().eval(), spec, None, tmp_path, (torch.randn(1, 8, 8, 8),))
+    assert err.value.op == "aten::_convolution (Group convolution not supported yet)"
+    assert err.value.source.endswith("in forward: return self.conv(x).mean((2, 3))"), err.value.source
+    assert "test_ptl_nnapi.py" in err.value.source
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_integer_inputs_are_unsupported():
+    spec = ModelSpec("t", (TensorSpec("ids", (1, 4), "int64"),), (TensorSpec("y", (1, 4, 2)),), task="embedding")
+    with pytest.raises(UnsupportedOpError) as err:
+        CONVERTER.export(nn.Embedding(10, 2).eval(), spec, None, Path("."), (torch.zeros(1, 4, dtype=torch.int64),))
+    assert err.value.op == "int64 input 'ids'"
