@@ -110,18 +110,22 @@ def qdq_to_float(model) -> FloatGraph:
                 node.input[:] = [out.name if i == src else i for i in node.input]
                 node.output[:] = [out.name if o == src else o for o in node.output]
             acts[out.name] = acts.pop(src)
-    keep = _fold_weight_transposes(keep, weights, new_inits)
+    _replace_graph(graph, _fold_weight_transposes(keep, weights, new_inits), new_inits)
+    result = FloatGraph(model, activation_scales=len(acts))
+    _collect_layers(graph, weights, acts, result)
+    return result
+
+
+def _replace_graph(graph, nodes: list, new_inits: list) -> None:
+    """In place: ``graph`` gets ``nodes``, the new initializers, and only the initializers still read."""
     del graph.node[:]
-    graph.node.extend(keep)
+    graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     kept_inits = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
     del graph.value_info[:]  # shapes of removed values; MNN infers its own
-    result = FloatGraph(model, activation_scales=len(acts))
-    _collect_layers(graph, weights, acts, result)
-    return result
 
 
 def _dequantize_constant(node, array) -> tuple[np.ndarray, list[float], int | None]:
