@@ -6,13 +6,15 @@ compression cost of the quantized reference against FP32.
    reference kernels: no delegate may fuse tensors away, 1 thread);
 2. each int8 tensor an op writes is matched to an activation quantize node of the reference
    (the ``convert_pt2e`` program) with equal scale, zero point and layout, in execution order, where
-   the op reads a matched tensor only to a node computed from it, and slices / cats only to their kind
+   the op reads a matched tensor only to a node computed from it, slices / cats only to their kind, and
+   a slice only to the selection of the same piece (its begin is the chunk / split piece's offset)
    (``_match``: grids alone are ambiguous where many tensors share one);
 2b. tensors the converter put on a grid of its own (concat inputs on the concat's grid, a float result
-   quantized once before a split, a float op the file runs as an int8 kernel: requant.py) are followed:
+   quantized once before a split, a float op the file runs as an int8 kernel, a resize's input
+   quantized onto the resize's output grid before it: requant.py) are followed:
    the reference takes the runtime's values there, and the producing op is judged on the file's grid
    (rounding there is the kernel's; a value beyond the grid's range, clipping the reference has not,
-   counts in full);
+   counts in full, up to the range of a split piece's own quantize node where it has one);
 3. the reference runs once per sample with every matched activation *replaced by the runtime's own
    int8 tensor*, so each reference op computes from exactly the input the runtime's op had; the
    reference's int8 result of each op is compared with the runtime's, in int8 steps;
@@ -97,6 +99,71 @@ def _compatible(op_name: str, q) -> bool:
     return op_name in _CAT_OPS or "aten.cat" not in target
 
 
+def _piece_start(q):
+    """(dim, start) of the part of its source a reference selection quantized by ``q`` takes (a getitem
+    of a chunk / split / split_with_sizes, a slice), or None where it is not one of those."""
+    n = q.args[0]
+    if getattr(n, "op", None) != "call_function":
+        return None
+    target = str(n.target)
+    if "getitem" in target and hasattr(n.args[0], "op") and isinstance(n.args[1], int):
+        src, k = n.args[0], n.args[1]
+        st = str(src.target)
+        val = getattr(src.args[0], "meta", {}).get("val") if src.args and hasattr(src.args[0], "op") else None
+        if val is None or not hasattr(val, "shape") or not any(x in st for x in ("chunk", "split")):
+            return None
+        dim = src.args[2] if len(src.args) > 2 else src.kwargs.get("dim", 0)
+        dim = dim % len(val.shape)
+        length = int(val.shape[dim])
+        if "chunk" in st:
+            step = -(-length // int(src.args[1]))
+            return dim, k * step
+        if "split_with_sizes" in st:
+            return dim, int(sum(src.args[1][:k]))
+        if isinstance(src.args[1], int):  # aten.split.Tensor(x, split_size, dim)
+            return dim, k * int(src.args[1])
+        return None
+    if "aten.slice" in target and len(n.args) > 2:
+        val = getattr(n.args[0], "meta", {}).get("val")
+        if val is None or not hasattr(val, "shape"):
+            return None
+        dim, start = n.args[1] % len(val.shape), n.args[2] or 0
+        return (dim, int(start) % int(val.shape[dim]) if start < 0 else int(start)) if isinstance(start, int) else None
+    return None
+
+
+def _slice_begin(interp, op, shape: tuple):
+    """The begin index (per runtime axis) of a SLICE op, or None (a STRIDED_SLICE's begin may be masked)."""
+    if op["op_name"] != "SLICE" or len(op["inputs"]) < 2:
+        return None
+    try:
+        begin = np.asarray(interp.get_tensor(int(op["inputs"][1]))).reshape(-1)
+    except ValueError:
+        return None
+    return [int(b) for b in begin] if len(begin) == len(shape) else None
+
+
+def _same_piece(begin, shape: tuple, q) -> bool:
+    """Whether a runtime slice starting at ``begin`` (runtime layout ``shape``) takes the part of the
+    reference's tensor that selection ``q`` takes. Equal grid and size are not enough: EdgeNeXt-XXS's
+    last SDTA block chunks an add into 4 pieces of 42 channels, pieces 1-3 sliced from the add's own
+    grid, and the slice of piece 1 took piece 3's quantize node (189 steps, mean 37, on a correct file)."""
+    if begin is None:
+        return True
+    piece = _piece_start(q)
+    val = q.meta.get("val")
+    if piece is None or val is None:
+        return True
+    dim, start = piece
+    ref_shape = tuple(val.shape)
+    if len(begin) == 4 and len(ref_shape) == 4 and tuple(shape) == (ref_shape[0], ref_shape[2], ref_shape[3], ref_shape[1]) \
+            and tuple(shape) != ref_shape:
+        begin = [begin[0], begin[3], begin[1], begin[2]]  # NHWC -> NCHW
+    elif len(begin) != len(ref_shape):
+        return True
+    return all(b == (start if k == dim else 0) for k, b in enumerate(begin))
+
+
 def _input_qnodes(q, matched: set, depth: int = 16) -> set:
     """The matched quantize nodes whose (dequantized) values the reference computes ``q``'s value from:
     walked back from its producer through float ops, stopping at each dequantize of a matched quantize
@@ -147,7 +214,10 @@ def _match(interp, qnodes) -> list[tuple[int, str, object]]:
             grid = _int8_grid(details.get(int(t)))
             if grid is None:
                 continue
-            pick = _pick(_candidates(op["op_name"], *grid, qnodes, used, first_only=not reads), reads, used)
+            cands = _candidates(op["op_name"], *grid, qnodes, used, first_only=False)
+            begin = _slice_begin(interp, op, grid[2])
+            cands = [q for q in cands if _same_piece(begin, grid[2], q)]
+            pick = _pick(cands if reads else cands[:1], reads, used)
             if pick is None:
                 continue
             used.add(pick.name)
@@ -214,6 +284,19 @@ def _on_grid(x: np.ndarray, g) -> np.ndarray:
     reference does not have) is a real loss and must count, in steps beyond the range."""
     q = np.round(x / np.float32(g.scale)) + g.zero_point
     return (np.clip(q, -128, 127) if g.clamp else q).astype(np.int64)
+
+
+def _clip_pieces(x: np.ndarray, bounds: list) -> np.ndarray:
+    """A split root's value with each listed piece clamped to the range of the piece's own quantize node
+    (requant.RuntimeGrid.bounds), the reference's and the runtime's alike: what each piece keeps."""
+    if not bounds:
+        return x
+    x = x.copy()
+    for dim, start, stop, lo, hi in bounds:
+        idx = [slice(None)] * x.ndim
+        idx[dim] = slice(start, stop)
+        x[tuple(idx)] = np.clip(x[tuple(idx)], lo, hi)
+    return x
 
 
 class _Steps:
@@ -289,7 +372,10 @@ class _Comparison:
                 self.steps.record(name, computed[name].numpy(), got[name])
         for g in self.judged:
             value = computed[g.node.name] if g.node.name in computed else watched[g.node.name]
-            self.steps.record(f"grid:{g.tensor}", _on_grid(value.numpy(), g), got_grid[g.tensor])
+            got_g = got_grid[g.tensor]
+            if g.bounds:  # the file's value past a piece's range is cut when requantized onto that piece's grid
+                got_g = _on_grid(_clip_pieces(_dequantized(got_g, g), g.bounds), g)
+            self.steps.record(f"grid:{g.tensor}", _on_grid(_clip_pieces(value.numpy(), g.bounds), g), got_g)
 
     def _entries(self) -> list[tuple]:
         """(tensor, op name, row key, producing node) of every judged tensor, in execution order."""

@@ -14,8 +14,39 @@ litert-torch's converter (0.10) gives tensors int8 grids the PT2E reference does
    quantizes the whole tensor once onto one piece's grid, then requantizes (QUANTIZE int8 -> int8) and
    slices: MixNet-S's first split, 17 steps where the intermediate grid clips the other piece.
 
-Both are the converter's quantization decisions, not kernel faults: each op computes correctly on
-the grids the file gives it. ``runtime_grids`` finds those tensors, so the per-layer view judges the
+   The reference's pieces may also be read in float (EdgeNeXt's SDTA blocks add chunk pieces 1-2 to the
+   running depthwise output; the file slices them from the same int8 tensor): the whole tensor is then
+   judged on the file's grid, each piece with a quantize node of its own clamped to that node's range,
+   the reference's value and the runtime's alike (``RuntimeGrid.bounds``). The intermediate grid's
+   rounding is the converter's (measured on tests/converters/test_tflite_per_layer_alarms.py's SDTA
+   block: 3 steps at piece 0, quantized once on a coarser grid, then requantized); a piece's value the
+   file's grid cannot hold while the piece's own grid can is a real loss and counts, in the file
+   grid's steps (coverage bench, 16 held-out photos, measured piece by piece against the reference's
+   own quantize nodes: MixNet-S's first add, piece 0's range to 9.42, the file's grid to 8.43: 17 steps
+   on 193 values; its blocks.2.0 SiLU, piece 1: 4 steps on 63 values; EdgeNeXt-XXS's add_2, piece 0
+   down to -0.599, the file's grid to -0.497: 22 steps on 734 values, its add_16: 5 steps on 8; and
+   EdgeNeXt's getitem_5, the slice of add_12 requantized from piece 2's grid: 12 steps). Those flags
+   stay: the file cannot represent values its reference keeps (the cure is in the quantizer, one grid
+   shared by the pieces, as quantizer.py does for concat inputs).
+3. A float op of the reference the file computes with an int8 kernel onto its input's grid (below).
+4. A resize's input put on the resize's output grid: litert-torch quantizes (or requantizes) the value a
+   RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR reads onto that op's output grid, before the reshapes /
+   transposes that feed it, where the reference resizes the float (or dequantized) value and quantizes
+   after; TFLite's int8 resize computes on its input's grid and writes the same grid (reference kernel
+   ``reference_ops::ResizeBilinear`` int8: 10-bit fixed-point weights, one rounding half away from zero;
+   given the runtime's own input it is within 1 step of torch's float bilinear on every model here).
+   Clamping to the grid's range before the interpolation instead of after changes the values next to
+   an outlier: MobileViT-XXS's last block (a LayerNorm, reshaped, resized 8x8 -> 7x7; its values reach
+   4.32 where the grid ends at 3.60, 0.3 % of them): 8 steps; SegFormer-B0's decode head (the 7x7 MLP
+   output, range to 1.22, requantized onto the concat's grid, ending at 0.99, then resized 8x): 24
+   steps; the resize from the runtime's own input: 1 step. The reference's quantize node after the
+   resize has this very grid (its range is the reference's own), so the resize input is judged on it
+   clamped (the QUANTIZE row: the float op or the requantize that writes it) and the reference resizes
+   the runtime's values (the RESIZE_BILINEAR row: the kernel itself).
+
+All are the converter's quantization decisions, not kernel faults: each op computes correctly on
+the grids the file gives it (where a grid cannot hold a value the reference keeps, items 1-2, the loss
+counts at the op writing it). ``runtime_grids`` finds those tensors, so the per-layer view judges the
 producing op on the file's own grid and feeds the reference downstream the file's values (each later
 op is then judged from exactly the runtime's input, as for every matched tensor). The cost of the
 converter's choice still shows end to end (artifact vs reference) and as SQNR vs FP32.
@@ -33,6 +64,8 @@ _DQ = "quantized_decomposed.dequantize_per_tensor"
 # TFLite ops that move int8 values without computing (their output keeps a grid chosen elsewhere)
 _TFL_MOVE = {"SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 # reference nodes that only select or reshape a float value
+# TFLite resizes: int8 kernels computing on their input's grid (the output has the input's scale and zero point)
+_RESIZE_OPS = {"RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"}
 _REF_MOVE = ("getitem", "split", "chunk", "slice", "view", "reshape", "squeeze", "unsqueeze", "flatten")
 
 
@@ -55,6 +88,10 @@ class RuntimeGrid:
     # the reference itself clamps the value to this grid's range (the concat's own quantize node has
     # this grid); otherwise a value beyond the range counts (clipped by a range the reference lacks)
     clamp: bool = False
+    # per piece of a split root: (dim, start, stop, lo, hi), the range the reference's own quantize node
+    # of that piece clamps to; a value beyond the file's grid counts only up to that range (elements of
+    # no listed piece, read in float by the reference, count in full)
+    bounds: list = field(default_factory=list)
 
 
 def _is(node, prefix: str) -> bool:
@@ -196,7 +233,8 @@ class _FileGrids:
                 reached = self._reached(t)
                 root = self._float_root(t, reached) if reached else None
                 if root is not None and self._uses_covered(t, root, reached):
-                    self.add(self.grid(t, op["op_name"], inject=[root], node=root, layer=root))
+                    self.add(self.grid(t, op["op_name"], inject=[root], node=root, layer=root,
+                                       bounds=self._piece_bounds(root, reached)))
 
     def _quantized_once(self, op: dict, t: int) -> bool:
         if t in self.matched or t in self.done or not self.int8(t) or op["op_name"] in _TFL_MOVE or op["op_name"] == "TRANSPOSE":
@@ -230,6 +268,24 @@ class _FileGrids:
             return None
         return root
 
+    @staticmethod
+    def _piece_bounds(root, reached: set) -> list:
+        """(dim, start, stop, lo, hi) of each reached piece selected straight from ``root``."""
+        from .per_layer import _piece_start
+
+        out = []
+        for q in reached:
+            piece, val = _piece_start(q), q.meta.get("val")
+            src = q.args[0].args[0] if q.args[0].args and hasattr(q.args[0].args[0], "op") else None
+            if piece is None or val is None or src is None or (src is not root and _through_moves(src) is not root):
+                continue
+            if _is(src, "aten.slice") and src.args[0] is not root:
+                continue
+            dim, start = piece
+            scale, zp = float(q.args[1]), int(q.args[2])
+            out.append((dim, start, start + int(val.shape[dim]), (-128 - zp) * scale, (127 - zp) * scale))
+        return sorted(out)
+
     def _uses_covered(self, t: int, root, reached: set) -> bool:
         # every use of the float result must end in one of the pieces the file sliced from this tensor
         leaves, stack = set(), [root]
@@ -242,7 +298,15 @@ class _FileGrids:
                     leaves.add(u)
         # (a float use reads the file's tensor dequantized, as EdgeNeXt's residual reads the add
         # whose chunks its SDTA block quantizes)
-        as_float = any(c["op_name"] == "DEQUANTIZE" for c in self.consumers.get(t, []))
+        # (or reads a piece of it in int8 where the reference adds it in float, as EdgeNeXt's SDTA blocks
+        # add pieces 1-2 of a chunk to the running depthwise output: a slice matched to no quantize node;
+        # only where the file reads no float copy of the value: EdgeNeXt-XXS's add_12 quantized from a
+        # float ADD whose float result its residual reads, unclipped, as the reference does)
+        consumers = self.consumers.get(t, [])
+        src = self.producer.get(t)
+        float_copy = src is not None and src["op_name"] == "QUANTIZE" and len(self.consumers.get(int(src["inputs"][0]), [])) > 1
+        as_float = any(c["op_name"] == "DEQUANTIZE" for c in consumers) or (not float_copy and any(
+            c["op_name"] in _TFL_MOVE and not any(int(v) in self.matched for v in c["outputs"]) for c in consumers))
         return bool(leaves) and all(n in reached or (as_float and not _is(n, _Q)) for n in leaves)
 
     # 3. a float op of the reference the file computes with an int8 kernel onto its input's grid
@@ -274,6 +338,54 @@ class _FileGrids:
             return None  # it also reads something the file's op does not
         return node
 
+    # 4. a resize's input put on the resize's output grid before the data movement that feeds it
+    def resize_inputs(self) -> None:
+        for op in self.ops:
+            if op["op_name"] not in _RESIZE_OPS:
+                continue
+            t_in, t_out = int(op["inputs"][0]), int(op["outputs"][0])
+            q = self.matched.get(t_out)
+            if q is None or t_in in self.matched or t_in in self.done or not self.int8(t_in):
+                continue
+            g = self._resize_input(t_in, q)
+            if g is not None:
+                self.add(g)
+
+    def _resize_input(self, t_in: int, q):
+        """The grid of a resize's input the file quantized (or requantized) onto the resize's output
+        grid where the reference resizes a float value and quantizes after: judged on that grid, with
+        the reference's own clamp (its quantize node after the resize has this grid), or None."""
+        scale, zp = self.details[t_in]["quantization"]
+        up = q.args[0]
+        if not (_is(up, "aten.upsample_") and _same_grid(q, scale, zp)) or not up.args or not hasattr(up.args[0], "op"):
+            return None
+        src = up.args[0]
+        if set(src.users) != {up} or _is(src, _DQ) and _is(src.args[0], _Q) and _same_grid(src.args[0], scale, zp):
+            return None  # read elsewhere too, or already on this grid in the reference (a plain shared grid)
+        # the file's chain into the resize: moves / transposes from a QUANTIZE (the grid's origin)
+        t, origin = t_in, None
+        for _ in range(16):
+            src_op = self.producer.get(t)
+            if src_op is None:
+                return None
+            if src_op["op_name"] == "QUANTIZE":
+                origin = src_op
+                break
+            if src_op["op_name"] not in (*_TFL_MOVE, "TRANSPOSE") or t in self.matched:
+                return None
+            t = int(src_op["inputs"][0])
+        if origin is None:
+            return None
+        root = src  # the row is named by the op computing the value (through reshapes / transposes)
+        while root.op == "call_function" and any(k in str(root.target) for k in (*_REF_MOVE, "transpose", "permute")) \
+                and root.args and hasattr(root.args[0], "op"):
+            root = root.args[0]
+        if _is(root, _DQ) and _is(root.args[0], _Q):
+            layer = producer_of(root.args[0])  # a requantized copy of that op's own quantized output
+        else:
+            layer = root if root.op == "call_function" else src
+        return self.grid(t_in, "QUANTIZE", inject=[src], node=src, layer=layer, clamp=True)
+
     def layout_checked(self) -> list[RuntimeGrid]:
         # only where the runtime tensor's layout maps onto each node's (equal element counts are not enough)
         return [g for g in self.out
@@ -287,4 +399,5 @@ def runtime_grids(interp, pairs) -> list[RuntimeGrid]:
     grids.concat_inputs()
     grids.split_pieces()
     grids.int8_kernels()
+    grids.resize_inputs()
     return grids.layout_checked()
