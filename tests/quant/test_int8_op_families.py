@@ -15,6 +15,7 @@ from torch import nn
 
 import edgekit
 from edgekit.spec import ImagePreprocess, ModelSpec, TensorSpec
+from test_ptl_int8_reach import TextEncoder as TextOps  # token + position embeddings, LayerNorm, GELU MLP
 
 INT8_TARGETS = ["tflite", "executorch", "onnx", "ptl", "ncnn", "mnn", "openvino"]
 
@@ -59,20 +60,6 @@ class AttentionOps(nn.Module):
         x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
         x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
         return self.head(x.mean(1))
-
-
-class TextOps(nn.Module):
-    def __init__(self, vocab=30522, dim=32, length=32):
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
-        self.register_buffer("positions", torch.arange(length)[None])
-        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 64), nn.Linear(64, dim)
-
-    def forward(self, input_ids, attention_mask):
-        x = self.norm(self.tok(input_ids) + self.pos(self.positions))
-        x = x + self.fc2(F.gelu(self.fc1(x)))
-        mask = attention_mask.unsqueeze(-1).float()
-        return (x * mask).sum(1) / mask.sum(1)
 
 
 SPEC = dict(inputs=(TensorSpec("image", (1, 3, 32, 32), "float32", "NCHW"),), outputs=(TensorSpec("logits", (1, 10)),),
