@@ -230,8 +230,10 @@ def test_real_model_parity(name, tmp_path):
 
 
 class _LinearAttention(torch.nn.Module):
-    """MobileViTv2's linear self-attention: an expand_as before the multiply, which the TFLite
-    converter refuses ('tfl.mul' op operands don't have broadcast-compatible shapes)."""
+    """MobileViTv2's linear self-attention with a maximum in place of its multiply: an expand_as
+    feeding ``torch.maximum``, which the TFLite converter refuses ('tfl.maximum' op operands don't
+    have broadcast-compatible shapes). edgekit drops such expands only before add/sub/mul/div
+    (broadcast.py; MobileViTv2's own multiply converts), so this one stays a refusal."""
 
     def __init__(self, d=8):
         super().__init__()
@@ -240,7 +242,7 @@ class _LinearAttention(torch.nn.Module):
     def forward(self, x):
         q, k, v = self.qkv(x).split([1, self.d, self.d], dim=1)
         ctx = (k * torch.softmax(q, dim=-1)).sum(dim=-1, keepdim=True)
-        return self.out(torch.relu(v) * ctx.expand_as(v))  # MULTIPLY
+        return self.out(torch.maximum(torch.relu(v), ctx.expand_as(v)))  # MAXIMUM
 
 
 def test_a_converter_refusal_is_unsupported_at_the_models_line(tmp_path):
@@ -253,6 +255,6 @@ def test_a_converter_refusal_is_unsupported_at_the_models_line(tmp_path):
     with pytest.raises(UnsupportedOpError) as err:
         CONVERTER.export(_LinearAttention().eval(), spec, None, tmp_path, (torch.randn(1, 8, 4, 16),))
     lines, first = inspect.getsourcelines(_LinearAttention.forward)
-    line = first + next(i for i, text in enumerate(lines) if "# MULTIPLY" in text)
-    assert err.value.op == "tfl.mul" and err.value.source.endswith(f"test_tflite.py:{line}")
+    line = first + next(i for i, text in enumerate(lines) if "# MAXIMUM" in text)
+    assert err.value.op == "tfl.maximum" and err.value.source.endswith(f"test_tflite.py:{line}")
     assert "expand" in err.value.fix and list(tmp_path.iterdir()) == []
