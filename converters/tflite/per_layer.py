@@ -3,7 +3,12 @@ compression cost of the quantized reference against FP32.
 
 ``tflite_per_layer(artifact, reference, samples, float_model=None)``:
 1. the .tflite runs with every intermediate tensor kept (``experimental_preserve_all_tensors``,
-   reference kernels: no delegate may fuse tensors away, 1 thread);
+   the builtin kernels without default delegates: no delegate may fuse tensors away, 1 thread). Not
+   TFLite's reference kernels (``BUILTIN_REF``): their int8 SUM is wrong where the deployed kernels are
+   right (``(softmax(v) * v).sum(-1, keepdim=True)``, MobileViTv2's linear attention: the reference
+   kernel wrote -1 on every value, 104 steps off the reference, mean 44, while the builtin kernel and
+   XNNPACK computed it exactly and the file's output was 0 steps off end to end: a false alarm on the
+   SUM, and the view judged a runtime nobody deploys);
 2. each int8 tensor an op writes is matched to an activation quantize node of the reference
    (the ``convert_pt2e`` program) with equal scale, zero point and layout, in execution order, where
    the op reads a matched tensor only to a node computed from it, slices / cats only to their kind, and
@@ -62,7 +67,7 @@ def _interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interp = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interp.allocate_tensors()
     return interp
 

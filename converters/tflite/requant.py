@@ -26,8 +26,10 @@ litert-torch's converter (0.10) gives tensors int8 grids the PT2E reference does
    on 193 values; its blocks.2.0 SiLU, piece 1: 4 steps on 63 values; EdgeNeXt-XXS's add_2, piece 0
    down to -0.599, the file's grid to -0.497: 22 steps on 734 values, its add_16: 5 steps on 8; and
    EdgeNeXt's getitem_5, the slice of add_12 requantized from piece 2's grid: 12 steps). Those flags
-   stay: the file cannot represent values its reference keeps (the cure is in the quantizer, one grid
-   shared by the pieces, as quantizer.py does for concat inputs).
+   stay: the file cannot represent values its reference keeps. The cure is in the quantizer:
+   quantizer.annotate_splits puts the pieces on one grid, the whole tensor's (as annotate_cats does for
+   concat inputs), so the file no longer requantizes before slicing and this pass finds nothing there;
+   it remains for a split the quantizer leaves alone (a piece whose use is not a plain int8 spec).
 3. A float op of the reference the file computes with an int8 kernel onto its input's grid (below).
 4. A resize's input put on the resize's output grid: litert-torch quantizes (or requantizes) the value a
    RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR reads onto that op's output grid, before the reshapes /
@@ -43,6 +45,10 @@ litert-torch's converter (0.10) gives tensors int8 grids the PT2E reference does
    resize has this very grid (its range is the reference's own), so the resize input is judged on it
    clamped (the QUANTIZE row: the float op or the requantize that writes it) and the reference resizes
    the runtime's values (the RESIZE_BILINEAR row: the kernel itself).
+   The same where the op computing the resize's input writes it straight onto that grid (a conv's own
+   requantization, no QUANTIZE between: MobileViTv2-050's last fold, its 1x1 conv's reference grid to
+   7.3, the resize's to 5.5): the conv is judged on the file's grid, clamped, and the resize from the
+   runtime's values (the resize row read 21 steps from the reference's own, free-running conv).
 
 All are the converter's quantization decisions, not kernel faults: each op computes correctly on
 the grids the file gives it (where a grid cannot hold a value the reference keeps, items 1-2, the loss
@@ -371,6 +377,8 @@ class _FileGrids:
             if src_op["op_name"] == "QUANTIZE":
                 origin = src_op
                 break
+            if t == t_in and src_op["op_name"] not in (*_TFL_MOVE, "TRANSPOSE"):
+                return self._resize_input_computed(t_in, src_op, src)
             if src_op["op_name"] not in (*_TFL_MOVE, "TRANSPOSE") or t in self.matched:
                 return None
             t = int(src_op["inputs"][0])
@@ -385,6 +393,23 @@ class _FileGrids:
         else:
             layer = root if root.op == "call_function" else src
         return self.grid(t_in, "QUANTIZE", inject=[src], node=src, layer=layer, clamp=True)
+
+    def _resize_input_computed(self, t_in: int, src_op: dict, src):
+        """The resize's input written straight onto the resize's output grid by the op computing it (a
+        conv's requantization, where the reference quantizes the conv on its own grid and resizes
+        after: MobileViTv2's last fold, a 1x1 conv resized 7x7 -> 8x8, align_corners: the reference's conv
+        grid reaches 7.3, the resize's, and so the file's conv output, 5.5; unjudged, the reference resized
+        its own free-running conv and the resize row read 21 steps off while the kernel, from the
+        runtime's input, is within 1 step). The op is judged on that grid with the reference's clamp
+        (its quantize node after the resize has this grid), the resize from the runtime's values; or None."""
+        if not (_is(src, _DQ) and _is(src.args[0], _Q)):
+            return None
+        q = src.args[0]
+        node = q.args[0]
+        if q.name in self.used_q or set(q.users) != {src} or set(getattr(node, "users", {})) != {q} \
+                or node.op != "call_function" or _is_move(node) or _is(node, _DQ) or not _layout_ok(self.details[t_in], node):
+            return None  # the value is read elsewhere too, on a grid of its own
+        return self.grid(t_in, src_op["op_name"], inject=[src], node=node, layer=node, clamp=True)
 
     def layout_checked(self) -> list[RuntimeGrid]:
         # only where the runtime tensor's layout maps onto each node's (equal element counts are not enough)
