@@ -64,3 +64,21 @@ def scale_ncnn_input_scale(bundle: Path, dst: Path, artifact, layer: dict, facto
     at = data.index(packed)
     data[at:at + 4] = struct.pack("<f", layer["input_scale"] * factor)
     path.write_bytes(bytes(data))
+
+
+def flip_largest_tflite_weight(tfl: Path, op_name: str, index: int, out: Path) -> Path:
+    """A copy of the .tflite ``tfl`` at ``out`` with the largest int8 weight of the index-th ``op_name``
+    op sign-flipped (a seeded fault the per-layer view must localise)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tfl))
+    interp.allocate_tensors()
+    op = [o for o in interp._get_ops_details() if o["op_name"] == op_name][index]
+    w = interp.get_tensor(int(op["inputs"][1]))
+    bad = w.copy().reshape(-1)
+    k = int(np.argmax(np.abs(bad)))
+    bad[k] = np.int8(-int(bad[k]))
+    blob = tfl.read_bytes()
+    assert blob.count(w.tobytes()) == 1
+    out.write_bytes(blob.replace(w.tobytes(), bad.tobytes()))
+    return out

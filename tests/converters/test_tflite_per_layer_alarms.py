@@ -6,13 +6,13 @@ to them (converters/tflite/requant.py, per_layer.py). Values a split's grid clip
 them stay flagged (MixNet-S, EdgeNeXt-XXS on the bench): these models keep every piece in range."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import edgekit
+from artifact_edit import flip_largest_tflite_weight
 from photos import photo_array
 
 pytest.importorskip("litert_torch")
@@ -89,23 +89,6 @@ def _export(model_class, photos, out):
     return target, tfl, tfl.with_name(tfl.name + ".reference.pt2")
 
 
-def _flip_largest_weight(tfl, op_name: str, index: int, out):
-    """A copy of the file with the largest weight of the index-th ``op_name`` sign-flipped."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tfl))
-    interp.allocate_tensors()
-    op = [o for o in interp._get_ops_details() if o["op_name"] == op_name][index]
-    w = interp.get_tensor(int(op["inputs"][1]))
-    bad = w.copy().reshape(-1)
-    k = int(np.argmax(np.abs(bad)))
-    bad[k] = np.int8(-int(bad[k]))
-    blob = tfl.read_bytes()
-    assert blob.count(w.tobytes()) == 1
-    out.write_bytes(blob.replace(w.tobytes(), bad.tobytes()))
-    return out
-
-
 def test_resize_fed_on_its_output_grid_raises_no_alarm(photos, tmp_path, monkeypatch):
     target, tfl, ref = _export(ResizeNet, photos, tmp_path / "b")
     rows = target["per_layer"]
@@ -126,7 +109,7 @@ def test_resize_fed_on_its_output_grid_raises_no_alarm(photos, tmp_path, monkeyp
     assert old["upsample_bilinear2d_1"]["flagged"], old
 
     # a seeded fault in the conv whose output is requantized and resized: flagged there
-    faulty = _flip_largest_weight(tfl, "CONV_2D", 2, tmp_path / "faulty.tflite")
+    faulty = flip_largest_tflite_weight(tfl, "CONV_2D", 2, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples[:4]) if r["flagged"]]
     assert flagged and flagged[0]["module"] == "b" and flagged[0]["op"] == "CONV_2D", flagged
 
@@ -153,6 +136,6 @@ def test_split_pieces_of_one_grid_each_take_their_own_node(photos, tmp_path, mon
     assert old["getitem_3"]["flagged"], old
 
     # a seeded fault in the depthwise conv of piece 1: flagged there
-    faulty = _flip_largest_weight(tfl, "DEPTHWISE_CONV_2D", 1, tmp_path / "faulty.tflite")
+    faulty = flip_largest_tflite_weight(tfl, "DEPTHWISE_CONV_2D", 1, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples) if r["flagged"]]
     assert flagged and flagged[0]["op"] == "DEPTHWISE_CONV_2D" and flagged[0]["module"] == "dw.1", flagged

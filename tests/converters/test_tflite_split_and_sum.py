@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import edgekit
+from artifact_edit import flip_largest_tflite_weight
 from photos import photo_array
 
 pytest.importorskip("litert_torch")
@@ -121,23 +122,6 @@ def _target(bundle, out):
     return target, tfl, tfl.with_name(tfl.name + ".reference.pt2")
 
 
-def _flip_largest_weight(tfl, op_name: str, index: int, out):
-    """A copy of the file with the largest weight of the index-th ``op_name`` sign-flipped."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tfl))
-    interp.allocate_tensors()
-    op = [o for o in interp._get_ops_details() if o["op_name"] == op_name][index]
-    w = interp.get_tensor(int(op["inputs"][1]))
-    bad = w.copy().reshape(-1)
-    k = int(np.argmax(np.abs(bad)))
-    bad[k] = np.int8(-int(bad[k]))
-    blob = tfl.read_bytes()
-    assert blob.count(w.tobytes()) == 1
-    out.write_bytes(blob.replace(w.tobytes(), bad.tobytes()))
-    return out
-
-
 def test_split_pieces_share_the_whole_tensors_grid(photos, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -170,7 +154,7 @@ def test_split_pieces_share_the_whole_tensors_grid(photos, tmp_path):
 
     # a seeded fault in the depthwise conv of the wide piece: flagged there
     samples = [(photos[k:k + 1],) for k in range(16, 20)]
-    faulty = _flip_largest_weight(tfl, "DEPTHWISE_CONV_2D", 0, tmp_path / "faulty.tflite")
+    faulty = flip_largest_tflite_weight(tfl, "DEPTHWISE_CONV_2D", 0, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples) if r["flagged"]]
     assert flagged and flagged[0]["op"] == "DEPTHWISE_CONV_2D" and flagged[0]["module"] == "mix.0", flagged
 
@@ -197,7 +181,7 @@ def test_resize_input_written_by_a_conv_on_the_resize_grid(photos, tmp_path):
     assert [r["op"] for r in rows if r["layer"] == "conv2d_1"] == ["CONV_2D"], rows
 
     samples = [(photos[k:k + 1],) for k in range(16, 20)]
-    faulty = _flip_largest_weight(tfl, "CONV_2D", 1, tmp_path / "faulty.tflite")
+    faulty = flip_largest_tflite_weight(tfl, "CONV_2D", 1, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples) if r["flagged"]]
     assert flagged and flagged[0]["op"] == "CONV_2D" and flagged[0]["module"] == "proj", flagged
 
@@ -231,7 +215,7 @@ def test_int8_sum_raises_no_alarm_and_a_wrong_one_does(tmp_path, monkeypatch):
     assert flagged and flagged[0]["op"] == "SUM", flagged
 
     # a seeded fault in the conv after it: flagged there
-    faulty = _flip_largest_weight(tfl, "CONV_2D", 1, tmp_path / "faulty.tflite")
+    faulty = flip_largest_tflite_weight(tfl, "CONV_2D", 1, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples) if r["flagged"]]
     assert flagged and flagged[0]["op"] == "CONV_2D" and flagged[0]["module"] == "out", flagged
 
