@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from artifact_edit import flip_largest_tflite_weight
+
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
@@ -93,19 +95,7 @@ def test_concat_on_one_grid_passes_and_no_layer_is_flagged(tmp_path, monkeypatch
     assert _steps(tfl, ref, art, samples) <= 2.0
 
     # a seeded fault where the concat's grid is now shared: the cheap conv's largest weight, sign flipped
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(tfl))
-    interp.allocate_tensors()
-    dw = [o for o in interp._get_ops_details() if o["op_name"] == "DEPTHWISE_CONV_2D"][0]
-    w = interp.get_tensor(int(dw["inputs"][1]))
-    bad = w.copy().reshape(-1)
-    k = int(np.argmax(np.abs(bad)))
-    bad[k] = np.int8(-int(bad[k]))
-    blob = tfl.read_bytes()
-    assert blob.count(w.tobytes()) == 1
-    faulty = tmp_path / "faulty.tflite"
-    faulty.write_bytes(blob.replace(w.tobytes(), bad.tobytes()))
+    faulty = flip_largest_tflite_weight(tfl, "DEPTHWISE_CONV_2D", 0, tmp_path / "faulty.tflite")
     flagged = [r for r in tflite_per_layer(faulty, ref, samples) if r["flagged"]]
     assert flagged and flagged[0]["module"] == "cheap" and flagged[0]["op"] == "DEPTHWISE_CONV_2D", flagged
 

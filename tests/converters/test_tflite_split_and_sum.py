@@ -116,6 +116,14 @@ def photos(calib_root):
     return photo_array(calib_root, SIZE, 24, margin=8)
 
 
+def _photo_export(model_class, photos, out):
+    """INT8 tflite export of ``model_class`` (seeded) calibrated on the photos -> ``_target``'s triple."""
+    torch.manual_seed(0)
+    bundle = edgekit.export(model_class().eval(), torch.from_numpy(photos[:1]), targets="tflite",
+                            data=photos[:, None], quant="int8", samples=8, out=out)
+    return _target(bundle, out)
+
+
 def _target(bundle, out):
     target = bundle.report["targets"]["tflite:int8"]
     tfl = out / target["file"]
@@ -127,11 +135,7 @@ def test_split_pieces_share_the_whole_tensors_grid(photos, tmp_path):
 
     from edgekit.quant.reference import load_quantized_reference
 
-    torch.manual_seed(0)
-    out = tmp_path / "b"
-    bundle = edgekit.export(SplitRanges().eval(), torch.from_numpy(photos[:1]), targets="tflite", data=photos[:, None],
-                            quant="int8", samples=8, out=out)
-    target, tfl, ref = _target(bundle, out)
+    target, tfl, ref = _photo_export(SplitRanges, photos, tmp_path / "b")
     rows = target["per_layer"]
     assert not [r for r in rows if r["flagged"]] and max(r["max_steps"] for r in rows) <= 1.0, rows
     assert target["metrics"]["max_steps"] <= 1.0, target["metrics"]  # end to end (was 44 steps)
@@ -160,22 +164,14 @@ def test_split_pieces_share_the_whole_tensors_grid(photos, tmp_path):
 
 
 def test_chunk_piece_into_a_concat_converts_on_one_grid(photos, tmp_path):
-    torch.manual_seed(0)
-    out = tmp_path / "b"
-    bundle = edgekit.export(ChunkResidual().eval(), torch.from_numpy(photos[:1]), targets="tflite",
-                            data=photos[:, None], quant="int8", samples=8, out=out)
-    target, tfl, ref = _target(bundle, out)
+    target, tfl, ref = _photo_export(ChunkResidual, photos, tmp_path / "b")
     assert target["status"] == "pass", target.get("error") or target.get("failures")
     rows = target["per_layer"]
     assert not [r for r in rows if r["flagged"]] and max(r["max_steps"] for r in rows) <= 1.0, rows
 
 
 def test_resize_input_written_by_a_conv_on_the_resize_grid(photos, tmp_path):
-    torch.manual_seed(0)
-    out = tmp_path / "b"
-    bundle = edgekit.export(FoldResize().eval(), torch.from_numpy(photos[:1]), targets="tflite",
-                            data=photos[:, None], quant="int8", samples=8, out=out)
-    target, tfl, ref = _target(bundle, out)
+    target, tfl, ref = _photo_export(FoldResize, photos, tmp_path / "b")
     rows = target["per_layer"]
     assert not [r for r in rows if r["flagged"]] and max(r["max_steps"] for r in rows) <= 1.0, rows
     assert [r["op"] for r in rows if r["layer"] == "conv2d_1"] == ["CONV_2D"], rows
