@@ -65,6 +65,10 @@ class OnnxConverter(Converter):
         arm_wheels=("onnxruntime==1.32.0",),
     )
 
+    # INT8 weights as uint8 (u8_weights.py) for onnxruntime; the targets that convert the file
+    # (export_via_onnx: mnn, openvino) read it as torch.onnx writes it.
+    u8_weights = True
+
     def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
         return self._write(model, spec, None, "fp32", out_dir, example_inputs, {})
 
@@ -101,6 +105,8 @@ class OnnxConverter(Converter):
                     raise _export_error(exc) from exc
             _claim_io_names(program.model)
             program.save(scratch / name, external_data=False)
+            if int8_meta and self.u8_weights:
+                int8_meta = _store_unsigned_weights(scratch / name, int8_meta)
             if precision == "dynamic":
                 _quantize_dynamic(scratch / name)
             try:
@@ -170,6 +176,20 @@ class OnnxConverter(Converter):
             return [np.asarray(o, dtype=np.float32) for o in session.run(outputs, feed)]
 
         return run
+
+
+def _store_unsigned_weights(path: Path, int8_meta: dict) -> dict:
+    """The QDQ file rewritten with uint8 weights (``u8_weights.py``: onnxruntime's u8s8 kernels saturate
+    on x86 without VNNI); -> the meta with a note saying so."""
+    import onnx
+
+    from .u8_weights import NOTE, unsigned_weights
+
+    model = onnx.load(str(path))
+    if not unsigned_weights(model):
+        return int8_meta
+    onnx.save(model, str(path))
+    return {**int8_meta, "quant_notes": [*int8_meta.get("quant_notes", ()), NOTE]}
 
 
 def _quantize_dynamic(path: Path) -> None:

@@ -11,11 +11,15 @@ from edgekit.errors import UnsupportedOpError, UserError
 def export_via_onnx(target: str, model, spec, recipe, folder: Path, example_inputs: tuple, calibration=None):
     """The onnx target's Artifact written into ``folder`` (QDQ with its quantized reference for an
     int8 recipe); raises UnsupportedOpError / UserError naming ``target``."""
+    import copy
+
     from edgekit.converters import get
 
     extra = {"calibration": calibration} if recipe is not None else {}
+    onnx = copy.copy(get("onnx"))
+    onnx.u8_weights = False  # onnxruntime's re-encoding: the converters read the weights as torch.onnx writes them
     try:
-        return get("onnx").export(model, spec, recipe, folder, tuple(example_inputs), **extra)
+        return onnx.export(model, spec, recipe, folder, tuple(example_inputs), **extra)
     except UnsupportedOpError as exc:
         raise UnsupportedOpError(target, exc.op, exc.node, f"{target} converts edgekit's ONNX file, and torch.onnx.export "
                                  f"cannot translate {exc.op}: {exc.fix}", source=exc.source) from exc

@@ -46,9 +46,10 @@ def test_file_is_qdq_with_int8_weights(exported, tmp_path):
     model = onnx.load(str(out / art.path))
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["QuantizeLinear"] >= 8 and ops["DequantizeLinear"] >= 8
-    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) >= 2]
     n_layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in lm.module.modules())
-    assert len(weights) == n_layers  # every conv/linear weight is stored as int8 (1 byte per weight)
+    # every conv/linear weight is stored in 1 byte, as uint8 with zero point 128 (u8_weights.py)
+    assert len(weights) == n_layers and any("uint8 with zero point 128" in n for n in art.meta["quant_notes"])
     assert not [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
     # onnxruntime really fuses the pairs into integer kernels (what an app runs)
     opts = ort.SessionOptions()
