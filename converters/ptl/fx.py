@@ -134,6 +134,23 @@ def fixed_arity(model: nn.Module, n: int) -> nn.Module:
     return model
 
 
+def fx_trace(model: nn.Module, module: bool = False):
+    """``model`` traced by prepare_fx's tracer (same leaf modules, same module names) -> its Graph, or
+    a GraphModule when ``module``. The model is left as it was: the prepare pipeline traces it several
+    times (fusion sites, shape check, folding, traceability, prepare_fx), and a forward that caches on
+    its modules in eval mode (timm LeViT's and EfficientFormerV2's ``attention_bias_cache``) would
+    otherwise hand the next trace a node of the previous graph (``Argument 'getitem_4' of Node 'add_8'
+    does not belong to this Graph``)."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    from edgekit.quant.shape_trace import unchanged_by_tracing
+
+    with unchanged_by_tracing(model):
+        tracer = QuantizationTracer([], [])
+        graph = tracer.trace(model)
+        return torch.fx.GraphModule(tracer.root, graph) if module else graph
+
+
 def fold_parameter_expressions(model: nn.Module) -> tuple[nn.Module, int]:
     """Evaluate once every expression of parameters and buffers alone (LeViT's and EfficientFormerV2's
     ``attention_biases[:, attention_bias_idxs]``) and store its value as a buffer -> (model, how many).
@@ -143,14 +160,10 @@ def fold_parameter_expressions(model: nn.Module) -> tuple[nn.Module, int]:
     with PyTorch's own prepare_fx too). The value is what eval computes each call; the model is traced
     with prepare_fx's tracer (same leaf modules, same module names) and returned as a GraphModule only
     when something was folded; an untraceable model is returned unchanged for check_traceable to name."""
-    from torch.ao.quantization.fx.tracer import QuantizationTracer
-
     try:
-        tracer = QuantizationTracer([], [])
-        graph = tracer.trace(model)
+        gm = fx_trace(model, module=True)
     except Exception:  # noqa: BLE001 - check_traceable reports it with the model's line
         return model, 0
-    gm = torch.fx.GraphModule(tracer.root, graph)
     values: dict[torch.fx.Node, object] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
@@ -234,7 +247,7 @@ def with_fixed_shapes(model: nn.Module, example_inputs: tuple) -> tuple[nn.Modul
     from edgekit.quant.shape_trace import trace_with_shapes
 
     try:
-        QuantizationTracer([], []).trace(model)
+        fx_trace(model)
         return model, False
     except Exception:  # noqa: BLE001 - symbolic tracing of a user model can raise anything
         pass
@@ -249,10 +262,8 @@ def with_fixed_shapes(model: nn.Module, example_inputs: tuple) -> tuple[nn.Modul
 def check_traceable(model: nn.Module) -> None:
     """Trace ``model`` the way prepare_fx does (its tracer); what torch.fx cannot follow is raised as
     UnsupportedOpError at the model's own line, before prepare_fx (whose other errors stay errors)."""
-    from torch.ao.quantization.fx.tracer import QuantizationTracer
-
     try:
-        QuantizationTracer([], []).trace(model)
+        fx_trace(model)
     except (torch.fx.proxy.TraceError, TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError) as exc:
         raise untraceable(exc) from exc
 

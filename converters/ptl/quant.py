@@ -53,7 +53,7 @@ from edgekit.quant.probe import RangeProbe
 from edgekit.quant.recipe import WEIGHT_SCALE_FLOOR, QuantRecipe, keep_float_modules
 
 from .fx import (FloatOp, check_traceable, fixed_arity, float_op_candidates, float_op_for_node,
-                 fold_parameter_expressions, graph_origins, guard_float, unobserve_non_float,
+                 fold_parameter_expressions, fx_trace, graph_origins, guard_float, unobserve_non_float,
                  restride_bilinear_inputs, with_fixed_shapes)
 
 QMIN, QMAX = 0, 255  # quint8 activations (qnnpack)
@@ -106,10 +106,8 @@ def _called_after_layers(model: nn.Module) -> set[str]:
     """Paths of the ReLU6 modules that every call of which reads the output of a Conv2d, BatchNorm2d or
     Linear module used nowhere else (``self.act(self.bn(self.conv(x)))`` outside a Sequential, one
     module shared by several such sites, as EfficientNet-Lite's ``_swish``): FX fuses each site."""
-    from torch.ao.quantization.fx.tracer import QuantizationTracer
-
     try:
-        graph = QuantizationTracer([], []).trace(model)
+        graph = fx_trace(model)
     except Exception:  # untraceable: check_traceable says why, later
         return set()
     mods = dict(model.named_modules())

@@ -12,10 +12,16 @@ with the real one and enters the graph as a constant; everything else is traced 
 it. What the graph computes is therefore exact for inputs of the example's shapes, which is what
 INT8 export with static shapes uses. A branch on tensor *values* (``if mask.all():``) still fails as
 in plain torch.fx: specialising on data would make a graph that is wrong for the next input.
+
+``unchanged_by_tracing`` undoes what a model's forward stores on its modules while it is traced: timm
+LeViT's and EfficientFormerV2's eval-mode ``attention_bias_cache`` keeps the first trace's Proxy, which
+the next trace of the same model would return, a node of the first graph (``Argument 'getitem_4' of
+Node 'add_8' does not belong to this Graph``).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 
 import torch
@@ -33,6 +39,35 @@ def _untraced():
     ``Module.__getattr__`` (which turn module calls and parameters into Proxies) are lifted."""
     revert = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", None)  # private: torch 2.13
     return revert() if revert is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def unchanged_by_tracing(model: torch.nn.Module):
+    """Every module of ``model`` has, after the block, the attributes it had before (the same objects;
+    a dict, list or set attribute with its former items): a forward traced by torch.fx runs the
+    model's Python code, which may store Proxies on the modules (a cache filled in eval mode), and the
+    next trace of the model would read them. A GraphModule built from the trace inside the block keeps
+    what it copied (buffers, leaf modules)."""
+    saved = []
+    for module in model.modules():
+        attrs = dict(module.__dict__)
+        items = {k: copy.copy(v) for k, v in attrs.items() if type(v) in (dict, list, set)}
+        saved.append((module, attrs, items))
+    try:
+        yield model
+    finally:
+        for module, attrs, items in saved:
+            state = module.__dict__
+            for k in [k for k in state if k not in attrs]:
+                del state[k]
+            for k, v in attrs.items():
+                state[k] = v
+                if k in items:  # the same container, with its former items
+                    v.clear()
+                    if isinstance(v, list):
+                        v.extend(items[k])
+                    else:
+                        v.update(items[k])
 
 
 class _ShapedProxy(fx.Proxy):
@@ -109,8 +144,10 @@ class _ShapeMixin:
 def trace_with_shapes(model: torch.nn.Module, example_inputs: tuple, tracer_class=fx.Tracer,
                       **tracer_kwargs) -> fx.GraphModule:
     """``model`` traced by ``tracer_class`` with every shape read fixed to ``example_inputs``' ->
-    GraphModule (same module paths). Raises what torch.fx raises for a branch on tensor values."""
+    GraphModule (same module paths). Raises what torch.fx raises for a branch on tensor values. The
+    model is left as it was (unchanged_by_tracing)."""
     tracer = type(f"Shaped{tracer_class.__name__}", (_ShapeMixin, tracer_class), {})(**tracer_kwargs)
     tracer._start(model, tuple(example_inputs))
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    with unchanged_by_tracing(model):
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)

@@ -13,6 +13,8 @@ sentences against the quantized reference, end to end and layer by layer.
 - a model torch.fx cannot trace is ``unsupported`` naming the model's own line and the way out;
 - ``self.proj.weight.device`` / ``.dtype`` read in forward (EdgeNeXt's positional encoding) become
   literals: left as graph nodes they read an attribute of the quantized conv's ``weight`` method.
+- a module that caches in its forward (timm's eval-mode attention-bias cache) is left as it was by
+  every trace, so the next trace does not read a node of the previous graph.
 """
 from __future__ import annotations
 
@@ -321,6 +323,60 @@ def test_attention_bias_gather_and_scalar_mul_are_quantized_and_verified(photos,
     r = _ptl_int8(BiasedAttentionNet(), (torch.from_numpy(photos[:1]),), photos, tmp_path / "b")
     _assert_verified(r)
     assert any("expression(s) of parameters alone" in n for n in r.raw["notes"]), r.raw["notes"]
+
+
+class CachedBiasAttention(BiasedAttention):
+    """timm LeViT's and EfficientFormerV2's ``get_attention_biases``: in eval mode the gathered bias
+    is cached per device on the module (cleared by train()); under torch.fx the cache keeps a Proxy."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention_bias_cache = {}
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.attention_bias_cache:
+            self.attention_bias_cache = {}
+        return self
+
+    def get_attention_biases(self, device):
+        if torch.jit.is_tracing() or self.training:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        if str(device) not in self.attention_bias_cache:
+            self.attention_bias_cache[str(device)] = self.attention_biases[:, self.attention_bias_idxs]
+        return self.attention_bias_cache[str(device)]
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q * self.scale) @ k.transpose(-2, -1) + self.get_attention_biases(x.device)
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class CachedBiasAttentionNet(BiasedAttentionNet):
+    def __init__(self):
+        super().__init__()
+        self.attn = CachedBiasAttention()
+
+
+def test_module_caching_in_forward_is_traced_afresh_each_time(photos, tmp_path):
+    """timm efficientformerv2_s0 (and levit_128s) crashed with E-EXPORT-FAILED ``Argument 'getitem_4' of
+    Node 'add_8' does not belong to this Graph``: ptl INT8 traces the model several times (fusion sites,
+    the shape check, the folding of parameter expressions, prepare_fx), and the eval-mode bias cache
+    handed the second trace the first trace's node (this small model: ``KeyError: 'getitem_6'`` in
+    prepare_fx). Every trace leaves the model as it was: the export verifies, and the model (here
+    traced with its shapes fixed, as ncnn does) still runs eagerly, not returning a Proxy."""
+    from edgekit.quant.shape_trace import trace_with_shapes
+
+    example = (torch.from_numpy(photos[:1]),)
+    r = _ptl_int8(CachedBiasAttentionNet(), example, photos, tmp_path / "b")
+    _assert_verified(r)
+    assert any("expression(s) of parameters alone" in n for n in r.raw["notes"]), r.raw["notes"]
+    model = CachedBiasAttentionNet().eval()
+    gm = trace_with_shapes(model, example)
+    assert model.attn.attention_bias_cache == {}
+    with torch.no_grad():
+        torch.testing.assert_close(model(*example), gm(*example))
 
 
 class WeightDeviceNet(nn.Module):
