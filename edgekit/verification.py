@@ -117,6 +117,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
     res = compare(info.name, art.precision, reference, outcome.outputs, spec.output_names, info.tolerances[art.precision],
                   task, art.meta.get("output_scales"), file=art.path, size_bytes=size,
                   latency_ms=outcome.latency_ms, notes=notes)
+    if res.status == "fail" and reference is not fp32_reference:
+        res = _judge_against_noise(res, art, root, vset, reference, outcome.outputs, spec, outcome.extra.get("per_layer"))
     if reference is not fp32_reference:
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, task)
         if float_model is not None:
@@ -138,6 +140,48 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
         res.failures.append(f"per-layer fidelity: layer(s) {', '.join(flagged)} do not compute their quantized "
                             "reference (a conversion or runtime fault localised to them)")
     return Checked(res, outcome.outputs, reference)
+
+
+def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: CalibrationSet, reference: list[np.ndarray],
+                         outputs: list[np.ndarray], spec: ModelSpec, per_layer: list | None) -> ParityResult:
+    """A quantized artifact that missed its fixed bound, judged again against its reference's own
+    rounding noise (edgekit.quant.noise): twins of the reference set how far a valid computation lands.
+    It passes only when it is within that noise *and* the target's per-layer view ran and found every
+    layer computing its reference (``per_layer``: its rows): end to end, a fault on an ill-conditioned
+    model can hide in the noise. The figures go to extra["reference_noise"] either way."""
+    from edgekit.quant.noise import TWIN_SEEDS, noise_figures, noise_tolerance, twin_outputs
+    from edgekit.quant.reference import load_quantized_reference
+
+    def judged(tol, outs, **fields):
+        return compare(res.target, res.precision, reference, outs, spec.output_names, tol, spec.task_spec,
+                       art.meta.get("output_scales"), **fields)
+
+    try:
+        module = load_quantized_reference(root / art.meta["reference"]).module()
+        twins = [judged(res.tolerance, twin_outputs(module, vset.samples, seed)) for seed in TWIN_SEEDS]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: the fixed-bound verdict stands, with the reason
+        res.notes.append(f"the reference's rounding noise could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
+        return res
+    widened = noise_tolerance(res.tolerance, twins)
+    figures = noise_figures(res.tolerance, widened, twins)
+    again = judged(widened, outputs, file=res.file, size_bytes=res.size_bytes, latency_ms=res.latency_ms,
+                   notes=res.notes, log=res.log, extra=res.extra)
+    layers_clean = bool(per_layer) and not any(row.get("flagged") for row in per_layer)
+    within = (f"{len(twins)} runs of the reference itself, each op rounded differently (edgekit.quant.noise), land up "
+              f"to {figures['twin_max_abs_rel']:.3g} x max|reference| away (lowest cosine {figures['twin_cosine_min']:.4f}), "
+              f"and the artifact is within {figures['margin']:g}x that: the quantized model is ill-conditioned, its "
+              "rounding flips cascade with depth (its INT8 cost against FP32 is the figure to act on)")
+    if again.passed and layers_clean:
+        again.extra["reference_noise"] = {**figures, "verdict": "pass", "fixed_bound_failures": res.failures}
+        again.notes.append(f"fidelity judged against the reference's own rounding noise: the fixed bound was missed "
+                           f"({res.failures[0]}), but {within}; the per-layer view found all {len(per_layer)} layers "
+                           "within their step bound on the runtime's own inputs")
+        return again
+    res.extra["reference_noise"] = {**figures, "verdict": "fail"}
+    if again.passed:
+        res.notes.append(f"the fixed-bound miss may be rounding noise: {within}; but {res.target} has no per-layer view "
+                         "to show every layer computes its reference, and a fault can hide in that noise, so the miss stands")
+    return res
 
 
 def _judge_budget(res: ParityResult, budget, cost: dict, scored: dict | None) -> None:

@@ -39,10 +39,8 @@ Facts this module is built on (measured with executorch 1.5.1 on torch 2.13.0):
   (0.149 > 0.039) miss their bounds, as the .onnx of the same program does (0.108, 0.151): their
   rounding decisions cascade with depth, so no implementation reproduces them (even onnxruntime
   running every op in float misses: 0.123, 0.056; lowering with some partitioner configs dropped
-  changes nothing: without ``MulConfig`` the output is identical). ``_quantize`` records the measured
-  sensitivity as ``meta["reference_noise"]`` (``edgekit.quant.pt2e.reference_noise``, 4 calibration
-  photos: 0.075 and 0.039 for those two, 2.4x and 0.64x their bounds; 0 for a MobileViTv2 attention
-  block alone, which reproduces within one step) and says when it is a quarter or more of the bound.
+  changes nothing: without ``MulConfig`` the output is identical). `edgekit verify` then judges them
+  against the reference's own rounding noise (``edgekit.quant.noise``).
 - Threads: the XNNPACK delegate runs on ExecuTorch's process-wide threadpool (default: one thread
   per performant core). The python bindings expose ``_unsafe_reset_threadpool(n)`` (experimental,
   "unsafe" only while a method executes); the runner calls it before loading. It applies to every
@@ -418,20 +416,18 @@ class ExecuTorchConverter(Converter):
         """(exported quantized program, artifact meta); writes the quantized reference program."""
         import torch
 
-        from edgekit.quant.pt2e import noise_meta, quantize
+        from edgekit.quant.pt2e import quantize
         from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
         q = quantize(model, example_inputs, calibration.samples, recipe, self.pt2e_quantizer(), fold_quantize=True)
         ref = out_dir / reference_name(spec.name, "executorch")
         save_quantized_reference(q.module, example_inputs, ref)
-        noise, note = noise_meta(q.module, calibration.samples, self.info.tolerances.get(recipe.scheme, INT8_END_TO_END_TOLERANCE))
         try:
             ep = torch.export.export(q.module, example_inputs)
         except Exception as exc:  # torch.export raises many error types
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the quantized {spec.name}: {_first_line(exc)}",
                             "report this: the convert_pt2e program of the model should export") from exc
-        meta = quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, [*q.notes, *([note] if note else [])])
-        return ep, {**meta, "reference_noise": noise}
+        return ep, quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, q.notes)
 
     def coverage(self, path: Path, meta: dict):
         from edgekit.inspect.report import InspectResult

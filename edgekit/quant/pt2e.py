@@ -22,33 +22,8 @@
 5. ``convert_pt2e(fold_quantize=False)``: the quantized reference (float simulation) that the
    artifact must reproduce; bias correction, when asked, first adjusts the float biases of the
    calibrated model (``equalize.correct_bias``).
-6. ``reference_noise``: how reproducible that reference is at all (see below); a target records it
-   next to its reference and says when it is a sizeable part of its fidelity bound (``noise_note``).
-
-Reproducibility of a quantized reference. A runtime computes the reference's float ops with other
-summation orders and its integer kernels round the requantizations with other float arithmetic, so a
-value that the simulation puts just below a rounding boundary can land just above it: one output step
-apart. Each such flip moves the next layer's inputs by a step, which flips about sqrt(C) of its
-outputs, and so on: in a deep network the flips cascade until the runtime's and the reference's
-rounding noise are independent draws. The output difference is then of the order of the quantization
-noise itself, whatever the runtime. Measured on the model-coverage bench (timm, random weights, BN
-re-estimated on photos), INT8 fidelity SQNR is mostly INT8-vs-FP32 SQNR + 1-6 dB, on every target and
-quantizer (executorch: MobileNetV2 15.0 vs 12.6 dB, ResNet18 29.9 vs 26.6, DeiT-tiny 16.4 vs 10.4,
-EfficientFormerV2-S0 18.0 vs 12.2, MobileViTv2-050 6.3 vs 1.5; tflite, with its own quantizer, 7.0 vs
-1.6 on MobileViTv2), so a model whose INT8 is far from FP32 misses an output-level fidelity bound on
-any runtime (MobileViTv2 fails on tflite, ptl, executorch and onnx). No op of those two
-models was found to compute differently from the reference: onnxruntime running the same Q/DQ graph with every
-op in float (graph optimizations disabled, no integer kernel) is 0.039 (EfficientFormerV2; 0.123 with
-basic optimizations, still float) and 0.056 (MobileViTv2) away from it, against bounds of 0.095 and
-0.039; op by op (EfficientFormerV2), that float run differs by one step in a few elements of the first
-convs, then in 0.07% (5th conv), 1% (11th), 13% (19th) ... 80% of the elements, growing steadily
-with depth, with no op adding a systematic error; a
-MobileViTv2 linear-attention block (GroupNorm, split, softmax, broadcast mul, sum, expand) alone
-reproduces its reference within one output step on both executorch and onnx. ``reference_noise``
-measures that sensitivity directly: the reference run again with every float op's result moved by
-one float32 rounding (relative 2^-23, random sign) moves MobileViTv2's output by 0.075 on 4 calibration
-photos, 2.4x its fidelity bound, and EfficientFormerV2's by 0.039 (0.64x); a MobileViTv2 attention block
-alone does not move (0), a 6-block stack of them on a 112x112 feature map by 1% of its output.
+Reproducibility: a deep quantized reference can be ill-conditioned (its rounding decisions cascade);
+``edgekit.quant.noise`` measures that, and `edgekit verify` judges such an artifact against it.
 """
 from __future__ import annotations
 
@@ -435,72 +410,6 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
 
     move_exported_model_to_eval(converted)
     return Quantized(converted, ranges, _output_scales(converted), _input_qparams(converted), dict(matched), notes)
-
-
-NOISE_SAMPLES = 4  # calibration samples ``reference_noise`` runs at export (2 runs of the reference each)
-_UNPERTURBED = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
-                "getitem", "choose_qparams")
-
-
-def reference_noise(module, samples, rel: float = 2.0 ** -23, seed: int = 0) -> dict:
-    """The quantized reference's own noise floor: its float outputs on ``samples`` (numpy input
-    tuples) when every float op's result is multiplied by (1 +- ``rel``), random signs (one float32
-    rounding; quantize/dequantize ops themselves untouched), vs the plain run. Returns max_abs,
-    ref_max_abs, max_abs_rel (max_abs / ref_max_abs) and cosine_min over the float outputs; all 0/1
-    for a reference that no rounding difference moves. One torch thread, fixed seed: deterministic."""
-    from .calibrators import one_torch_thread
-
-    gen = torch.Generator().manual_seed(seed)
-
-    class Perturbed(torch.fx.Interpreter):
-        def run_node(self, node):
-            out = super().run_node(node)
-            if node.op == "call_function" and isinstance(out, torch.Tensor) and out.dtype == torch.float32 \
-                    and not any(k in str(node.target) for k in _UNPERTURBED):
-                sign = torch.randint(0, 2, out.shape, generator=gen).to(out.dtype) * 2 - 1
-                out = out * (1 + rel * sign)
-            return out
-
-    def floats(y):  # the graph's output node gives a flat tuple, the module its pytree (a dict, ...)
-        leaves = torch.utils._pytree.tree_leaves(y)
-        return [t.detach().double().flatten() for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-    worst, ref_max, cos_min = 0.0, 0.0, 1.0
-    with torch.no_grad(), one_torch_thread():
-        for sample in samples:
-            xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in sample]
-            for a, b in zip(floats(module(*xs)), floats(Perturbed(module).run(*xs))):
-                worst = max(worst, float((a - b).abs().max()))
-                ref_max = max(ref_max, float(a.abs().max()))
-                denom = float(a.norm() * b.norm())
-                cos_min = min(cos_min, float(a @ b) / denom if denom > 0 else 1.0)
-    return {"max_abs": worst, "ref_max_abs": ref_max, "max_abs_rel": worst / ref_max if ref_max > 0 else 0.0,
-            "cosine_min": cos_min, "samples": len(samples), "rel": rel}
-
-
-def noise_note(noise: dict, tolerance) -> str | None:
-    """A quant note when the reference's noise floor (``reference_noise``) is a quarter or more of the
-    target's fidelity bound: a fidelity failure at that level is rounding noise (module doc), not a
-    conversion fault; the remedy is a better-conditioned INT8 model (keep-float, another calibrator)."""
-    share = noise["max_abs_rel"] / tolerance.max_abs_rel if tolerance.max_abs_rel else 0.0
-    if share < 0.25 and noise["cosine_min"] >= 1 - 0.25 * (1 - tolerance.min_cosine):
-        return None
-    return (f"the quantized reference is ill-conditioned: one float32 rounding per op moves its output by "
-            f"{noise['max_abs']:.3g} ({noise['max_abs_rel']:.3f} of max|reference|, {share:.0%} of the fidelity bound "
-            f"{tolerance.max_abs_rel:g}; lowest cosine {noise['cosine_min']:.4f}) on {noise['samples']} calibration "
-            "samples; runtimes round differently, so a fidelity miss near this level is rounding noise, not a "
-            "conversion fault: its INT8 is far from FP32 (see the compression cost); the localisation names the "
-            "layers that lose the precision (keep-float candidates)")
-
-
-def noise_meta(module, samples, tolerance) -> tuple[dict, str | None]:
-    """(``meta["reference_noise"]``, the note or None) of a target's reference on its first
-    ``NOISE_SAMPLES`` calibration samples; a diagnostic, so a failure to measure is recorded, never raised."""
-    try:
-        noise = reference_noise(module, tuple(samples)[:NOISE_SAMPLES])
-    except Exception as exc:  # noqa: BLE001 - an Interpreter run can fail where the module runs
-        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}, None
-    return noise, noise_note(noise, tolerance)
 
 
 def quantize_dynamic(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, quantizer,

@@ -3,11 +3,10 @@
 EfficientFormerV2-S0 and MobileViTv2-050 (model-coverage bench) miss their fidelity bounds on
 executorch and onnx, yet no op of theirs computes differently from the quantized reference: the
 runtime's and the reference's rounding decisions diverge at values on a rounding boundary, and the
-flips cascade with depth (edgekit.quant.pt2e, module doc). Here: MobileViTv2's linear-attention
+flips cascade with depth (edgekit.quant.noise, module doc). Here: MobileViTv2's linear-attention
 pattern (GroupNorm, qkv split, softmax over the patches, broadcast mul, sum, relu(v) * context)
-reproduces its reference within one output step on both runtimes, and both artifacts record the
-reference's noise floor (``meta["reference_noise"]``); the noise floor itself is checked on a
-quantized program directly."""
+reproduces its reference within one output step on both runtimes; the reference's own noise floor
+(edgekit.quant.noise) is checked on the quantized program directly."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,12 +56,12 @@ def photos(calib_root):
 
 
 def test_reference_noise_floor(photos):
-    """One float32 rounding per op moves a small model's reference by at most an output step (no note);
-    the measurement is deterministic; a reference that rounding moves a lot gets the note."""
-    from edgekit.converters.base import INT8_END_TO_END_TOLERANCE
+    """Twins of a small model's reference (edgekit.quant.noise) stay within an output step; the
+    measurement is deterministic; with 5% op errors (many rounding flips) they move by several steps."""
     from edgekit.converters.executorch import CONVERTER
     from edgekit.quant import QuantRecipe
-    from edgekit.quant.pt2e import noise_note, quantize, reference_noise
+    from edgekit.quant.noise import reference_noise
+    from edgekit.quant.pt2e import quantize
 
     samples = [(photos[i:i + 1],) for i in range(8)]
     q = quantize(LinearAttention().eval(), (torch.from_numpy(photos[:1]),), samples, QuantRecipe(),
@@ -70,10 +69,8 @@ def test_reference_noise_floor(photos):
     noise = reference_noise(q.module, samples[:4])
     assert noise == reference_noise(q.module, samples[:4])
     assert noise["max_abs"] <= 1.001 * q.output_scales[0] and noise["cosine_min"] > 0.999, noise
-    assert noise_note(noise, INT8_END_TO_END_TOLERANCE) is None
     coarse = reference_noise(q.module, samples[:4], rel=0.05)  # an op error of 5%: many rounding flips
     assert coarse["max_abs"] > 4 * q.output_scales[0], coarse
-    assert "ill-conditioned" in noise_note({**coarse, "max_abs_rel": 0.05}, INT8_END_TO_END_TOLERANCE)
 
 
 def test_linear_attention_reproduces_its_reference(photos, tmp_path):
@@ -83,7 +80,4 @@ def test_linear_attention_reproduces_its_reference(photos, tmp_path):
         r = bundle.results[target]
         assert r.status == "pass", (target, r.status, r.error, r.failures)
         assert r.raw["metrics"]["max_steps"] <= 1.0 + 1e-3, (target, r.raw["metrics"])
-    for art in bundle.manifest["artifacts"]:
-        noise = art["meta"]["reference_noise"]
-        assert noise["samples"] == 4 and noise["max_abs_rel"] < 0.01, (art["target"], noise)
-        assert not [n for n in art["meta"]["quant_notes"] if "ill-conditioned" in n]
+        assert "reference_noise" not in r.raw  # within the fixed bound: no twin is run

@@ -1,0 +1,77 @@
+"""The quantized reference's own rounding noise (edgekit.quant.noise): twins of the reference, and the
+tolerance they widen. Fast: small programs and synthetic outputs; the verdict on real bundles is in
+tests/quant/test_noise_verdict.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.converters.base import INT8_END_TO_END_TOLERANCE as TOL
+from edgekit.parity import compare
+from edgekit.quant.noise import MARGIN, noise_tolerance, reference_noise, twin, twin_outputs
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.gelu(self.conv(x)).mean((2, 3))).softmax(-1)
+
+
+def _program():
+    x = torch.randn(1, 3, 12, 12)
+    return torch.export.export(Small().eval(), (x,)).module(), x
+
+
+def test_a_twin_is_the_reference_up_to_float_rounding_and_is_deterministic():
+    module, x = _program()
+    with torch.no_grad():
+        plain = module(x).numpy()
+        a, b = twin(module, 1)(x)[0].numpy(), twin(module, 1)(x)[0].numpy()
+        c = twin(module, 2)(x)[0].numpy()
+    assert np.array_equal(a, b)  # the same seed gives the same twin
+    assert 0 < np.abs(a - c).max() < 1e-5 and np.abs(a - plain).max() < 1e-5  # moved, by roundings only
+
+
+def test_reference_noise_of_a_program_without_rounding_boundaries_is_tiny():
+    module, x = _program()
+    samples = [(np.random.default_rng(i).normal(size=(1, 3, 12, 12)).astype(np.float32),) for i in range(3)]
+    noise = reference_noise(module, samples)
+    assert noise["samples"] == 3 and noise["max_abs_rel"] < 1e-5 and noise["cosine_min"] > 1 - 1e-9
+    assert len(twin_outputs(module, samples, 1)) == 1 and twin_outputs(module, samples, 1)[0].shape == (3, 1, 4)
+
+
+def _judged(ref, got, steps=None):
+    return compare("t", "int8", [ref], [got], ["logits"], TOL, True, [steps] if steps else None)
+
+
+def test_noise_tolerance_is_margin_times_the_worst_twin_and_never_narrower():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(16, 1, 10)).astype(np.float32)
+    near = _judged(ref, ref + 0.001)  # a well-conditioned twin: the fixed bound stays
+    assert noise_tolerance(TOL, [near]) == TOL
+    far = ref + rng.normal(scale=0.3, size=ref.shape).astype(np.float32)
+    twin_res = _judged(ref, far)
+    wide = noise_tolerance(TOL, [near, twin_res])
+    worst = twin_res.outputs[0]
+    assert wide.max_abs_rel == pytest.approx(MARGIN * worst.max_abs_rel)
+    assert wide.min_cosine == pytest.approx(1 - MARGIN * (1 - worst.cosine_min))
+    assert wide.min_top1 == pytest.approx(max(0.0, min(TOL.min_top1, 1 - MARGIN * (1 - worst.top1_agreement))))
+    assert wide.max_steps == TOL.max_steps  # no output step known: the step bound is not widened
+
+
+def test_a_fault_beyond_the_noise_still_fails_and_within_it_passes():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(16, 1, 10)).astype(np.float32)
+    twins = [_judged(ref, ref + rng.normal(scale=0.05, size=ref.shape).astype(np.float32)) for _ in range(2)]
+    wide = noise_tolerance(TOL, twins)
+    like_a_twin = ref + rng.normal(scale=0.05, size=ref.shape).astype(np.float32)
+    assert compare("t", "int8", [ref], [like_a_twin], ["logits"], wide, True).status == "pass"
+    broken = ref.copy()
+    broken[:, :, 3] += 2.0  # one logit shifted: a wrong bias
+    res = compare("t", "int8", [ref], [broken], ["logits"], wide, True)
+    assert res.status == "fail" and any("max abs error" in f for f in res.failures)
