@@ -3,7 +3,7 @@ in onnxruntime's CPU execution provider.
 
 INT8 (a QuantRecipe): a QDQ model with edgekit's calibrated ranges (``int8.py``), saved as
 ``<name>-int8.onnx`` with its quantized reference next to it; onnxruntime fuses the pairs into its
-integer kernels.
+integer kernels (weights stored as uint8, ``u8_weights.py``); per-layer view: ``per_layer.py``.
 
 The file keeps the ModelSpec's input and output names, and the weights inside the one .onnx file
 (``external_data=False``; torch only spills them into a side file above the 2 GB protobuf limit,
@@ -135,6 +135,15 @@ class OnnxConverter(Converter):
             meta.update(int8_meta)
             files = (int8_meta["reference"], *files)
         return Artifact(self.info.name, precision, name, tuple(files), meta)
+
+    def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
+        """Each layer of an INT8 file cut out, fused by onnxruntime as in the file, and run on the
+        reference's own input (``per_layer.py``)."""
+        if artifact.precision != "int8" or not artifact.meta.get("reference"):
+            return None
+        from .per_layer import onnx_per_layer
+
+        return onnx_per_layer(artifact, Path(root), samples)
 
     def pt2e_quantizer(self):
         from .int8 import _quantizer
