@@ -174,11 +174,11 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
     if again.passed and layers_clean:
         again.extra["reference_noise"] = {**figures, "verdict": "pass", "fixed_bound_failures": res.failures}
         again.notes.append(f"fidelity judged against the reference's own rounding noise: the fixed bound was missed "
-                           f"({res.failures[0]}), but {within}; the per-layer view found all {len(per_layer)} layers "
-                           "within their step bound on the runtime's own inputs")
+                           f"({res.failures[0]}), but {within}; the per-layer view found each of its {len(per_layer)} "
+                           "layers within its step bound")
         return again
     res.extra["reference_noise"] = {**figures, "verdict": "fail"}
-    if again.passed:
+    if again.passed and not per_layer:
         res.notes.append(f"the fixed-bound miss may be rounding noise: {within}; but {res.target} has no per-layer view "
                          "to show every layer computes its reference, and a fault can hide in that noise, so the miss stands")
     return res
