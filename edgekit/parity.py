@@ -169,14 +169,15 @@ class ParityResult:
 
 def compare(target: str, precision: str, reference: list[np.ndarray], outputs: list[np.ndarray],
             names: list[str], tol: Tolerance, classification: bool | Task, output_scales: list[float] | None = None,
-            **fields) -> ParityResult:
+            task_tol: TaskTolerance | None = None, **fields) -> ParityResult:
     """Compare stacked outputs with stacked reference outputs; status pass or fail.
 
     ``classification``: the Task (edgekit.tasks) the outputs are judged as; a bool means
     classification (True) or embedding (False), as before tasks existed. Detection's boxes and
-    scores are judged after IoU matching, not element by element (their metrics are still reported)."""
+    scores are judged after IoU matching, not element by element (their metrics are still reported).
+    ``task_tol``: the task's criteria, when not the ones ``task_tolerance(tol)`` derives."""
     task = as_task(classification)
-    tt = task_tolerance(tol)
+    tt = task_tol or task_tolerance(tol)
     res = ParityResult(target, precision, "pass", tolerance=tol, n_samples=len(reference[0]), task=str(task),
                        task_tolerance=tt, **fields)
     if len(outputs) != len(reference):

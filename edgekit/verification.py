@@ -152,9 +152,9 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
     from edgekit.quant.noise import TWIN_SEEDS, noise_figures, noise_tolerance, twin_outputs
     from edgekit.quant.reference import load_quantized_reference
 
-    def judged(tol, outs, **fields):
+    def judged(tol, outs, task_tol=None, **fields):
         return compare(res.target, res.precision, reference, outs, spec.output_names, tol, spec.task_spec,
-                       art.meta.get("output_scales"), **fields)
+                       art.meta.get("output_scales"), task_tol, **fields)
 
     try:
         module = load_quantized_reference(root / art.meta["reference"]).module()
@@ -162,9 +162,9 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
     except Exception as exc:  # noqa: BLE001 - a diagnostic: the fixed-bound verdict stands, with the reason
         res.notes.append(f"the reference's rounding noise could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
         return res
-    widened = noise_tolerance(res.tolerance, twins)
-    figures = noise_figures(res.tolerance, widened, twins)
-    again = judged(widened, outputs, file=res.file, size_bytes=res.size_bytes, latency_ms=res.latency_ms,
+    widened, task_widened = noise_tolerance(res.tolerance, twins)
+    figures = noise_figures(res.tolerance, (widened, task_widened), twins)
+    again = judged(widened, outputs, task_widened, file=res.file, size_bytes=res.size_bytes, latency_ms=res.latency_ms,
                    notes=res.notes, log=res.log, extra=res.extra)
     layers_clean = bool(per_layer) and not any(row.get("flagged") for row in per_layer)
     within = (f"{len(twins)} runs of the reference itself, each op rounded differently (edgekit.quant.noise), land up "

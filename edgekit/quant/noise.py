@@ -117,30 +117,40 @@ def reference_noise(module, samples, rel: float = TWIN_REL, seed: int = 0) -> di
             "cosine_min": cos_min, "samples": len(samples), "rel": rel}
 
 
-def noise_tolerance(tol, twins: list) -> "Tolerance":
-    """``tol`` widened to MARGIN x the worst the twins (ParityResults of twin outputs vs the reference,
-    judged with ``tol``) reached on each criterion, never narrower than ``tol``. Task criteria follow,
-    since ``edgekit.tasks.task_tolerance`` derives them from the same four numbers (agreement from
-    min_top1, mean IoU and score error from max_abs_rel, relative error from min_cosine)."""
+def noise_tolerance(tol, twins: list) -> tuple:
+    """(Tolerance, TaskTolerance): ``tol`` and the task criteria it implies (``task_tolerance``) widened
+    to MARGIN x the worst the twins (ParityResults of twin outputs vs the reference, judged with
+    ``tol``) reached on each criterion, never narrower than the fixed ones."""
+    from edgekit.tasks import task_tolerance
+
     m = [o for t in twins for o in t.outputs]
     dets = [t.detection for t in twins if t.detection is not None]
-    rel = [o.max_abs_rel for o in m if np.isfinite(o.max_abs_rel)]
-    rel += [d.score_err_rel for d in dets] + [1 - d.mean_iou for d in dets if d.mean_iou is not None]
-    loss_cos = [1 - o.cosine_min for o in m] + [o.rel_error ** 2 / 2 for o in m if o.rel_error is not None]
-    loss_top1 = [1 - o.top1_agreement for o in m if o.top1_agreement is not None]
-    loss_top1 += [4 * (1 - a) for a in [o.pixel_agreement for o in m if o.pixel_agreement is not None]
-                  + [d.matched_fraction for d in dets] + [d.label_agreement for d in dets if d.label_agreement is not None]]
     steps = [o.max_steps for o in m if o.max_steps is not None and np.isfinite(o.max_steps)]
-    return replace(
+    widened = replace(
         tol,
-        max_abs_rel=max([tol.max_abs_rel, *(MARGIN * r for r in rel)]),
-        min_cosine=max(-1.0, min([tol.min_cosine, *(1 - MARGIN * c for c in loss_cos)])),
-        min_top1=max(0.0, min([tol.min_top1, *(1 - MARGIN * t for t in loss_top1)])),
+        max_abs_rel=max([tol.max_abs_rel, *(MARGIN * o.max_abs_rel for o in m if np.isfinite(o.max_abs_rel))]),
+        min_cosine=max(-1.0, min([tol.min_cosine, *(1 - MARGIN * (1 - o.cosine_min) for o in m)])),
+        min_top1=max(0.0, min([tol.min_top1, *(1 - MARGIN * (1 - o.top1_agreement) for o in m if o.top1_agreement is not None)])),
         max_steps=None if tol.max_steps is None else max([tol.max_steps, *(MARGIN * s for s in steps)]))
+    tt = task_tolerance(tol)
+    agreements = [o.pixel_agreement for o in m if o.pixel_agreement is not None] + [d.matched_fraction for d in dets] \
+        + [d.label_agreement for d in dets if d.label_agreement is not None]
+    task = replace(
+        tt,
+        min_agreement=max(0.0, min([tt.min_agreement, *(1 - MARGIN * (1 - a) for a in agreements)])),
+        min_mean_iou=max(0.0, min([tt.min_mean_iou, *(1 - MARGIN * (1 - d.mean_iou) for d in dets if d.mean_iou is not None)])),
+        max_score_err_rel=max([tt.max_score_err_rel, *(MARGIN * d.score_err_rel for d in dets if np.isfinite(d.score_err_rel))]),
+        max_rel_error=max([tt.max_rel_error, *(MARGIN * o.rel_error for o in m if o.rel_error is not None)]))
+    return widened, task
 
 
 def noise_figures(tol, widened, twins: list) -> dict:
-    """The report's record of a noise-judged verdict (JSON-safe)."""
+    """The report's record of a noise-judged verdict (JSON-safe); ``widened``: ``noise_tolerance``'s pair."""
+    from dataclasses import asdict
+
+    from edgekit.tasks import task_tolerance
+
+    widened, task = widened
     worst = [t.summary_metrics() for t in twins]
     return {"twins": len(twins), "rel": TWIN_REL, "margin": MARGIN,
             "twin_max_abs_rel": max((w.get("max_abs_rel", 0.0) for w in worst), default=0.0),
@@ -149,4 +159,6 @@ def noise_figures(tol, widened, twins: list) -> dict:
             "fixed": {"max_abs_rel": tol.max_abs_rel, "min_cosine": tol.min_cosine, "min_top1": tol.min_top1,
                       "max_steps": tol.max_steps},
             "widened": {"max_abs_rel": widened.max_abs_rel, "min_cosine": widened.min_cosine,
-                        "min_top1": widened.min_top1, "max_steps": widened.max_steps}}
+                        "min_top1": widened.min_top1, "max_steps": widened.max_steps},
+            **({"task_fixed": asdict(task_tolerance(tol)), "task_widened": asdict(task)}
+               if task != task_tolerance(tol) else {})}

@@ -53,10 +53,10 @@ def test_noise_tolerance_is_margin_times_the_worst_twin_and_never_narrower():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(16, 1, 10)).astype(np.float32)
     near = _judged(ref, ref + 0.001)  # a well-conditioned twin: the fixed bound stays
-    assert noise_tolerance(TOL, [near]) == TOL
+    assert noise_tolerance(TOL, [near])[0] == TOL
     far = ref + rng.normal(scale=0.3, size=ref.shape).astype(np.float32)
     twin_res = _judged(ref, far)
-    wide = noise_tolerance(TOL, [near, twin_res])
+    wide, task = noise_tolerance(TOL, [near, twin_res])
     worst = twin_res.outputs[0]
     assert wide.max_abs_rel == pytest.approx(MARGIN * worst.max_abs_rel)
     assert wide.min_cosine == pytest.approx(1 - MARGIN * (1 - worst.cosine_min))
@@ -68,10 +68,26 @@ def test_a_fault_beyond_the_noise_still_fails_and_within_it_passes():
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(16, 1, 10)).astype(np.float32)
     twins = [_judged(ref, ref + rng.normal(scale=0.05, size=ref.shape).astype(np.float32)) for _ in range(2)]
-    wide = noise_tolerance(TOL, twins)
+    wide, _ = noise_tolerance(TOL, twins)
     like_a_twin = ref + rng.normal(scale=0.05, size=ref.shape).astype(np.float32)
     assert compare("t", "int8", [ref], [like_a_twin], ["logits"], wide, True).status == "pass"
     broken = ref.copy()
     broken[:, :, 3] += 2.0  # one logit shifted: a wrong bias
     res = compare("t", "int8", [ref], [broken], ["logits"], wide, True)
     assert res.status == "fail" and any("max abs error" in f for f in res.failures)
+
+
+def test_detection_criteria_widen_from_the_twins_own_box_matching():
+    """The task criteria (matched boxes, IoU, score error) follow the twins' own matching, not only the
+    floors ``task_tolerance`` derives (at least 75% matched, IoU 0.5), which a twin may miss itself."""
+    from types import SimpleNamespace
+
+    from edgekit.tasks import task_tolerance
+
+    det = SimpleNamespace(matched_fraction=0.6, label_agreement=0.9, mean_iou=0.8, score_err_rel=0.1)
+    wide, task = noise_tolerance(TOL, [SimpleNamespace(outputs=[], detection=det)])
+    fixed = task_tolerance(TOL)
+    assert wide == TOL  # no per-element output judged: the element-wise bounds stay
+    assert task.min_agreement == pytest.approx(1 - MARGIN * 0.4) and task.min_agreement < fixed.min_agreement
+    assert task.min_mean_iou == pytest.approx(min(fixed.min_mean_iou, 1 - MARGIN * 0.2))
+    assert task.max_score_err_rel == pytest.approx(max(fixed.max_score_err_rel, MARGIN * 0.1))
