@@ -30,14 +30,15 @@ from pathlib import Path
 from edgekit.errors import UserError
 
 
-def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
-    """-> (the convert_pt2e program as an ExportedProgram, reference file name, artifact meta keys)."""
+def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration, weight_max: int = 127):
+    """-> (the convert_pt2e program as an ExportedProgram, reference file name, artifact meta keys);
+    ``weight_max``: weights on the symmetric grid -weight_max..weight_max (63: 7 bits, see openvino)."""
     import torch
 
     from edgekit.quant.pt2e import quantize
     from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
-    q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(), fold_quantize=True)
+    q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(weight_max), fold_quantize=True)
     ref = Path(out_dir) / reference_name(spec.name, "onnx")
     save_quantized_reference(q.module, tuple(example_inputs), ref)
     notes = list(q.notes)
@@ -49,7 +50,7 @@ def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple,
     return torch.export.export(q.module, tuple(example_inputs)), ref.name, meta
 
 
-def _quantizer():
+def _quantizer(weight_max: int = 127):
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer, get_symmetric_quantization_config)
@@ -57,4 +58,5 @@ def _quantizer():
         raise UserError("E-DEP-MISSING", "onnx INT8 places its quantize/dequantize pairs with ExecuTorch's "
                         f"XNNPACK quantizer, which is not installed ({exc})",
                         "pip install 'edgekit[onnx]' (it lists executorch), or export onnx in fp32/dynamic") from exc
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+        is_per_channel=True, weight_qmin=-weight_max, weight_qmax=weight_max))
