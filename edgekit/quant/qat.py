@@ -213,13 +213,20 @@ def train_quantized(model: nn.Module, samples: list[tuple], recipe: QuantRecipe,
     _, hooks = _student(student, names, recalibrated)  # what the targets would do without learned ranges
     held["recalibrated"] = _held_out_loss(student, teacher, val)
     _stripped(student, names, hooks)
-    kept = held["learned"] <= held["recalibrated"]
+    kept = keeps_learned(held)
     report = {"steps": settings.steps, "batch_size": min(settings.batch_size, len(train)), "samples": len(train),
               "held_out": hold, "augmented": settings.augment, "seconds": round(time.time() - t0, 1),
               "loss_first": losses[0], "loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
               "held_out_loss": held, "ranges": "learned" if kept else "recalibrated", "batchnorm_folded": n_bn,
               "layers": len(names), "lr": settings.lr, "range_lr": settings.range_lr}
     return QATResult(student.eval(), learned if kept else {}, report)
+
+
+def keeps_learned(held: dict) -> bool:
+    """The learned ranges ship when they do at least as well as recalibration on the held-out samples.
+    Which wins depends on the host's float arithmetic as well as on the model (tiny_cnn at 40 steps:
+    7.35e-5 vs 8.18e-5 on one x86 host, 6.99e-5 vs 6.78e-5 on an AVX2 one without AVX-512)."""
+    return held["learned"] <= held["recalibrated"]
 
 
 def _held_out_loss(student, teacher, samples) -> float:
