@@ -110,6 +110,7 @@ class OnnxConverter(Converter):
                 int8_meta = _store_unsigned_weights(scratch / name, int8_meta)
             if precision == "dynamic":
                 _quantize_dynamic(scratch / name)
+                _store_unsigned_weights(scratch / name, {})
             try:
                 onnx.checker.check_model(str(scratch / name))
             except onnx.checker.ValidationError as exc:

@@ -20,33 +20,37 @@ from __future__ import annotations
 
 import numpy as np
 
+# op -> (input index of the int8 weights, of their zero point): static QDQ files, and the dynamic
+# quantization's MatMulInteger (its u8 x s8 kernel saturates the same way)
+_WEIGHT_AND_ZERO_POINT = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3)}
 NOTE = ("weights stored as uint8 with zero point 128 (the same values as int8 with zero point 0): onnxruntime's "
         "u8s8 kernels saturate int16 pair sums on x86 CPUs without VNNI, its u8u8 kernels do not")
 
 
 def unsigned_weights(model) -> int:
     """Re-encode, in ``model`` (an onnx.ModelProto), every int8 initializer of rank >= 2 dequantized
-    with an all-zero int8 zero point; -> how many. Each gets new initializer names (an initializer may
+    (or multiplied by MatMulInteger) with an all-zero int8 zero point; -> how many. Each gets new initializer names (an initializer may
     be shared with a node left as it is), and an old initializer no node reads any more is dropped."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     count = 0
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        if node.op_type not in _WEIGHT_AND_ZERO_POINT or len(node.input) <= _WEIGHT_AND_ZERO_POINT[node.op_type][1]:
             continue
-        w, zp = inits.get(node.input[0]), inits.get(node.input[2])
+        at_w, at_zp = _WEIGHT_AND_ZERO_POINT[node.op_type]
+        w, zp = inits.get(node.input[at_w]), inits.get(node.input[at_zp])
         if w is None or zp is None:
             continue
         values, zeros = numpy_helper.to_array(w), numpy_helper.to_array(zp)
         if values.dtype != np.int8 or values.ndim < 2 or zeros.dtype != np.int8 or np.any(zeros != 0):
             continue
         count += 1
-        names = (f"{node.input[0]}__u8_{count}", f"{node.input[2]}__u8_{count}")
+        names = (f"{node.input[at_w]}__u8_{count}", f"{node.input[at_zp]}__u8_{count}")
         model.graph.initializer.extend([
             numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), names[0]),
             numpy_helper.from_array(np.full(zeros.shape, 128, np.uint8), names[1])])
-        node.input[0], node.input[2] = names
+        node.input[at_w], node.input[at_zp] = names
     used = {i for node in model.graph.node for i in node.input}
     kept = [t for t in model.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
     del model.graph.initializer[:]
