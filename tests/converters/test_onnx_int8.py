@@ -20,6 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")  # its XNNPACK quantizer places the q/dq pairs
 
 from edgekit.converters.onnx import CONVERTER, INT8_TOLERANCE  # noqa: E402
+from edgekit.converters.onnx.per_layer import onnx_per_layer  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one PT2E calibration + dynamo ONNX export (~30 s)
 
@@ -92,7 +93,7 @@ def test_a_wrong_weight_scale_in_the_file_is_caught(exported, tmp_path):
     assert np.abs(got - ref).max() / art.meta["output_scales"][0] > 2.0
     assert res.outputs[0].max_steps > 2.0
     # the per-layer view (each layer cut out, fused as in the file, run on the reference's input) names it
-    rows = CONVERTER.per_layer(art, tmp_path, held[:2])
+    rows = onnx_per_layer(art, tmp_path, held[:2])
     flagged = [r for r in rows if r["flagged"]]
     assert [r["layer"] for r in flagged] == [rows[0]["layer"]] and flagged[0]["worst_channel"] == 0, flagged
     assert flagged[0]["kernel"] == "QLinearConv" and flagged[0]["max_steps"] > 10
@@ -100,7 +101,7 @@ def test_a_wrong_weight_scale_in_the_file_is_caught(exported, tmp_path):
 
 def test_per_layer_view_of_a_correct_file_is_clean_on_integer_kernels(exported):
     lm, art, out, held, _ = exported
-    rows = CONVERTER.per_layer(art, out, held[:4])
+    rows = onnx_per_layer(art, out, held[:4])
     n_layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in lm.module.modules())
     assert len(rows) >= n_layers and all(r["max_steps"] <= 1.0 for r in rows), rows
     kernels = collections.Counter(r["kernel"] for r in rows)
