@@ -110,7 +110,7 @@ class OnnxConverter(Converter):
                 int8_meta = _store_unsigned_weights(scratch / name, int8_meta)
             if precision == "dynamic":
                 _quantize_dynamic(scratch / name)
-                _store_unsigned_weights(scratch / name, {})
+                dynamic_notes = _store_unsigned_weights(scratch / name, {}).get("quant_notes", [])
             try:
                 onnx.checker.check_model(str(scratch / name))
             except onnx.checker.ValidationError as exc:
@@ -132,6 +132,7 @@ class OnnxConverter(Converter):
             from edgekit.quant.weight_only import weight_only_meta
 
             meta.update(weight_only_meta(recipe, spec.name, self.info.name, sim))
+            meta["quant_notes"] = [*meta.get("quant_notes", []), *dynamic_notes]  # the uint8 weights, said
             files = (ref, *files)
         if int8_meta:
             meta.update(int8_meta)
