@@ -140,12 +140,13 @@ class OnnxConverter(Converter):
         return Artifact(self.info.name, precision, name, tuple(files), meta)
 
     def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
-        """None: ``per_layer.onnx_per_layer`` (each layer cut out, fused as in the file, run on the
-        reference's own input) is built and tested, but not used by verify yet (below)."""
-        # Not wired into verify yet: on tests/quant/test_xnnpack_int8_fidelity.py's LinearAttention the
-        # replayed piece of the second call of a shared conv is 46 steps off while the whole file is
-        # within 1 step end to end: a false alarm of the replay, not yet understood.
-        return None
+        """INT8: each layer cut out of the file, fused by onnxruntime as in the whole file, run on the
+        reference's own input (``per_layer.onnx_per_layer``); None for other precisions."""
+        if artifact.precision != "int8" or "reference" not in artifact.meta:
+            return None
+        from .per_layer import onnx_per_layer
+
+        return onnx_per_layer(artifact, root, samples)
 
     def pt2e_quantizer(self):
         from .int8 import _quantizer

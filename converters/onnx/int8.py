@@ -21,7 +21,7 @@ The model's inputs and outputs stay float: the file quantizes and dequantizes at
 Per-layer view: exposing an intermediate QuantizeLinear output as a graph output stops onnxruntime's
 QDQ fusion at that node (measured on tiny_cnn: 3 QLinearConv -> 0, the convs then run in float between
 Q/DQ), so the shipped session's tensors cannot be read; ``per_layer.py`` cuts each layer out and
-replays its fused kernel on the reference's input instead (not used by verify yet: see __init__.py).
+replays its fused kernel on the reference's input instead.
 """
 from __future__ import annotations
 

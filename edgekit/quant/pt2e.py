@@ -267,7 +267,7 @@ class KeepFloat:
         return None
 
     def transform_for_annotation(self, model):
-        return _scalar_constants_match_result(self.inner.transform_for_annotation(model))
+        return _untie_shared_params(_scalar_constants_match_result(self.inner.transform_for_annotation(model)))
 
     def annotate(self, model):
         model = self.inner.annotate(model)
@@ -329,6 +329,26 @@ def _scalar_constants_match_result(gm):
                 setattr(gm, arg.target, const.to(val.dtype))
                 if isinstance(arg.meta.get("val"), torch.Tensor):
                     arg.meta["val"] = arg.meta["val"].to(val.dtype)
+    return gm
+
+
+def _untie_shared_params(gm):
+    """A module called twice reads its weight and bias through one ``get_attr`` node; the target
+    quantizers mark that node annotated with the first call's partition and skip every later call,
+    which then stays float (its conv reads a float weight). onnxruntime then quantizes that weight by
+    itself (per tensor, its own choice of scale), far from the reference: measured on a shared 1x1
+    conv called twice, the second call 63 output steps off on an x86 CPU without VNNI. Each extra
+    user gets its own ``get_attr`` of the same parameter here, so every call is quantized (the file
+    holds one int8 copy of the weights per call)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr" or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with gm.graph.inserting_after(node):
+                own = gm.graph.get_attr(node.target)
+            own.meta = dict(node.meta)
+            user.replace_input_with(node, own)
+    gm.recompile()
     return gm
 
 
