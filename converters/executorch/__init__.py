@@ -287,6 +287,16 @@ class _Half(torch.nn.Module):
         return out.float()
 
 
+def lowered(ep, precision: str):
+    """The edge program of ``ep`` partitioned for XNNPACK, with edgekit's lowering settings: what every
+    .pte is made of (the per-layer view lowers its pieces, and re-lowers the reference, the same way)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with _fp16_conv_constants(precision == "fp16"), _softmax_in_nchw():
+        return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+
+
 def _weight_only(model, spec, recipe, out_dir: Path, example_inputs: tuple):
     """(exported program, artifact meta) of an fp16 or dynamic program; writes the reference.
 
@@ -383,13 +393,11 @@ class ExecuTorchConverter(Converter):
         """XNNPACK partitioning and the ExecuTorch program, written as the .pte (its reference, when
         quantized, is already in out_dir and named in quant_meta)."""
         try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import to_edge_transform_and_lower
+            import executorch.exir  # noqa: F401
         except ImportError:
             raise missing_dependency(NAME, "executorch", self.info.extra) from None
         try:
-            with _fp16_conv_constants(precision == "fp16"), _softmax_in_nchw():
-                edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            edge = lowered(ep, precision)
             delegation = _delegation(edge.exported_program())
             program = edge.to_executorch()
         except Exception as exc:  # exir raises RuntimeError, SpecViolationError, ...: classified below
@@ -429,6 +437,15 @@ class ExecuTorchConverter(Converter):
             raise UserError("E-EXPORT-FAILED", f"torch.export could not capture the quantized {spec.name}: {_first_line(exc)}",
                             "report this: the convert_pt2e program of the model should export") from exc
         return ep, quant_meta(recipe, calibration, ref.name, q.output_scales, q.kept_float, q.notes)
+
+    def per_layer(self, artifact: Artifact, root: Path, samples: list) -> list[dict] | None:
+        """INT8: each layer lowered as the file was and replayed on the reference's own input
+        (``per_layer.executorch_per_layer``); None for other precisions."""
+        if artifact.precision != "int8" or "reference" not in artifact.meta:
+            return None
+        from .per_layer import executorch_per_layer
+
+        return executorch_per_layer(artifact, root, samples)
 
     def coverage(self, path: Path, meta: dict):
         from edgekit.inspect.report import InspectResult

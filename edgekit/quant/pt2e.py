@@ -338,18 +338,38 @@ def _untie_shared_params(gm):
     which then stays float (its conv reads a float weight). onnxruntime then quantizes that weight by
     itself (per tensor, its own choice of scale), far from the reference: measured on a shared 1x1
     conv called twice, the second call 63 output steps off on an x86 CPU without VNNI. Each extra
-    user gets its own ``get_attr`` of the same parameter here, so every call is quantized (the file
-    holds one int8 copy of the weights per call)."""
+    call gets its own copy of the parameter here, so every call is quantized on its own. A copy, not
+    a second ``get_attr`` of the same tensor: XNNPACK's lowering quantizes a float bias once per
+    tensor, at the first conv's input scale, and a second conv with another input scale then adds a
+    wrong bias (measured: per-channel offsets up to 0.85 output steps on that shared conv)."""
+    import torch
+
     for node in list(gm.graph.nodes):
         if node.op != "get_attr" or len(node.users) < 2:
             continue
-        for user in list(node.users)[1:]:
+        value = _attr(gm, node.target)
+        if not isinstance(value, torch.Tensor):
+            continue
+        for k, user in enumerate(list(node.users)[1:], start=1):
+            name = f"{node.target.replace('.', '_')}__call{k}"
+            copy_ = value.detach().clone()
+            if isinstance(value, torch.nn.Parameter):
+                gm.register_parameter(name, torch.nn.Parameter(copy_, requires_grad=False))
+            else:
+                gm.register_buffer(name, copy_)
             with gm.graph.inserting_after(node):
-                own = gm.graph.get_attr(node.target)
+                own = gm.graph.get_attr(name)
             own.meta = dict(node.meta)
             user.replace_input_with(node, own)
     gm.recompile()
     return gm
+
+
+def _attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _edge_nodes(edge_or_node) -> set:
