@@ -118,7 +118,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
                   task, art.meta.get("output_scales"), file=art.path, size_bytes=size,
                   latency_ms=outcome.latency_ms, notes=notes)
     if res.status == "fail" and reference is not fp32_reference:
-        res = _judge_against_noise(res, art, root, vset, reference, outcome.outputs, spec, outcome.extra.get("per_layer"))
+        res = _judge_against_noise(res, art, root, vset, reference, outcome.outputs, spec, outcome.extra.get("per_layer"),
+                                   outcome.extra.get("per_layer_error"))
     if reference is not fp32_reference:
         res.extra["compression"] = cost_metrics(fp32_reference, outcome.outputs, spec.output_names, task)
         if float_model is not None:
@@ -143,7 +144,8 @@ def verify_artifact(conv: Converter, art: Artifact, root: Path, vset: Calibratio
 
 
 def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: CalibrationSet, reference: list[np.ndarray],
-                         outputs: list[np.ndarray], spec: ModelSpec, per_layer: list | None) -> ParityResult:
+                         outputs: list[np.ndarray], spec: ModelSpec, per_layer: list | None,
+                         per_layer_error: str | None = None) -> ParityResult:
     """A quantized artifact that missed its fixed bound, judged again against its reference's own
     rounding noise (edgekit.quant.noise): twins of the reference set how far a valid computation lands.
     It passes only when it is within that noise *and* the target's per-layer view ran and found every
@@ -179,7 +181,9 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
         return again
     res.extra["reference_noise"] = {**figures, "verdict": "fail"}
     if again.passed and not per_layer:
-        res.notes.append(f"the fixed-bound miss may be rounding noise: {within}; but {res.target} has no per-layer view "
+        missing = (f"its per-layer view could not run ({per_layer_error[:300]})" if per_layer_error
+                   else f"{res.target} has no per-layer view")
+        res.notes.append(f"the fixed-bound miss may be rounding noise: {within}; but {missing} "
                          "to show every layer computes its reference, and a fault can hide in that noise, so the miss stands")
     return res
 

@@ -37,12 +37,11 @@ def executorch_per_layer(artifact, root: Path, samples: list) -> list[dict]:
     pieces = [(q, _boundaries(q, set(q_nodes(gm)))) for q in ends]
     program_gm, inputs = _program(gm, pieces)
     watched = {q.name for q in ends} | {b for b in inputs if b not in _placeholders(gm)}
-    first = _feeds(gm, samples[0], inputs, watched)
-    method = _lower(program_gm, tuple(first[0]))
+    feeds = [_feeds(gm, sample, inputs, watched) for sample in samples]
+    method = _lower(program_gm, tuple(feeds[0][0]))
     worst: dict[str, np.ndarray] = {}
     sums: dict[str, list[float]] = {}
-    for sample in samples:
-        fed, values = _feeds(gm, sample, inputs, watched)
+    for fed, values in feeds:
         outs = method.execute(fed)
         for (q, _), got in zip(pieces, outs):
             want = values[q.name].numpy().astype(np.int32)
