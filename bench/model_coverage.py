@@ -388,7 +388,15 @@ def target_row(key: str, t: dict, seconds: float | None) -> dict:
     int8_layers = [int(m.group(1)) for m in int8_layers if m]
     if int8_layers:  # ncnn: layers edgekit's int8 writer quantized, and those it left float (named in the notes)
         row["int8_layers"] = [int8_layers[0], int8_layers[0] + sum("kept float" in n for n in notes)]
-    per_layer = [r for r in t.get("per_layer") or [] if r.get("flagged")]
+    rows = t.get("per_layer") or []
+    if rows:  # the target's per-layer view ran: how many layers, the worst one, those it flagged
+        row["per_layer"] = {"layers": len(rows), "max_steps": max(r.get("max_steps") or 0.0 for r in rows)}
+    if t.get("per_layer_error"):
+        row["per_layer_error"] = t["per_layer_error"][:400]
+    noise = t.get("reference_noise")
+    if noise:
+        row["reference_noise"] = noise.get("verdict")
+    per_layer = [r for r in rows if r.get("flagged")]
     if per_layer:
         row["per_layer_flagged"] = [r.get("layer") for r in per_layer][:20]
     return row
