@@ -150,8 +150,10 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
     rounding noise (edgekit.quant.noise): twins of the reference set how far a valid computation lands.
     It passes only when it is within that noise *and* the target's per-layer view ran and found every
     layer computing its reference (``per_layer``: its rows): end to end, a fault on an ill-conditioned
-    model can hide in the noise. The figures go to extra["reference_noise"] either way."""
-    from edgekit.quant.noise import TWIN_SEEDS, noise_figures, noise_tolerance, twin_outputs
+    model can hide in the noise. The twins also flip, at each layer, the fraction of values the view
+    measured the target's kernel rounding the other way (at most noise.FLIP_CAP). The figures go to
+    extra["reference_noise"] either way."""
+    from edgekit.quant.noise import FLIP_CAP, TWIN_SEEDS, flip_rates, noise_figures, noise_tolerance, twin_outputs
     from edgekit.quant.reference import load_quantized_reference
 
     def judged(tol, outs, task_tol=None, **fields):
@@ -160,12 +162,14 @@ def _judge_against_noise(res: ParityResult, art: Artifact, root: Path, vset: Cal
 
     try:
         module = load_quantized_reference(root / art.meta["reference"]).module()
-        twins = [judged(res.tolerance, twin_outputs(module, vset.samples, seed)) for seed in TWIN_SEEDS]
+        flips = flip_rates(module, per_layer or [])  # each layer's measured rate of kernel rounding flips
+        twins = [judged(res.tolerance, twin_outputs(module, vset.samples, seed, flips=flips)) for seed in TWIN_SEEDS]
     except Exception as exc:  # noqa: BLE001 - a diagnostic: the fixed-bound verdict stands, with the reason
         res.notes.append(f"the reference's rounding noise could not be measured: {type(exc).__name__}: {str(exc)[:200]}")
         return res
     widened, task_widened = noise_tolerance(res.tolerance, twins)
     figures = noise_figures(res.tolerance, (widened, task_widened), twins)
+    figures["flips"] = {"layers": len(flips), "max_rate": max(flips.values(), default=0.0), "cap": FLIP_CAP}
     again = judged(widened, outputs, task_widened, file=res.file, size_bytes=res.size_bytes, latency_ms=res.latency_ms,
                    notes=res.notes, log=res.log, extra=res.extra)
     layers_clean = bool(per_layer) and not any(row.get("flagged") for row in per_layer)

@@ -47,20 +47,25 @@ import torch
 TWIN_SEEDS = (1, 2, 3)  # twins per verdict
 TWIN_REL = 2.0 ** -21  # 4 float32 ulps: vectorised exp/erf/tanh/rsqrt kernels are accurate to a few ulps, not to one
 MARGIN = 2.0  # an artifact is one more draw of that noise, over other samples than the twins' worst: room for it
+FLIP_CAP = 0.05  # a kernel rounding more than 5% of a layer's values the other way is not rounding noise
 _ACCUMULATING = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "linear",
                  "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum"}  # aten ops an int8 kernel accumulates in int32
 _UNPERTURBED = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
                 "getitem", "choose_qparams")
 
 
-def twin(module: torch.fx.GraphModule, seed: int, rel: float = TWIN_REL):
+def twin(module: torch.fx.GraphModule, seed: int, rel: float = TWIN_REL, flips: dict[str, float] | None = None):
     """A callable computing ``module`` as an integer runtime would differ from it: convolutions and
     matrix products accumulated exactly (float64, one rounding to float32 at the end, as an int32
     accumulator does), every other float op's result moved by a relative ``rel`` with random signs
-    drawn from ``seed``; quantize/dequantize ops untouched."""
+    drawn from ``seed``; quantize/dequantize ops untouched, except that the int8 output of each
+    quantize node named in ``flips`` has that fraction of its values moved one step (random places,
+    random signs): the rate at which the target's own kernel for that layer was measured to round
+    the other way (``flip_rates``)."""
     from torch.utils._pytree import tree_map
 
     gen = torch.Generator().manual_seed(seed)
+    flips = flips or {}
 
     def wide(v):
         return v.double() if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else v
@@ -69,6 +74,16 @@ def twin(module: torch.fx.GraphModule, seed: int, rel: float = TWIN_REL):
         return v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float64 else v
 
     class Twin(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            rate = flips.get(n.name)
+            if rate and isinstance(out, torch.Tensor) and out.dtype == torch.int8:
+                moved = torch.rand(out.shape, generator=gen) < rate
+                step = torch.randint(0, 2, out.shape, generator=gen, dtype=torch.int16) * 2 - 1
+                flipped = (out.to(torch.int16) + step).clamp(int(n.args[3]), int(n.args[4])).to(torch.int8)
+                out = torch.where(moved, flipped, out)
+            return out
+
         def call_function(self, target, args, kwargs):
             name = str(target)
             if name.split(".")[1:2] and name.split(".")[1] in _ACCUMULATING:
@@ -85,7 +100,22 @@ def twin(module: torch.fx.GraphModule, seed: int, rel: float = TWIN_REL):
     return run
 
 
-def twin_outputs(module, samples, seed: int, rel: float = TWIN_REL) -> list[np.ndarray]:
+def flip_rates(module, per_layer: list[dict]) -> dict[str, float]:
+    """Quantize node of the reference -> the fraction of its int8 values the target's kernel rounds
+    the other way, from the target's per-layer view (a row within 1 step: its mean step is that
+    fraction), capped at FLIP_CAP."""
+    from .per_layer import producer, q_nodes
+
+    rows = {r["layer"]: r for r in per_layer if r.get("max_steps") is not None and r["max_steps"] <= 1.0}
+    rates = {}
+    for q in q_nodes(module):
+        row = rows.get(producer(q).name)
+        if row and row.get("mean_steps"):
+            rates[q.name] = min(float(row["mean_steps"]), FLIP_CAP)
+    return rates
+
+
+def twin_outputs(module, samples, seed: int, rel: float = TWIN_REL, flips: dict[str, float] | None = None) -> list[np.ndarray]:
     """A twin's stacked float32 outputs on ``samples`` (numpy input tuples), as ``run_reference`` gives
     the reference's; one torch thread, so deterministic."""
     from edgekit.reference import run_reference
@@ -93,7 +123,7 @@ def twin_outputs(module, samples, seed: int, rel: float = TWIN_REL) -> list[np.n
     from .calibrators import one_torch_thread
 
     with one_torch_thread():
-        return run_reference(twin(module, seed, rel), samples)
+        return run_reference(twin(module, seed, rel, flips), samples)
 
 
 def reference_noise(module, samples, rel: float = TWIN_REL, seed: int = 0) -> dict:

@@ -91,3 +91,29 @@ def test_detection_criteria_widen_from_the_twins_own_box_matching():
     assert task.min_agreement == pytest.approx(1 - MARGIN * 0.4) and task.min_agreement < fixed.min_agreement
     assert task.min_mean_iou == pytest.approx(min(fixed.min_mean_iou, 1 - MARGIN * 0.2))
     assert task.max_score_err_rel == pytest.approx(max(fixed.max_score_err_rel, MARGIN * 0.1))
+
+
+def test_twins_flip_each_layer_at_its_measured_rate_capped():
+    """flip_rates: a per-layer row within 1 step gives its layer's rate (its mean step), capped at
+    FLIP_CAP; a row over 1 step gives none (a flagged or faulty layer is not rounding noise). A twin
+    with flips moves the outputs; with a rate of 0 it is the plain twin."""
+    pytest.importorskip("executorch")
+    from edgekit.converters.executorch import CONVERTER
+    from edgekit.quant import QuantRecipe
+    from edgekit.quant.noise import FLIP_CAP, flip_rates
+    from edgekit.quant.per_layer import producer, q_nodes
+    from edgekit.quant.pt2e import quantize
+
+    samples = [(np.random.default_rng(i).normal(size=(1, 3, 12, 12)).astype(np.float32),) for i in range(4)]
+    q = quantize(Small().eval(), (torch.from_numpy(samples[0][0]),), samples, QuantRecipe(), CONVERTER.pt2e_quantizer(),
+                 fold_quantize=True)
+    layers = [(n, producer(n).name) for n in q_nodes(q.module) if producer(n).op != "placeholder"]
+    (conv_q, conv), (mean_q, mean) = layers[0], layers[1]  # the conv, then the pooled features
+    rates = flip_rates(q.module, [{"layer": mean, "max_steps": 1.0, "mean_steps": 0.5},
+                                  {"layer": conv, "max_steps": 3.0, "mean_steps": 0.01}])
+    assert rates == {mean_q.name: FLIP_CAP}
+    x = torch.from_numpy(samples[1][0])
+    with torch.no_grad():
+        plain = twin(q.module, 1, 0.0)(x)[0]
+        assert torch.equal(twin(q.module, 1, 0.0, {mean_q.name: 0.0})(x)[0], plain)
+        assert not torch.equal(twin(q.module, 1, 0.0, {mean_q.name: 0.5})(x)[0], plain)  # 8 features, half moved
