@@ -258,6 +258,7 @@ class KeepFloat:
         self.inner = inner
         self.kept_paths = tuple(kept_paths)
         self.stripped: set[str] = set()  # module paths whose nodes lost their annotation
+        self.float_ops = None  # Counter of the compute ops the inner quantizer left float (float_ops.py)
 
     def _kept(self, node) -> str | None:
         for path, _ in (node.meta.get("nn_module_stack") or {}).values():
@@ -270,7 +271,10 @@ class KeepFloat:
         return _untie_shared_params(_scalar_constants_match_result(self.inner.transform_for_annotation(model)))
 
     def annotate(self, model):
+        from .float_ops import unannotated_ops
+
         model = self.inner.annotate(model)
+        self.float_ops = unannotated_ops(model)
         if not self.kept_paths:
             return model
         kept_nodes = set()
@@ -445,6 +449,9 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         notes.append(f"keep-float: {', '.join(idle)} held no op the target quantizes (nothing to keep float)")
     if quantizer.stripped:
         notes.append(f"kept float: {', '.join(sorted(quantizer.stripped))}")
+    from .float_ops import float_ops_note
+
+    notes += [n for n in [float_ops_note(quantizer.float_ops or {})] if n]
     converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
