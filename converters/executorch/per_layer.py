@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, q_nodes, run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, channel_max, module_of, producer, q_nodes, run_injected
 
 
 def executorch_per_layer(artifact, root: Path, samples: list) -> list[dict]:
@@ -46,7 +46,7 @@ def executorch_per_layer(artifact, root: Path, samples: list) -> list[dict]:
         for (q, _), got in zip(pieces, outs):
             want = values[q.name].numpy().astype(np.int32)
             diff = np.abs(_requantize(got, q) - want)
-            per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
+            per_ch = channel_max(diff)
             worst[q.name] = np.maximum(worst.get(q.name, per_ch), per_ch)
             s = sums.setdefault(q.name, [0.0, 0.0])
             s[0] += float(diff.sum())

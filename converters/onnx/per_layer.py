@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, channel_max, module_of, producer, run_injected
 
 _Q = "quantized_decomposed.quantize_per_tensor"
 
@@ -59,7 +59,7 @@ def onnx_per_layer(artifact, root: Path, samples: list) -> list[dict]:
             fed = {f"{i}{_FLOAT}": _dequantize(values[i], grids[i]) if i in grids else feeds[i] for i in ins}
             got = _quantize(session.run(None, fed)[0], grids[q.output[0]])
             diff = np.abs(got.astype(np.int32) - values[q.output[0]].astype(np.int32))
-            per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
+            per_ch = channel_max(diff)
             worst[q.output[0]] = np.maximum(worst.get(q.output[0], per_ch), per_ch)
             s = sums.setdefault(q.output[0], [0.0, 0.0])
             s[0] += float(diff.sum())

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, channel_max, module_of, producer, run_injected
 
 from .no_telemetry import import_openvino
 from .runner import INTEGER, compile_model, read_model, runtime_layers
@@ -72,7 +72,7 @@ def openvino_per_layer(artifact, root: Path, samples: list) -> list[dict]:
         computed = run_injected(gm, args, {k: torch.from_numpy(v) for k, v in got.items()})
         for name, ref in computed.items():
             diff = np.abs(ref.numpy().astype(np.int32) - got[name].astype(np.int32))
-            per_ch = diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2 else diff.reshape(1)
+            per_ch = channel_max(diff)
             worst[name] = np.maximum(worst.get(name, per_ch), per_ch)
             s = sums.setdefault(name, [0.0, 0.0])
             s[0] += float(diff.sum())

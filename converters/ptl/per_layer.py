@@ -44,7 +44,7 @@ import numpy as np
 
 from edgekit.errors import InternalError, UserError
 
-from edgekit.quant.per_layer import FLAG_STEPS, module_of, producer, run_injected
+from edgekit.quant.per_layer import FLAG_STEPS, channel_max, module_of, producer, run_injected
 
 _FAKE_QUANT = "aten.fake_quantize_per_tensor_affine"
 _JIT_DEPRECATION = r".*(`torch\.jit\.\w+`|Lite Interpreter) is deprecated"
@@ -245,8 +245,7 @@ def ptl_per_layer(artifact_path, reference_program_path, samples) -> list[dict]:
                     diff = (_steps(n, computed[n.name]) - got[n.name].int_repr().to(torch.int64)).abs().numpy()
                 else:  # other grids: the difference of the float values in the reference's steps
                     diff = ((computed[n.name].double() - inject[n.name].double()).abs() / float(n.args[1])).numpy()
-                per_ch = (diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2)) if diff.ndim >= 2
-                          else np.array([diff.max(initial=0)]))
+                per_ch = channel_max(diff)
                 worst[n.name] = np.maximum(worst.get(n.name, per_ch), per_ch)
                 s = sums.setdefault(n.name, [0.0, 0.0])
                 s[0] += float(diff.sum())

@@ -33,6 +33,13 @@ def q_nodes(gm):
     return out
 
 
+def channel_max(diff: np.ndarray) -> np.ndarray:
+    """Per-channel worst of a (N, C, ...) step difference; a tensor of rank < 2 is one channel."""
+    if diff.ndim >= 2:
+        return diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=(0, 2))
+    return np.array([diff.max()]) if diff.size else np.zeros(1, diff.dtype)
+
+
 def producer(qnode):
     """The compute node whose output a quantize node quantizes: a conv fused with its ReLU is
     named by the conv (the ReLU is the quantizer's clamp)."""
