@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.quant.float_ops import op_name
 from edgekit.quant.per_layer import FLAG_STEPS, channel_max, module_of, producer, q_nodes, run_injected
 
 
@@ -33,8 +34,10 @@ def executorch_per_layer(artifact, root: Path, samples: list) -> list[dict]:
     reference = load_quantized_reference(Path(root) / artifact.meta["reference"])
     _check_file_is_its_reference_lowered(reference, Path(root) / artifact.path, samples[0])
     gm = reference.module()
-    ends = [q for q in q_nodes(gm) if producer(q).op != "placeholder"]  # the graph input: nothing computes it
-    pieces = [(q, _boundaries(q, set(q_nodes(gm)))) for q in ends]
+    act_qs = q_nodes(gm)
+    ends = [q for q in act_qs if producer(q).op != "placeholder"]  # the graph input: nothing computes it
+    starts = set(act_qs)
+    pieces = [(q, _boundaries(q, starts)) for q in ends]
     program_gm, inputs = _program(gm, pieces)
     watched = {q.name for q in ends} | {b for b in inputs if b not in _placeholders(gm)}
     feeds = [_feeds(gm, sample, inputs, watched) for sample in samples]
@@ -54,7 +57,7 @@ def executorch_per_layer(artifact, root: Path, samples: list) -> list[dict]:
     rows = []
     for q, _ in pieces:
         node, w = producer(q), worst[q.name]
-        rows.append({"layer": node.name, "op": _short(node.target), "module": module_of(node),
+        rows.append({"layer": node.name, "op": op_name(node.target), "module": module_of(node),
                      "max_steps": float(w.max()), "mean_steps": round(sums[q.name][0] / max(sums[q.name][1], 1), 4),
                      "worst_channel": int(w.argmax()), "sqnr_db": None, "flagged": bool(w.max() > FLAG_STEPS)})
     return rows
@@ -180,8 +183,3 @@ def _lower(program_gm, example: tuple):
         path.write_bytes(program.buffer)
         method = Runtime.get().load_program(path).load_method("forward")
     return method
-
-
-def _short(target) -> str:
-    name = str(getattr(target, "__name__", target))
-    return name.split(".")[0]
