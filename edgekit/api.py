@@ -161,8 +161,8 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            data: Any = None, quant: str = "fp32", out: str | Path | None = None, samples: int | None = None,
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
-           float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None, compress=None,
-           task=None, dynamic_shapes=None, budget=None, qat_steps: int = 0, progress: bool | Callable = False,
+           float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None,
+           float_share: float | None = None, compress=None, task=None, dynamic_shapes=None, budget=None, qat_steps: int = 0, progress: bool | Callable = False,
            command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
@@ -181,6 +181,9 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     budget: the most a quantized artifact may cost vs FP32 (edgekit.budget): "agreement>=0.99",
     "sqnr>=30", "accuracy_drop<=0.5" (labelled data), a dict {"sqnr": 30} or a Budget; recorded in the
     manifest, a quantized artifact that misses it fails (here and in every later verify).
+    float_share: with quant="int8", mixed precision (edgekit.quant.mixed): the layers whose int8 error
+    is far out of proportion to their size stay float, within this share of the int8 weight bytes
+    (0: off; None: the built-in model's measured setting, else off).
     qat_steps: with quant="int8", N steps of quantization-aware training (edgekit.quant.qat) on the
     calibration part: the fake-quant model is distilled from the FP32 one, and its learned weights and
     input ranges go to every target. 0 (default): post-training quantization only.
@@ -197,7 +200,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
                     timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, quant=quant, calibrator=calibrator,
                     percentile=percentile, keep_float=_names(keep_float, "keep_float", split=True), equalize=equalize,
                     bias_correction=bias_correction, float_io=float_io, rounding=rounding, minmax_output=minmax_output,
-                    compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes, budget=budget, qat_steps=qat_steps)
+                    float_share=float_share, compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes, budget=budget, qat_steps=qat_steps)
     outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 

@@ -99,6 +99,10 @@ def _add_quant(e) -> None:
                         "large model; the same integers for every target). Default: the model's measured setting, else nearest")
     e.add_argument("--minmax-output", action=argparse.BooleanOptionalAction, default=None,
                    help="int8: range the model outputs (logits) by min/max instead of the calibrator (never clipped)")
+    e.add_argument("--float-share", type=float, metavar="SHARE",
+                   help="int8 mixed precision: keep float the layers whose int8 error is far out of proportion to "
+                        "their size, within SHARE of the int8 weight bytes (e.g. 0.005; 0: off). Default: the model's "
+                        "measured setting, else 0")
     e.add_argument("--budget", metavar="BOUNDS",
                    help="the most quantization may cost vs FP32, e.g. 'agreement>=0.99', 'sqnr>=30', 'accuracy_drop<=0.5' "
                         "(labelled data), comma-separated; recorded in the manifest, every quantized file must meet "
@@ -264,7 +268,7 @@ def _run_export(args, command: str) -> int:
                             timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
                             percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                             bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
-                            minmax_output=args.minmax_output, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
+                            minmax_output=args.minmax_output, float_share=args.float_share, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
                             budget=args.budget, qat_steps=args.qat_steps,
                             progress=not args.quiet, command=command)
     return _print_outcome(bundle, args.json, args.quiet)

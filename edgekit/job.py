@@ -35,6 +35,9 @@ class ExportJob:
     float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
     rounding: str | None = None  # int8 weights: "nearest" or "adaround" (default: the model's measured setting, else nearest)
     minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
+    # int8: the int8-sensitive layers stay float within this share of the weight bytes (edgekit.quant.mixed;
+    # default: the model's measured setting, else 0 = off)
+    float_share: float | None = None
     compress: "CompressConfig | None" = None  # edgekit.compress.stage run on the model before export ([compress] of a run config)
     example_inputs: Any = None  # a tensor or a tuple of tensors, for a model given as an nn.Module
     task: str | None = None  # edgekit.tasks: classification, segmentation, detection[:...], regression, embedding; None: inferred
@@ -94,7 +97,8 @@ _JOB_TYPES: dict[str, tuple[type, ...]] = {
     "targets": (str, tuple), "out": (str, type(None)),
     "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
     "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
-    "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)), "task": (str, type(None)),
+    "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
+    "float_share": (int, float, type(None)), "task": (str, type(None)),
     "qat_steps": (int,),
 }
 

@@ -289,6 +289,20 @@ def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vse
                     "chosen": list(chosen.keep_float), "note": note}
 
 
+def _mixed_precision(module, cal, recipe, progress):
+    """recipe.float_share: the int8-sensitive layers join keep_float for every target (edgekit.quant.mixed).
+    -> (the recipe to export, the note naming them or None)."""
+    if recipe is None or not recipe.float_share:
+        return recipe, None
+    from edgekit.quant.mixed import SENSITIVITY_SAMPLES, describe, sensitive_float
+
+    progress(f"measuring each layer's int8 sensitivity on {min(len(cal), SENSITIVITY_SAMPLES)} calibration samples")
+    with captured():
+        chosen, rows = sensitive_float(module, cal.samples, recipe)
+    return chosen, describe(rows, recipe.float_share) or (
+        f"mixed precision (float_share {recipe.float_share:g}): no layer's int8 error is out of proportion to its size")
+
+
 def _quantization_aware(job: ExportJob, module, recipe, cal, progress):
     """--qat-steps: train the fake-quant model on the calibration part (edgekit.quant.qat). -> (the model
     every target quantizes, the recipe carrying its learned input ranges, the training report or None).
@@ -343,6 +357,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         example = tuple(torch.from_numpy(a) for a in (export_example(spec.dynamic, spec.input_names, data.samples)
                                                       if spec.dynamic else data.samples[0]))
         loaded.module, compression = _compressed(job, loaded.module, example, train, progress)
+        recipe, mixed = _mixed_precision(loaded.module, cal, recipe, progress)
+        split_notes += [mixed] if mixed else []
         recipe, searched = _budget_search(job, convs, loaded.module, example, cal, vset, recipe, spec, progress)
         split_notes += [searched["note"]] if searched else []
         progress("capturing the FP32 reference with torch.export")

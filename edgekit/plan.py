@@ -16,7 +16,8 @@ def quant_recipe(job: ExportJob):
     calibration_only = [f for f, v in (("--calibrator", job.calibrator), ("--percentile", job.percentile),
                                        ("--equalize", job.equalize), ("--bias-correction", job.bias_correction),
                                        ("--float-io", job.float_io), ("--rounding", job.rounding),
-                                       ("--minmax-output", job.minmax_output is not None)) if v]
+                                       ("--minmax-output", job.minmax_output is not None),
+                                       ("--float-share", job.float_share is not None)) if v]
     if job.qat_steps:
         _check_qat(job)
     if job.quant == "fp32":
@@ -36,7 +37,8 @@ def quant_recipe(job: ExportJob):
                             "drop them, or use --quant int8")
         return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float)))
     chosen = {k: v for k, v in (("calibrator", job.calibrator), ("percentile", job.percentile),
-                                ("rounding", job.rounding), ("minmax_output", job.minmax_output)) if v is not None}
+                                ("rounding", job.rounding), ("minmax_output", job.minmax_output),
+                                ("float_share", job.float_share)) if v is not None}
     return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float), equalize=job.equalize,
                              bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
 
@@ -62,7 +64,7 @@ def model_defaults(job: ExportJob, recipe, loaded):
     unset = {k: v for k, v in defaults.items()
              if (k == "calibrator" and job.calibrator is None and job.percentile is None)
              or (k == "keep_float" and not job.keep_float)
-             or (k in ("rounding", "minmax_output") and getattr(job, k) is None)}
+             or (k in ("rounding", "minmax_output", "float_share") and getattr(job, k) is None)}
     if job.qat_steps:  # quantization-aware training learns the weights: no learned rounding on top
         unset.pop("rounding", None)
     if not unset:

@@ -86,6 +86,9 @@ def test_verify_recomputes_the_quantized_reference(int8_bundle, tmp_path):
     (["--targets", "tflite", "--rounding", "adaround"], "E-ARGS"),
     (["--targets", "tflite", "--quant", "fp16", "--no-minmax-output"], "E-ARGS"),
     (["--targets", "tflite", "--quant", "int8", "--keep-float", "nonexistent_layer"], "E-ARGS"),
+    (["--targets", "tflite", "--float-share", "0.01"], "E-ARGS"),
+    (["--targets", "tflite", "--quant", "int8", "--float-share", "0.5"], "E-ARGS"),
+    (["--targets", "tflite", "--quant", "dynamic", "--float-share", "0.01"], "E-ARGS"),
 ])
 def test_bad_quantization_arguments_are_coded(tmp_path, capsys, args, code):
     rc = main(["export", "tiny_cnn", *args, "--out", str(tmp_path / "o"), "--quiet"])
@@ -100,11 +103,12 @@ def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
     from edgekit.plan import model_defaults as _model_defaults
     from edgekit.plan import quant_recipe as _recipe
 
-    loaded = SimpleNamespace(int8_defaults={"rounding": "adaround", "minmax_output": True},
+    loaded = SimpleNamespace(int8_defaults={"rounding": "adaround", "minmax_output": True, "float_share": 0.005},
                              spec=SimpleNamespace(name="mobilenet_v2"))
     job = ExportJob("mobilenet_v2", quant="int8")
     recipe, notes = _model_defaults(job, _recipe(job), loaded)
-    assert (recipe.rounding, recipe.minmax_output) == ("adaround", True) and "rounding=adaround" in notes[0]
-    job = ExportJob("mobilenet_v2", quant="int8", rounding="nearest", minmax_output=False)
+    assert (recipe.rounding, recipe.minmax_output, recipe.float_share) == ("adaround", True, 0.005)
+    assert "rounding=adaround" in notes[0] and "float_share=0.005" in notes[0]
+    job = ExportJob("mobilenet_v2", quant="int8", rounding="nearest", minmax_output=False, float_share=0)
     recipe, notes = _model_defaults(job, _recipe(job), loaded)
-    assert (recipe.rounding, recipe.minmax_output, notes) == ("nearest", False, [])
+    assert (recipe.rounding, recipe.minmax_output, recipe.float_share, notes) == ("nearest", False, 0, [])

@@ -254,9 +254,10 @@ class KeepFloat:
     class-name strings export records, so a kept layer was silently quantized (measured: "classifier"
     kept float gave bit-identical scores)."""
 
-    def __init__(self, inner, kept_paths):
+    def __init__(self, inner, kept_paths, relu6: set[str] = frozenset()):
         self.inner = inner
         self.kept_paths = tuple(kept_paths)
+        self.relu6 = relu6  # former ReLU6 modules (relu6_to_relu): a float one gets its cap back
         self.stripped: set[str] = set()  # module paths whose nodes lost their annotation
         self.float_ops = None  # Counter of the compute ops the inner quantizer left float (float_ops.py)
 
@@ -284,6 +285,7 @@ class KeepFloat:
                 del node.meta["quantization_annotation"]
                 kept_nodes.add(node)
                 self.stripped.add(path)
+        kept_nodes |= _float_activations(model, kept_nodes, self.relu6)
         self._unshare(model, kept_nodes)
         return model
 
@@ -380,6 +382,33 @@ def _edge_nodes(edge_or_node) -> set:
     return set(edge_or_node) if isinstance(edge_or_node, tuple) else {edge_or_node}
 
 
+# element-wise activations a quantizer fuses with the conv/linear before them (ReLU6 is a relu or a
+# hardtanh/clamp by the time the quantizer sees it)
+_FUSED_ACTIVATIONS = ("aten.relu.", "aten.relu_.", "aten.hardtanh.", "aten.hardtanh_.", "aten.clamp.")
+
+
+def _float_activations(model, kept_nodes: set, relu6: set[str]) -> set:
+    """The activations that read a kept-float layer, left float with it. A layer is kept float with
+    its activation: otherwise the quantizer's stand-alone annotation of the ReLU would still round the
+    layer's output to int8 and, between two float layers, add the very activation noise keeping them
+    float is meant to remove (measured on MobileNetV2's stem: its ReLU6 output was the largest
+    activation-noise site). An int8 reader still quantizes the tensor at its own input. A former
+    ReLU6 (``relu6``: turned into a ReLU so the int8 grid would cap it) is a ReLU6 again, since no
+    grid caps a float tensor."""
+    freed: set = set()
+    for node in model.graph.nodes:
+        if (node.op == "call_function" and any(k in str(node.target) for k in _FUSED_ACTIVATIONS)
+                and node.args and node.args[0] in kept_nodes | freed
+                and node.meta.pop("quantization_annotation", None) is not None):
+            freed.add(node)
+    capped = [n for n in kept_nodes | freed if "relu" in str(n.target) and _module_path(n) in relu6]
+    for node in capped:
+        node.target, node.args = torch.ops.aten.hardtanh.default, (node.args[0], 0.0, 6.0)
+    if capped:
+        model.recompile()
+    return freed
+
+
 def _check_activation_dtype(quantizer, recipe: QuantRecipe) -> None:
     """A target's quantizer whose activations are not the recipe's grid (an int8 quantizer handed an
     int16x8 recipe) is refused, never run: the file would silently be int8."""
@@ -428,7 +457,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         notes.append(describe(report))
     relu6 = relu6_to_relu(model) if recipe.fuse_relu6 else set()
     matched = keep_float_modules(model, recipe)
-    quantizer = KeepFloat(quantizer, matched)
+    quantizer = KeepFloat(quantizer, matched, relu6)
     gm = torch.export.export(model, example_inputs).module()
     removed = remove_identities(gm)
     if removed:

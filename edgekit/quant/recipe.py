@@ -63,6 +63,9 @@ class QuantRecipe:
     # Quantization-aware training's learned ranges (edgekit.quant.qat, --qat-steps): (conv/linear layer, lo, hi)
     # of each layer's input; every target's calibration takes them for the tensors those layers read
     learned_ranges: tuple[tuple[str, float, float], ...] = ()
+    # mixed precision by sensitivity (edgekit.quant.mixed): conv/linear layers whose int8 error is far out of
+    # proportion to their size stay float, within this share of the int8 weight bytes (0: off)
+    float_share: float = 0.0
 
     def __post_init__(self):
         check(self)  # a recipe that exists is valid: coded E-ARGS at construction, never later in a target
@@ -104,6 +107,7 @@ class QuantRecipe:
                                   ("AdaRound weights", self.rounding == "adaround"),
                                   (f"QAT ranges of {len(self.learned_ranges)} layer inputs", self.learned_ranges),
                                   ("min/max output range", self.minmax_output),
+                                  (f"sensitive layers float within {self.float_share:g} of the weight bytes", self.float_share),
                                   ("conv+ReLU6 fused", self.fuse_relu6)) if on]
         cal = f"{self.calibrator}" + (f" {self.percentile}" if self.calibrator == "percentile" else "")
         kept = f", float: {', '.join(self.keep_float)}" if self.keep_float else ""
@@ -144,6 +148,10 @@ def check(recipe: QuantRecipe) -> QuantRecipe:
     if not isinstance(recipe.keep_float, tuple) or not all(isinstance(k, str) and k for k in recipe.keep_float):
         raise UserError("E-ARGS", f"keep_float {recipe.keep_float!r} is not a tuple of names", "pass module or class names")
     _check_learned_ranges(recipe.learned_ranges)
+    if not (isinstance(recipe.float_share, (int, float)) and not isinstance(recipe.float_share, bool)
+            and 0.0 <= recipe.float_share <= 0.25):
+        raise UserError("E-ARGS", f"float_share {recipe.float_share!r} is outside [0, 0.25]",
+                        "pass a share of the int8 weight bytes, e.g. 0.005 (0 switches mixed precision off)")
     return recipe
 
 
@@ -163,7 +171,7 @@ def _check_weight_only(recipe: QuantRecipe) -> None:
     given = [name for name, on in (("equalize", recipe.equalize), ("bias_correction", recipe.bias_correction),
                                    ("rounding=adaround", recipe.rounding == "adaround"),
                                    ("minmax_output", recipe.minmax_output),
-                                   ("learned_ranges", recipe.learned_ranges)) if on]
+                                   ("learned_ranges", recipe.learned_ranges), ("float_share", recipe.float_share)) if on]
     if recipe.scheme == "fp16" and recipe.keep_float:
         given.append("keep_float")
     if given:

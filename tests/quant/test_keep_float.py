@@ -92,3 +92,33 @@ def test_dynamic_weight_only_quantization_keeps_the_layer_float_too(setup):
 
     full, kept = _weight_quants(dynamic(())), _weight_quants(dynamic(("classifier",)))
     assert full >= 1 and kept == full - 1
+
+
+def _float_layers_graph(gm) -> tuple[list, list]:
+    """(the ReLU6 nodes left float: hardtanh, the quantize nodes that read one of them)."""
+    caps = [n for n in gm.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    read = [n for n in gm.graph.nodes if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+            and n.args[0] in caps]
+    return caps, read
+
+
+def test_a_float_layer_keeps_its_activation_float_and_capped(setup):
+    """A kept layer's ReLU6 stays float with it (the quantizer's stand-alone ReLU annotation used to
+    round it to int8 anyway): between two float layers no quantize, and the cap at 6 is back, since
+    no int8 grid caps a float tensor."""
+    lm, data, example = setup
+    kept = quantize(lm.module, example, data.samples[:8], QuantRecipe(keep_float=("stem", "block.0")), _quantizer())
+    caps, read = _float_layers_graph(kept.module)
+    assert len(caps) == 2 and all(tuple(n.args[1:]) == (0.0, 6.0) for n in caps)
+    assert len(read) == 1  # only the int8 depthwise conv after block.0 quantizes (its own input)
+
+
+def test_with_every_layer_float_only_the_pooling_stays_int8(setup):
+    """All conv and linear layers kept float: no layer's output is rounded any more; what is quantized
+    is the pooling (litert-torch's quantizer makes average pooling an int8 op of its own: its input
+    and output). Before, every ReLU6 output was still int8."""
+    lm, data, example = setup
+    kept = quantize(lm.module, example, data.samples[:8], QuantRecipe(keep_float=("Conv2d", "Linear")), _quantizer())
+    rounded = [str(n.args[0].target) for n in kept.module.graph.nodes
+               if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]
+    assert sorted(rounded) == ["aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints", "aten.relu.default"], rounded
