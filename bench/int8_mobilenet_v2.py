@@ -37,6 +37,7 @@ from int8_eval_set import mobilenet_v2_setup  # noqa: E402
 
 from edgekit.models import BUILTIN  # noqa: E402
 from edgekit.quant import QuantRecipe  # noqa: E402
+from edgekit.quant.mixed import sensitive_float  # noqa: E402
 from edgekit.quant.reference import load_quantized_reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -157,7 +158,8 @@ class Bench:
         sub = d / name
         with Timer() as t, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            art = conv.export(self.lm.module, self.lm.spec, self.recipe, sub, self.example, calibration=self.calib_set)
+            recipe, _ = sensitive_float(self.lm.module, self.calib, self.recipe)  # as the pipeline does, per job
+            art = conv.export(self.lm.module, self.lm.spec, recipe, sub, self.example, calibration=self.calib_set)
         ref_gm = unguard(load_quantized_reference(sub / art.meta["reference"]).module())
         ref = run_batched(ref_gm, self.held)
         self.row(f"edgekit recipe: {name} quantized reference", "quantized reference (float simulation)", ref)
