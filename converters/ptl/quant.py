@@ -146,6 +146,30 @@ def rewrite_relu6(model: nn.Module, fuse: bool) -> tuple[int, int]:
     return fused, contiguous
 
 
+def float_activations(model: nn.Module, matched: dict[str, str]) -> dict[str, str]:
+    """In place: the ReLU or ReLU6 right after a kept-float conv/linear (its BatchNorm between, in a
+    Sequential) stays float with it, so two float neighbours exchange a float tensor (otherwise its
+    int8 output adds the very noise keeping the layers float removes; edgekit.quant.pt2e does the same
+    for the PT2E targets). A capped ReLU that is float, kept or freed, is a ReLU6 again: no int8 grid
+    caps a float tensor. -> {activation path: the keep_float entry of its layer}."""
+    freed: dict[str, str] = {}
+    for path, parent in list(model.named_modules()):
+        children = list(parent.named_children()) if isinstance(parent, nn.Sequential) else []
+        for k, (name, child) in enumerate(children):
+            entry = matched.get(f"{path}.{name}" if path else name)
+            if entry is None or not isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                continue
+            j = k + 1 + (k + 1 < len(children) and isinstance(children[k + 1][1], (nn.BatchNorm1d, nn.BatchNorm2d)))
+            if j < len(children) and type(children[j][1]) in (nn.ReLU, nn.ReLU6, ContiguousReLU6):
+                freed[f"{path}.{children[j][0]}" if path else children[j][0]] = entry
+    for act in [*freed, *matched]:
+        parent_path, _, name = act.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        if getattr(getattr(parent, name, None), _CAP, None) is not None:
+            setattr(parent, name, nn.ReLU6().eval())
+    return freed
+
+
 def qconfig():
     """The recipe's scheme for qnnpack: per-channel symmetric int8 weights, per-tensor quint8 activations."""
     from torch.ao.quantization import QConfig
@@ -265,6 +289,7 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
     fused, contiguous = rewrite_relu6(model, recipe.fuse_relu6)
     model.eval()  # the new modules too (FX fusion wants conv, bn and relu in one mode)
     matched = keep_float_modules(model, recipe)  # before folding: class names still name the user's modules
+    float_layers = {**matched, **float_activations(model, matched)}
     model, shaped = with_fixed_shapes(model, tuple(example_inputs))
     model, constants = fold_parameter_expressions(model)
     notes = [f"{constants} expression(s) of parameters alone (e.g. attention-bias gathers) evaluated once "
@@ -277,7 +302,7 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
     if contiguous:
         notes.append(f"{contiguous} ReLU6 run on a contiguous copy (qnnpack channels_last hardtanh bug)")
     mapping = QConfigMapping().set_global(qconfig())
-    for name in matched:
+    for name in float_layers:
         mapping.set_module_name(name, None)
     for op in float_ops:
         if isinstance(op, FloatOp):
@@ -288,7 +313,7 @@ def prepare(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, float_
             mapping.set_object_type(op, None)
     check_traceable(model)
     prepared = prepare_fx(model, mapping, tuple(example_inputs), backend_config=get_qnnpack_backend_config())
-    guard_float(prepared, matched, float_ops)
+    guard_float(prepared, float_layers, float_ops)
     if unobserve_non_float(prepared, tuple(example_inputs)):
         notes.append("integer tensors (token ids, masks) and numbers computed from shapes stay unquantized")
     return prepared, matched, notes

@@ -169,3 +169,22 @@ def test_relu6_without_fusing_runs_on_a_contiguous_copy(data, tmp_path):
     run = CONVERTER.runner(art, tmp_path)
     got = np.stack([run(s)[0] for s in held])
     assert np.abs(got - ref).max() / art.meta["output_scales"][0] <= 1.0 + 1e-3
+
+
+def test_a_float_layer_keeps_its_relu6_float_and_the_ptl_matches(data, tmp_path):
+    """The stem and the first 1x1 conv kept float: their ReLU6s stay float with them (a ReLU6 again,
+    since no int8 grid caps a float tensor), no quantize between the two, and the .ptl still matches
+    its reference within a step."""
+    from edgekit.converters.ptl.quant import quantize
+
+    lm, calib, held = data
+    recipe = QuantRecipe(keep_float=("stem.0", "block.0"))
+    q = quantize(lm.module, lm.example_inputs, calib.samples[:16], recipe)
+    assert type(q.module.stem.get_submodule("2")) is torch.nn.ReLU6
+    code = q.module.code
+    assert "block_0 = getattr(self.block, \"0\")(float_boundary" in code  # it reads the float ReLU6 output
+    art = CONVERTER.export(lm.module, lm.spec, recipe, tmp_path, lm.example_inputs, calibration=calib.head(16))
+    ref = run_program(load_quantized_reference(tmp_path / art.meta["reference"]).module(), held)[0]
+    run = CONVERTER.runner(art, tmp_path)
+    got = np.stack([run(s)[0] for s in held])
+    assert np.abs(got - ref).max() / art.meta["output_scales"][0] <= 1.0 + 1e-3
