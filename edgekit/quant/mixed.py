@@ -49,31 +49,14 @@ class Sensitivity:
 
 def sensitive_float(model: nn.Module, samples, recipe: QuantRecipe) -> tuple[QuantRecipe, list[Sensitivity]]:
     """-> the recipe with the chosen layers added to keep_float, and those layers' sensitivities
-    (empty when none is disproportionate, or recipe.float_share is 0). Runs on one torch thread, so
-    the same model and data choose the same layers on any machine."""
-    from .calibrators import one_torch_thread
-
-    samples = tuple(samples)[:SENSITIVITY_SAMPLES]
-    if not recipe.float_share or not samples:
+    (empty when none is disproportionate, or recipe.float_share is 0)."""
+    if not recipe.float_share:
         return recipe, []
-    with one_torch_thread():
-        return _chosen(model, samples, recipe)
-
-
-def _chosen(model: nn.Module, samples: tuple, recipe: QuantRecipe) -> tuple[QuantRecipe, list[Sensitivity]]:
     folded = _folded(model)
-    kept = set(keep_float_modules(folded, recipe)) if recipe.keep_float else set()
-    layers = {n: m for n, m in folded.named_modules() if isinstance(m, _LAYERS) and n not in kept}
-    budget = recipe.float_share * sum(m.weight.numel() for m in layers.values())
-    if not layers:
-        return recipe, []
-    ranges = _input_ranges(folded, layers, samples, recipe)
-    reference = _outputs(folded, samples)
-    average = _noise(folded, layers, ranges, samples, reference) / (3 * sum(m.weight.numel() for m in layers.values()))
-    rows = [Sensitivity(n, m.weight.numel(), _noise(folded, {n: m}, ranges, samples, reference))
-            for n, m in layers.items() if 3 * m.weight.numel() <= budget]
+    budget = recipe.float_share * sum(m.weight.numel() for m in _layers(folded, recipe).values())
+    rows, average = _measured(folded, samples, recipe, lambda m: 3 * m.weight.numel() <= budget)
     chosen, spent = [], 0
-    for row in sorted(rows, key=lambda r: -r.noise / r.extra_bytes):
+    for row in rows:
         if row.noise / row.extra_bytes < DISPROPORTION * average:
             break
         if spent + row.extra_bytes <= budget:
@@ -82,6 +65,35 @@ def _chosen(model: nn.Module, samples: tuple, recipe: QuantRecipe) -> tuple[Quan
     if not chosen:
         return recipe, []
     return recipe.with_(keep_float=recipe.keep_float + tuple(r.layer for r in chosen)), chosen
+
+
+def ranked(model: nn.Module, samples, recipe: QuantRecipe) -> list[Sensitivity]:
+    """Every conv/linear layer not already kept float, the most int8 noise per extra float byte first
+    (the order in which the budget search keeps layers float, edgekit.quant.search)."""
+    return _measured(_folded(model), samples, recipe, lambda m: True)[0]
+
+
+def _measured(folded, samples, recipe, candidate) -> tuple[list[Sensitivity], float]:
+    """(the candidate layers' sensitivities, most noise per extra byte first; the model's average noise
+    per extra byte), on one torch thread, so the same model and data give the same order anywhere."""
+    from .calibrators import one_torch_thread
+
+    samples = tuple(samples)[:SENSITIVITY_SAMPLES]
+    layers = _layers(folded, recipe)
+    if not samples or not layers:
+        return [], 0.0
+    with one_torch_thread():
+        ranges = _input_ranges(folded, layers, samples, recipe)
+        reference = _outputs(folded, samples)
+        average = _noise(folded, layers, ranges, samples, reference) / (3 * sum(m.weight.numel() for m in layers.values()))
+        rows = [Sensitivity(n, m.weight.numel(), _noise(folded, {n: m}, ranges, samples, reference))
+                for n, m in layers.items() if candidate(m)]
+    return sorted(rows, key=lambda r: -r.noise / r.extra_bytes), average
+
+
+def _layers(folded, recipe) -> dict[str, nn.Module]:
+    kept = set(keep_float_modules(folded, recipe)) if recipe.keep_float else set()
+    return {n: m for n, m in folded.named_modules() if isinstance(m, _LAYERS) and n not in kept}
 
 
 def describe(chosen: list[Sensitivity], share: float) -> str | None:

@@ -4,10 +4,10 @@ lose most) whose quantized reference meets the user's budget (edgekit.budget) on
 ``search(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec)``:
 1. trial 0 quantizes everything (the recipe as given) and measures the budget's metrics of its
    PT2E quantized reference against the FP32 outputs on the held-out samples;
-2. if that misses, each conv/linear layer's sensitivity is measured on the held-out samples (the
-   SQNR it loses itself, edgekit.quant.localise), and the most sensitive layers are kept float:
-   1, 2, 4, ... of them until the budget is met, then the fewest between the last miss and that hit
-   (bisection), at most ``max_trials`` trials in all;
+2. if that misses, each conv/linear layer's sensitivity is measured on calibration samples (its
+   int8 output noise per extra float byte, edgekit.quant.mixed), and the most sensitive layers are
+   kept float: 1, 2, 4, ... of them until the budget is met, then the fewest between the last miss
+   and that hit (bisection), at most ``max_trials`` trials in all;
 3. -> the recipe with the chosen ``keep_float`` and every trial (float layers, estimated size,
    metrics, met), for the report. None meeting it: E-BUDGET-UNMET naming the best trial.
 The trials run the float simulation of one PT2E target of the job (its ``pt2e_quantizer``); the exported
@@ -25,7 +25,6 @@ from edgekit.errors import UserError
 from .recipe import QuantRecipe, keep_float_modules
 
 MAX_TRIALS = 10
-SENSITIVITY_SAMPLES = 8  # held-out samples the per-layer sensitivity is measured on
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,7 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     first = trial(recipe.keep_float)
     if first.met:
         return recipe, trials
-    ranked = [m for m in _sensitive_layers(model, example, calibration, held_out, base, quantizer)
-              if m not in recipe.keep_float]
+    ranked = _sensitive_layers(model, calibration, base)
     lo, hi, k = 0, None, 1
     while hi is None and len(trials) < max_trials and ranked:  # 1, 2, 4, ... float layers until one meets it
         k = min(k, len(ranked))
@@ -96,18 +94,12 @@ def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, 
     return Trial(recipe.keep_float, _size(model, recipe), got, not budget.missed(got), round(time.monotonic() - t0, 1))
 
 
-def _sensitive_layers(model, example, calibration, held_out, recipe, quantizer) -> list[str]:
-    """Conv/linear modules, the one that loses most SQNR itself first (edgekit.quant.localise)."""
-    from .localise import localise
-    from .pt2e import quantize
+def _sensitive_layers(model, calibration, recipe) -> list[str]:
+    """Conv/linear modules, the most int8 noise per extra float byte first (edgekit.quant.mixed: each
+    layer alone quantized, its weights and the tensor it reads, on calibration samples)."""
+    from .mixed import ranked
 
-    q = quantize(model, example, calibration.samples, recipe, quantizer())
-    rows = localise(q.module, model, held_out.samples[:SENSITIVITY_SAMPLES])
-    out: list[str] = []
-    for r in sorted(rows, key=lambda r: -(r["drop_db"] if r.get("drop_db") is not None else -1e9)):
-        if r.get("module") and "add" not in r["layer"] and r["module"] not in out:
-            out.append(r["module"])
-    return out
+    return [r.layer for r in ranked(model, calibration.samples, recipe)]
 
 
 def _size(model, recipe: QuantRecipe) -> int:
