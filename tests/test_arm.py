@@ -206,7 +206,7 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
     cortex-a53, which its ARM CPU plugin does not compile (E-RUNTIME-FAILED: "object is not
     initialized"): a real runtime failure that verify must report, not hide. If a new OpenVINO fixes
     it, this test says so. On cortex-a76 the IR of these nearest-rounded weights passes; the IR of the
-    AdaRound weights (the built-in default) ran 18 convolutions on f16 reference kernels despite the
+    AdaRound weights (`--rounding adaround`, the built-in default until 2026-12-07) ran 18 convolutions on f16 reference kernels despite the
     f32 hint and ended about 50 output steps from its reference (top-1 3/8)."""
     import json
 
