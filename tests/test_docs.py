@@ -14,4 +14,4 @@ def test_readme_names_the_deprecation_and_the_two_commands():
     text = README.read_text(encoding="utf-8")
     assert "PyTorch Mobile is deprecated" in text
     assert "bash install.sh && edgekit run" in text
-    assert 'python -m pytest -m "not slow" && python -m pytest -m slow' in text
+    assert 'python -m pytest -m "not slow" -n 2 --dist loadfile && python -m pytest -m slow -n 2 --dist loadfile' in text
