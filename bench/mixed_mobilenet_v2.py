@@ -9,7 +9,8 @@ bench/int8_mobilenet_v2.py.
 Rows:
 - float_share S: the layers edgekit's sensitivity measurement chooses within S of the int8 weight bytes;
 - float set: a hand-named set of layers (to see what choosing differently costs);
-- both with nearest rounding and with learned rounding (AdaRound, cached under /tmp).
+- both with nearest rounding and with learned rounding (AdaRound, cached under /tmp);
+- tflite only: other levers (calibrators, CLE, bias correction) with five early layers float.
 
 Run: nice -n 10 python bench/mixed_mobilenet_v2.py [tflite|executorch ...]  -> bench/results/mixed_mobilenet_v2.{json,md}
 """
@@ -32,6 +33,7 @@ from edgekit.quant.pt2e import quantize  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 OUT = RESULTS / "mixed_mobilenet_v2.json"
 STEM_AND_BLOCK_1 = ("features.0.0", "features.1.conv.0.0", "features.1.conv.1")
+FIVE = STEM_AND_BLOCK_1 + ("features.2.conv.0.0", "features.2.conv.1.0")
 ROWS = [  # (label, float_share, hand-named float layers, rounding)
     ("all int8", 0.0, (), "nearest"),
     ("all int8, AdaRound", 0.0, (), "adaround"),
@@ -41,9 +43,12 @@ ROWS = [  # (label, float_share, hand-named float layers, rounding)
     ("float_share 0.01", 0.01, (), "nearest"),
     ("float_share 0.02", 0.02, (), "nearest"),
     ("float: the first depthwise alone", 0.0, ("features.1.conv.0.0",), "nearest"),
-    ("float: stem + block 1 + block 2's expansion and depthwise", 0.0,
-     STEM_AND_BLOCK_1 + ("features.2.conv.0.0", "features.2.conv.1.0"), "nearest"),
+    ("float: stem + block 1 + block 2's expansion and depthwise", 0.0, FIVE, "nearest"),
 ]
+# other levers with those five layers float: (label, recipe changes)
+LEVERS = [("five float, calibrator mse", {"calibrator": "mse"}), ("five float, calibrator entropy", {"calibrator": "entropy"}),
+          ("five float, calibrator minmax", {"calibrator": "minmax"}), ("five float, percentile 99.999", {"percentile": 99.999}),
+          ("five float, CLE", {"equalize": True}), ("five float, empirical bias correction", {"bias_correction": True})]
 
 
 def main(targets: list[str]) -> None:
@@ -52,10 +57,13 @@ def main(targets: list[str]) -> None:
     rows = [r for r in old.get("rows", []) if old.get("protocol") == s["meta"]]
     for target in targets:
         conv = get_converter(target)
-        for label, share, hand, rounding in ROWS:
+        plans = [(label, QuantRecipe(minmax_output=True, rounding=rounding, float_share=share, keep_float=hand))
+                 for label, share, hand, rounding in ROWS]
+        plans += [(label, QuantRecipe(minmax_output=True, keep_float=FIVE, **changes)) for label, changes in LEVERS
+                  if target == "tflite"]
+        for label, recipe in plans:
             if any(r["target"] == target and r["label"] == label for r in rows):
                 continue
-            recipe = QuantRecipe(minmax_output=True, rounding=rounding, float_share=share, keep_float=hand)
             with Timer() as t, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 chosen, picked = sensitive_float(s["lm"].module, s["calib"], recipe)
@@ -64,7 +72,8 @@ def main(targets: list[str]) -> None:
             m = metrics(run_batched(unguard(q.module), s["held"]), s["fp32"])
             weights = sum(mod.weight.numel() for n, mod in s["lm"].module.named_modules()
                           if n in chosen.keep_float and hasattr(mod, "weight"))
-            rows.append({"target": target, "label": label, "rounding": rounding, "float_share": share,
+            rows.append({"target": target, "label": label, "recipe": recipe.describe(), "rounding": recipe.rounding,
+                         "float_share": recipe.float_share,
                          "float_layers": list(chosen.keep_float), "float_weights": weights,
                          "chosen_db_alone": {p.layer: round(p.db, 1) for p in picked}, **m, "seconds": t.s})
             print(target, label, m, t.s, flush=True)
