@@ -162,8 +162,8 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None,
-           float_share: float | None = None, compress=None, task=None, dynamic_shapes=None, budget=None, qat_steps: int = 0, progress: bool | Callable = False,
-           command: str = "") -> Bundle:
+           float_share: float | None = None, compress=None, task=None, dynamic_shapes=None, budget=None,
+           qat_steps: int = 0, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
 
@@ -200,7 +200,8 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
                     timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s, quant=quant, calibrator=calibrator,
                     percentile=percentile, keep_float=_names(keep_float, "keep_float", split=True), equalize=equalize,
                     bias_correction=bias_correction, float_io=float_io, rounding=rounding, minmax_output=minmax_output,
-                    float_share=float_share, compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes, budget=budget, qat_steps=qat_steps)
+                    float_share=float_share, compress=compress, task=_task(task), dynamic_shapes=dynamic_shapes,
+                    budget=budget, qat_steps=qat_steps)
     outcome = export_bundle(job, _progress(progress), command)
     return Bundle(outcome.bundle, outcome.report, outcome.errors)
 

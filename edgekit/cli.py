@@ -268,7 +268,8 @@ def _run_export(args, command: str) -> int:
                             timeout_s=args.timeout, quant=args.quant, calibrator=args.calibrator,
                             percentile=args.percentile, keep_float=args.keep_float, equalize=args.equalize,
                             bias_correction=args.bias_correction, float_io=args.float_io, rounding=args.rounding,
-                            minmax_output=args.minmax_output, float_share=args.float_share, task=args.task, dynamic_shapes=tuple(args.dynamic) or None,
+                            minmax_output=args.minmax_output, float_share=args.float_share, task=args.task,
+                            dynamic_shapes=tuple(args.dynamic) or None,
                             budget=args.budget, qat_steps=args.qat_steps,
                             progress=not args.quiet, command=command)
     return _print_outcome(bundle, args.json, args.quiet)
