@@ -256,16 +256,28 @@ def _quantization_entry(recipe, cal, notes: list[str], budget) -> dict | None:
             "budget": None if budget is None else budget.to_dict()}
 
 
-def _pt2e_quantizer(convs: list):
-    """(target name, a factory of its PT2E quantizer) for the budget search: the job's first target
-    whose INT8 path is PT2E, else any installed one (the search simulates, it writes nothing)."""
+def _pt2e_quantizers(convs: list) -> dict[str, tuple[list[str], object]]:
+    """For the budget search: quantizer class -> (the job's targets that place their q/dq pairs with it,
+    a factory of it). One simulation per placement (tflite's litert-torch quantizer, executorch's and
+    onnx's XNNPACK one), so the search meets the budget for every target; a job with no PT2E target
+    simulates any installed one (the search simulates, it writes nothing)."""
     from edgekit.converters import all_converters
 
-    for conv in [*convs, *(c for c in all_converters() if c not in convs)]:
+    found: dict[str, tuple[list[str], object]] = {}
+    for conv in convs:
+        try:
+            quantizer = conv.pt2e_quantizer()
+        except UserError:  # its toolchain is not installed
+            continue
+        if quantizer is not None:
+            found.setdefault(type(quantizer).__name__, ([], conv.pt2e_quantizer))[0].append(conv.info.name)
+    if found:
+        return found
+    for conv in all_converters():
         try:
             if conv.pt2e_quantizer() is not None:
-                return conv.info.name, conv.pt2e_quantizer
-        except UserError:  # its toolchain is not installed
+                return {conv.info.name: ([conv.info.name], conv.pt2e_quantizer)}
+        except UserError:
             continue
     raise UserError("E-DEP-MISSING", "the budget search simulates INT8 with a PT2E target's quantizer, and none is installed",
                     "pip install -c constraints.txt 'edgekit[tflite]' (or executorch, onnx)")
@@ -278,12 +290,14 @@ def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vse
         return recipe, None
     from edgekit.quant.search import search
 
-    target, quantizer = _pt2e_quantizer(convs)
+    placements = _pt2e_quantizers(convs)
     with captured():
         fp32 = run_reference(module, vset.samples)
-        chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec, quantizer, progress)
+        chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec,
+                                [factory for _, factory in placements.values()], progress)
     kept = ", ".join(chosen.keep_float) or "none"
-    note = (f"budget search ({job.budget.describe()}): {len(trials)} trial(s) of {target}'s PT2E simulation on "
+    sims = " and ".join(f"{'/'.join(names)}'s" for names, _ in placements.values())
+    note = (f"budget search ({job.budget.describe()}): {len(trials)} trial(s) of {sims} PT2E simulation on "
             f"{len(vset)} held-out samples, kept float: {kept}")
     return chosen, {"budget": job.budget.to_dict(), "trials": [t.to_dict() for t in trials],
                     "chosen": list(chosen.keep_float), "note": note}

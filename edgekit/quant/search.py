@@ -10,7 +10,9 @@ lose most) whose quantized reference meets the user's budget (edgekit.budget) on
    and that hit (bisection), at most ``max_trials`` trials in all;
 3. -> the recipe with the chosen ``keep_float`` and every trial (float layers, estimated size,
    metrics, met), for the report. None meeting it: E-BUDGET-UNMET naming the best trial.
-The trials run the float simulation of one PT2E target of the job (its ``pt2e_quantizer``); the exported
+The trials run the float simulation of each quantizer placement among the job's PT2E targets (their
+``pt2e_quantizer``: litert-torch's for tflite, XNNPACK's for executorch and onnx), and a trial meets the
+budget only if every one does (XNNPACK quantizes residual adds that litert-torch leaves float); the exported
 files are then verified against the budget for real, each in its runtime, like any export. Learned
 rounding (AdaRound) is left out of the trials (they round to nearest: minutes saved per trial) and
 applied to the chosen point only.
@@ -42,13 +44,16 @@ class Trial:
 def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: QuantRecipe, budget, spec, quantizer,
            progress=lambda *a: None, max_trials: int = MAX_TRIALS) -> tuple[QuantRecipe, list[Trial]]:
     """See the module docstring. ``held_out``: a CalibrationSet (its labels feed accuracy_drop);
-    ``quantizer``: makes a PT2E Quantizer (a target's ``pt2e_quantizer``), one per trial."""
+    ``quantizer``: makes a PT2E Quantizer (a target's ``pt2e_quantizer``), or a sequence of such
+    factories, one per placement of the job's targets: a trial meets the budget only if every
+    placement's simulation does, and records the worst figures of them."""
+    quantizers = (quantizer,) if callable(quantizer) else tuple(quantizer)
     base = recipe.with_(rounding="nearest")
     trials: list[Trial] = []
 
     def trial(keep: tuple[str, ...]) -> Trial:
         progress(f"budget search: trial {len(trials) + 1}, {len(keep)} layer(s) kept float")
-        t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec, quantizer)
+        t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec, quantizers)
         trials.append(t)
         return t
 
@@ -78,7 +83,7 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     return recipe.with_(keep_float=chosen.keep_float), trials
 
 
-def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec, quantizer) -> Trial:
+def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, spec, quantizers) -> Trial:
     from edgekit.accuracy import accuracy
     from edgekit.budget import measured
     from edgekit.parity import cost_metrics
@@ -87,11 +92,23 @@ def _trial(model, example, calibration, held_out, fp32_outputs, recipe, budget, 
     from .pt2e import quantize
 
     t0 = time.monotonic()
-    q = quantize(model, example, calibration.samples, recipe, quantizer())
-    outputs = run_reference(q.module, held_out.samples)
-    got = measured(cost_metrics(fp32_outputs, outputs, spec.output_names, spec.task_spec),
-                   accuracy(fp32_outputs, outputs, held_out.labels, spec))
-    return Trial(recipe.keep_float, _size(model, recipe), got, not budget.missed(got), round(time.monotonic() - t0, 1))
+    each = []
+    for quantizer in quantizers:
+        q = quantize(model, example, calibration.samples, recipe, quantizer())
+        outputs = run_reference(q.module, held_out.samples)
+        each.append(measured(cost_metrics(fp32_outputs, outputs, spec.output_names, spec.task_spec),
+                             accuracy(fp32_outputs, outputs, held_out.labels, spec)))
+    got = _worst(each)
+    return Trial(recipe.keep_float, _size(model, recipe), got, not any(budget.missed(m) for m in each),
+                 round(time.monotonic() - t0, 1))
+
+
+def _worst(each: list[dict]) -> dict:
+    """The worst of several simulations' budget metrics (lowest agreement and SQNR, largest accuracy drop)."""
+    def pick(key, fn):
+        values = [m[key] for m in each if m.get(key) is not None]
+        return fn(values) if values else None
+    return {"agreement": pick("agreement", min), "sqnr": pick("sqnr", min), "accuracy_drop": pick("accuracy_drop", max)}
 
 
 def _sensitive_layers(model, calibration, recipe) -> list[str]:
