@@ -221,10 +221,11 @@ class Converter(ABC):
         target has no per-layer view. Runs in the runner's subprocess."""
         return None
 
-    def pt2e_quantizer(self):
-        """The PT2E Quantizer (global config set) this target places its static INT8 q/dq pairs with,
-        or None where its INT8 path is not PT2E. edgekit's budget search simulates INT8 with it
-        (edgekit.quant.search); raise E-DEP-MISSING when the toolchain is not installed."""
+    def pt2e_quantizer(self, scheme: str = "int8"):
+        """The PT2E Quantizer (global config set) this target places the q/dq pairs of a static scheme
+        (``int8``, ``int16x8``) with, or None where its path for that scheme is not PT2E. edgekit's
+        budget search simulates the scheme with it (edgekit.quant.search); raise E-DEP-MISSING when
+        the toolchain is not installed."""
         return None
 
     def coverage(self, path: Path, meta: dict):

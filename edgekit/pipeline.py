@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -256,27 +257,29 @@ def _quantization_entry(recipe, cal, notes: list[str], budget) -> dict | None:
             "budget": None if budget is None else budget.to_dict()}
 
 
-def _pt2e_quantizers(convs: list) -> dict[str, tuple[list[str], object]]:
-    """For the budget search: quantizer class -> (the job's targets that place their q/dq pairs with it,
-    a factory of it). One simulation per placement (tflite's litert-torch quantizer, executorch's and
-    onnx's XNNPACK one), so the search meets the budget for every target; a job with no PT2E target
-    simulates any installed one (the search simulates, it writes nothing)."""
+def _pt2e_quantizers(convs: list, scheme: str) -> dict[str, tuple[list[str], object]]:
+    """For the budget search: quantizer class -> (the job's targets that place the scheme's q/dq pairs
+    with it, a factory of it). One simulation per placement (int8: tflite's litert-torch quantizer,
+    executorch's and onnx's XNNPACK one; int16x8: tflite's 16x8 one), so the search meets the budget
+    for every target; a job with no PT2E target simulates any installed one (the search simulates,
+    it writes nothing)."""
     from edgekit.converters import all_converters
 
     found: dict[str, tuple[list[str], object]] = {}
     for conv in convs:
         try:
-            quantizer = conv.pt2e_quantizer()
+            quantizer = conv.pt2e_quantizer(scheme)
         except UserError:  # its toolchain is not installed
             continue
         if quantizer is not None:
-            found.setdefault(type(quantizer).__name__, ([], conv.pt2e_quantizer))[0].append(conv.info.name)
+            factory = functools.partial(conv.pt2e_quantizer, scheme)
+            found.setdefault(type(quantizer).__name__, ([], factory))[0].append(conv.info.name)
     if found:
         return found
     for conv in all_converters():
         try:
-            if conv.pt2e_quantizer() is not None:
-                return {conv.info.name: ([conv.info.name], conv.pt2e_quantizer)}
+            if conv.pt2e_quantizer(scheme) is not None:
+                return {conv.info.name: ([conv.info.name], functools.partial(conv.pt2e_quantizer, scheme))}
         except UserError:
             continue
     raise UserError("E-DEP-MISSING", "the budget search simulates INT8 with a PT2E target's quantizer, and none is installed",
@@ -284,13 +287,14 @@ def _pt2e_quantizers(convs: list) -> dict[str, tuple[list[str], object]]:
 
 
 def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vset, recipe, spec: ModelSpec, progress):
-    """With --budget and static INT8: the cheapest keep-float assignment that meets it on the held-out
-    samples (edgekit.quant.search). -> (the recipe to export, the trials for the report or None)."""
-    if job.budget is None or recipe is None or recipe.scheme != "int8":
+    """With --budget and a static scheme (int8, int16x8): the cheapest keep-float assignment that meets
+    it on the held-out samples (edgekit.quant.search). -> (the recipe to export, the trials for the
+    report or None)."""
+    if job.budget is None or recipe is None or recipe.scheme not in ("int8", "int16x8"):
         return recipe, None
     from edgekit.quant.search import search
 
-    placements = _pt2e_quantizers(convs)
+    placements = _pt2e_quantizers(convs, recipe.scheme)
     with captured():
         fp32 = run_reference(module, vset.samples)
         chosen, trials = search(module, example, cal, vset, fp32, recipe, job.budget, spec,

@@ -413,7 +413,9 @@ class ExecuTorchConverter(Converter):
         extra_files = (quant_meta["reference"],) if quant_meta else ()
         return Artifact(NAME, precision, final.name, (final.name, *extra_files), meta)
 
-    def pt2e_quantizer(self):
+    def pt2e_quantizer(self, scheme: str = "int8"):
+        if scheme != "int8":
+            return None
         try:
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
                 XNNPACKQuantizer, get_symmetric_quantization_config)

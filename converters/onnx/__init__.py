@@ -148,7 +148,9 @@ class OnnxConverter(Converter):
 
         return onnx_per_layer(artifact, root, samples)
 
-    def pt2e_quantizer(self):
+    def pt2e_quantizer(self, scheme: str = "int8"):
+        if scheme != "int8":
+            return None
         from .int8 import _quantizer
 
         return _quantizer()

@@ -333,9 +333,14 @@ class TFLiteConverter(Converter):
                             f"graph with a dynamic axis; export target {NAME} at a fixed shape") from exc
         return Artifact(NAME, precision, final.name, (final.name,), meta)
 
-    def pt2e_quantizer(self):
-        """litert-torch's quantizer plus the concat annotation it means to make (quantizer.py)."""
+    def pt2e_quantizer(self, scheme: str = "int8"):
+        """int8: litert-torch's quantizer plus the concat annotation it means to make (quantizer.py);
+        int16x8: the 16x8 quantizer of int16x8.py."""
         try:
+            if scheme == "int16x8":
+                from .int16x8 import quantizer as quantizer_16x8
+
+                return quantizer_16x8()
             from .quantizer import tflite_quantizer
 
             return tflite_quantizer()
@@ -354,12 +359,7 @@ class TFLiteConverter(Converter):
             from litert_torch.quantize.quant_config import QuantConfig
         except ImportError:
             raise missing_dependency(NAME, "litert_torch", self.info.extra) from None
-        if precision == "int16x8":
-            from .int16x8 import quantizer as quantizer_16x8
-
-            quantizer = quantizer_16x8()
-        else:
-            quantizer = self.pt2e_quantizer()
+        quantizer = self.pt2e_quantizer(precision)
         q = quantize(model, tuple(example_inputs), calibration.samples, recipe, quantizer)
         final = out_dir / f"{spec.name}-{precision}{self.info.suffix}"
         ref = out_dir / reference_name(spec.name, "tflite", precision)

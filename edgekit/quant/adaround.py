@@ -315,7 +315,7 @@ def _input_ranges(model: nn.Module, names: list[str], samples, act_recipe) -> di
     return {n: (lo, hi, grid) for n, (lo, hi) in ranges.items()}
 
 
-def _fake_quant_hook(lo: float, hi: float, grid: str = "int8"):
+def input_fake_quant(lo: float, hi: float, grid: str = "int8"):
     """Fake-quantize a layer's input on its scheme's activation grid (recipe.ACTIVATION_GRID): int8
     asymmetric as the PT2E observers place it, or int16x8's symmetric int16 (zero point 0)."""
     from .calibrators import QMAX as AQMAX, QMIN as AQMIN, qparams
@@ -505,7 +505,7 @@ def _one_pass(graph, fp: nn.Module, qm: nn.Module, samples, order: list[str], ra
     env_f: dict = {}
     env_q: dict = {}
     done: set[str] = set()
-    fq = {name: _fake_quant_hook(*r) for name, r in ranges.items()}
+    fq = {name: input_fake_quant(*r) for name, r in ranges.items()}
     placeholders = 0
     with torch.no_grad():
         for i, n in enumerate(nodes):
@@ -559,7 +559,7 @@ def _per_layer(fp: nn.Module, qm: nn.Module, samples, order: list[str], ranges: 
         for name in order:
             t = time.time()
             if name in ranges:  # this layer's input is fake-quantized from now on (in the quantized model)
-                hooks.append(qm.get_submodule(name).register_forward_pre_hook(_fake_quant_hook(*ranges[name])))
+                hooks.append(qm.get_submodule(name).register_forward_pre_hook(input_fake_quant(*ranges[name])))
             # the input after this layer's fake-quant pre-hook (pre-hooks run in registration order)
             xq = torch.cat(_capture(qm, name, samples, want_output=False))
             y = torch.cat(_capture(fp, name, samples, want_output=True))

@@ -5,7 +5,8 @@ bytes, on every target (they join ``recipe.keep_float``).
 Each layer's sensitivity is measured end to end on a few calibration samples, with a float
 simulation that is the same for every target: the float model (BatchNorm folded into its conv, as
 every target does) with only that layer quantized, its weights on the int8 per-channel grid and the
-tensor it reads on the per-tensor int8 grid the recipe's calibrator gives it. Its sensitivity is the
+tensor it reads on the recipe's per-tensor activation grid (int8; int16 for int16x8) over the range
+the recipe's calibrator gives it. Its sensitivity is the
 output noise power over the output power. A layer kept float costs 3 extra bytes per weight
 (float32 instead of int8). Layers are taken by noise per extra byte, best first, while (a) that ratio
 is at least ``DISPROPORTION`` times the model's average (all layers quantized at once, over the extra
@@ -84,9 +85,10 @@ def _measured(folded, samples, recipe, candidate) -> tuple[list[Sensitivity], fl
         return [], 0.0
     with one_torch_thread():
         ranges = _input_ranges(folded, layers, samples, recipe)
+        grid = {n: (lo, hi, recipe.scheme) for n, (lo, hi) in ranges.items()}
         reference = _outputs(folded, samples)
-        average = _noise(folded, layers, ranges, samples, reference) / (3 * sum(m.weight.numel() for m in layers.values()))
-        rows = [Sensitivity(n, m.weight.numel(), _noise(folded, {n: m}, ranges, samples, reference))
+        average = _noise(folded, layers, grid, samples, reference) / (3 * sum(m.weight.numel() for m in layers.values()))
+        rows = [Sensitivity(n, m.weight.numel(), _noise(folded, {n: m}, grid, samples, reference))
                 for n, m in layers.items() if candidate(m)]
     return sorted(rows, key=lambda r: -r.noise / r.extra_bytes), average
 
@@ -127,9 +129,9 @@ def _outputs(model, samples) -> list[np.ndarray]:
     return outs
 
 
-def _input_ranges(model, layers: dict, samples, recipe) -> dict[str, tuple[float, int]]:
-    """Layer -> (scale, zero point) of the tensor it reads, from the recipe's calibrator."""
-    from .calibrators import TensorStatsCollector, calibrate_ranges, qparams
+def _input_ranges(model, layers: dict, samples, recipe) -> dict[str, tuple[float, float]]:
+    """Layer -> (lo, hi) of the tensor it reads, from the recipe's calibrator."""
+    from .calibrators import TensorStatsCollector, calibrate_ranges
 
     collector = TensorStatsCollector(recipe.bins)
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: collector.observe(n, args[0]))
@@ -139,7 +141,7 @@ def _input_ranges(model, layers: dict, samples, recipe) -> dict[str, tuple[float
     finally:
         for h in hooks:
             h.remove()
-    return {n: qparams(lo, hi) for n, (lo, hi) in ranges.items()}
+    return dict(ranges)
 
 
 def _int8_weight(w: torch.Tensor) -> torch.Tensor:
@@ -148,15 +150,16 @@ def _int8_weight(w: torch.Tensor) -> torch.Tensor:
     return (w / scale).round().clamp(-127, 127) * scale
 
 
-def _noise(model, layers: dict, ranges: dict, samples, reference: list[np.ndarray]) -> float:
-    """Output noise power over output power with ``layers`` quantized (weights and input)."""
+def _noise(model, layers: dict, grids: dict, samples, reference: list[np.ndarray]) -> float:
+    """Output noise power over output power with ``layers`` quantized (weights, and input on its
+    grid: layer -> (lo, hi, scheme), as adaround.input_fake_quant takes it)."""
+    from .adaround import input_fake_quant
+
     saved = {n: m.weight.data for n, m in layers.items()}
     hooks = []
     for n, m in layers.items():
-        scale, zp = ranges[n]
         m.weight.data = _int8_weight(saved[n])
-        hooks.append(m.register_forward_pre_hook(
-            lambda mod, args, s=scale, z=zp: (torch.fake_quantize_per_tensor_affine(args[0], s, z, -128, 127), *args[1:])))
+        hooks.append(m.register_forward_pre_hook(input_fake_quant(*grids[n])))
     try:
         got = _outputs(model, samples)
     finally:

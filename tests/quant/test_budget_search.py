@@ -111,3 +111,39 @@ def test_with_two_placements_each_trial_simulates_both_and_keeps_the_worst(setup
     assert _worst([{"agreement": None, "sqnr": 20.0, "accuracy_drop": 0.5},
                    {"agreement": None, "sqnr": 21.0, "accuracy_drop": 1.5}]) == {"agreement": None, "sqnr": 20.0,
                                                                                "accuracy_drop": 1.5}
+
+
+def test_int16x8_searches_with_tflites_16x8_placement(setup):
+    """int16x8 (tflite only): one simulation, the 16x8 quantizer's; int8 jobs keep their two placements.
+    On tiny_cnn all-int16x8 measures ~31 dB and its two layers float ~46 dB, so a budget between them
+    keeps layers float."""
+    import functools
+
+    from edgekit.converters import get
+    from edgekit.pipeline import _pt2e_quantizers
+
+    convs = [get("tflite"), get("executorch"), get("onnx")]
+    assert [names for names, _ in _pt2e_quantizers(convs, "int16x8").values()] == [["tflite"]]
+    assert sorted(names for names, _ in _pt2e_quantizers(convs, "int8").values()) == [["executorch", "onnx"], ["tflite"]]
+    lm, cal, held, example, fp32 = setup
+    quantizer = functools.partial(get("tflite").pt2e_quantizer, "int16x8")
+    recipe, trials = search(lm.module, example, cal, held, fp32, QuantRecipe(scheme="int16x8"),
+                            Budget.parse("sqnr>=20"), lm.spec, quantizer)
+    base = trials[0].metrics["sqnr"]
+    assert len(trials) == 1 and 25 < base < 40
+    recipe, trials = search(lm.module, example, cal, held, fp32, QuantRecipe(scheme="int16x8"),
+                            Budget.parse(f"sqnr>={base + 8:.1f}"), lm.spec, quantizer)
+    chosen = next(t for t in trials if t.keep_float == recipe.keep_float)
+    assert recipe.scheme == "int16x8" and recipe.keep_float and chosen.met and chosen.metrics["sqnr"] >= base + 8
+
+
+@pytest.mark.slow
+def test_an_int16x8_export_with_a_budget_ships_a_tflite_that_meets_it(tmp_path):
+    from edgekit.cli import main
+
+    assert main(["export", "tiny_cnn", "--targets", "tflite", "--quant", "int16x8", "--budget", "sqnr>=40",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["budget_search"]["chosen"] and report["budget_search"]["trials"][0]["met"] is False
+    art = report["targets"]["tflite:int16x8"]
+    assert art["budget"]["met"] and art["budget"]["measured"]["sqnr"] >= 40
