@@ -84,7 +84,7 @@ def git_rev() -> str:
 class Bench:
     def __init__(self, redo: list[str]):
         self.lm = BUILTIN["mobilenet_v2"]()
-        self.recipe = QuantRecipe().with_(**self.lm.int8_defaults)
+        self.recipe = QuantRecipe().with_(**self.lm.quant_defaults["int8"])
         self.calib, self.held, self.meta = eval_set(self.lm.spec)
         self.fp32 = fp32_logits(self.lm.module, self.held)
         self.example = self.lm.example_inputs

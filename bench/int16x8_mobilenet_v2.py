@@ -6,12 +6,15 @@ reference (convert_pt2e float simulation) and for the real .tflite in ai-edge-li
 the file's error in steps of its own int16 output grid vs its reference, size and latency (median,
 1 thread). The int8 row is read from bench/results/int8_mobilenet_v2.json (edgekit's int8 recipe).
 
-Rows (argument: recipe names below, default all but "adaround"):
-- default:   QuantRecipe(scheme="int16x8") (percentile 99.99, nearest weights), what
-             `edgekit export mobilenet_v2 --quant int16x8` uses;
+Rows (argument: recipe names below, default all but "adaround" and "model"):
+- default:   QuantRecipe(scheme="int16x8") (percentile 99.99, nearest weights), what a model without
+             measured settings gets with `--quant int16x8`;
 - minmax:    the same, min/max calibrator (with 65535 levels nothing needs clipping);
 - bc:        default + empirical bias correction;
-- adaround:  MobileNetV2's int8 settings (AdaRound weights, min/max output range): 4-5 minutes;
+- adaround:  AdaRound weights and a min/max output range: 4-5 minutes;
+- model:     MobileNetV2's measured int16x8 settings (edgekit/models/__init__.py), what
+             `edgekit export mobilenet_v2 --quant int16x8` uses: its int16x8-sensitive layers float
+             (float_share, chosen as the pipeline does), AdaRound, bias correction, min/max ranges;
 - and "ceiling": the float model with only its conv/linear weights on their int8 per-channel grid
   (BatchNorm folded, max(max|w| / 127, 2^-12) per channel, round to nearest; activations float):
   what int16x8 tends to once activation noise is gone. Also per layer: the 5 layers whose weights alone
@@ -36,6 +39,7 @@ from int8_common import Timer, latency_ms, metrics, run_batched, unguard  # noqa
 from int8_eval_set import mobilenet_v2_setup  # noqa: E402
 
 from edgekit.quant import QuantRecipe  # noqa: E402
+from edgekit.quant.mixed import sensitive_float  # noqa: E402
 from edgekit.quant.reference import load_quantized_reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,7 +51,8 @@ INT8_SWEEP = RESULTS / "int8_sweep_mobilenet_v2.json"  # int8 with the same reci
 def recipes(lm) -> dict[str, QuantRecipe]:
     base = QuantRecipe(scheme="int16x8")
     return {"default": base, "minmax": base.with_(calibrator="minmax"), "bc": base.with_(bias_correction=True),
-            "adaround": base.with_(**lm.int8_defaults)}
+            "adaround": base.with_(rounding="adaround", minmax_output=True),
+            "model": base.with_(**lm.quant_defaults["int16x8"])}
 
 
 class Bench:
@@ -77,6 +82,7 @@ class Bench:
         sub = d / name
         with Timer() as t, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            recipe, _ = sensitive_float(self.lm.module, self.calib, recipe)  # as the pipeline does, per job
             art = conv.export(self.lm.module, self.lm.spec, recipe, sub, self.example, calibration=self.calib_set)
         ref = run_batched(unguard(load_quantized_reference(sub / art.meta["reference"]).module()), self.held)
         run = conv.runner(art, sub)

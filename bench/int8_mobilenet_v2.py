@@ -261,7 +261,7 @@ def write_md(result: dict) -> None:
 def main(argv) -> None:
     # default: what `edgekit export mobilenet_v2 --quant int8` uses (the recipe + the model's measured settings)
     recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else \
-        QuantRecipe().with_(**BUILTIN["mobilenet_v2"]().int8_defaults)
+        QuantRecipe().with_(**BUILTIN["mobilenet_v2"]().quant_defaults["int8"])
     steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "onnx", "fp32"]
     b = Bench(recipe)
     with tempfile.TemporaryDirectory() as d:

@@ -160,7 +160,7 @@ def _as_array(x, name: str) -> np.ndarray:
 def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] | tuple[str, ...] = "all",
            data: Any = None, quant: str = "fp32", out: str | Path | None = None, samples: int | None = None,
            timeout_s: float | None = None, calibrator: str | None = None, percentile: float | None = None,
-           keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool = False,
+           keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool | None = None,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None,
            float_share: float | None = None, compress=None, task=None, dynamic_shapes=None, budget=None,
            qat_steps: int = 0, progress: bool | Callable = False, command: str = "") -> Bundle:

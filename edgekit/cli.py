@@ -93,7 +93,8 @@ def _add_quant(e) -> None:
     e.add_argument("--keep-float", default="", metavar="LAYERS",
                    help="int8: comma-separated module names (prefixes match) or class names kept in float")
     e.add_argument("--equalize", action="store_true", help="int8: cross-layer equalization before quantizing")
-    e.add_argument("--bias-correction", action="store_true", help="int8: empirical bias correction of depthwise layers")
+    e.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8: empirical bias correction of depthwise layers (default: the model's measured setting, else off)")
     e.add_argument("--rounding", choices=_roundings(),
                    help="int8 weights: nearest, or adaround (learned rounding on the calibration set, minutes on a "
                         "large model; the same integers for every target). Default: the model's measured setting, else nearest")

@@ -31,7 +31,7 @@ class ExportJob:
     percentile: float | None = None  # int8 with the percentile calibrator
     keep_float: tuple[str, ...] = ()  # int8: module names or class names kept in float
     equalize: bool = False  # int8: cross-layer equalization (Nagel et al. 2019)
-    bias_correction: bool = False  # int8: empirical bias correction
+    bias_correction: bool | None = None  # int8: empirical bias correction (default: the model's measured setting, else off)
     float_io: bool = False  # int8 tflite: float32 model I/O instead of int8
     rounding: str | None = None  # int8 weights: "nearest" or "adaround" (default: the model's measured setting, else nearest)
     minmax_output: bool | None = None  # int8: model outputs ranged by min/max, never clipped (default: the model's measured setting, else off)
@@ -96,7 +96,7 @@ class ExportJob:
 _JOB_TYPES: dict[str, tuple[type, ...]] = {
     "targets": (str, tuple), "out": (str, type(None)),
     "samples": (int,), "timeout_s": (int, float), "quant": (str,), "calibrator": (str, type(None)),
-    "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool,),
+    "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool, type(None)),
     "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
     "float_share": (int, float, type(None)), "task": (str, type(None)),
     "qat_steps": (int,),

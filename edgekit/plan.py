@@ -40,7 +40,7 @@ def quant_recipe(job: ExportJob):
                                 ("rounding", job.rounding), ("minmax_output", job.minmax_output),
                                 ("float_share", job.float_share)) if v is not None}
     return check(QuantRecipe(scheme=job.quant, keep_float=tuple(job.keep_float), equalize=job.equalize,
-                             bias_correction=job.bias_correction, io="float" if job.float_io else "int8", **chosen))
+                             bias_correction=bool(job.bias_correction), io="float" if job.float_io else "int8", **chosen))
 
 
 def _check_qat(job: ExportJob) -> None:
@@ -57,20 +57,23 @@ def _check_qat(job: ExportJob) -> None:
 
 
 def model_defaults(job: ExportJob, recipe, loaded):
-    """A built-in model's measured int8 settings fill in what the user left unset (never what they set)."""
-    defaults = loaded.int8_defaults
-    if recipe is None or recipe.scheme != "int8" or not defaults:
+    """A built-in model's measured settings for the job's scheme fill in what the user left unset
+    (never what they set)."""
+    defaults = loaded.quant_defaults.get(recipe.scheme) if recipe is not None else None
+    if not defaults:
         return recipe, []
     unset = {k: v for k, v in defaults.items()
              if (k == "calibrator" and job.calibrator is None and job.percentile is None)
              or (k == "keep_float" and not job.keep_float)
-             or (k in ("rounding", "minmax_output", "float_share") and getattr(job, k) is None)}
+             or (k in ("rounding", "minmax_output", "float_share", "bias_correction") and getattr(job, k) is None)}
     if job.qat_steps:  # quantization-aware training learns the weights: no learned rounding on top
         unset.pop("rounding", None)
+        unset.pop("bias_correction", None)
     if not unset:
         return recipe, []
     said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())
-    return recipe.with_(**unset), [f"int8 settings measured best for {loaded.spec.name} (the user set none of them): {said}"]
+    return recipe.with_(**unset), [f"{recipe.scheme} settings measured best for {loaded.spec.name} "
+                                   f"(the user set none of them): {said}"]
 
 
 def _all_with_precision(targets, convs: list[Converter], precision: str) -> tuple[list[Converter], list[str]]:

@@ -103,7 +103,8 @@ def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
     from edgekit.plan import model_defaults as _model_defaults
     from edgekit.plan import quant_recipe as _recipe
 
-    loaded = SimpleNamespace(int8_defaults={"rounding": "adaround", "minmax_output": True, "float_share": 0.005},
+    loaded = SimpleNamespace(quant_defaults={"int8": {"rounding": "adaround", "minmax_output": True, "float_share": 0.005},
+                                             "int16x8": {"bias_correction": True}},
                              spec=SimpleNamespace(name="mobilenet_v2"))
     job = ExportJob("mobilenet_v2", quant="int8")
     recipe, notes = _model_defaults(job, _recipe(job), loaded)
@@ -112,3 +113,9 @@ def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
     job = ExportJob("mobilenet_v2", quant="int8", rounding="nearest", minmax_output=False, float_share=0)
     recipe, notes = _model_defaults(job, _recipe(job), loaded)
     assert (recipe.rounding, recipe.minmax_output, recipe.float_share, notes) == ("nearest", False, 0, [])
+    # each scheme has its own: int16x8's bias correction, unless the user turned it off
+    job = ExportJob("mobilenet_v2", quant="int16x8")
+    recipe, notes = _model_defaults(job, _recipe(job), loaded)
+    assert recipe.bias_correction and not recipe.minmax_output and "int16x8 settings" in notes[0]
+    job = ExportJob("mobilenet_v2", quant="int16x8", bias_correction=False)
+    assert _model_defaults(job, _recipe(job), loaded) == (_recipe(job), [])

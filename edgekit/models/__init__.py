@@ -24,8 +24,9 @@ class LoadedModel:
     source: str  # what the user named (built-in name, file.py:factory, .pt2 path)
     default_data: Path | None = None  # data used when --data is not given
     assets: dict[str, Path] = field(default_factory=dict)  # copied into the bundle under their key
-    # int8 recipe settings measured best for this model, used where the user set none (the report says so)
-    int8_defaults: dict = field(default_factory=dict)
+    # scheme ("int8", "int16x8") -> the recipe settings measured best for this model with it, used where
+    # the user set none (the report says so)
+    quant_defaults: dict = field(default_factory=dict)
     # a torch.export program's own bounded dynamic dimensions (edgekit.dynamic.DynamicDim), used when
     # the job gives none, and a note on the ones it cannot verify (no upper bound)
     dynamic: tuple = ()
@@ -63,8 +64,13 @@ def _mobilenet_v2() -> LoadedModel:
     # top-1 agreement, where learned rounding gave 18.4 dB / 82% (and 19.1 dB with those layers float:
     # not combined); min/max logits +2 points of top-1 (percentile 99.99 clipped the logits)
     int8 = {"minmax_output": True, "float_share": 0.002}
+    # int16x8 (bench/results/int16x8_mobilenet_v2.md): its int8 weights are all that cost, so more layers float
+    # (float_share 0.02, chosen on the int16 grid: 9 layers, +~70 kB), learned rounding and bias correction
+    # for the others, and ranges that never clip (int16 has the steps to spare): 16.8 -> 31 dB
+    int16x8 = {"calibrator": "minmax", "minmax_output": True, "float_share": 0.02, "rounding": "adaround",
+               "bias_correction": True}
     return LoadedModel(mobilenet_v2_imagenet(), spec, example_from_spec(spec), "mobilenet_v2",
-                       calibration_root() / "images", int8_defaults=int8)
+                       calibration_root() / "images", quant_defaults={"int8": int8, "int16x8": int16x8})
 
 
 def _minilm() -> LoadedModel:
@@ -77,7 +83,7 @@ def _minilm() -> LoadedModel:
     # FFN down-projections are what per-tensor int8 cannot hold. MSE ranges + those six Linears float: 0.992.
     int8 = {"calibrator": "mse", "keep_float": ("encoder.encoder.layer.*.output.dense",)}
     return LoadedModel(minilm_encoder(), spec, example_from_spec(spec), "minilm", calibration_root() / "text",
-                       int8_defaults=int8)
+                       quant_defaults={"int8": int8})
 
 
 def _tiny_cnn() -> LoadedModel:
