@@ -46,7 +46,9 @@ def quantizer():
     weight = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False).weight
     fixed = FixedQParamsQuantizationSpec(dtype=torch.int16, scale=1 / 32768, zero_point=0, quant_min=-32768,
                                          quant_max=32767, qscheme=torch.per_tensor_symmetric)
-    return PT2EQuantizer().set_global(QuantizationConfig(act, act, weight, None, fixed, False, False))
+    quantizer = PT2EQuantizer().set_global(QuantizationConfig(act, act, weight, None, fixed, False, False))
+    quantizer.requantizes_isolated_float = True  # as the int8 TFLiteQuantizer (converters/tflite/quantizer.py)
+    return quantizer
 
 
 def _bias_index(schema, builtin: int, inputs) -> int:

@@ -145,6 +145,10 @@ def _quantizer_class():
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
         class TFLiteQuantizer(PT2EQuantizer):
+            # TFLite's STATIC QDQ conversion fuses dequantize -> float layer -> quantize into a quantized
+            # op: edgekit.quant.pt2e.KeepFloat leaves such a layer quantized in the reference too
+            requantizes_isolated_float = True
+
             def annotate(self, model):
                 model = super().annotate(model)
                 annotate_cats(model, self.global_config.input_activation)

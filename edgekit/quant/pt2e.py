@@ -259,14 +259,44 @@ class KeepFloat:
         self.kept_paths = tuple(kept_paths)
         self.relu6 = relu6  # former ReLU6 modules (relu6_to_relu): a float one gets its cap back
         self.stripped: set[str] = set()  # module paths whose nodes lost their annotation
+        self.requantized: set[str] = set()  # kept paths left quantized: the target's converter would requantize them
         self.float_ops = None  # Counter of the compute ops the inner quantizer left float (float_ops.py)
 
-    def _kept(self, node) -> str | None:
+    def _kept(self, node, paths=None) -> str | None:
+        paths = self.kept_paths if paths is None else paths
         for path, _ in (node.meta.get("nn_module_stack") or {}).values():
             path = path.removeprefix("L['self'].")
-            if path in self.kept_paths:
+            if path in paths:
                 return path
         return None
+
+    def _isolated(self, model) -> set[str]:
+        """Kept paths whose layer reads only quantized tensors and feeds only quantized inputs (after
+        the activation kept float with it). A target whose converter fuses such a dequantize -> float
+        op -> quantize back into a quantized op, with weights it quantizes itself, says so with
+        ``requantizes_isolated_float`` on its quantizer (tflite: TFLite's STATIC QDQ conversion,
+        measured on MobileNetV2's first depthwise conv kept float alone: an int8/int16 DEPTHWISE_CONV_2D
+        in the file, 2,507 int16 output steps from the float reference). Such a layer stays quantized
+        in the reference too, so reference and file compute the same, and the report names it."""
+        groups: dict[str, set] = {}
+        for node in model.graph.nodes:
+            path = self._kept(node)
+            if path is not None and node.op == "call_function" and "quantization_annotation" in node.meta:
+                groups.setdefault(path, set()).add(node)
+        for nodes in groups.values():
+            for node in model.graph.nodes:  # the activations that would stay float with it
+                if (node.op == "call_function" and any(k in str(node.target) for k in _FUSED_ACTIVATIONS)
+                        and node.args and node.args[0] in nodes):
+                    nodes.add(node)
+        floats = set().union(*groups.values())  # a neighbour kept float is a float tensor, whatever its annotation
+        isolated = set()
+        for path, tail in groups.items():
+            reads = {a for n in tail for a in n.all_input_nodes if a not in tail and a.op != "get_attr" and _float(a)}
+            feeds = [(n, u) for n in tail for u in n.users if u not in tail]
+            if (reads and feeds and all(a not in floats and _quantized_output(a) for a in reads)
+                    and all(u not in floats and _quantized_input(u, n) for n, u in feeds)):
+                isolated.add(path)
+        return isolated
 
     def transform_for_annotation(self, model):
         return _untie_shared_params(_scalar_constants_match_result(self.inner.transform_for_annotation(model)))
@@ -278,9 +308,12 @@ class KeepFloat:
         self.float_ops = unannotated_ops(model)
         if not self.kept_paths:
             return model
+        if getattr(self.inner, "requantizes_isolated_float", False):
+            self.requantized = self._isolated(model)
+        paths = tuple(p for p in self.kept_paths if p not in self.requantized)
         kept_nodes = set()
         for node in model.graph.nodes:
-            path = self._kept(node)
+            path = self._kept(node, paths)
             if path is not None and "quantization_annotation" in node.meta:
                 del node.meta["quantization_annotation"]
                 kept_nodes.add(node)
@@ -387,6 +420,23 @@ def _edge_nodes(edge_or_node) -> set:
 _FUSED_ACTIVATIONS = ("aten.relu.", "aten.relu_.", "aten.hardtanh.", "aten.hardtanh_.", "aten.clamp.")
 
 
+def _float(node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def _quantized_output(node) -> bool:
+    """Whether ``node``'s output is quantized for every reader (its annotation has an output spec)."""
+    ann = node.meta.get("quantization_annotation")
+    return ann is not None and ann.output_qspec is not None
+
+
+def _quantized_input(user, node) -> bool:
+    """Whether ``user`` reads ``node`` through a quantize (its annotation has an input spec for it)."""
+    ann = user.meta.get("quantization_annotation")
+    return ann is not None and ann.input_qspec_map.get(node) is not None
+
+
 def _float_activations(model, kept_nodes: set, relu6: set[str]) -> set:
     """The activations that read a kept-float layer, left float with it. A layer is kept float with
     its activation: otherwise the quantizer's stand-alone annotation of the ReLU would still round the
@@ -473,11 +523,15 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         with one_torch_thread():
             n = correct_bias(prepared, float_gm, samples, lambda p: convert_pt2e(p, fold_quantize=False))
         notes.append(f"empirical bias correction on {n} conv/linear layers")
-    idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped})
+    idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped | quantizer.requantized})
     if idle:  # matched a module, but the target's quantizer had not quantized anything in it
         notes.append(f"keep-float: {', '.join(idle)} held no op the target quantizes (nothing to keep float)")
     if quantizer.stripped:
         notes.append(f"kept float: {', '.join(sorted(quantizer.stripped))}")
+    if quantizer.requantized:
+        notes.append(f"not kept float on this target: {', '.join(sorted(quantizer.requantized))} (each reads and feeds only "
+                     "quantized tensors, and the target's converter fuses such a float layer back into a quantized op; "
+                     "keep a neighbour float too to keep it float)")
     from .float_ops import float_ops_note
 
     notes += [n for n in [float_ops_note(quantizer.float_ops or {})] if n]
@@ -485,7 +539,8 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
     move_exported_model_to_eval(converted)
-    return Quantized(converted, ranges, _output_scales(converted), _input_qparams(converted), dict(matched), notes)
+    kept = {p: n for p, n in matched.items() if p not in quantizer.requantized}
+    return Quantized(converted, ranges, _output_scales(converted), _input_qparams(converted), kept, notes)
 
 
 def quantize_dynamic(model: nn.Module, example_inputs: tuple, recipe: QuantRecipe, quantizer,

@@ -122,3 +122,42 @@ def test_with_every_layer_float_only_the_pooling_stays_int8(setup):
     rounded = [str(n.args[0].target) for n in kept.module.graph.nodes
                if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)]
     assert sorted(rounded) == ["aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints", "aten.relu.default"], rounded
+
+
+def test_a_lone_float_layer_between_quantized_ones_stays_quantized_on_tflite(setup):
+    """TFLite's converter fuses dequantize -> float layer -> quantize back into a quantized op (with
+    weights it quantizes itself): MobileNetV2's first depthwise conv kept float alone came out an int16
+    DEPTHWISE_CONV_2D, 2,507 output steps from its float reference. On tflite's quantizer such a layer
+    stays quantized in the reference too and the notes say so; with a float neighbour it is float;
+    a quantizer without the flag (litert-torch's own) keeps it float."""
+    from edgekit.converters.tflite import CONVERTER
+
+    lm, data, example = setup
+    cal = data.samples[:8]
+    full = _weight_quants(quantize(lm.module, example, cal, QuantRecipe(), CONVERTER.pt2e_quantizer()).module)
+    alone = quantize(lm.module, example, cal, QuantRecipe(keep_float=("block.3",)), CONVERTER.pt2e_quantizer())
+    assert _weight_quants(alone.module) == full
+    assert any(n.startswith("not kept float on this target: block.3 ") for n in alone.notes), alone.notes
+    assert not any("held no op" in n for n in alone.notes)
+    pair = quantize(lm.module, example, cal, QuantRecipe(keep_float=("block.3", "block.6")), CONVERTER.pt2e_quantizer())
+    assert _weight_quants(pair.module) == full - 2 and not any("not kept float" in n for n in pair.notes)
+    plain = quantize(lm.module, example, cal, QuantRecipe(keep_float=("block.3",)), _quantizer())
+    assert _weight_quants(plain.module) == full - 1
+
+
+@pytest.mark.slow
+def test_the_tflite_file_computes_what_its_reference_does_with_a_lone_float_layer(setup, tmp_path):
+    """End to end on the int16x8 file (where the 2,507 steps were seen): within the int16 grid's few steps."""
+    from edgekit.converters.tflite import CONVERTER
+    from edgekit.quant.reference import load_quantized_reference
+
+    lm, data, example = setup
+    recipe = QuantRecipe(scheme="int16x8", keep_float=("block.3",))
+    art = CONVERTER.export(lm.module, lm.spec, recipe, tmp_path, example, calibration=data.head(16))
+    ref = load_quantized_reference(tmp_path / art.meta["reference"]).module()
+    run = CONVERTER.runner(art, tmp_path)
+    held = data.samples[32:40]
+    got = np.concatenate([run(s)[0] for s in held])
+    want = _run(ref, held)
+    assert np.abs(got - want).max() / art.meta["output_scales"][0] < 64  # the int16x8 tolerance in steps
+    assert art.meta["kept_float"] == []
