@@ -183,7 +183,7 @@ def write_md(result: dict) -> None:
                  "int16x8 figures vary 0.2-0.9 s between runs; the int8/fp32 rows come from bench/int8_mobilenet_v2.py.")
     c = result.get("ceiling")
     if c:
-        lines += ["\n## Why not 30 dB: the int8 weights alone\n",
+        lines += ["\n## What caps int16x8: the int8 weights (why the \"model\" row keeps layers float and learns rounding)\n",
                   "The FP32 model with only its conv/linear weights on their int8 per-channel grid (BatchNorm folded, "
                   "round to nearest, activations float): the limit int16x8 approaches once activation noise is gone.\n",
                   f"- all weights int8: top-1 {c['all_weights_int8']['top1_agree']:.3f}, **{c['all_weights_int8']['sqnr_db']} dB**",

@@ -308,17 +308,18 @@ def _budget_search(job: ExportJob, convs: list, module, example: tuple, cal, vse
 
 
 def _mixed_precision(module, cal, recipe, progress):
-    """recipe.float_share: the int8-sensitive layers join keep_float for every target (edgekit.quant.mixed).
+    """recipe.float_share: the layers sensitive to the scheme join keep_float for every target (edgekit.quant.mixed).
     -> (the recipe to export, the note naming them or None)."""
     if recipe is None or not recipe.float_share:
         return recipe, None
     from edgekit.quant.mixed import SENSITIVITY_SAMPLES, describe, sensitive_float
 
-    progress(f"measuring each layer's int8 sensitivity on {min(len(cal), SENSITIVITY_SAMPLES)} calibration samples")
+    progress(f"measuring each layer's {recipe.scheme} sensitivity on {min(len(cal), SENSITIVITY_SAMPLES)} calibration samples")
     with captured():
         chosen, rows = sensitive_float(module, cal.samples, recipe)
-    return chosen, describe(rows, recipe.float_share) or (
-        f"mixed precision (float_share {recipe.float_share:g}): no layer's int8 error is out of proportion to its size")
+    return chosen, describe(rows, recipe.float_share, recipe.scheme) or (
+        f"mixed precision (float_share {recipe.float_share:g}): no layer's {recipe.scheme} error is out of proportion "
+        "to its size")
 
 
 def _quantization_aware(job: ExportJob, module, recipe, cal, progress):

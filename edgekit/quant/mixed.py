@@ -98,12 +98,12 @@ def _layers(folded, recipe) -> dict[str, nn.Module]:
     return {n: m for n, m in folded.named_modules() if isinstance(m, _LAYERS) and n not in kept}
 
 
-def describe(chosen: list[Sensitivity], share: float) -> str | None:
+def describe(chosen: list[Sensitivity], share: float, scheme: str = "int8") -> str | None:
     """The quant note naming the layers kept float by sensitivity."""
     if not chosen:
         return None
     parts = ", ".join(f"{r.layer} ({r.db:.1f} dB alone)" for r in chosen)
-    return (f"mixed precision (float_share {share:g}): {len(chosen)} int8-sensitive layer(s) kept float, "
+    return (f"mixed precision (float_share {share:g}): {len(chosen)} {scheme}-sensitive layer(s) kept float, "
             f"+{sum(r.extra_bytes for r in chosen):,} bytes: {parts}")
 
 
