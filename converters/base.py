@@ -79,6 +79,12 @@ class TargetInfo:
     # with arm: the "dist==version" wheels its runner needs in the emulated aarch64 user space
     # (edgekit.arm installs the host's version of each, this pin when the host has none)
     arm_wheels: tuple[str, ...] = ()
+    # with arm: "dist==version" wheels installed in the emulated user space at exactly this version,
+    # because the host's version has no usable aarch64 build (ptl, executorch: PyPI's aarch64 torch
+    # 2.13 is a CUDA build). They are installed without their declared dependencies (list what the
+    # runner needs in arm_wheels); the environment's stamp and verify's ARM rows say the guest runs
+    # this version, not the host's
+    arm_exact_wheels: tuple[str, ...] = ()
     # with arm: modules the environment's build check masks as absent before importing the runtime
     # (a telemetry package that an import alone would start)
     arm_masked: tuple[str, ...] = ()

@@ -201,13 +201,40 @@ def _io_meta(ep, spec, example_inputs) -> dict:
 def _runtime():
     """(Runtime, portable_lib) of ExecuTorch's python bindings, without their 'experimental' warning."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _without_exir_init():
             warnings.filterwarnings("ignore", message="This API is experimental")
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
     except ImportError:
         raise missing_dependency(NAME, "executorch", EXTRA) from None
     return Runtime, portable_lib
+
+
+@contextmanager
+def _without_exir_init():
+    """Let the bindings import ``executorch.exir._warnings`` (a deprecation decorator, their only use
+    of exir) without running ``executorch/exir/__init__.py``, which imports the whole exporter: torch's
+    dynamo and fx, hence sympy, filelock, ruamel.yaml, tabulate, ... The emulated aarch64 user space
+    has the runtime only (torch and executorch without their declared dependencies), and a runner
+    needs no exporter. A placeholder package with exir's path stands in while the bindings import and
+    is removed afterwards, so a later ``import executorch.exir`` (per-layer lowering) gets the real one.
+    Nothing changes when exir is already imported (export, or a process that imported it first)."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = None if "executorch.exir" in sys.modules else importlib.util.find_spec("executorch.exir")
+    if spec is None or not spec.submodule_search_locations:
+        yield
+        return
+    placeholder = types.ModuleType("executorch.exir")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    sys.modules["executorch.exir"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("executorch.exir") is placeholder:
+            del sys.modules["executorch.exir"]
 
 
 def _check_header(path: Path) -> None:
@@ -364,12 +391,16 @@ class ExecuTorchConverter(Converter):
         exporter="torch.export -> executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner) -> to_executorch",
         runtime="executorch.runtime (C++ runtime via python bindings), XNNPACK delegate + portable kernels, FP32",
         dynamic="bounded: torch.export Dims with min/max in the .pte; XNNPACK plans memory for the upper bounds",
-        # executorch 1.5.1 has a cp311 manylinux_2_28 aarch64 wheel (17.8 MB), but its bindings link
-        # libtorch (and this runner imports torch); torch's only aarch64 wheel on PyPI is the CUDA build.
-        arm_missing="no aarch64 runtime in the emulated user space: executorch's cp311 aarch64 wheel links "
-                    "libtorch, and PyPI's aarch64 torch 2.13.0 is the CUDA build (427 MB wheel, 871 MB unpacked; "
-                    "libtorch_cpu.so needs libcudart.so.13, libtorch_python.so cuDNN and NCCL), beyond the "
-                    "environment's ~1 GB; torch's CPU-only aarch64 wheel is on download.pytorch.org, not PyPI",
+        # ARM: executorch's aarch64 wheels link libtorch (_portable_lib's RUNPATH $ORIGIN/../../../torch/lib),
+        # and PyPI's aarch64 torch 2.11 and later are CUDA builds, while 2.10.0 dies with SIGILL on ARMv8.0
+        # (see ptl). So the guest runs executorch 1.0.1 (torch>=2.9,<2.10; 1.1 and later need torch>=2.10;
+        # the host runs 1.5.1) on torch 2.9.1, the CPU build ptl uses too. It loads the host's .pte files,
+        # fp32 and int8; int8 dies with SIGILL on ARMv8.0 cores (cortex-a53, a72): its XNNPACK runs a
+        # dot-product GEMM (xnn_qs8_qc8w_gemm_..._neondot, sdot) on a CPU without asimddp, which verify
+        # --arm reports as an error row (tests/test_arm.py).
+        arm=True,
+        arm_exact_wheels=("torch==2.9.1", "executorch==1.0.1"),
+        arm_wheels=("typing_extensions==4.12.2",),  # torch imports it (and numpy, every runner's)
     )
 
     def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:

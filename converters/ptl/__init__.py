@@ -68,13 +68,21 @@ class PtlConverter(Converter):
         delegates=("cpu",),  # NNAPI is a separate target (it needs an Android device to run)
         extra="ptl",
         modules=(),  # torch is always installed
-        runtime_modules=(),
+        runtime_modules=("torch",),  # always installed on the host; in the emulated aarch64 user space the pin below
         packages=("torch",),
         exporter="torch.jit.trace (script fallback) + torch.jit.freeze + _save_for_lite_interpreter; "
                  "INT8: torch.ao FX static PTQ (qnnpack) with edgekit's ranges; dynamic: torch.ao quantize_dynamic (Linear)",
         runtime="torch.jit.mobile._load_for_lite_interpreter (INT8: quantized engine qnnpack)",
         dynamic="TorchScript: the trace is checked at the range's bounds and middle (torch.jit.script when the "
                 "traced graph changes with the size); verified at the probed sizes",
+        # ARM: PyPI's aarch64 torch 2.11 and later (the host runs 2.13) are CUDA builds (torch 2.13: a 427 MB
+        # wheel whose libtorch_cpu.so needs libcudart), and 2.10.0's CPU build dies with SIGILL on ARMv8.0
+        # cores such as cortex-a53 (pytorch/pytorch#174344: mimalloc's ldaddal, an ARMv8.1 atomic). 2.9.1
+        # is CPU-only (104 MB wheel), runs on cortex-a53 and cortex-a76, and its lite interpreter loads
+        # the host's .ptl files (bytecode v8; fp32 and qnnpack int8).
+        arm=True,
+        arm_exact_wheels=("torch==2.9.1",),
+        arm_wheels=("typing_extensions==4.12.2",),  # torch imports it (and numpy, every runner's)
         deprecated="PyTorch Mobile (the TorchScript lite interpreter) is deprecated upstream in favour of "
                    "ExecuTorch, so prefer the executorch target for new apps.",
     )

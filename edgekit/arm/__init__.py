@@ -1,4 +1,5 @@
-"""ARM emulation: run the same .tflite / ncnn / .onnx files in the real aarch64 runtimes under qemu-user.
+"""ARM emulation: run the same .tflite / .ptl / ncnn / .pte / .onnx / OpenVINO / .mnn files in the real
+aarch64 runtimes under qemu-user.
 
 ``prepare()`` builds the aarch64 user space once (``python -m edgekit.arm``); ``launcher()``
 gives the command and environment that make ``edgekit.isolate.run_artifact`` run there.

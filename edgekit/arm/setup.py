@@ -5,7 +5,9 @@ Layout of one environment (a folder under the cache, named after a hash of the r
     root/                 Debian bookworm arm64: debootstrap's first stage plus python3.11 and its libs
     root/opt/site/        aarch64 wheels of numpy and of each ARM-capable target's runtime
                           (TargetInfo.arm_wheels: ai-edge-litert, ncnn, onnxruntime, openvino, MNN; the
-                          host's versions)
+                          host's versions), and TargetInfo.arm_exact_wheels at exactly their pinned
+                          versions, without their declared dependencies (torch 2.9.1 and executorch
+                          1.0.1: the host's torch has no CPU build for aarch64 on PyPI)
     views/<cpu>/          what qemu's -L points at for one emulated CPU: relative symlinks into root/
                           and a fake ARM proc/cpuinfo for that CPU (qemu 7.2 does not emulate one;
                           with the host's x86 file the TFLite interpreter segfaulted here, and
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit.errors import UserError
+from edgekit.errors import InternalError, UserError
 
 SETUP_COMMAND = "edgekit arm setup"
 SUITE = "bookworm"
@@ -55,7 +57,11 @@ TOOLS = {"qemu-aarch64-static": "qemu-user-static", "debootstrap": "debootstrap"
 # host's only when it is not there, so /tmp, /dev, /home, /root (bundles, the run's scratch folder)
 # must stay the host's.
 GUEST_DIRS = ("bin", "etc", "lib", "opt", "sbin", "usr")
-LAYOUT = 2  # bump when the layout changes: the recipe hash changes, so the environment is rebuilt
+# What no runner in the guest needs, removed from opt/site after the install: torch's C++ headers
+# (61 MB, for building extensions). torchgen and torch/bin/torch_shm_manager stay: torch imports the
+# one and checks for the other.
+GUEST_UNUSED = ("torch/include",)
+LAYOUT = 3  # bump when the layout changes: the recipe hash changes, so the environment is rebuilt
 
 # Emulated CPUs: qemu -cpu name -> (MIDR part number, what it stands for). All ARM Ltd (0x41).
 # qemu 7.2 (Debian bookworm) has no cortex-a55. "max" and "a64fx" are refused: they have SVE, and
@@ -129,7 +135,8 @@ def _arm_targets() -> list:
 
 def wheels() -> dict[str, str]:
     """dist -> version of every wheel the emulated user space gets: numpy and each ARM-capable
-    target's runtime, at the host's version (so ARM and host runs differ only by the machine)."""
+    target's runtime, at the host's version (so ARM and host runs differ only by the machine), and
+    the targets' exact pins (``exact_wheels``) at their own versions."""
     pins = dict(BASE_WHEELS)
     for conv in _arm_targets():
         for req in conv.info.arm_wheels:
@@ -141,12 +148,52 @@ def wheels() -> dict[str, str]:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = version
+    exact = exact_wheels()
+    return {d: v for d, v in out.items() if _norm(d) not in {_norm(e) for e in exact}} | exact
+
+
+def exact_wheels() -> dict[str, str]:
+    """dist -> version of the wheels ARM-capable targets pin exactly (TargetInfo.arm_exact_wheels):
+    the host's version has no usable aarch64 build, so the guest runs this one, installed without
+    its declared dependencies. Two targets pinning one dist to different versions is a bug."""
+    pins: dict[str, tuple[str, str]] = {}
+    for conv in _arm_targets():
+        for req in conv.info.arm_exact_wheels:
+            dist, sep, version = req.partition("==")
+            if not sep or not version:
+                raise InternalError(f"target {conv.info.name}: arm_exact_wheels entry {req!r} is not 'dist==version'")
+            seen = pins.setdefault(_norm(dist), (dist, version))
+            if seen[1] != version:
+                raise InternalError(f"targets pin {dist} to both {seen[1]} and {version} in arm_exact_wheels")
+    return dict(pins.values())
+
+
+def guest_versions(target) -> dict[str, str]:
+    """dist -> version of a target's exact pins that differ from the host's (what its ARM rows run)."""
+    out = {}
+    for req in target.info.arm_exact_wheels:
+        dist, _, version = req.partition("==")
+        if _host_version(dist) != version:
+            out[dist] = version
     return out
 
 
+def _host_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _norm(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
 def _runtime_imports() -> list[str]:
-    """The module each ARM-capable runner imports (the first of its alternatives), for the check."""
-    return sorted({m.split("|")[0] for c in _arm_targets() for m in c.info.runtime_modules})
+    """The module each ARM-capable runner imports (the first of its alternatives), and the import
+    name of each exactly pinned wheel (torch, executorch), for the check."""
+    exact = {_norm(d).replace("-", "_") for d in exact_wheels()}
+    return sorted({m.split("|")[0] for c in _arm_targets() for m in c.info.runtime_modules} | exact)
 
 
 def _masked_modules() -> tuple[str, ...]:
@@ -175,7 +222,7 @@ def find(cache_dir: Path | None = None) -> ArmEnv:
     stamp = home / "stamp.json"
     if not stamp.is_file():
         raise UserError("E-DEP-MISSING", f"the aarch64 root for ARM emulation is not built (no {stamp})",
-                        f"run `{SETUP_COMMAND}` (once; about a minute and 560 MB)")
+                        f"run `{SETUP_COMMAND}` (once; about a minute and 1 GB)")
     return ArmEnv(home, Path(qemu), json.loads(stamp.read_text()))
 
 
@@ -255,8 +302,9 @@ def _build(home: Path, progress) -> None:
         (root / "proc").mkdir()
         (root / "proc" / "cpuinfo").write_text(_cpuinfo(DEFAULT_CPU, []))
         pins = wheels()
-        progress(f"pip install --target opt/site {' '.join(f'{k}=={v}' for k, v in pins.items())} (aarch64 wheels)")
-        installed = _pip_install(root / "opt" / "site", tmp, pins)
+        progress(f"pip install --target opt/site {' '.join(f'{k}=={v}' for k, v in pins.items())} (aarch64 wheels; "
+                 f"without dependencies: {' '.join(f'{k}=={v}' for k, v in exact_wheels().items()) or 'none'})")
+        installed = _pip_install(root / "opt" / "site", tmp, pins, exact_wheels())
         qemu = shutil.which("qemu-aarch64-static")
         features = {}
         for cpu in sorted(CPUS):
@@ -269,7 +317,10 @@ def _build(home: Path, progress) -> None:
         seen = json.loads(_guest(qemu, tmp / "views" / DEFAULT_CPU, tmp / "root" / "opt" / "site", DEFAULT_CPU,
                                  check).strip().splitlines()[-1])
         size = sum(p.lstat().st_size for p in tmp.rglob("*"))
+        # the guest runs these versions, not the host's (TargetInfo.arm_exact_wheels)
+        exact = {d: {"guest": v, "host": _host_version(d)} for d, v in exact_wheels().items()}
         stamp = {"recipe": recipe(), "mirror": mirror, "debs": debs, "wheels": installed, "guest": seen,
+                 "exact_wheels": exact,
                  "cpu_features": features, "qemu": _qemu_version(qemu),
                  "build_seconds": round(time.perf_counter() - t0, 1), "size_mb": round(size / 2**20)}
         (tmp / "stamp.json").write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
@@ -297,15 +348,23 @@ def _unpack_base(root: Path) -> dict[str, str]:
     return versions
 
 
-def _pip_install(site: Path, tmp: Path, pins: dict[str, str]) -> dict[str, str]:
+def _pip_install(site: Path, tmp: Path, pins: dict[str, str], exact: dict[str, str]) -> dict[str, str]:
+    """The host-version pins with their dependencies, then the exact pins without theirs: torch's and
+    executorch's metadata name sympy, networkx, jinja2, pytest, pandas, coremltools, ... (and, since
+    pip evaluates markers for the host's x86_64, CUDA libraries), none of which the runners import."""
     # Dependencies (protobuf, ml_dtypes, ...) are pinned to the host's versions too, when it has them.
-    host = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    host = {_norm(d.metadata["Name"]): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
     constraints = tmp / "constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(host.items()) if n not in pins))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "--only-binary=:all:",
-           *[a for p in PLATFORMS for a in ("--platform", p)], "--python-version", "3.11",
-           "-c", str(constraints), *[f"{k}=={v}" for k, v in pins.items()]]
-    _run(cmd, "pip install of the aarch64 wheels")
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(host.items())
+                                   if n not in {_norm(p) for p in pins}))
+    base = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "--only-binary=:all:",
+            *[a for p in PLATFORMS for a in ("--platform", p)], "--python-version", "3.11"]
+    rest = {k: v for k, v in pins.items() if k not in exact}
+    _run([*base, "-c", str(constraints), *[f"{k}=={v}" for k, v in rest.items()]], "pip install of the aarch64 wheels")
+    if exact:
+        _run([*base, "--no-deps", *[f"{k}=={v}" for k, v in exact.items()]], "pip install of the exactly pinned aarch64 wheels")
+    for rel in GUEST_UNUSED:
+        shutil.rmtree(site / rel, ignore_errors=True)
     return dict(p.name.removesuffix(".dist-info").split("-", 1) for p in sorted(site.glob("*.dist-info")))
 
 
@@ -350,5 +409,6 @@ def main() -> int:
     except UserError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(json.dumps({"home": str(env.home), **{k: env.versions[k] for k in ("build_seconds", "size_mb", "wheels")}}, indent=1))
+    keys = ("build_seconds", "size_mb", "wheels", "exact_wheels")
+    print(json.dumps({"home": str(env.home), **{k: env.versions[k] for k in keys if k in env.versions}}, indent=1))
     return 0

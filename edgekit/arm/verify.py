@@ -3,7 +3,10 @@
 For each artifact whose capability row says ``arm`` and each CPU, the report gets one result
 ``<target>@<cpu>``: parity against the reference with the table's tolerance (a failure fails
 verify), plus the error against the host run of the same file, whether XNNPACK was active (TFLite),
-and the emulated time. With ``defaults=True`` (ncnn) the file also runs with the runtime's own
+and the emulated time (and, for a target pinning its own aarch64 runtime version in
+``TargetInfo.arm_exact_wheels``, the version the guest ran: ``guest_versions`` and a note). A
+runtime killed by SIGILL (an instruction the emulated CPU lacks) is an ``error`` row whose message
+says so and names the features that CPU lacks. With ``defaults=True`` (ncnn) the file also runs with the runtime's own
 settings, FP16 where the CPU has it: what an app on a phone gets, reported next to strict FP32.
 Times are qemu's, not a device's, and are labelled so.
 
@@ -22,7 +25,7 @@ from edgekit.isolate import run_artifact
 from edgekit.parity import NOT_RUNNABLE, ParityResult, compare, output_metrics
 
 from .launch import check_cpu, launcher, xnnpack_active
-from .setup import ArmEnv
+from .setup import ArmEnv, guest_versions
 
 EMULATED_TIMEOUT_S = 1800.0
 
@@ -34,6 +37,7 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
     if not info.arm:
         return not_runnable_results(cpus, conv, art)
     tol = info.tolerances[art.precision]
+    guest = guest_versions(conv)
     out = []
     for cpu in cpus:
         cmd, extra = launcher(env, check_cpu(cpu))
@@ -41,16 +45,29 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
         run = run_artifact(info.name, art.to_dict(), root, stacked, launcher=cmd, extra_env=extra,
                            timeout_s=EMULATED_TIMEOUT_S)
         notes = [f"emulated {cpu} (qemu-user): latency and time are emulation figures, not device timings"]
+        if guest:
+            notes.append(f"the emulated run used {_versions(guest)}, not the host's version: the host's has no "
+                         "usable aarch64 build (TargetInfo.arm_exact_wheels)")
         if run.error:
-            out.append(ParityResult(label, art.precision, "error", art.path, error=run.error, notes=notes, log=run.log))
+            error = dict(run.error)
+            if "SIGILL" in error.get("message", ""):
+                error["message"] += f" ({illegal_instruction(env, cpu)})"
+                error["fix"] = (f"a runtime fault, not the file's: report it to the runtime with the log; phones with "
+                                f"{cpu}-class cores cannot run this file with this runtime build")
+            out.append(ParityResult(label, art.precision, "error", art.path, error=error, notes=notes, log=run.log,
+                                    extra={"arm": {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2),
+                                                   **({"guest_versions": guest} if guest else {})}}))
             continue
         res = compare(label, art.precision, reference, run.outputs, names, tol, classification,
                       art.meta.get("output_scales"), file=art.path, latency_ms=run.latency_ms, notes=notes)
-        arm = {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2)}
+        arm = {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2), **({"guest_versions": guest} if guest else {})}
         if host is not None:
             arm["vs_host"] = _vs(host, run.outputs, names)
         if "xnnpack" in info.delegates:
-            arm["xnnpack_active"] = xnnpack_active(run.log)
+            # a file with XNNPACK subgraphs baked in (a .pte) runs them on XNNPACK or not at all; otherwise
+            # the runtime's log says whether it created the delegate (TFLite)
+            baked = any("xnnpack" in b.lower() for b in (art.meta.get("delegation") or {}).get("backends", {}))
+            arm["xnnpack_active"] = baked or xnnpack_active(run.log)
             if not arm["xnnpack_active"]:
                 res.notes.append("XNNPACK was NOT active in the emulated run: these are not the kernels a phone runs")
         if info.relaxed_defaults:
@@ -62,6 +79,22 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
         res.extra["arm"] = arm
         out.append(res)
     return out
+
+
+def illegal_instruction(env: ArmEnv, cpu: str) -> str:
+    """What a SIGILL on an emulated CPU means, with the features that CPU lacks compared with the most
+    capable one emulated (e.g. cortex-a53 has no asimddp: a dot-product kernel chosen anyway dies)."""
+    features = env.versions.get("cpu_features", {})
+    mine = set(features.get(cpu, ()))
+    richest = max(features.values(), key=len, default=[])
+    lacks = [f for f in richest if f not in mine]
+    return (f"illegal instruction: the runtime executed an instruction the emulated {cpu} does not implement, "
+            "so its CPU dispatch chose kernels for a newer core; a phone with this core crashes the same way"
+            + (f" ({cpu} lacks {', '.join(lacks)})" if lacks else ""))
+
+
+def _versions(guest: dict[str, str]) -> str:
+    return ", ".join(f"{d} {v}" for d, v in guest.items())
 
 
 def arm_missing_reason(info) -> str:
@@ -106,4 +139,11 @@ def arm_markdown(report: dict) -> str:
         xnn = {True: "active", False: "NOT active"}.get(a.get("xnnpack_active"), "-")
         lines.append(f"| {name.split('@')[0]} | {a['cpu']} | {t['status']} | {fmt((t.get('metrics') or {}).get('max_abs'))} | "
                      f"{fmt(a.get('vs_host', {}).get('max_abs'))} | {xnn} | {defaults} | {a.get('emulated_seconds', '-')} |")
+    guests = {name.split("@")[0]: t["arm"]["guest_versions"] for name, t in rows if t["arm"].get("guest_versions")}
+    if guests:
+        lines += ["", "Emulated runs on other runtime versions than the host's (no usable aarch64 build of the "
+                  "host's): " + "; ".join(f"{n}: {_versions(g)}" for n, g in guests.items()) + "."]
+    errors = [(name, t) for name, t in rows if t["status"] == "error" and t.get("error")]
+    if errors:
+        lines += [""] + [f"- {name}: {t['error'].get('code', '')} {t['error'].get('message', '')}" for name, t in errors]
     return "\n".join(lines)
