@@ -52,8 +52,8 @@ def arm_results(env: ArmEnv, cpus: list[str], conv: Converter, art: Artifact, ro
             error = dict(run.error)
             if "SIGILL" in error.get("message", ""):
                 error["message"] += f" ({illegal_instruction(env, cpu)})"
-                error["fix"] = (f"a runtime fault, not the file's: report it to the runtime with the log; phones with "
-                                f"{cpu}-class cores cannot run this file with this runtime build")
+                error["fix"] = (f"a runtime fault, not the file's: report it to the runtime with the log, and check "
+                                f"the app's own runtime build on a {cpu}-class device")
             out.append(ParityResult(label, art.precision, "error", art.path, error=error, notes=notes, log=run.log,
                                     extra={"arm": {"cpu": cpu, "emulated_seconds": round(run.runtime_s, 2),
                                                    **({"guest_versions": guest} if guest else {})}}))
@@ -89,7 +89,8 @@ def illegal_instruction(env: ArmEnv, cpu: str) -> str:
     richest = max(features.values(), key=len, default=[])
     lacks = [f for f in richest if f not in mine]
     return (f"illegal instruction: the runtime executed an instruction the emulated {cpu} does not implement, "
-            "so its CPU dispatch chose kernels for a newer core; a phone with this core crashes the same way"
+            "so it chose kernels for a newer core (its CPU detection did not see the core lacks them; a phone "
+            "with this core is likely to crash the same way with this runtime build, not verified on a device)"
             + (f" ({cpu} lacks {', '.join(lacks)})" if lacks else ""))
 
 
