@@ -1,4 +1,5 @@
-"""Budget search on MobileNetV2: `--quant int8 --budget agreement>=0.99` vs plain INT8, tflite and executorch.
+"""Budget search on MobileNetV2: `--quant int8 --budget agreement>=0.99` vs plain INT8, tflite and executorch
+(or `--quant int16x8 --budget sqnr>=30` vs plain int16x8 on tflite: results file suffix _int16x8).
 
 Data (bench/int8_eval_set.py's photos and crops): 512 calibration crops of files 1-32 (16 crop variants
 per file, ordered variant by variant, so the recipe's first 256 cover all 32 files), then the 256
@@ -7,7 +8,7 @@ aside: the search measures its trials on them and every file is verified on them
 Writes bench/results/budget_mobilenet_v2.{json,md}: the search's trials, and per target and job
 the top-1 agreement and SQNR vs FP32, size, latency (1 thread, host runtime) and wall time.
 
-    python bench/budget_mobilenet_v2.py [--budget "agreement>=0.99"] [--targets tflite,executorch]
+    python bench/budget_mobilenet_v2.py [--budget "agreement>=0.99"] [--targets tflite,executorch] [--quant int8]
 """
 from __future__ import annotations
 
@@ -50,14 +51,16 @@ def main() -> None:
     ap.add_argument("--budget", default="agreement>=0.99")
     ap.add_argument("--targets", default="tflite,executorch")
     ap.add_argument("--work", default="/tmp/edgekit_budget_bench")
+    ap.add_argument("--quant", default="int8", choices=("int8", "int16x8"))
     args = ap.parse_args()
     spec = BUILTIN["mobilenet_v2"]().spec
     samples = data(spec)
-    out = {"budget": args.budget, "targets": args.targets, "samples": len(samples), "load": os.getloadavg(), "jobs": {}}
-    for name, budget in (("int8", None), ("int8 + budget", args.budget)):
+    out = {"budget": args.budget, "targets": args.targets, "quant": args.quant, "samples": len(samples),
+           "load": os.getloadavg(), "jobs": {}}
+    for name, budget in ((args.quant, None), (f"{args.quant} + budget", args.budget)):
         t0 = time.monotonic()
         try:
-            b = edgekit.export("mobilenet_v2", targets=args.targets, data=samples, samples=256, quant="int8",
+            b = edgekit.export("mobilenet_v2", targets=args.targets, data=samples, samples=256, quant=args.quant,
                                budget=budget, out=Path(args.work) / name.replace(" + ", "_"))
         except UserError as exc:  # E-BUDGET-UNMET: what the best trial reached is the result
             out["jobs"][name] = {"seconds": round(time.monotonic() - t0, 1), "error": exc.to_dict(), "targets": {}}
@@ -69,13 +72,14 @@ def main() -> None:
             job["search"] = b.report["budget_search"]
         out["jobs"][name] = job
         print(name, json.dumps(job, default=str)[:2000], flush=True)
-    res = HERE / "results"
-    (res / "budget_mobilenet_v2.json").write_text(json.dumps(out, indent=2, default=str))
-    (res / "budget_mobilenet_v2.md").write_text(markdown(out))
+    res, suffix = HERE / "results", "" if args.quant == "int8" else f"_{args.quant}"
+    (res / f"budget_mobilenet_v2{suffix}.json").write_text(json.dumps(out, indent=2, default=str))
+    (res / f"budget_mobilenet_v2{suffix}.md").write_text(markdown(out))
 
 
 def markdown(out: dict) -> str:
-    lines = [f"# MobileNetV2: `--quant int8 --budget \"{out['budget']}\"` vs plain INT8", "",
+    quant = out.get("quant", "int8")
+    lines = [f"# MobileNetV2: `--quant {quant} --budget \"{out['budget']}\"` vs plain {quant}", "",
              f"{out['samples']} samples: 512 calibration crops (the recipe uses the first 256) + the 256 held-out crops "
              "of bench/int8_eval_set.py (verification and search). Load average at start: "
              f"{', '.join(f'{x:.1f}' for x in out['load'])} (2 cores).", "",
@@ -88,7 +92,7 @@ def markdown(out: dict) -> str:
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
             sqnr = "-" if not isinstance(r["sqnr_db"], (int, float)) else f"{r['sqnr_db']:.2f}"
             lines.append(f"| {name} | {key} | {r['status']} | {agree} | {sqnr} | {r['size_bytes']:,} | {r['latency_ms']} | {job['seconds']} |")
-    search = out["jobs"].get("int8 + budget", {}).get("search")
+    search = out["jobs"].get(f"{quant} + budget", {}).get("search")
     if search:
         lines += ["", "## Budget search trials (PT2E simulation, nearest rounding, 256 held-out crops)", "",
                   "| trial | layers kept float | est. parameter bytes | agreement | SQNR dB | met | seconds |", "|---|---|---|---|---|---|---|"]
