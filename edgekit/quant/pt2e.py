@@ -475,6 +475,23 @@ def _check_activation_dtype(quantizer, recipe: QuantRecipe) -> None:
                         "export this precision only to a target that lists it (see `edgekit targets`)")
 
 
+def _keep_float_notes(recipe: QuantRecipe, matched: dict, quantizer: KeepFloat) -> list[str]:
+    """What became of the recipe's keep_float on this target, and what its quantizer left float."""
+    from .float_ops import float_ops_note
+
+    notes = []
+    idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped | quantizer.requantized})
+    if idle:  # matched a module, but the target's quantizer had not quantized anything in it
+        notes.append(f"keep-float: {', '.join(idle)} held no op the target quantizes (nothing to keep float)")
+    if quantizer.stripped:
+        notes.append(f"kept float: {', '.join(sorted(quantizer.stripped))}")
+    if quantizer.requantized:
+        notes.append(f"not kept float on this target: {', '.join(sorted(quantizer.requantized))} (each reads and feeds only "
+                     "quantized tensors, and the target's converter fuses such a float layer back into a quantized op; "
+                     "keep a neighbour float too to keep it float)")
+    return notes + [n for n in [float_ops_note(quantizer.float_ops or {})] if n]
+
+
 def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantRecipe, quantizer,
              fold_quantize: bool = False, cache_dir=None) -> Quantized:
     """PTQ of ``model`` with ``quantizer`` (a PT2E Quantizer with a global config set) and edgekit's
@@ -523,18 +540,7 @@ def quantize(model: nn.Module, example_inputs: tuple, samples, recipe: QuantReci
         with one_torch_thread():
             n = correct_bias(prepared, float_gm, samples, lambda p: convert_pt2e(p, fold_quantize=False))
         notes.append(f"empirical bias correction on {n} conv/linear layers")
-    idle = sorted(set(recipe.keep_float) - {matched[p] for p in quantizer.stripped | quantizer.requantized})
-    if idle:  # matched a module, but the target's quantizer had not quantized anything in it
-        notes.append(f"keep-float: {', '.join(idle)} held no op the target quantizes (nothing to keep float)")
-    if quantizer.stripped:
-        notes.append(f"kept float: {', '.join(sorted(quantizer.stripped))}")
-    if quantizer.requantized:
-        notes.append(f"not kept float on this target: {', '.join(sorted(quantizer.requantized))} (each reads and feeds only "
-                     "quantized tensors, and the target's converter fuses such a float layer back into a quantized op; "
-                     "keep a neighbour float too to keep it float)")
-    from .float_ops import float_ops_note
-
-    notes += [n for n in [float_ops_note(quantizer.float_ops or {})] if n]
+    notes += _keep_float_notes(recipe, matched, quantizer)
     converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
