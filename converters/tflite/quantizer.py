@@ -66,13 +66,6 @@ def annotate_cats(gm, spec) -> int:
 _SPLITS = ("aten.split", "aten.chunk", "aten.tensor_split", "aten.unbind")
 
 
-def _float(node) -> bool:
-    import torch
-
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    return isinstance(val, torch.Tensor) and val.is_floating_point()
-
-
 def annotate_splits(gm, spec) -> int:
     """Put the pieces of each float ``split`` / ``chunk`` / ``tensor_split`` / ``unbind`` of ``gm`` on
     one grid: the whole tensor's (see "Split pieces" in the module docstring); -> how many splits.
@@ -87,6 +80,8 @@ def annotate_splits(gm, spec) -> int:
     import torch
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, SharedQuantizationSpec
 
+    from edgekit.quant.pt2e import is_float_tensor
+
     def plain(qs) -> bool:
         return isinstance(qs, QuantizationSpec) and qs.dtype == spec.dtype and qs.qscheme == spec.qscheme \
             and not getattr(qs, "is_dynamic", False)
@@ -96,7 +91,7 @@ def annotate_splits(gm, spec) -> int:
         if node.op != "call_function" or not any(k in str(node.target) for k in _SPLITS):
             continue
         x = node.args[0] if node.args else None
-        if not hasattr(x, "op") or not _float(x):
+        if not hasattr(x, "op") or not is_float_tensor(x):
             continue
         pieces = [u for u in node.users if u.op == "call_function" and u.target is operator.getitem]
         edges = []

@@ -291,7 +291,7 @@ class KeepFloat:
         floats = set().union(*groups.values())  # a neighbour kept float is a float tensor, whatever its annotation
         isolated = set()
         for path, tail in groups.items():
-            reads = {a for n in tail for a in n.all_input_nodes if a not in tail and a.op != "get_attr" and _float(a)}
+            reads = {a for n in tail for a in n.all_input_nodes if a not in tail and a.op != "get_attr" and is_float_tensor(a)}
             feeds = [(n, u) for n in tail for u in n.users if u not in tail]
             if (reads and feeds and all(a not in floats and _quantized_output(a) for a in reads)
                     and all(u not in floats and _quantized_input(u, n) for n, u in feeds)):
@@ -420,8 +420,9 @@ def _edge_nodes(edge_or_node) -> set:
 _FUSED_ACTIVATIONS = ("aten.relu.", "aten.relu_.", "aten.hardtanh.", "aten.hardtanh_.", "aten.clamp.")
 
 
-def _float(node) -> bool:
-    val = node.meta.get("val")
+def is_float_tensor(node) -> bool:
+    """Whether an FX node (or any argument) holds a float tensor (its export metadata's value)."""
+    val = node.meta.get("val") if hasattr(node, "meta") else None
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
