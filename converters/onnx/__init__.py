@@ -105,6 +105,7 @@ class OnnxConverter(Converter):
                 except Exception as exc:  # the exporter raises torch.export, dispatch and onnxscript errors
                     raise _export_error(exc) from exc
             _claim_io_names(program.model)
+            _drop_debug_info(program.model)
             program.save(scratch / name, external_data=False)
             if int8_meta and self.u8_weights:
                 int8_meta = _store_unsigned_weights(scratch / name, int8_meta)
@@ -223,6 +224,21 @@ def _quantize_dynamic(path: Path) -> None:
     finally:
         root.setLevel(level)
     os.replace(tmp, path)
+
+
+def _drop_debug_info(model) -> None:
+    """Drop what torch.onnx records for debugging from the file that ships: every node's Python stack,
+    fx node and module path (``metadata_props``), the values' and the graph's. It held the build
+    machine's file paths (``/home/<user>/...``) and 11 % of MobileNetV2's INT8 file (455 of 4,168 kB);
+    edgekit names a user's source line from the torch.export program, never from the .onnx."""
+    graph = model.graph
+    graph.metadata_props.clear()
+    for value in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
+        value.metadata_props.clear()
+    for node in graph.all_nodes():
+        node.metadata_props.clear()
+        for value in node.outputs:
+            value.metadata_props.clear()
 
 
 def _claim_io_names(model) -> None:

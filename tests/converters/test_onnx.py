@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,19 @@ def test_export_writes_one_self_contained_file(exported):
     assert [i.name for i in model.graph.input] == loaded.spec.input_names
     assert [o.name for o in model.graph.output] == loaded.spec.output_names
     assert artifact.meta["opset"] == next(o.version for o in model.opset_import if o.domain == "")
+
+
+def test_the_shipped_file_holds_no_stack_traces_or_build_paths(exported):
+    """torch.onnx writes each node's Python stack (file paths of the build machine) into the file."""
+    loaded, artifact, out = exported
+    model = onnx.load(str(out / artifact.path))
+    assert len(model.graph.node) > 5
+    assert not any(n.metadata_props for n in model.graph.node)
+    assert not model.graph.metadata_props
+    raw = (out / artifact.path).read_bytes()
+    for leak in (b"stack_trace", b"site-packages", str(Path(torch.__file__).parent).encode(),
+                 str(Path(__file__).parents[2]).encode()):
+        assert leak not in raw
 
 
 class _Embed(torch.nn.Module):
