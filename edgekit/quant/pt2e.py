@@ -283,6 +283,7 @@ class KeepFloat:
             path = self._kept(node)
             if path is not None and node.op == "call_function" and "quantization_annotation" in node.meta:
                 groups.setdefault(path, set()).add(node)
+        single = {path for path, nodes in groups.items() if len(nodes) == 1}  # a whole block kept float is a chain
         for nodes in groups.values():
             for node in model.graph.nodes:  # the activations that would stay float with it
                 if (node.op == "call_function" and any(k in str(node.target) for k in _FUSED_ACTIVATIONS)
@@ -291,6 +292,8 @@ class KeepFloat:
         floats = set().union(*groups.values())  # a neighbour kept float is a float tensor, whatever its annotation
         isolated = set()
         for path, tail in groups.items():
+            if path not in single:  # of float ops, which no converter fuses into one quantized op
+                continue
             reads = {a for n in tail for a in n.all_input_nodes if a not in tail and a.op != "get_attr" and is_float_tensor(a)}
             feeds = [(n, u) for n in tail for u in n.users if u not in tail]
             if (reads and feeds and all(a not in floats and _quantized_output(a) for a in reads)

@@ -83,6 +83,32 @@ def test_an_export_with_a_budget_ships_a_file_that_meets_it(all_int8, tmp_path):
     assert "budget search trials" in (tmp_path / "b" / "report.html").read_text()
 
 
+def test_when_every_layer_float_misses_whole_blocks_are_kept_float():
+    """tiny_transformer on its text samples: with all 9 layers float it stays at ~13 dB (its softmax,
+    attention matmuls, residual adds and LayerNorms are quantized between the layers); one encoder layer
+    kept float as a block reaches ~32 dB. A budget of 25 dB is met by one block on top of every layer,
+    and the chosen point names the block, not its layers again."""
+    from edgekit.converters import get
+    from edgekit.quant.search import _blocks
+
+    lm = BUILTIN["tiny_transformer"]()
+    data = load_samples(lm.default_data, lm.spec)
+    cal, held = data.head(32), data.slice(32)
+    example = tuple(torch.from_numpy(a) for a in cal.samples[0])
+    fp32 = run_reference(lm.module, held.samples)
+    recipe, trials = search(lm.module, example, cal, held, fp32, QuantRecipe(), Budget.parse("sqnr>=25"), lm.spec,
+                            get("onnx").pt2e_quantizer)
+    layers = [n for n, m in lm.module.named_modules() if isinstance(m, torch.nn.Linear)]
+    every_layer = [t for t in trials if set(t.keep_float) == set(layers)]
+    assert every_layer and not every_layer[0].met and every_layer[0].metrics["sqnr"] < 20
+    chosen = next(t for t in trials if t.keep_float == recipe.keep_float)
+    assert chosen.met and chosen.metrics["sqnr"] >= 25
+    blocks = [k for k in recipe.keep_float if k in _blocks(lm.module, layers)]
+    assert blocks == ["layers.1"] or blocks == ["layers.0"]
+    assert not any(k.startswith(blocks[0] + ".") for k in recipe.keep_float)
+    assert chosen.size_bytes == every_layer[0].size_bytes  # blocks cost latency, not weight bytes
+
+
 def test_with_two_placements_each_trial_simulates_both_and_keeps_the_worst(setup):
     """tflite's litert-torch quantizer and XNNPACK's (executorch, onnx) place q/dq pairs differently
     (XNNPACK quantizes residual adds litert-torch leaves float): every trial runs both simulations, and
