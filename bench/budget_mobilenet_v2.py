@@ -8,7 +8,7 @@ aside: the search measures its trials on them and every file is verified on them
 Writes bench/results/budget_mobilenet_v2.{json,md}: the search's trials, and per target and job
 the top-1 agreement and SQNR vs FP32, size, latency (1 thread, host runtime) and wall time.
 
-    python bench/budget_mobilenet_v2.py [--budget "agreement>=0.99"] [--targets tflite,executorch] [--quant int8]
+    python bench/budget_mobilenet_v2.py [--budget "agreement>=0.99"] [--targets tflite,executorch] [--quant int8] [--reuse-plain]
 """
 from __future__ import annotations
 
@@ -52,12 +52,19 @@ def main() -> None:
     ap.add_argument("--targets", default="tflite,executorch")
     ap.add_argument("--work", default="/tmp/edgekit_budget_bench")
     ap.add_argument("--quant", default="int8", choices=("int8", "int16x8"))
+    ap.add_argument("--reuse-plain", action="store_true", help="keep the plain job of the last results file (same targets)")
     args = ap.parse_args()
     spec = BUILTIN["mobilenet_v2"]().spec
     samples = data(spec)
     out = {"budget": args.budget, "targets": args.targets, "quant": args.quant, "samples": len(samples),
            "load": os.getloadavg(), "jobs": {}}
+    res, suffix = HERE / "results", "" if args.quant == "int8" else f"_{args.quant}"
+    old = json.loads((res / f"budget_mobilenet_v2{suffix}.json").read_text()) if args.reuse_plain else {}
+    if old.get("targets") == args.targets and args.quant in old.get("jobs", {}):
+        out["jobs"][args.quant] = {**old["jobs"][args.quant], "reused": f"from the run of load {old['load']}"}
     for name, budget in ((args.quant, None), (f"{args.quant} + budget", args.budget)):
+        if name in out["jobs"]:
+            continue
         t0 = time.monotonic()
         try:
             b = edgekit.export("mobilenet_v2", targets=args.targets, data=samples, samples=256, quant=args.quant,
@@ -72,7 +79,6 @@ def main() -> None:
             job["search"] = b.report["budget_search"]
         out["jobs"][name] = job
         print(name, json.dumps(job, default=str)[:2000], flush=True)
-    res, suffix = HERE / "results", "" if args.quant == "int8" else f"_{args.quant}"
     (res / f"budget_mobilenet_v2{suffix}.json").write_text(json.dumps(out, indent=2, default=str))
     (res / f"budget_mobilenet_v2{suffix}.md").write_text(markdown(out))
 
@@ -88,6 +94,8 @@ def markdown(out: dict) -> str:
     for name, job in out["jobs"].items():
         if job.get("error"):
             lines.append(f"| {name} | - | `{job['error']['code']}` | {job['error']['message']} | | | | {job['seconds']} |")
+        if job.get("reused"):
+            name = f"{name} (kept: {job['reused']})"
         for key, r in job["targets"].items():
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
             sqnr = "-" if not isinstance(r["sqnr_db"], (int, float)) else f"{r['sqnr_db']:.2f}"
@@ -95,7 +103,7 @@ def markdown(out: dict) -> str:
     search = out["jobs"].get(f"{quant} + budget", {}).get("search")
     if search:
         lines += ["", "## Budget search trials (PT2E simulation, nearest rounding, 256 held-out crops)", "",
-                  "| trial | layers kept float | est. parameter bytes | agreement | SQNR dB | met | seconds |", "|---|---|---|---|---|---|---|"]
+                  "| trial | modules kept float (layers, blocks) | est. parameter bytes | agreement | SQNR dB | met | seconds |", "|---|---|---|---|---|---|---|"]
         for i, t in enumerate(search["trials"], 1):
             m = t["metrics"]
             lines.append(f"| {i} | {len(t['keep_float'])} | {t['size_bytes']:,} | {m['agreement']:.3f} | {m['sqnr']:.2f} | "

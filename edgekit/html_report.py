@@ -351,7 +351,7 @@ def _search(report: dict) -> str:
     if not chart:
         return ""
     return (f'<h2>Budget search</h2><div class="panel">{_img(chart, "budget search trials")}'
-            '<p class="note">Each point is one per-layer assignment (layers kept float), measured with the shared '
+            '<p class="note">Each point is one per-layer assignment (layers, or whole blocks, kept float), measured with the shared '
             "PT2E simulation on the held-out samples; the dashed line is the budget. Latency is measured on the "
             "exported files only (Size and latency), not per trial.</p></div>")
 

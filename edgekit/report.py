@@ -249,7 +249,7 @@ def _budget_search(report: dict) -> list[str]:
     lines = ["", "## Budget search: the cheapest assignment that meets the budget", "",
              "Each trial is the shared PT2E float simulation (nearest rounding) measured on the held-out samples; "
              "the chosen one was then exported and every file verified against the budget in its runtime.", "",
-             "| trial | layers kept float | est. parameter size | agreement | SQNR dB | accuracy drop | met | chosen |",
+             "| trial | modules kept float (layers, blocks) | est. parameter size | agreement | SQNR dB | accuracy drop | met | chosen |",
              "|---|---|---|---|---|---|---|---|"]
     for i, t in enumerate(found["trials"], 1):
         m = t["metrics"]
