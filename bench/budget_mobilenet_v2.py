@@ -84,6 +84,8 @@ def main() -> None:
 
 
 def markdown(out: dict) -> str:
+    from edgekit.report import kept_float_count
+
     quant = out.get("quant", "int8")
     lines = [f"# MobileNetV2: `--quant {quant} --budget \"{out['budget']}\"` vs plain {quant}", "",
              f"{out['samples']} samples: 512 calibration crops (the recipe uses the first 256) + the 256 held-out crops "
@@ -103,10 +105,10 @@ def markdown(out: dict) -> str:
     search = out["jobs"].get(f"{quant} + budget", {}).get("search")
     if search:
         lines += ["", "## Budget search trials (PT2E simulation, nearest rounding, 256 held-out crops)", "",
-                  "| trial | modules kept float (layers, blocks) | est. parameter bytes | agreement | SQNR dB | met | seconds |", "|---|---|---|---|---|---|---|"]
+                  "| trial | kept float | est. parameter bytes | agreement | SQNR dB | met | seconds |", "|---|---|---|---|---|---|---|"]
         for i, t in enumerate(search["trials"], 1):
             m = t["metrics"]
-            lines.append(f"| {i} | {len(t['keep_float'])} | {t['size_bytes']:,} | {m['agreement']:.3f} | {m['sqnr']:.2f} | "
+            lines.append(f"| {i} | {kept_float_count(t)} | {t['size_bytes']:,} | {m['agreement']:.3f} | {m['sqnr']:.2f} | "
                          f"{'yes' if t['met'] else 'no'} | {t['seconds']} |")
         lines += ["", f"Chosen: keep float {', '.join(f'`{k}`' for k in search['chosen']) or 'nothing'}."]
     return "\n".join(lines) + "\n"

@@ -240,6 +240,13 @@ def _accuracy_budget(report: dict) -> list[str]:
     return lines
 
 
+def kept_float_count(trial: dict) -> str:
+    """A budget search trial's float modules: "5 layer(s)", or "2 block(s) + 3 layer(s)" (the layers no block holds)."""
+    blocks = trial.get("blocks", 0)
+    layers = f"{len(trial['keep_float']) - blocks} layer(s)"
+    return f"{blocks} block(s) + {layers}" if blocks else layers
+
+
 def _budget_search(report: dict) -> list[str]:
     """The budget search's trials (edgekit.quant.search): float layers, size, metrics, the chosen one."""
     found = report.get("budget_search")
@@ -249,11 +256,11 @@ def _budget_search(report: dict) -> list[str]:
     lines = ["", "## Budget search: the cheapest assignment that meets the budget", "",
              "Each trial is the shared PT2E float simulation (nearest rounding) measured on the held-out samples; "
              "the chosen one was then exported and every file verified against the budget in its runtime.", "",
-             "| trial | modules kept float (layers, blocks) | est. parameter size | agreement | SQNR dB | accuracy drop | met | chosen |",
+             "| trial | kept float | est. parameter size | agreement | SQNR dB | accuracy drop | met | chosen |",
              "|---|---|---|---|---|---|---|---|"]
     for i, t in enumerate(found["trials"], 1):
         m = t["metrics"]
-        lines.append(f"| {i} | {len(t['keep_float'])} | {_fmt(t['size_bytes'], 'bytes')} | {_fmt(m.get('agreement'), 'pct')} | "
+        lines.append(f"| {i} | {kept_float_count(t)} | {_fmt(t['size_bytes'], 'bytes')} | {_fmt(m.get('agreement'), 'pct')} | "
                      f"{_fmt(m.get('sqnr'), 'db')} | {'-' if m.get('accuracy_drop') is None else format(m['accuracy_drop'], '.2f')} | "
                      f"{'yes' if t['met'] else 'no'} | {'**yes**' if t['keep_float'] == chosen else ''} |")
     lines += ["", f"Kept float: {', '.join(f'`{k}`' for k in chosen) or 'none'}."]

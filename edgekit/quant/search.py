@@ -25,7 +25,7 @@ applied to the chosen point only.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from edgekit.errors import UserError
 
@@ -41,6 +41,7 @@ class Trial:
     metrics: dict  # the budget's metrics (edgekit.budget.measured)
     met: bool
     seconds: float
+    blocks: int = 0  # whole blocks among keep_float (trials after every layer float missed)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "keep_float": list(self.keep_float)}
@@ -56,11 +57,12 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     base = recipe.with_(rounding="nearest")
     trials: list[Trial] = []
 
-    def trial(keep: tuple[str, ...]) -> Trial:
-        progress(f"budget search: trial {len(trials) + 1}, {len(keep)} layer(s) kept float")
+    def trial(keep: tuple[str, ...], blocks: int = 0) -> Trial:
+        what = f"{blocks} block(s) and every layer" if blocks else f"{len(keep)} layer(s)"
+        progress(f"budget search: trial {len(trials) + 1}, {what} kept float")
         t = _trial(model, example, calibration, held_out, fp32_outputs, base.with_(keep_float=keep), budget, spec, quantizers)
-        trials.append(t)
-        return t
+        trials.append(replace(t, blocks=blocks))
+        return trials[-1]
 
     first = trial(recipe.keep_float)
     if first.met:
@@ -68,14 +70,14 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     ranked = _sensitive_layers(model, calibration, base)
     if not _fewest(lambda k: trial(recipe.keep_float + tuple(ranked[:k])).met, len(ranked), trials, max_trials):
         blocks = _blocks(model, ranked)  # every layer float missed: what sits between layers (residual adds) costs
-        _fewest(lambda k: trial(recipe.keep_float + _with_blocks(ranked, blocks[:k])).met, len(blocks), trials, max_trials)
+        _fewest(lambda k: trial(recipe.keep_float + _with_blocks(ranked, blocks[:k]), k).met, len(blocks), trials, max_trials)
     met = [t for t in trials if t.met]
     if not met:
         best = max(trials, key=lambda t: _score(t.metrics))
         raise UserError("E-BUDGET-UNMET", f"no assignment of the {len(trials)} tried meets --budget {budget.describe()}; "
                         f"the best ({len(best.keep_float)} layer(s) float) reached {_figures(best.metrics)}",
                         "loosen the budget, add calibration data, or try --rounding adaround / --equalize")
-    chosen = min(met, key=lambda t: (t.size_bytes, len(t.keep_float)))
+    chosen = min(met, key=lambda t: (t.size_bytes, t.blocks, len(t.keep_float)))  # bytes, then latency
     return recipe.with_(keep_float=chosen.keep_float), trials
 
 

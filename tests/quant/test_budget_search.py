@@ -90,6 +90,7 @@ def test_when_every_layer_float_misses_whole_blocks_are_kept_float():
     and the chosen point names the block, not its layers again."""
     from edgekit.converters import get
     from edgekit.quant.search import _blocks
+    from edgekit.report import kept_float_count
 
     lm = BUILTIN["tiny_transformer"]()
     data = load_samples(lm.default_data, lm.spec)
@@ -107,6 +108,7 @@ def test_when_every_layer_float_misses_whole_blocks_are_kept_float():
     assert blocks == ["layers.1"] or blocks == ["layers.0"]
     assert not any(k.startswith(blocks[0] + ".") for k in recipe.keep_float)
     assert chosen.size_bytes == every_layer[0].size_bytes  # blocks cost latency, not weight bytes
+    assert chosen.blocks == 1 and kept_float_count(chosen.to_dict()) == "1 block(s) + 5 layer(s)"  # the other encoder layer's 4 + classifier
 
 
 def test_with_two_placements_each_trial_simulates_both_and_keeps_the_worst(setup):
