@@ -61,7 +61,8 @@ def main() -> None:
     res, suffix = HERE / "results", "" if args.quant == "int8" else f"_{args.quant}"
     old = json.loads((res / f"budget_mobilenet_v2{suffix}.json").read_text()) if args.reuse_plain else {}
     if old.get("targets") == args.targets and args.quant in old.get("jobs", {}):
-        out["jobs"][args.quant] = {**old["jobs"][args.quant], "reused": f"from the run of load {old['load']}"}
+        load = ", ".join(f"{x:.1f}" for x in old["load"])
+        out["jobs"][args.quant] = {**old["jobs"][args.quant], "reused": f"the previous run's, load {load}"}
     for name, budget in ((args.quant, None), (f"{args.quant} + budget", args.budget)):
         if name in out["jobs"]:
             continue
@@ -97,7 +98,7 @@ def markdown(out: dict) -> str:
         if job.get("error"):
             lines.append(f"| {name} | - | `{job['error']['code']}` | {job['error']['message']} | | | | {job['seconds']} |")
         if job.get("reused"):
-            name = f"{name} (kept: {job['reused']})"
+            name = f"{name} ({job['reused']})"
         for key, r in job["targets"].items():
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
             sqnr = "-" if not isinstance(r["sqnr_db"], (int, float)) else f"{r['sqnr_db']:.2f}"
