@@ -85,7 +85,7 @@ def main() -> None:
 
 
 def markdown(out: dict) -> str:
-    from edgekit.report import kept_float_count
+    from edgekit.quant.search import kept_float_count
 
     quant = out.get("quant", "int8")
     lines = [f"# MobileNetV2: `--quant {quant} --budget \"{out['budget']}\"` vs plain {quant}", "",

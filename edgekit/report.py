@@ -240,15 +240,10 @@ def _accuracy_budget(report: dict) -> list[str]:
     return lines
 
 
-def kept_float_count(trial: dict) -> str:
-    """A budget search trial's float modules: "5 layer(s)", or "2 block(s) + 3 layer(s)" (the layers no block holds)."""
-    blocks = trial.get("blocks", 0)
-    layers = f"{len(trial['keep_float']) - blocks} layer(s)"
-    return f"{blocks} block(s) + {layers}" if blocks else layers
-
-
 def _budget_search(report: dict) -> list[str]:
     """The budget search's trials (edgekit.quant.search): float layers, size, metrics, the chosen one."""
+    from edgekit.quant.search import kept_float_count
+
     found = report.get("budget_search")
     if not found:
         return []

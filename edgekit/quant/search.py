@@ -75,10 +75,17 @@ def search(model, example: tuple, calibration, held_out, fp32_outputs, recipe: Q
     if not met:
         best = max(trials, key=lambda t: _score(t.metrics))
         raise UserError("E-BUDGET-UNMET", f"no assignment of the {len(trials)} tried meets --budget {budget.describe()}; "
-                        f"the best ({len(best.keep_float)} layer(s) float) reached {_figures(best.metrics)}",
+                        f"the best ({kept_float_count(best.to_dict())} float) reached {_figures(best.metrics)}",
                         "loosen the budget, add calibration data, or try --rounding adaround / --equalize")
     chosen = min(met, key=lambda t: (t.size_bytes, t.blocks, len(t.keep_float)))  # bytes, then latency
     return recipe.with_(keep_float=chosen.keep_float), trials
+
+
+def kept_float_count(trial: dict) -> str:
+    """A budget search trial's float modules: "5 layer(s)", or "2 block(s) + 3 layer(s)" (the layers no block holds)."""
+    blocks = trial.get("blocks", 0)
+    layers = f"{len(trial['keep_float']) - blocks} layer(s)"
+    return f"{blocks} block(s) + {layers}" if blocks else layers
 
 
 def _fewest(meets, n: int, trials: list, max_trials: int) -> bool:

@@ -90,7 +90,7 @@ def test_when_every_layer_float_misses_whole_blocks_are_kept_float():
     and the chosen point names the block, not its layers again."""
     from edgekit.converters import get
     from edgekit.quant.search import _blocks
-    from edgekit.report import kept_float_count
+    from edgekit.quant.search import kept_float_count
 
     lm = BUILTIN["tiny_transformer"]()
     data = load_samples(lm.default_data, lm.spec)
