@@ -145,6 +145,30 @@ def test_a_lone_float_layer_between_quantized_ones_stays_quantized_on_tflite(set
     assert _weight_quants(plain.module) == full - 1
 
 
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_whole_block_kept_float_between_quantized_layers_is_float_on_tflite():
+    """A block (the budget search keeps blocks float) reads and feeds only quantized tensors too, but it is
+    a chain of float ops, which no converter fuses into one quantized op: it stays float, unlike a lone layer."""
+    from edgekit.converters.tflite import CONVERTER
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), _Block(), torch.nn.Conv2d(8, 4, 1)).eval()
+    cal = [(np.random.default_rng(i).standard_normal((1, 3, 12, 12)).astype(np.float32),) for i in range(4)]
+    example = (torch.from_numpy(cal[0][0]),)
+    block = quantize(model, example, cal, QuantRecipe(keep_float=("2",)), CONVERTER.pt2e_quantizer())
+    assert _weight_quants(block.module) == 2 and not any("not kept float" in n for n in block.notes)
+    lone = quantize(model, example, cal, QuantRecipe(keep_float=("2.b",)), CONVERTER.pt2e_quantizer())
+    assert _weight_quants(lone.module) == 4 and any("not kept float on this target: 2.b" in n for n in lone.notes)
+
+
 @pytest.mark.slow
 def test_the_tflite_file_computes_what_its_reference_does_with_a_lone_float_layer(setup, tmp_path):
     """End to end on the int16x8 file (where the 2,507 steps were seen): within the int16 grid's few steps."""
