@@ -225,12 +225,13 @@ def write_md(result: dict) -> None:
              f"Calibration: {p['calibration']}. Evaluation: {p['held_out']}. Metrics vs the FP32 model on the held-out "
              "crops (top-1 agreement, logit SQNR). Goal (issue 6): >= 90 % and >= 20 dB.\n",
              f"edgekit recipe: `{result['edgekit_recipe_summary']}`\n",
-             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | size bytes (x params) | latency ms |",
-             "|---|---|---|---|---|---|---|"]
+             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | top-1 vs own ref | size bytes (x params) | latency ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         st = f"{r['steps_vs_own_reference_max']:.0f} / {r['steps_vs_own_reference_mean']}" if "steps_vs_own_reference_max" in r else ""
         size = f"{r['size_bytes']:,}" + (f" ({r['size_x_params']})" if "size_x_params" in r else "") if "size_bytes" in r else ""
-        lines.append(f"| {r['flow']} | {r['measured_on']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} | {size} | "
+        own = f"{r['top1_agree_vs_own_reference']:.3f}" if "top1_agree_vs_own_reference" in r else ""
+        lines.append(f"| {r['flow']} | {r['measured_on']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} | {own} | {size} | "
                      f"{r.get('latency_ms', '')} |")
     if result.get("fp32_runtimes"):
         lines += ["\nFP32 artifacts (same runtimes, 1 thread):\n", "| target | size bytes | latency ms |", "|---|---|---|"]

@@ -452,7 +452,9 @@ class ExecuTorchConverter(Converter):
                 XNNPACKQuantizer, get_symmetric_quantization_config)
         except ImportError:
             raise missing_dependency(NAME, "executorch", self.info.extra) from None
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        quantizer.float_add_chains = True  # an add read by another add stays float (edgekit.quant.add_chains)
+        return quantizer
 
     def _quantize(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration):
         """(exported quantized program, artifact meta); writes the quantized reference program."""

@@ -58,5 +58,7 @@ def _quantizer(weight_max: int = 127):
         raise UserError("E-DEP-MISSING", "onnx INT8 places its quantize/dequantize pairs with ExecuTorch's "
                         f"XNNPACK quantizer, which is not installed ({exc})",
                         "pip install 'edgekit[onnx]' (it lists executorch), or export onnx in fp32/dynamic") from exc
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
         is_per_channel=True, weight_qmin=-weight_max, weight_qmax=weight_max))
+    quantizer.float_add_chains = True  # an add read by another add stays float (edgekit.quant.add_chains)
+    return quantizer

@@ -261,6 +261,7 @@ class KeepFloat:
         self.stripped: set[str] = set()  # module paths whose nodes lost their annotation
         self.requantized: set[str] = set()  # kept paths left quantized: the target's converter would requantize them
         self.float_ops = None  # Counter of the compute ops the inner quantizer left float (float_ops.py)
+        self.float_adds = 0  # adds whose result another add reads in float (add_chains.py)
 
     def _kept(self, node, paths=None) -> str | None:
         paths = self.kept_paths if paths is None else paths
@@ -308,6 +309,10 @@ class KeepFloat:
         from .float_ops import unannotated_ops
 
         model = self.inner.annotate(model)
+        if getattr(self.inner, "float_add_chains", False):  # XNNPACK's placement (add_chains.py)
+            from .add_chains import float_add_chains
+
+            self.float_adds = float_add_chains(model)
         self.float_ops = unannotated_ops(model)
         if not self.kept_paths:
             return model
@@ -493,6 +498,9 @@ def _keep_float_notes(recipe: QuantRecipe, matched: dict, quantizer: KeepFloat) 
         notes.append(f"not kept float on this target: {', '.join(sorted(quantizer.requantized))} (each reads and feeds only "
                      "quantized tensors, and the target's converter fuses such a float layer back into a quantized op; "
                      "keep a neighbour float too to keep it float)")
+    if quantizer.float_adds:
+        notes.append(f"{quantizer.float_adds} residual add(s) whose result another add reads computed in float, "
+                     "quantized only where a layer reads them (as TFLite's converter does)")
     return notes + [n for n in [float_ops_note(quantizer.float_ops or {})] if n]
 
 
