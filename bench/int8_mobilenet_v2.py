@@ -9,7 +9,8 @@ Rows:
   the real .tflite), ExecuTorch's XNNPACKQuantizer defaults (get_symmetric_quantization_config(
   is_per_channel=True)), PyTorch's default qnnpack qconfig (FX; the real .ptl and its float simulation);
 - edgekit's recipe (argument 1 as JSON; default: QuantRecipe() with MobileNetV2's measured int8 settings,
-  i.e. what `edgekit export mobilenet_v2 --quant int8` uses): the quantized reference of each target
+  i.e. what `edgekit export mobilenet_v2 --quant int8 --qat-steps 0` uses; the default job's 24 QAT steps
+  on top are measured by bench/qat_mobilenet_v2.py 24): the quantized reference of each target
   and the real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
   (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread), .onnx (QDQ,
   onnxruntime CPU, 1 thread);

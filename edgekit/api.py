@@ -163,7 +163,7 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
            keep_float: str | list[str] | tuple[str, ...] = (), equalize: bool = False, bias_correction: bool | None = None,
            float_io: bool = False, rounding: str | None = None, minmax_output: bool | None = None,
            float_share: float | None = None, compress=None, task=None, dynamic_shapes=None, budget=None,
-           qat_steps: int = 0, progress: bool | Callable = False, command: str = "") -> Bundle:
+           qat_steps: int | None = None, progress: bool | Callable = False, command: str = "") -> Bundle:
     """Export ``model`` to ``targets``, run every file in its runtime against its reference on ``data``,
     and write the bundle to ``out``; -> the Bundle (``.passed``, ``.results``, ``.run``).
 
@@ -186,7 +186,9 @@ def export(model: Any, example_inputs: Any = None, *, targets: str | list[str] |
     (0: off; None: the built-in model's measured setting, else off).
     qat_steps: with quant="int8", N steps of quantization-aware training (edgekit.quant.qat) on the
     calibration part: the fake-quant model is distilled from the FP32 one, and its learned weights and
-    input ranges go to every target. 0 (default): post-training quantization only.
+    input ranges go to every target whose int8 grid the student simulates (not ncnn, which exports the
+    model before training). 0: post-training quantization only; None: the built-in model's measured
+    setting (mobilenet_v2: 24 steps), else 0. Cached by content hash, like AdaRound.
     progress: True prints progress lines on stderr; a callable receives (stage, target).
     Wrong types and values raise edgekit.errors.UserError with the same codes as the CLI.
     """

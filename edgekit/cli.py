@@ -108,10 +108,11 @@ def _add_quant(e) -> None:
                    help="the most quantization may cost vs FP32, e.g. 'agreement>=0.99', 'sqnr>=30', 'accuracy_drop<=0.5' "
                         "(labelled data), comma-separated; recorded in the manifest, every quantized file must meet "
                         "it (export and verify fail it otherwise)")
-    e.add_argument("--qat-steps", type=int, default=0, metavar="N",
+    e.add_argument("--qat-steps", type=int, default=None, metavar="N",
                    help="int8: N steps of quantization-aware training on the calibration part (the fake-quant model "
                         "distilled from the FP32 one, augmented, no labels needed); its learned weights and input "
-                        "ranges go to every target. Minutes on a large model; 0 (default): post-training only")
+                        "ranges go to every target whose int8 grid it simulates (not ncnn). Minutes on a large model, cached; 0: "
+                        "post-training only; default: the built-in model's measured setting (mobilenet_v2: 24), else 0")
     e.add_argument("--float-io", action="store_true",
                    help="int8 tflite: float32 model inputs/outputs (QUANTIZE/DEQUANTIZE added at the edges; the other "
                         "targets' INT8 files always take float)")

@@ -47,8 +47,9 @@ class ExportJob:
     # recorded in the manifest and checked on every quantized artifact, by export and by verify
     budget: Any = None
     # int8: quantization-aware training steps (edgekit.quant.qat) on the calibration part before every
-    # target quantizes; the learned weights and input ranges go to every target. 0: post-training only
-    qat_steps: int = 0
+    # target quantizes; the learned weights and input ranges go to every target whose int8 grid the student
+    # simulates. 0: post-training only; None: the built-in model's measured setting, else 0
+    qat_steps: int | None = None
 
     def __post_init__(self):
         """Validated at construction (a run config is untrusted input): E-ARGS names the field."""
@@ -99,7 +100,7 @@ _JOB_TYPES: dict[str, tuple[type, ...]] = {
     "percentile": (int, float, type(None)), "keep_float": (tuple,), "equalize": (bool,), "bias_correction": (bool, type(None)),
     "float_io": (bool,), "rounding": (str, type(None)), "minmax_output": (bool, type(None)),
     "float_share": (int, float, type(None)), "task": (str, type(None)),
-    "qat_steps": (int,),
+    "qat_steps": (int, type(None)),
 }
 
 

@@ -26,7 +26,7 @@ from edgekit.html_report import write_html
 from edgekit.job import ExportJob
 from edgekit.model_source import load_model
 from edgekit.parity import UNSUPPORTED, ParityResult
-from edgekit.plan import model_defaults, optional_targets, plan
+from edgekit.plan import model_defaults, optional_targets, plan, qat_steps
 from edgekit.progress import QUIET, Progress
 from edgekit.reference import export_program, run_reference, save_reference
 from edgekit.report import abs_errors, build_report, markdown, report_key
@@ -322,17 +322,17 @@ def _mixed_precision(module, cal, recipe, progress):
         "to its size")
 
 
-def _quantization_aware(job: ExportJob, module, recipe, cal, progress):
+def _quantization_aware(steps: int, module, recipe, cal, progress):
     """--qat-steps: train the fake-quant model on the calibration part (edgekit.quant.qat). -> (the model
-    every target quantizes, the recipe carrying its learned input ranges, the training report or None).
-    The FP32 reference stays the model before training, so the cost vs FP32 includes what it changed."""
-    if not job.qat_steps:
+    the targets that take it quantize, the recipe carrying its learned input ranges, the training report
+    or None). The FP32 reference stays the model before training, so the cost vs FP32 includes what it changed."""
+    if not steps:
         return module, recipe, None
     from edgekit.quant.qat import QATSettings, train_quantized
 
-    progress(f"quantization-aware training: {job.qat_steps} steps on {len(cal)} calibration samples")
+    progress(f"quantization-aware training: {steps} steps on {len(cal)} calibration samples")
     with captured():
-        res = train_quantized(module, list(cal.samples), recipe, QATSettings(steps=job.qat_steps))
+        res = train_quantized(module, list(cal.samples), recipe, QATSettings(steps=steps))
     learned = tuple((name, lo, hi) for name, (lo, hi) in res.ranges.items())
     return res.model, recipe.with_(learned_ranges=learned), {**res.report, "note": res.describe()}
 
@@ -383,7 +383,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
         progress("capturing the FP32 reference with torch.export")
         with captured() as reference_log:
             program = export_program(loaded.module, example, spec.name, torch_shapes(spec.dynamic, spec.input_names))
-        quantized_from, recipe, trained = _quantization_aware(job, loaded.module, recipe, cal, progress)
+        untrained = (loaded.module, recipe)
+        quantized_from, recipe, trained = _quantization_aware(qat_steps(job, recipe, loaded), loaded.module, recipe, cal, progress)
         split_notes += [trained["note"]] if trained else []
         with B.staging(out) as stage:
             bspec = _bundle_spec(spec, stage)
@@ -394,7 +395,8 @@ def export_bundle(job: ExportJob, progress: Progress = QUIET, command: str = "")
             progress(f"reference outputs on {len(vset)} samples")
             reference = run_reference(program.module(), vset.samples)
             probes = size_probes(spec, vset, program.module())
-            run = _TargetRun(job, quantized_from, spec, recipe, stage, example, cal, vset, reference, program, progress, probes)
+            run = _TargetRun(job, quantized_from, spec, recipe, stage, example, cal, vset, reference, program, progress, probes,
+                             untrained if trained else None)
             results, artifacts, errors = run.all(convs, precision)
             results += fixed
             env = B.environment({k: v for conv in convs for k, v in conv.versions().items()})
@@ -436,6 +438,7 @@ class _TargetRun:
     program: Any
     progress: Progress
     probes: list  # edgekit.size_probes.SizeProbe: the other sizes a model with dynamic shapes is verified at
+    untrained: tuple | None = None  # with QAT: (model, recipe) before training, for a target that does not take it
 
     def all(self, convs, precision: str) -> tuple[list, list, dict]:
         owned = {str(p.relative_to(self.stage)): "edgekit" for p in self.stage.rglob("*") if p.is_file()}
@@ -456,19 +459,26 @@ class _TargetRun:
     def one(self, conv: Converter, owned: dict):
         """-> (its result, its Artifact or None, its absolute errors for the report or None)."""
         extra = {} if self.cal is None else {"calibration": self.cal}
-        res, art, export_log = _export_target(conv, self.module, self.spec, self.recipe, self.stage, self.example, extra,
+        module, recipe = self.module, self.recipe
+        untrained = self.untrained is not None and "qat" not in conv.info.levers
+        if untrained:
+            module, recipe = self.untrained
+        res, art, export_log = _export_target(conv, module, self.spec, recipe, self.stage, self.example, extra,
                                               self.program, owned)
         errors = None
         if art is not None:
             self.progress("running in the host runtime (subprocess)", conv.info.name)
             with captured() as log:
                 checked = verify_artifact(conv, art, self.stage, self.vset, self.reference, self.spec,
-                                          self.job.timeout_s, self.module, self.probes, self.job.budget)
+                                          self.job.timeout_s, module, self.probes, self.job.budget)
                 _coverage(checked.result, self.stage, art)
             res, export_log = checked.result, export_log + log.text
             if checked.outputs is not None:
                 errors = abs_errors(checked.reference, checked.outputs)
         res.extra["export_log"] = export_log
+        if untrained:
+            res.notes.append(f"exported from the model before quantization-aware training: the student simulates the "
+                             f"int8 grid of the targets that take it, not {conv.info.name}'s")
         return res, art, errors
 
 

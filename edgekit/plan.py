@@ -56,22 +56,36 @@ def _check_qat(job: ExportJob) -> None:
                         "use --qat-steps alone, or drop --qat-steps")
 
 
+def qat_steps(job: ExportJob, recipe, loaded) -> int:
+    """The job's quantization-aware training steps: what the user set, else the built-in model's measured
+    setting for int8, unless the user asked for a lever that changes the weights or ranges afterwards."""
+    if job.qat_steps is not None:
+        return job.qat_steps
+    if recipe is None or recipe.scheme != "int8":
+        return 0
+    clash = job.rounding == "adaround" or job.equalize or job.bias_correction or job.budget is not None
+    return 0 if clash else getattr(loaded, "qat_steps", 0)
+
+
 def model_defaults(job: ExportJob, recipe, loaded):
     """A built-in model's measured settings for the job's scheme fill in what the user left unset
     (never what they set)."""
     defaults = loaded.quant_defaults.get(recipe.scheme) if recipe is not None else None
     if not defaults:
         return recipe, []
+    steps = qat_steps(job, recipe, loaded)
     unset = {k: v for k, v in defaults.items()
              if (k == "calibrator" and job.calibrator is None and job.percentile is None)
              or (k == "keep_float" and not job.keep_float)
              or (k in ("rounding", "minmax_output", "float_share", "bias_correction") and getattr(job, k) is None)}
-    if job.qat_steps:  # quantization-aware training learns the weights: no learned rounding on top
+    if steps:  # quantization-aware training learns the weights: no learned rounding on top
         unset.pop("rounding", None)
         unset.pop("bias_correction", None)
     if not unset:
         return recipe, []
     said = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in unset.items())
+    if steps and job.qat_steps is None:
+        said += f", qat_steps={steps}"
     return recipe.with_(**unset), [f"{recipe.scheme} settings measured best for {loaded.spec.name} "
                                    f"(the user set none of them): {said}"]
 
@@ -111,6 +125,11 @@ def plan(job: ExportJob) -> tuple[list[Converter], object, str, list[str], list[
     convs, all_notes = _all_with_precision(job.targets, convs, precision)
     _check_precision(convs, precision)
     convs, fixed = _dynamic_targets(job, convs, precision)
+    if job.qat_steps and not any("qat" in c.info.levers for c in convs):
+        raise UserError("E-ARGS", f"--qat-steps with only {', '.join(c.info.name for c in convs)}: quantization-aware "
+                        "training simulates an int8 grid none of them uses, so each would export the model before training",
+                        "drop --qat-steps, or add a target that takes it: "
+                        + ", ".join(c.info.name for c in all_converters() if "qat" in c.info.levers))
     return convs, recipe, precision, all_notes, fixed
 
 

@@ -119,3 +119,31 @@ def test_a_models_measured_int8_settings_fill_only_what_the_user_left_unset():
     assert recipe.bias_correction and not recipe.minmax_output and "int16x8 settings" in notes[0]
     job = ExportJob("mobilenet_v2", quant="int16x8", bias_correction=False)
     assert _model_defaults(job, _recipe(job), loaded) == (_recipe(job), [])
+
+
+def test_a_models_measured_qat_steps_apply_unless_the_user_set_them_or_a_clashing_lever():
+    """MobileNetV2 trains 24 QAT steps by default for int8 (said in the notes); --qat-steps 0 turns it off, and
+    a lever that would change the learned weights or ranges afterwards (or a budget search) turns the default
+    off instead of being refused; --qat-steps with only targets that do not take it is refused."""
+    from types import SimpleNamespace
+
+    from edgekit.errors import UserError
+    from edgekit.job import ExportJob
+    from edgekit.plan import model_defaults, plan, qat_steps, quant_recipe
+
+    loaded = SimpleNamespace(quant_defaults={"int8": {"rounding": "adaround", "minmax_output": True}}, qat_steps=24,
+                             spec=SimpleNamespace(name="mobilenet_v2"))
+    job = ExportJob("mobilenet_v2", quant="int8")
+    assert qat_steps(job, quant_recipe(job), loaded) == 24
+    recipe, notes = model_defaults(job, quant_recipe(job), loaded)
+    assert recipe.rounding == "nearest" and notes[0].endswith("minmax_output=True, qat_steps=24")  # no AdaRound on top
+    for given in ({"qat_steps": 0}, {"equalize": True}, {"rounding": "adaround"}, {"budget": "sqnr>=30"}):
+        job = ExportJob("mobilenet_v2", quant="int8", **given)
+        assert qat_steps(job, quant_recipe(job), loaded) == 0, given
+    assert qat_steps(ExportJob("mobilenet_v2", quant="int8", qat_steps=7), None, loaded) == 7
+    for quant in ("fp32", "int16x8", "dynamic"):
+        job = ExportJob("mobilenet_v2", quant=quant)
+        assert qat_steps(job, quant_recipe(job), loaded) == 0
+    with pytest.raises(UserError) as e:
+        plan(ExportJob("tiny_cnn", targets="ncnn", quant="int8", qat_steps=10))
+    assert e.value.code == "E-ARGS" and "tflite" in e.value.fix and "ncnn" not in e.value.fix

@@ -33,10 +33,8 @@ torch threads (1 by default), so the same inputs give the same integers run afte
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -580,14 +578,10 @@ _ALGORITHM = 3  # part of the cache key: bump when the same config would learn d
 def _cache_key(model: nn.Module, samples, config: AdaRoundConfig, act_recipe) -> str:
     import hashlib
 
+    from .state_cache import hash_model_and_samples
+
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
-    for s in list(samples)[: config.max_samples]:
-        for a in s:
-            a = np.ascontiguousarray(a)
-            h.update(str((a.shape, a.dtype.str)).encode() + a.tobytes())
+    hash_model_and_samples(h, model, list(samples)[: config.max_samples])
     # the activation grid too (scheme): the layer inputs are fake-quantized on it while learning
     acts = None if act_recipe is None else (act_recipe.calibrator, act_recipe.percentile, act_recipe.bins,
                                             getattr(act_recipe, "scheme", "int8"))
@@ -599,49 +593,24 @@ def default_cache_dir() -> Path:
     """Where round_weights keeps learned roundings when its caller names no folder:
     ``$EDGEKIT_CACHE_DIR/adaround``, else ``$EDGEKIT_CACHE/adaround`` (the variable edgekit.arm reads),
     else ``~/.cache/edgekit/adaround``."""
-    base = os.environ.get("EDGEKIT_CACHE_DIR") or os.environ.get("EDGEKIT_CACHE")
-    return Path(base) / "adaround" if base else Path.home() / ".cache" / "edgekit" / "adaround"
+    from .state_cache import cache_dir
+
+    return cache_dir("adaround")
 
 
 def _save(path: Path, key: str, state: dict, report: dict) -> None:
-    """One .npz per key, no pickle: every tensor as its raw bytes (any dtype), and a JSON entry with the
-    full key, each tensor's dtype and shape, and the report. Written atomically (edgekit.atomic): a reader sees the old file or the new one, never a part, and
-    two processes writing the same key both write a complete file (the same learned weights)."""
-    names = list(state)
-    meta = {"format": _FORMAT, "key": key, "report": report,
-            "tensors": [[n, str(state[n].dtype).removeprefix("torch."), list(state[n].shape)] for n in names]}
-    arrays = {f"t{i}": state[n].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for i, n in enumerate(names)}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    from edgekit.atomic import atomic_file
+    """One .npz per key, no pickle (edgekit.quant.state_cache)."""
+    from .state_cache import save
 
-    with atomic_file(path, durable=True) as f:
-        np.savez(f, **arrays)
+    save(path, _FORMAT, key, state, report)
 
 
 def _load(path: Path, key: str, like: dict) -> tuple[dict, dict] | None:
     """(state dict, report) from a file _save wrote for ``key``, or None when it is missing, truncated,
-    corrupt (the zip's CRC-32 is checked), for another key or does not fit the model (``like``: the
-    BN-folded model's state dict)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            if meta.get("format") != _FORMAT or meta.get("key") != key:
-                raise ValueError("written for another key or format")
-            state = {}
-            for i, (name, dtype, shape) in enumerate(meta["tensors"]):
-                ref = like.get(name)
-                if ref is None or str(ref.dtype).removeprefix("torch.") != dtype or list(ref.shape) != shape:
-                    raise ValueError(f"tensor {name} does not fit the model")
-                raw = torch.from_numpy(z[f"t{i}"])
-                state[name] = raw.view(ref.dtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=ref.dtype)
-            if set(state) != set(like):
-                raise ValueError("tensors missing")
-            return state, meta["report"]
-    except Exception as exc:  # noqa: BLE001  (whatever is wrong with the file: learn again and rewrite it)
-        log.warning("adaround cache %s unusable (%s: %s): learning again", path, type(exc).__name__, exc)
-        return None
+    corrupt, for another key or does not fit the model (``like``: the BN-folded model's state dict)."""
+    from .state_cache import load
+
+    return load(path, _FORMAT, key, like)
 
 
 def round_weights(model: nn.Module, example_inputs: tuple, samples, recipe, cache_dir=None,
@@ -684,11 +653,9 @@ def round_weights(model: nn.Module, example_inputs: tuple, samples, recipe, cach
     out, report = adaround(model, example_inputs, samples, config, act_recipe=recipe)
     state = {k: v.detach().clone() for k, v in out.state_dict().items()}
     _remember(key, (state, report))
-    if path is not None:
-        try:
-            _save(path, key, state, report)
-        except (OSError, TypeError, ValueError) as exc:  # e.g. a read-only or full disk: the next job learns again
-            log.warning("adaround cache %s not written (%s)", path, exc)
+    from .state_cache import store
+
+    store(path, _FORMAT, key, state, report)  # a failure (a read-only or full disk): the next job learns again
     return out, {**report, "cached": False}
 
 

@@ -99,8 +99,9 @@ def test_what_does_not_combine_is_refused_before_any_work(argv, says, tmp_path, 
 
 
 def test_every_calibration_family_exports_the_learned_ranges(tmp_path, monkeypatch):
-    """The learned ranges, once kept, reach tflite, ptl and ncnn. Kept by decision here: whether they
-    beat recalibration on tiny_cnn depends on the host's float arithmetic (qat.keeps_learned)."""
+    """The learned ranges, once kept, reach tflite and ptl; ncnn, whose symmetric grid the student does not
+    simulate, exports the model before training and says so. Kept by decision here: whether they beat
+    recalibration on tiny_cnn depends on the host's float arithmetic (qat.keeps_learned)."""
     from edgekit.quant import qat as qat_module
 
     monkeypatch.setattr(qat_module, "keeps_learned", lambda held: True)
@@ -113,10 +114,42 @@ def test_every_calibration_family_exports_the_learned_ranges(tmp_path, monkeypat
     assert qat["steps"] == 40 and "quantization-aware training: 40 steps" in " ".join(report["notes"])
     learned = manifest["quantization"]["recipe"]["learned_ranges"]
     assert qat["ranges"] == "learned" and len(learned) == qat["layers"] == 6
-    for key in ("tflite:int8", "ptl:int8", "ncnn:int8"):
+    ncnn = report["targets"]["ncnn:int8"]
+    assert ncnn["status"] == "pass" and not any("learned input ranges" in n for n in ncnn["notes"])
+    assert any(n.startswith("exported from the model before quantization-aware training") for n in ncnn["notes"])
+    for key in ("tflite:int8", "ptl:int8"):
         t = report["targets"][key]
         assert t["status"] == "pass", (key, t.get("error"))
         found = re.search(r"the learned input ranges of (\d+) of 6 layers set their quantized inputs", " ".join(t["notes"]))
         # every conv input takes its learned range; the classifier's input is also the pooling's output in
-        # the PT2E and ptl graphs (one shared range), so it is calibrated there, and learned on ncnn
+        # the PT2E and ptl graphs (one shared range), so it is calibrated there
         assert found and int(found.group(1)) >= 5, (key, t["notes"])
+
+
+def test_a_rerun_with_the_same_model_data_and_recipe_trains_nothing(tiny, tmp_path, monkeypatch, caplog):
+    """Cached by content hash (edgekit.quant.state_cache): the same weights and ranges come back without
+    a training step; other data trains again; a damaged file is relearned and rewritten."""
+    import edgekit.quant.qat as qat
+
+    lm, samples = tiny
+    first = train_quantized(lm.module, samples[:16], QuantRecipe(), QATSettings(steps=4), cache_dir=tmp_path)
+    files = list(tmp_path.glob("qat-*.npz"))
+    assert not first.report["cached"] and len(files) == 1
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(qat, "_train", no_training)
+        again = train_quantized(lm.module, samples[:16], QuantRecipe(), QATSettings(steps=4), cache_dir=tmp_path)
+    assert again.report["cached"] and "from the cache" in again.describe()
+    assert again.ranges == first.ranges
+    got, want = again.model.state_dict(), first.model.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    other = train_quantized(lm.module, samples[16:32], QuantRecipe(), QATSettings(steps=4), cache_dir=tmp_path)
+    assert not other.report["cached"] and len(list(tmp_path.glob("qat-*.npz"))) == 2
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
+    redo = train_quantized(lm.module, samples[:16], QuantRecipe(), QATSettings(steps=4), cache_dir=tmp_path)
+    assert not redo.report["cached"] and "unusable" in caplog.text
+    assert all(torch.equal(redo.model.state_dict()[k], want[k]) for k in want)  # seeded: the same weights
