@@ -77,7 +77,7 @@ class QATResult:
         r = self.report
         return (f"quantization-aware training: {r['steps']} steps of {r['batch_size']} on {r['samples']} calibration "
                 f"samples{' (augmented: flip, shift)' if r['augmented'] else ''}, {_time_said(r)}; the trained weights"
-                f"{' and input ranges' if self.ranges else ''} of {r['layers']} conv/linear layers go to every target whose int8 grid it simulates (not ncnn) "
+                f"{' and input ranges' if self.ranges else ''} of {r['layers']} conv/linear layers go to every target whose int8 grid it simulates "
                 f"({_ranges_said(r)}); student SQNR vs FP32 on its training batches "
                 f"{_db(r['loss_first'])} -> {_db(r['loss_last'])} dB (BatchNorm folded: {r['batchnorm_folded']})")
 
