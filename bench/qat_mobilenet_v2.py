@@ -10,7 +10,7 @@ Flows (each the recipe `edgekit export mobilenet_v2 --quant int8` uses: the mode
 min/max output range and its most sensitive layers float within 0.2 % of the weight bytes, chosen on
 the float model as the pipeline does):
 - ptq: round-to-nearest weights, calibrated ranges;
-- adaround: the built-in default (learned rounding, cached by content hash);
+- adaround: `--rounding adaround` (learned rounding, cached by content hash);
 - qat: `--qat-steps N` (edgekit.quant.qat.train_quantized on the calibration crops; its learned input
   ranges in the recipe; rounding nearest), plus the same trained weights with recalibrated ranges
   (what the learned ranges add).
@@ -75,7 +75,7 @@ def flows(setup: dict, steps: int) -> list[tuple[str, object, QuantRecipe, dict]
     res = train_quantized(model, list(setup["calib"]), base, QATSettings(steps=steps))
     torch.set_num_threads(1)
     learned = tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items())
-    out = [("ptq (nearest)", model, base, {}), ("adaround (built-in default)", model, base.with_(rounding="adaround"), {}),
+    out = [("ptq (nearest)", model, base, {}), ("adaround (--rounding adaround)", model, base.with_(rounding="adaround"), {}),
            (f"qat {steps} steps, learned ranges", res.model, base.with_(learned_ranges=learned), res.report)]
     if learned:
         out.append((f"qat {steps} steps, recalibrated ranges", res.model, base, {}))
