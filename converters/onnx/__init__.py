@@ -108,7 +108,7 @@ class OnnxConverter(Converter):
             _drop_debug_info(program.model)
             program.save(scratch / name, external_data=False)
             if int8_meta and self.u8_weights:
-                int8_meta = _store_unsigned_weights(scratch / name, int8_meta)
+                int8_meta = _store_unsigned_weights(scratch / name, int8_meta, activations=True)
             if precision == "dynamic":
                 _quantize_dynamic(scratch / name)
                 dynamic_notes = _store_unsigned_weights(scratch / name, {}).get("quant_notes", [])
@@ -193,18 +193,22 @@ class OnnxConverter(Converter):
         return run
 
 
-def _store_unsigned_weights(path: Path, int8_meta: dict) -> dict:
+def _store_unsigned_weights(path: Path, int8_meta: dict, activations: bool = False) -> dict:
     """The QDQ file rewritten with uint8 weights (``u8_weights.py``: onnxruntime's u8s8 kernels saturate
-    on x86 without VNNI); -> the meta with a note saying so."""
+    on x86 without VNNI) and, with ``activations``, uint8 activations (``u8_activations.py``: onnxruntime
+    fuses every int8 conv); -> the meta with a note for each."""
     import onnx
 
-    from .u8_weights import NOTE, unsigned_weights
+    from . import u8_activations, u8_weights
 
     model = onnx.load(str(path))
-    if not unsigned_weights(model):
+    notes = [u8_weights.NOTE] if u8_weights.unsigned_weights(model) else []
+    if activations and u8_activations.unsigned_activations(model):
+        notes.append(u8_activations.NOTE)
+    if not notes:
         return int8_meta
     onnx.save(model, str(path))
-    return {**int8_meta, "quant_notes": [*int8_meta.get("quant_notes", ()), NOTE]}
+    return {**int8_meta, "quant_notes": [*int8_meta.get("quant_notes", ()), *notes]}
 
 
 def _quantize_dynamic(path: Path) -> None:

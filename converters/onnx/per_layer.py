@@ -77,8 +77,10 @@ def onnx_per_layer(artifact, root: Path, samples: list) -> list[dict]:
 _FLOAT = "__edgekit_float"
 
 
-def _grids(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """int8 tensor name -> (scale, zero point) of the per-tensor QuantizeLinear that writes it."""
+def _grids(model) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Quantized tensor name -> (scale, zero point on the reference's int8 grid, the file's own zero point)
+    of the per-tensor QuantizeLinear that writes it. The file stores activations as uint8 (zero point
+    + 128, u8_activations.py): the same values, compared with the reference's int8 ones shifted back."""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
@@ -86,8 +88,9 @@ def _grids(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for n in model.graph.node:
         if n.op_type == "QuantizeLinear" and len(n.input) == 3 and n.input[1] in inits and n.input[2] in inits:
             scale, zp = numpy_helper.to_array(inits[n.input[1]]), numpy_helper.to_array(inits[n.input[2]])
-            if scale.size == 1 and zp.dtype == np.int8:
-                out[n.output[0]] = (scale.reshape(()), zp.reshape(()))
+            if scale.size == 1 and zp.dtype in (np.int8, np.uint8):
+                signed = (zp.astype(np.int16) - (128 if zp.dtype == np.uint8 else 0)).astype(np.int8)
+                out[n.output[0]] = (scale.reshape(()), signed.reshape(()), zp.reshape(()))
     return out
 
 
@@ -110,7 +113,7 @@ def _piece(model, q, ins: set[str], grids: dict):
         inputs.append(helper.make_tensor_value_info(f"{vi.name}{_FLOAT}", TensorProto.FLOAT, None))
         nodes.append(helper.make_node("QuantizeLinear", [f"{vi.name}{_FLOAT}", f"{vi.name}__s", f"{vi.name}__z"], [vi.name]))
     for name in [*(vi.name for vi in g.input if vi.name in grids), out]:
-        g.initializer.extend([numpy_helper.from_array(grids[name][0], f"{name}__s"), numpy_helper.from_array(grids[name][1], f"{name}__z")])
+        g.initializer.extend([numpy_helper.from_array(grids[name][0], f"{name}__s"), numpy_helper.from_array(grids[name][2], f"{name}__z")])
     nodes = [*nodes, *g.node, helper.make_node("DequantizeLinear", [out, f"{out}__s", f"{out}__z"], [f"{out}{_FLOAT}"])]
     del g.node[:], g.input[:], g.output[:]
     g.node.extend(nodes)
@@ -120,12 +123,12 @@ def _piece(model, q, ins: set[str], grids: dict):
 
 
 def _dequantize(q: np.ndarray, grid) -> np.ndarray:
-    scale, zp = grid
+    scale, zp = grid[:2]
     return ((q.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
 
 
 def _quantize(x: np.ndarray, grid) -> np.ndarray:
-    scale, zp = grid
+    scale, zp = grid[:2]
     return np.clip(np.round(x / np.float32(scale)) + int(zp), -128, 127).astype(np.int8)
 
 

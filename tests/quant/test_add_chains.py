@@ -10,31 +10,9 @@ from edgekit.quant import QuantRecipe
 from edgekit.quant.pt2e import quantize
 
 from photos import photo_array
+from residual_stage import ResidualStage
 
 pytest.importorskip("executorch")
-
-
-class _Stage(torch.nn.Module):
-    """A stem and six residual blocks (MobileNetV2's stages in small): a block's small correction is
-    added to a skip path much larger than it, so the skip's int8 rounding, once per add, dominates the error."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1))
-            for _ in range(6))
-        with torch.no_grad():
-            self.stem.weight.mul_(4.0)
-            for b in self.blocks:
-                b[2].weight.mul_(0.1)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
-            x = x + block(x)
-        return x
 
 
 def _adds(gm) -> list:
@@ -55,7 +33,7 @@ def setup(calib_root):
     photos = photo_array(calib_root, 16, 24)
     cal = [(p[None],) for p in photos[:16]]
     held = photos[16:]
-    model = _Stage().eval()
+    model = ResidualStage().eval()
     with torch.no_grad():
         fp32 = model(torch.from_numpy(held)).numpy()
     return model, cal, held, fp32
