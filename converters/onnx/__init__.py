@@ -3,7 +3,8 @@ in onnxruntime's CPU execution provider.
 
 INT8 (a QuantRecipe): a QDQ model with edgekit's calibrated ranges (``int8.py``), saved as
 ``<name>-int8.onnx`` with its quantized reference next to it; onnxruntime fuses the pairs into its
-integer kernels (weights stored as uint8, ``u8_weights.py``); per-layer view: ``per_layer.py``.
+integer kernels (weights and activations stored as uint8, ``u8_weights.py``, ``u8_activations.py``);
+per-layer view: ``per_layer.py``.
 
 The file keeps the ModelSpec's input and output names, and the weights inside the one .onnx file
 (``external_data=False``; torch only spills them into a side file above the 2 GB protobuf limit,
@@ -108,10 +109,10 @@ class OnnxConverter(Converter):
             _drop_debug_info(program.model)
             program.save(scratch / name, external_data=False)
             if int8_meta and self.u8_weights:
-                int8_meta = _store_unsigned_weights(scratch / name, int8_meta, activations=True)
+                int8_meta = _store_unsigned(scratch / name, int8_meta, activations=True)
             if precision == "dynamic":
                 _quantize_dynamic(scratch / name)
-                dynamic_notes = _store_unsigned_weights(scratch / name, {}).get("quant_notes", [])
+                dynamic_notes = _store_unsigned(scratch / name, {}).get("quant_notes", [])
             try:
                 onnx.checker.check_model(str(scratch / name))
             except onnx.checker.ValidationError as exc:
@@ -193,7 +194,7 @@ class OnnxConverter(Converter):
         return run
 
 
-def _store_unsigned_weights(path: Path, int8_meta: dict, activations: bool = False) -> dict:
+def _store_unsigned(path: Path, int8_meta: dict, activations: bool = False) -> dict:
     """The QDQ file rewritten with uint8 weights (``u8_weights.py``: onnxruntime's u8s8 kernels saturate
     on x86 without VNNI) and, with ``activations``, uint8 activations (``u8_activations.py``: onnxruntime
     fuses every int8 conv); -> the meta with a note for each."""
