@@ -53,8 +53,8 @@ def unsigned_activations(model) -> int:
     for info in graph.value_info:
         if info.name in unsigned:
             info.type.tensor_type.elem_type = onnx.TensorProto.UINT8
-    used = {i for node in graph.node for i in node.input}
-    kept = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
+    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return count

@@ -214,13 +214,14 @@ def train_quantized(model: nn.Module, samples: list[tuple], recipe: QuantRecipe,
 
     key = state_cache.content_key(model, samples, (sorted(recipe.to_dict().items()), settings, _ALGORITHM))
     path = None if cache_dir is False else Path(cache_dir or state_cache.cache_dir("qat")) / f"qat-{key[:32]}.npz"
-    student = copy.deepcopy(model).eval()
-    fold_batchnorm(student)
-    hit = state_cache.load(path, _FORMAT, key, student.state_dict()) if path is not None else None
-    if hit is not None:
-        student.load_state_dict(hit[0])
-        ranges = {n: (float(lo), float(hi)) for n, (lo, hi) in hit[1]["shipped_ranges"].items()}
-        return QATResult(student, ranges, {**hit[1]["report"], "cached": True})
+    if path is not None and path.is_file():
+        student = copy.deepcopy(model).eval()
+        fold_batchnorm(student)  # the trained model's layout, which the cached tensors must fit
+        hit = state_cache.load(path, _FORMAT, key, student.state_dict())
+        if hit is not None:
+            student.load_state_dict(hit[0])
+            ranges = {n: (float(lo), float(hi)) for n, (lo, hi) in hit[1]["shipped_ranges"].items()}
+            return QATResult(student, ranges, {**hit[1]["report"], "cached": True})
     res = _train(model, samples, recipe, settings)
     state = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
     state_cache.store(path, _FORMAT, key, state, {"report": res.report, "shipped_ranges": res.ranges})
