@@ -69,7 +69,7 @@ class OnnxConverter(Converter):
     # INT8 weights as uint8 (u8_weights.py) for onnxruntime; the targets that convert the file
     # (export_via_onnx: mnn, openvino) read it as torch.onnx writes it, with their own weight grid.
     u8_weights = True
-    weight_max = 127  # int8 weights on -weight_max..weight_max
+    weight_observer = None  # int8 weights: min/max per channel; a converting target may set its own grid
 
     def export_fp32(self, model, spec, out_dir: Path, example_inputs: tuple) -> Artifact:
         return self._write(model, spec, None, "fp32", out_dir, example_inputs, {})
@@ -77,7 +77,7 @@ class OnnxConverter(Converter):
     def export_int8(self, model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration) -> Artifact:
         from .int8 import quantize_for_onnx
 
-        program, _, int8_meta = quantize_for_onnx(model, spec, recipe, out_dir, example_inputs, calibration, self.weight_max)
+        program, _, int8_meta = quantize_for_onnx(model, spec, recipe, out_dir, example_inputs, calibration, self.weight_observer)
         return self._write(program, spec, recipe, "int8", out_dir, example_inputs, int8_meta)
 
     def export_weight_only(self, model, spec, recipe, out_dir: Path, example_inputs: tuple) -> Artifact:

@@ -30,15 +30,16 @@ from pathlib import Path
 from edgekit.errors import UserError
 
 
-def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration, weight_max: int = 127):
+def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration, weight_observer=None):
     """-> (the convert_pt2e program as an ExportedProgram, reference file name, artifact meta keys);
-    ``weight_max``: weights on the symmetric grid -weight_max..weight_max (63: 7 bits, see openvino)."""
+    ``weight_observer``: an observer constructor for the per-channel symmetric weights (-127..127), in
+    place of the quantizer's min/max one (openvino's saturation-safe grid); None: min/max."""
     import torch
 
     from edgekit.quant.pt2e import quantize
     from edgekit.quant.reference import quant_meta, reference_name, save_quantized_reference
 
-    q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(weight_max), fold_quantize=True)
+    q = quantize(model, tuple(example_inputs), calibration.samples, recipe, _quantizer(weight_observer), fold_quantize=True)
     ref = Path(out_dir) / reference_name(spec.name, "onnx")
     save_quantized_reference(q.module, tuple(example_inputs), ref)
     notes = list(q.notes)
@@ -50,7 +51,9 @@ def quantize_for_onnx(model, spec, recipe, out_dir: Path, example_inputs: tuple,
     return torch.export.export(q.module, tuple(example_inputs)), ref.name, meta
 
 
-def _quantizer(weight_max: int = 127):
+def _quantizer(weight_observer=None):
+    import dataclasses
+
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer, get_symmetric_quantization_config)
@@ -58,7 +61,9 @@ def _quantizer(weight_max: int = 127):
         raise UserError("E-DEP-MISSING", "onnx INT8 places its quantize/dequantize pairs with ExecuTorch's "
                         f"XNNPACK quantizer, which is not installed ({exc})",
                         "pip install 'edgekit[onnx]' (it lists executorch), or export onnx in fp32/dynamic") from exc
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
-        is_per_channel=True, weight_qmin=-weight_max, weight_qmax=weight_max))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    if weight_observer is not None:
+        config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, observer_or_fake_quant_ctr=weight_observer))
+    quantizer = XNNPACKQuantizer().set_global(config)
     quantizer.float_add_chains = True  # an add read by another add stays float (edgekit.quant.add_chains)
     return quantizer

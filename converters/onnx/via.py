@@ -9,9 +9,10 @@ from edgekit.errors import UnsupportedOpError, UserError
 
 
 def export_via_onnx(target: str, model, spec, recipe, folder: Path, example_inputs: tuple, calibration=None,
-                    weight_max: int = 127):
+                    weight_observer=None):
     """The onnx target's Artifact written into ``folder`` (QDQ with its quantized reference for an
-    int8 recipe, weights on -weight_max..weight_max); raises UnsupportedOpError / UserError naming ``target``."""
+    int8 recipe; ``weight_observer``: the calling target's weight grid, None: min/max per channel);
+    raises UnsupportedOpError / UserError naming ``target``."""
     import copy
 
     from edgekit.converters import get
@@ -19,7 +20,7 @@ def export_via_onnx(target: str, model, spec, recipe, folder: Path, example_inpu
     extra = {"calibration": calibration} if recipe is not None else {}
     onnx = copy.copy(get("onnx"))
     onnx.u8_weights = False  # onnxruntime's re-encoding: the converters read the weights as torch.onnx writes them
-    onnx.weight_max = weight_max
+    onnx.weight_observer = weight_observer
     try:
         return onnx.export(model, spec, recipe, folder, tuple(example_inputs), **extra)
     except UnsupportedOpError as exc:

@@ -24,14 +24,11 @@ from .runner import message, same_names
 
 TARGET = "openvino"
 PRECISIONS = ("fp32", "fp16", "int8")
-# INT8 weights on 7 bits (-63..63): on x86 CPUs without VNNI, the CPU plugin's int8 kernels add two
-# u8 x s8 products into a saturating int16 (vpmaddubsw). Measured on such a host (AVX2, OpenVINO
-# 2026): with 8-bit weights a stem conv was 52 output steps from its reference and fc layers 14-41;
-# with 7-bit weights (2 x 255 x 63 < 32767) every layer is within a step. OpenVINO's own NNCF
-# calls this the overflow fix. The reference uses the same 7-bit weights.
-WEIGHT_MAX = 63
-WEIGHT_NOTE = ("weights on 7 bits (-63..63): the CPU plugin's int8 kernels saturate int16 pair sums of 8-bit "
-               "weights on x86 CPUs without VNNI (OpenVINO NNCF's overflow fix)")
+# INT8 weights on the 8-bit grid widened per channel so that no pair of weights the CPU plugin's
+# non-VNNI x86 kernels add in a saturating int16 can overflow (weight_grid.py; OpenVINO's NNCF uses 7 bits).
+WEIGHT_NOTE = ("weights per channel on the widest 8-bit grid on which no two adjacent input channels' weights "
+               "can saturate the int16 pair sums of the CPU plugin's int8 kernels on x86 CPUs without VNNI "
+               "(weight_grid.py; the 7-bit grid of OpenVINO's NNCF overflow fix is its worst case)")
 
 
 def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibration=None):
@@ -42,8 +39,9 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
     # ".openvino" in the name: ncnn writes <name>-<precision>.bin into the same bundle
     xml, weights = f"{spec.name}-{precision}.{TARGET}.xml", f"{spec.name}-{precision}.{TARGET}.bin"
     scratch = out_dir / "onnx"  # the onnx target's files: never listed, so they stay in the staging folder
-    onnx_art = export_via_onnx(TARGET, model, spec, recipe if precision == "int8" else None, scratch, example_inputs,
-                               calibration, weight_max=WEIGHT_MAX)
+    int8 = precision == "int8"
+    onnx_art = export_via_onnx(TARGET, model, spec, recipe if int8 else None, scratch, example_inputs, calibration,
+                               weight_observer=_weight_observer() if int8 else None)
     converted = _convert(ov, scratch / onnx_art.path)
     converted.set_friendly_name(spec.name)
     if spec.dynamic:
@@ -73,6 +71,12 @@ def export(model, spec, recipe, out_dir: Path, example_inputs: tuple, calibratio
         meta["fp16_constants"] = sim.fp16_constants
         files.insert(0, ref)
     return xml, tuple(files), meta, precision
+
+
+def _weight_observer():
+    from .weight_grid import observer
+
+    return observer()
 
 
 def _bound(ov, converted, spec) -> None:
