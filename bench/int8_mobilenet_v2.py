@@ -8,13 +8,16 @@ Rows:
 - platform defaults, each with its own observers: litert-torch's documented PT2E flow (reference and
   the real .tflite), ExecuTorch's XNNPACKQuantizer defaults (get_symmetric_quantization_config(
   is_per_channel=True)), PyTorch's default qnnpack qconfig (FX; the real .ptl and its float simulation);
-- edgekit's recipe (argument 1 as JSON; default: QuantRecipe() with MobileNetV2's measured int8 settings,
-  i.e. what `edgekit export mobilenet_v2 --quant int8 --qat-steps 0` uses; the default job's 24 QAT steps
-  on top are measured by bench/qat_mobilenet_v2.py 24): the quantized reference of each target
-  and the real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
+- edgekit's default job (`edgekit export mobilenet_v2 --targets all --quant int8`, as the pipeline
+  runs it on these crops: QuantRecipe() with MobileNetV2's measured int8 settings, its most sensitive
+  layers float, then its 24 quantization-aware training steps on the calibration crops, whose weights
+  and learned ranges go to every target that takes "qat" while ncnn exports the model before training);
+  argument 1 as JSON replaces the recipe (then no QAT): the quantized reference of each target and the
+  real artifacts in their runtimes: .tflite (ai-edge-litert, XNNPACK, 1 thread), .pte
   (executorch.runtime), .ptl (lite interpreter, qnnpack), ncnn (.param/.bin, 1 thread), .onnx (QDQ,
-  onnxruntime CPU, 1 thread);
-- sizes (file bytes / parameter count) and latency (median, 1 thread) INT8 vs FP32.
+  onnxruntime CPU, 1 thread), MNN (.mnn, 1 thread), OpenVINO (IR, CPU plugin, 1 thread, f32 hint);
+- sizes (file bytes / parameter count) and latency (median, 1 thread) INT8 vs FP32 (each target's FP32
+  file timed in the same run; bench/int8_speed.py times them interleaved, which is steadier).
 Each row is saved when measured (a rerun with the same recipe skips it). The .md also lists the
 recipe sweep from bench/results/int8_sweep_mobilenet_v2.json (bench/int8_sweep_mobilenet_v2.py).
 Writes bench/results/int8_mobilenet_v2.{json,md}.
@@ -47,14 +50,15 @@ SWEEP = RESULTS / "int8_sweep_mobilenet_v2.json"
 
 
 class Bench:
-    def __init__(self, recipe: QuantRecipe):
-        self.recipe = recipe
+    def __init__(self, recipe: QuantRecipe, qat_steps: int):
+        self.recipe, self.qat_steps, self._job = recipe, qat_steps, None
         self.__dict__.update(mobilenet_v2_setup())  # lm, calib, held, meta, calib_set, fp32, example, params
         old = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        keep = old.get("edgekit_recipe") == recipe.to_dict() and old.get("protocol") == self.meta
+        keep = (old.get("edgekit_recipe") == recipe.to_dict() and old.get("qat_steps") == qat_steps
+                and old.get("protocol") == self.meta)
         self.result = {"model": "mobilenet_v2 (ImageNet weights)", "parameters": self.params, "protocol": self.meta,
                        "edgekit_recipe": recipe.to_dict(), "edgekit_recipe_summary": recipe.describe(),
-                       "torch_threads": 1,
+                       "qat_steps": qat_steps, "qat": old.get("qat") if keep else None, "torch_threads": 1,
                        "rows": [r for r in old.get("rows", []) if keep or (r["flow"].startswith("platform default")
                                                                            and old.get("protocol") == self.meta)],
                        "fp32_runtimes": old.get("fp32_runtimes", {}) if keep else {}}
@@ -149,6 +153,24 @@ class Bench:
                  **self.steps(got, ref, out_qp[0][0]))
 
     # ---- edgekit ----
+    def job(self) -> dict:
+        """What the default job does before any target (once): the sensitive layers float, then QAT.
+        -> {"untrained": (model, recipe), "trained": (model, recipe with the learned ranges)}."""
+        if self._job is None:
+            from edgekit.quant.qat import QATSettings, train_quantized
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                recipe, _ = sensitive_float(self.lm.module, self.calib, self.recipe)  # as the pipeline does
+            self._job = {"untrained": (self.lm.module, recipe), "trained": (self.lm.module, recipe)}
+            if self.qat_steps:
+                torch.set_num_threads(2)  # training: both cores; the artifacts run and are timed on 1 thread
+                res = train_quantized(self.lm.module, list(self.calib), recipe, QATSettings(steps=self.qat_steps))
+                torch.set_num_threads(1)
+                self._job["trained"] = (res.model, recipe.with_(learned_ranges=tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items())))
+                self.result["qat"] = {k: v for k, v in res.report.items() if k != "note"}
+        return self._job
+
     def edgekit_target(self, name, d: Path):
         flow = f"edgekit recipe -> {name}"
         if self.have(flow):
@@ -157,10 +179,10 @@ class Bench:
 
         conv = get_converter(name)
         sub = d / name
+        model, recipe = self.job()["trained" if "qat" in conv.info.levers else "untrained"]
         with Timer() as t, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            recipe, _ = sensitive_float(self.lm.module, self.calib, self.recipe)  # as the pipeline does, per job
-            art = conv.export(self.lm.module, self.lm.spec, recipe, sub, self.example, calibration=self.calib_set)
+            art = conv.export(model, self.lm.spec, recipe, sub, self.example, calibration=self.calib_set)
         ref_gm = unguard(load_quantized_reference(sub / art.meta["reference"]).module())
         ref = run_batched(ref_gm, self.held)
         self.row(f"edgekit recipe: {name} quantized reference", "quantized reference (float simulation)", ref)
@@ -174,6 +196,7 @@ class Bench:
         scale = (art.meta.get("output_scales") or [0.0])[0]
         extra = self.steps(got, ref, scale) if scale else {}
         self.row(flow, f"{name} artifact in its host runtime (1 thread)", got, t.s, files=files, size_bytes=size,
+                 trained=self.qat_steps > 0 and "qat" in conv.info.levers,
                  size_x_params=round(size / self.params, 3), latency_ms=ms, kept_float=art.meta.get("kept_float"),
                  quant_notes=art.meta.get("quant_notes"), **extra)
 
@@ -220,20 +243,36 @@ def _tflite_runner(path: Path):
     return run
 
 
+def _qat_said(result: dict) -> str:
+    q = result.get("qat")
+    if not result.get("qat_steps"):
+        return "No quantization-aware training (a recipe given on the command line).\n"
+    if not q:
+        return f"Quantization-aware training: {result['qat_steps']} steps (not run yet).\n"
+    return (f"Then, as the default job: {q['steps']} quantization-aware training steps on {q['samples']} calibration crops "
+            f"({q['seconds']} s on 2 threads; input ranges {q['ranges']}); rows marked (trained) export those weights, "
+            "ncnn (no \"qat\" lever) the model before training.\n")
+
+
 def write_md(result: dict) -> None:
     p = result["protocol"]
     lines = [f"# MobileNetV2 INT8: edgekit vs platform defaults\n",
              f"Calibration: {p['calibration']}. Evaluation: {p['held_out']}. Metrics vs the FP32 model on the held-out "
              "crops (top-1 agreement, logit SQNR). Goal (issue 6): >= 90 % and >= 20 dB.\n",
              f"edgekit recipe: `{result['edgekit_recipe_summary']}`\n",
-             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | top-1 vs own ref | size bytes (x params) | latency ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             _qat_said(result),
+             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | top-1 vs own ref | size bytes (x params) | latency ms | INT8 / FP32 latency |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fp32 = result.get("fp32_runtimes", {})
     for r in result["rows"]:
+        target = r["flow"].split(" -> ")[-1] if r["flow"].startswith("edgekit recipe -> ") else None
+        ratio = f"{r['latency_ms'] / fp32[target]['latency_ms']:.2f}x" if target in fp32 and "latency_ms" in r else ""
         st = f"{r['steps_vs_own_reference_max']:.0f} / {r['steps_vs_own_reference_mean']}" if "steps_vs_own_reference_max" in r else ""
         size = f"{r['size_bytes']:,}" + (f" ({r['size_x_params']})" if "size_x_params" in r else "") if "size_bytes" in r else ""
         own = f"{r['top1_agree_vs_own_reference']:.3f}" if "top1_agree_vs_own_reference" in r else ""
-        lines.append(f"| {r['flow']} | {r['measured_on']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} | {own} | {size} | "
-                     f"{r.get('latency_ms', '')} |")
+        flow = r["flow"] + (" (trained)" if r.get("trained") else "")
+        lines.append(f"| {flow} | {r['measured_on']} | {r['top1_agree']:.3f} | {r['sqnr_db']} | {st} | {own} | {size} | "
+                     f"{r.get('latency_ms', '')} | {ratio} |")
     if result.get("fp32_runtimes"):
         lines += ["\nFP32 artifacts (same runtimes, 1 thread):\n", "| target | size bytes | latency ms |", "|---|---|---|"]
         lines += [f"| {k} | {v['size_bytes']:,} | {v['latency_ms']} |" for k, v in result["fp32_runtimes"].items()]
@@ -260,12 +299,16 @@ def write_md(result: dict) -> None:
     tmp.replace(RESULTS / "int8_mobilenet_v2.md")
 
 
+INT8_TARGETS = ("tflite", "executorch", "ptl", "ncnn", "onnx", "mnn", "openvino")
+
+
 def main(argv) -> None:
-    # default: what `edgekit export mobilenet_v2 --quant int8` uses (the recipe + the model's measured settings)
-    recipe = QuantRecipe.from_dict(json.loads(argv[0])) if argv and argv[0].startswith("{") else \
-        QuantRecipe().with_(**BUILTIN["mobilenet_v2"]().quant_defaults["int8"])
-    steps = [a for a in argv if not a.startswith("{")] or ["defaults", "tflite", "executorch", "ptl", "ncnn", "onnx", "fp32"]
-    b = Bench(recipe)
+    # default: what `edgekit export mobilenet_v2 --quant int8` does (the model's measured settings and QAT steps)
+    loaded = BUILTIN["mobilenet_v2"]()
+    given = argv and argv[0].startswith("{")
+    recipe = QuantRecipe.from_dict(json.loads(argv[0])) if given else QuantRecipe().with_(**loaded.quant_defaults["int8"])
+    steps = [a for a in argv if not a.startswith("{")] or ["defaults", *INT8_TARGETS, "fp32"]
+    b = Bench(recipe, 0 if given else loaded.qat_steps)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         for step in steps:
@@ -275,7 +318,7 @@ def main(argv) -> None:
                     b.executorch_default()
                     b.pytorch_default(d)
                 elif step == "fp32":
-                    for name in ("tflite", "executorch", "onnx"):
+                    for name in INT8_TARGETS:
                         b.fp32_runtime(name, d)
                 else:
                     b.edgekit_target(step, d)
