@@ -261,7 +261,7 @@ def write_md(result: dict) -> None:
              "crops (top-1 agreement, logit SQNR). Goal (issue 6): >= 90 % and >= 20 dB.\n",
              f"edgekit recipe: `{result['edgekit_recipe_summary']}`\n",
              _qat_said(result),
-             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | top-1 vs own ref | size bytes (x params) | latency ms | INT8 / FP32 latency |",
+             "| flow | measured on | top-1 agree | SQNR dB | steps vs own ref (max/mean) | top-1 vs own ref | size bytes (x params) | latency ms | INT8 / FP32 latency (timed one after the other; bench/int8_speed.py interleaves them, steadier) |",
              "|---|---|---|---|---|---|---|---|---|"]
     fp32 = result.get("fp32_runtimes", {})
     for r in result["rows"]:
