@@ -165,8 +165,10 @@ class Bench:
             self._job = {"untrained": (self.lm.module, recipe), "trained": (self.lm.module, recipe)}
             if self.qat_steps:
                 torch.set_num_threads(2)  # training: both cores; the artifacts run and are timed on 1 thread
-                res = train_quantized(self.lm.module, list(self.calib), recipe, QATSettings(steps=self.qat_steps))
-                torch.set_num_threads(1)
+                try:
+                    res = train_quantized(self.lm.module, list(self.calib), recipe, QATSettings(steps=self.qat_steps))
+                finally:
+                    torch.set_num_threads(1)
                 self._job["trained"] = (res.model, recipe.with_(learned_ranges=tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items())))
                 self.result["qat"] = {k: v for k, v in res.report.items() if k != "note"}
         return self._job

@@ -447,11 +447,13 @@ def main() -> None:
         row = json.loads(line[len("RESULT "):])
         print(target, json.dumps(row["timing"]), row["load"], flush=True)
         rows.append(row)
+    created = {k: _manifest(b)["created"] for k, b in (("fp32", args.fp32_bundle), ("int8", args.int8_bundle))}
     old = json.loads((RESULTS / "int8_speed.json").read_text()) if (RESULTS / "int8_speed.json").is_file() else {}
-    if old.get("fp32_bundle") == str(args.fp32_bundle) and old.get("int8_bundle") == str(args.int8_bundle):
-        measured = {r["target"] for r in rows}  # a run of some targets replaces only their rows
+    if old.get("bundles_created") == created:  # the same two bundles: a run of some targets replaces only their rows
+        measured = {r["target"] for r in rows}
         rows = [r for r in old["targets"] if r["target"] not in measured] + rows
     result = {"model": "mobilenet_v2", "fp32_bundle": str(args.fp32_bundle), "int8_bundle": str(args.int8_bundle),
+              "bundles_created": created,
               "runs": args.runs, "warmup": args.warmup, "threads": 1, "cpu": _cpu(), "python": platform.python_version(),
               "versions": _manifest(args.int8_bundle).get("versions", {}), "targets": rows}
     RESULTS.mkdir(exist_ok=True)

@@ -208,9 +208,9 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
     Measured (openvino 2026.4.1, MNN 3.6.1): every row passes except OpenVINO's INT8 IR on the ARMv8.0
     cortex-a53, which its ARM CPU plugin does not compile (E-RUNTIME-FAILED: "object is not
     initialized"): a real runtime failure that verify must report, not hide. If a new OpenVINO fixes
-    it, this test says so. On cortex-a76 the plugin runs 17 convolutions on f16 reference kernels despite
-    the f32 hint, and whether the IR stays within the bounds depends on the weights: the verdict must
-    follow the measured numbers."""
+    it, this test says so. On cortex-a76 the plugin runs MobileNetV2's 17 expansion convs on f16 reference
+    kernels despite the f32 hint: the IR of these nearest-rounded weights passes (17 steps); the default
+    job's QAT weights (43 steps) and AdaRound's (50) fail there (docs/targets/openvino.md)."""
     import json
 
     from edgekit.cli import main
@@ -219,9 +219,9 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
     reports = {}
     for quant in ("int8",):
         out = tmp_path / quant
-        # nearest rounding: this checks the ARM runtimes against the host, not the recipe (AdaRound's
-        # learning would add minutes to the slow CI step on a machine without its cache)
-        assert main(["export", "mobilenet_v2", "--targets", "openvino,mnn", "--quant", quant, "--rounding", "nearest",
+        # nearest weights, no QAT: this checks the ARM runtimes against the host, not the recipe (and
+        # training would add a minute to the slow CI step on a machine without its cache)
+        assert main(["export", "mobilenet_v2", "--targets", "openvino,mnn", "--quant", quant, "--qat-steps", "0",
                      "--out", str(out), "--quiet"]) == 0
         main(["verify", str(out), "--samples", "4", "--arm", ",".join(EMULATED), "--json", str(tmp_path / f"{quant}.json"),
               "--quiet"])
@@ -231,22 +231,11 @@ def test_mobilenet_v2_openvino_and_mnn_on_emulated_arm(tmp_path):
         for target in ("openvino", "mnn"):
             for cpu in EMULATED:
                 row = targets[f"{target}@{cpu}{suffix}"]
-                if target == "openvino" and quant == "int8":
-                    continue  # both CPUs: below
+                if target == "openvino" and quant == "int8" and cpu == "cortex-a53":
+                    continue
                 assert row["status"] == "pass", (target, cpu, quant, row.get("error"), row.get("metrics"))
                 assert row["arm"]["vs_host"]["max_abs_rel"] <= (FP32_MAX_REL if quant == "fp32" else 0.2), (target, cpu, quant)
                 # int8: each run is judged against the reference above; ARM vs host may differ by up to both misses
-    # cortex-a76: the plugin runs the 17 expansion convs on ref_any_f16 kernels despite the f32 hint, and
-    # how far that lands depends on the weights (docs/targets/openvino.md: 17 steps without QAT; 43 with
-    # the default QAT weights on the widened grid, 8.8 dB): verify must judge the real run, either way
-    ov_a76 = reports["int8"]["openvino@cortex-a76:int8"]
-    assert ov_a76["status"] in ("pass", "fail") and ov_a76["metrics"]["max_steps"] > 0, (ov_a76.get("error"), ov_a76.get("metrics"))
-    from edgekit.converters.openvino import INT8_TOLERANCE as tol
-
-    m = ov_a76["metrics"]
-    within = (m["max_steps"] <= tol.max_steps and m["cosine_min"] >= tol.min_cosine and m["max_abs_rel"] <= tol.max_abs_rel
-              and m["top1_agreement"] >= tol.min_top1)
-    assert (ov_a76["status"] == "pass") == within, (ov_a76["status"], m)
     ov_a53 = reports["int8"]["openvino@cortex-a53:int8"]
     assert ov_a53["status"] == "error" and ov_a53["error"]["code"] == "E-RUNTIME-FAILED", ov_a53.get("error")
     assert "cannot compile" in ov_a53["error"]["message"], "OpenVINO's int8 IR now compiles on cortex-a53: update the docs and this test"

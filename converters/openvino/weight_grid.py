@@ -24,6 +24,7 @@ import torch
 from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
 
 QMAX = 127  # a weight within -127..127; a same-sign pair with sum <= 127 x scale rounds to <= 128, 255 x 128 = 32640
+EPS = 2.0 ** -12  # the smallest scale, as the other targets' weight observers
 
 
 def pair_bound(w: torch.Tensor, ch_axis: int = 0) -> torch.Tensor:
@@ -32,7 +33,7 @@ def pair_bound(w: torch.Tensor, ch_axis: int = 0) -> torch.Tensor:
     ``ch_axis`` (conv/linear: 1; a transposed conv's weight: 0). Zeros for a 1-D weight or a single
     input channel (a depthwise conv: no pair)."""
     w = w.detach().float()
-    out = torch.zeros(w.shape[ch_axis] if w.dim() else 0)
+    out = torch.zeros(w.shape[ch_axis] if w.dim() else 0, device=w.device)
     if w.dim() < 2:
         return out
     ic_axis = 1 if ch_axis == 0 else 0
@@ -51,6 +52,11 @@ class PairSafeObserver(PerChannelMinMaxObserver):
     """The per-channel symmetric weight observer (-127..127) with each channel's range widened to its
     ``pair_bound``: torchao's symmetric scale max(|min|, |max|) / 127 then is this grid's."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (self.quant_min, self.quant_max, self.qscheme) != (-QMAX, QMAX, torch.per_channel_symmetric):
+            raise ValueError("PairSafeObserver bounds pair sums on the symmetric per-channel grid -127..127 only")
+
     def forward(self, x_orig):
         out = super().forward(x_orig)
         if x_orig.numel() == 0:
@@ -64,4 +70,4 @@ class PairSafeObserver(PerChannelMinMaxObserver):
 
 def observer():
     """The weight observer the openvino target hands the onnx target's quantizer."""
-    return PairSafeObserver.with_args(eps=2.0 ** -12)
+    return PairSafeObserver.with_args(eps=EPS)
