@@ -5,9 +5,9 @@ The pairs the bound counts are the ones OpenVINO's non-VNNI x86 kernels add in a
 and end to end, on the CPU plugin's kernels for x86 CPUs without VNNI (``ONEDNN_MAX_CPU_ISA=AVX2`` or
 ``AVX512_CORE``: oneDNN then dispatches them whatever the host has; both pair the same two channels),
 a model whose weights would overflow there stays within one output step of its reference, while the
-same model on the plain min/max grid does not. If an OpenVINO release stopped honouring the variable
-on a host with VNNI, the last assertion would fail rather than skip: the check that the AVX2/AVX-512
-kernels ran comes first and names them."""
+same model on the plain min/max grid does not. That overflow is also the proof that the kernels
+without VNNI ran (the VNNI ones compute it exactly; the AVX-512 primitive keeps its name either way):
+if an OpenVINO release stopped honouring the variable, the test would fail rather than pass unseen.
 from __future__ import annotations
 
 import importlib.util
@@ -155,7 +155,7 @@ def test_on_non_vnni_kernels_the_grid_stays_within_a_step_and_min_max_weights_sa
         pytest.skip(f"the {isa} int8 kernels run only on an x86_64 host with {flag}")
     (xml, step, ref, meta), (plain_xml, plain_step, plain_ref, _) = exported
     got, primitives = _run_as(isa, xml, HELD, tmp_path)
-    assert kernel in primitives, primitives  # the kernels of a CPU without VNNI did run
+    assert kernel in primitives, primitives
     assert np.abs(got.reshape(ref.shape) - ref).max() / step <= 1.0 + 1e-3
     assert any("saturate" in n for n in meta["quant_notes"])
     plain, _ = _run_as(isa, plain_xml, HELD, tmp_path)
