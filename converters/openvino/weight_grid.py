@@ -3,7 +3,8 @@
 The fault: on x86 CPUs without VNNI (AVX2, pre-Ice Lake), the CPU plugin's int8 conv and matmul
 kernels multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds each *pair* of products
 into a saturating int16. Measured with OpenVINO 2026 on single layers built to overflow (this host,
-``ONEDNN_MAX_CPU_ISA=AVX2`` making oneDNN pick those kernels; the AVX-512 VNNI kernels are exact):
+``ONEDNN_MAX_CPU_ISA=AVX2``, and ``AVX512_CORE`` for the AVX-512 kernels of CPUs without VNNI, making
+oneDNN pick those kernels; both pair the same channels; the AVX-512 VNNI kernels are exact):
 - the pair is two *adjacent input channels* (2k, 2k+1) at the same kernel tap, in 1x1 and KxK convs,
   a 3-channel stem conv and fully connected layers: weights 127 and 127 on input channels 0 and 1 with
   activations at 255 give 32767 instead of 64770; on channels 1 and 2, or 0 and 2, or on two taps of
