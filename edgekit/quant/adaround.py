@@ -3,7 +3,7 @@ Rounding for Post-Training Quantization"), target-neutral.
 
 Every target re-derives each output channel's symmetric weight scale as max|w| / 127 from the float
 weights it is given (PT2E's per-channel observers for tflite/executorch, edgekit's ptl and ncnn
-writers; openvino widens some channels, converters/openvino/weight_grid.py, and rounds those again),
+writers; a target whose kernels need a coarser grid may widen some channels and round those again),
 after folding BatchNorm into the conv. So ``adaround`` returns a *float* model whose
 BatchNorms are folded and whose every rounded weight is already on that grid: w = s * q with q an
 integer in -127..127 and the channel's max |q| = 127 (the element that sets the scale is pinned), so

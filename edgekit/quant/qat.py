@@ -5,7 +5,7 @@ The student computes what every static INT8 target computes for a conv/linear la
   weights trained are the weights quantized;
 - weights fake-quantized per output channel on the targets' grid (scale max(max|w| / 127, 2^-12),
   integers -127..127, straight-through gradient), the grid every target re-derives from the weights
-  (openvino widens some channels' scales, converters/openvino/weight_grid.py, and rounds them again);
+  (a target whose kernels need a coarser grid may widen some channels' scales and round them again);
 - each layer's input fake-quantized per tensor on the int8 asymmetric grid with a *learned* scale and
   zero point (LSQ+: torch's learnable fake-quant op), initialised from the recipe's calibrator on the
   calibration samples.
