@@ -7,7 +7,7 @@ and end to end, on the CPU plugin's kernels for x86 CPUs without VNNI (``ONEDNN_
 a model whose weights would overflow there stays within one output step of its reference, while the
 same model on the plain min/max grid does not. That overflow is also the proof that the kernels
 without VNNI ran (the VNNI ones compute it exactly; the AVX-512 primitive keeps its name either way):
-if an OpenVINO release stopped honouring the variable, the test would fail rather than pass unseen.
+if an OpenVINO release stopped honouring the variable, the test would fail rather than pass unseen."""
 from __future__ import annotations
 
 import importlib.util
