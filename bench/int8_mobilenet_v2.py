@@ -169,7 +169,7 @@ class Bench:
                     res = train_quantized(self.lm.module, list(self.calib), recipe, QATSettings(steps=self.qat_steps))
                 finally:
                     torch.set_num_threads(1)
-                self._job["trained"] = (res.model, recipe.with_(learned_ranges=tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items())))
+                self._job["trained"] = (res.model, res.recipe(recipe))
                 self.result["qat"] = {k: v for k, v in res.report.items() if k != "note"}
         return self._job
 

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     recipe, _ = sensitive_float(s["lm"].module, s["calib"], QuantRecipe(minmax_output=True, float_share=share))
     with Timer() as t:
         res = train_quantized(s["lm"].module, list(s["calib"]), recipe, QATSettings(steps=steps))
-    trained = recipe.with_(learned_ranges=tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items()))
+    trained = res.recipe(recipe)
     rows = []
     for target in targets:
         conv = get_converter(target)

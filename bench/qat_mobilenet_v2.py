@@ -74,10 +74,9 @@ def flows(setup: dict, steps: int) -> list[tuple[str, object, QuantRecipe, dict]
     torch.set_num_threads(2)  # training: both cores; the artifacts are timed and run on 1 thread
     res = train_quantized(model, list(setup["calib"]), base, QATSettings(steps=steps))
     torch.set_num_threads(1)
-    learned = tuple((n, lo, hi) for n, (lo, hi) in res.ranges.items())
     out = [("ptq (nearest)", model, base, {}), ("adaround (--rounding adaround)", model, base.with_(rounding="adaround"), {}),
-           (f"qat {steps} steps, learned ranges", res.model, base.with_(learned_ranges=learned), res.report)]
-    if learned:
+           (f"qat {steps} steps, learned ranges", res.model, res.recipe(base), res.report)]
+    if res.ranges:
         out.append((f"qat {steps} steps, recalibrated ranges", res.model, base, {}))
     return out
 

@@ -333,8 +333,7 @@ def _quantization_aware(steps: int, module, recipe, cal, progress):
     progress(f"quantization-aware training: {steps} steps on {len(cal)} calibration samples")
     with captured():
         res = train_quantized(module, list(cal.samples), recipe, QATSettings(steps=steps))
-    learned = tuple((name, lo, hi) for name, (lo, hi) in res.ranges.items())
-    return res.model, recipe.with_(learned_ranges=learned), {**res.report, "note": res.describe()}
+    return res.model, res.recipe(recipe), {**res.report, "note": res.describe()}
 
 
 def describe_model(model) -> str:

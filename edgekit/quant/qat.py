@@ -74,6 +74,10 @@ class QATResult:
     ranges: dict[str, tuple[float, float]]  # conv/linear module name -> its input's learned int8 range
     report: dict
 
+    def recipe(self, recipe: QuantRecipe) -> QuantRecipe:
+        """``recipe`` carrying the learned input ranges to every target's calibration (unchanged if none were kept)."""
+        return recipe.with_(learned_ranges=tuple((n, lo, hi) for n, (lo, hi) in self.ranges.items())) if self.ranges else recipe
+
     def describe(self) -> str:
         r = self.report
         return (f"quantization-aware training: {r['steps']} steps of {r['batch_size']} on {r['samples']} calibration "

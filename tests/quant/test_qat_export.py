@@ -55,6 +55,8 @@ def test_training_lowers_the_fake_quant_error_and_folds_batchnorm(trained, tiny)
     for name, (lo, hi) in trained.ranges.items():
         assert isinstance(trained.model.get_submodule(name), (torch.nn.Conv2d, torch.nn.Linear))
         assert lo <= 0.0 < hi
+    carried = trained.recipe(QuantRecipe())  # what every target's calibration takes
+    assert dict((n, (lo, hi)) for n, lo, hi in carried.learned_ranges) == trained.ranges
 
 
 def test_learned_ranges_replace_the_calibrated_range_of_the_layers_inputs():
